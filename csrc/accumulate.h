@@ -1,0 +1,66 @@
+/*
+ * fastgrad accumulator: the contract.
+ *
+ * Everything here is one pass over arrays the caller owns. No allocation, no globals,
+ * thread-safe, and no Python: the binding (fastgrad/accumulate.py) hands in numpy buffers.
+ *
+ * Verdict codes (FG_VERDICT_*) are fixed; fastgrad/report.py names them in the same order.
+ *   rel_error = |a - n| / max(|a|, |n|), 0 when both are 0.
+ *   bands: rel > 1e-2 WRONG, 1e-4 < rel <= 1e-2 SUSPECT, 1e-7 < rel <= 1e-4 OK, else EXCELLENT.
+ *   NOISE: rel > tol but |a - n| <= noise floor, where
+ *          noise floor = noise_eps * (|f+| + |f-|) / (2 h)  (roundoff of f divided by the step).
+ *   NAN:   f+ or f- is not finite (the coordinate fails).
+ *   KINK:  set only by the caller, after a re-check could not resolve a kink crossing.
+ *
+ * Kink score: the one-sided slopes s+ = (f+ - f0)/h and s- = (f0 - f-)/h disagree by
+ *   |s+ - s-| / (|s+| + |s-| + noise floor).
+ * At a kink crossing the centered difference is their mean, so the error |a - n| is about
+ * |s+ - s-| / 2 and the score is comparable to rel_error; for a smooth f the score is
+ * h |f''| / 2|f'|, far below rel_error. A coordinate is a kink candidate when it is failing
+ * (rel > tol, not noise) and its score is at least FG_KINK_EXPLAINS * rel_error.
+ */
+#ifndef FASTGRAD_ACCUMULATE_H
+#define FASTGRAD_ACCUMULATE_H
+
+#include <stdint.h>
+
+#define FG_VERDICT_EXCELLENT 0
+#define FG_VERDICT_OK 1
+#define FG_VERDICT_SUSPECT 2
+#define FG_VERDICT_WRONG 3
+#define FG_VERDICT_NOISE 4
+#define FG_VERDICT_NAN 5
+#define FG_VERDICT_KINK 6
+
+#define FG_KINK_EXPLAINS 0.25
+
+/* log10 histogram of relative errors: bin 0 holds rel < 1e-16 (zero included),
+   bin b (1..16) holds 10^(b-17) <= rel < 10^(b-16), bin 17 holds rel >= 1. NaN is not binned. */
+#define FG_HIST_BINS 18
+
+/*
+ * Per coordinate i < n, from the analytic gradient a, the losses f_plus/f_minus at x +- h e_i,
+ * the unperturbed loss f0 and the step h (> 0):
+ *   numeric, rel_error, noise (absolute floor), kink_score, verdict, failed (0/1), kink (0/1 candidate).
+ * tol is the failure threshold on rel_error; noise_eps is the unit roundoff of f times a safety factor.
+ * Returns the number of failed coordinates.
+ */
+int64_t fg_coords(int64_t n, const double *analytic, const double *f_plus, const double *f_minus,
+                  double f0, const double *step, double tol, double noise_eps,
+                  double *numeric, double *rel_error, double *noise, double *kink_score,
+                  int8_t *verdict, uint8_t *failed, uint8_t *kink);
+
+/*
+ * Per segment s < n_segments, over the coordinates i < n with segment[i] == s:
+ *   checked[s], failed[s] (sum of failed[i]), kinks[s] (sum of kink[i]),
+ *   max_rel[s] and argmax[s] (position i of the first maximum; -1 and 0.0 when none) over the
+ *   coordinates whose verdict is not NOISE, NAN or KINK, and hist[s * FG_HIST_BINS + b].
+ * The outputs are overwritten, not accumulated into. Returns -1 if a segment id is out of range
+ * (outputs then undefined), else 0.
+ */
+int fg_segments(int64_t n, const int64_t *segment, const double *rel_error, const int8_t *verdict,
+                const uint8_t *failed, const uint8_t *kink, int64_t n_segments,
+                int64_t *checked, int64_t *failed_count, int64_t *kinks, double *max_rel,
+                int64_t *argmax, int64_t *hist);
+
+#endif

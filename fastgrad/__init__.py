@@ -1,0 +1,29 @@
+"""fastgrad: is this analytic gradient right? Fast, truthful numerical gradient checks.
+
+>>> theta, segs = fastgrad.flatten({"W1": W1, "b1": b1})
+>>> report = fastgrad.check(loss, theta, grad, segments=segs)
+>>> print(report)
+"""
+
+from .check import GradientCheckError, NondeterminismError, Problem, assert_gradients, check
+from .evaluate import LossError
+from .report import CoordRecord, Report, SegmentReport
+from .segments import Segment, SegmentMap, flatten, unflatten
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CoordRecord",
+    "GradientCheckError",
+    "LossError",
+    "NondeterminismError",
+    "Problem",
+    "Report",
+    "Segment",
+    "SegmentMap",
+    "SegmentReport",
+    "assert_gradients",
+    "check",
+    "flatten",
+    "unflatten",
+]

@@ -1,0 +1,106 @@
+"""Thin wrapper over the C accumulator (csrc/accumulate.c): numpy arrays in, numpy arrays out.
+
+The verdict codes and histogram layout are stated in csrc/accumulate.h.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._accumulate import ffi, lib
+
+HIST_BINS = int(lib.FG_HIST_BINS)
+# lower edge of each histogram bin, as a power of ten (bin 0 holds everything below 1e-16)
+HIST_EDGES = tuple(range(-16, 1))
+
+VERDICTS = ("excellent", "ok", "suspect", "wrong", "noise", "nan", "kink")
+EXCELLENT, OK, SUSPECT, WRONG, NOISE, NAN, KINK = range(len(VERDICTS))
+
+
+@dataclass
+class CoordStats:
+    numeric: np.ndarray
+    rel_error: np.ndarray
+    noise: np.ndarray
+    kink_score: np.ndarray
+    verdict: np.ndarray  # int8 codes, see VERDICTS
+    failed: np.ndarray  # bool
+    kink: np.ndarray  # bool: a kink crossing was detected
+
+
+@dataclass
+class SegmentStats:
+    checked: np.ndarray
+    failed: np.ndarray
+    kinks: np.ndarray
+    max_rel: np.ndarray
+    argmax: np.ndarray  # position in the coordinate arrays, -1 when no eligible coordinate
+    hist: np.ndarray  # (n_segments, HIST_BINS)
+
+
+def _in(a, dtype):
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a, ffi.from_buffer(_CTYPE[np.dtype(dtype)], a)
+
+
+def _out(n, dtype):
+    a = np.empty(n, dtype=dtype)
+    return a, ffi.from_buffer(_CTYPE[np.dtype(dtype)], a, require_writable=True)
+
+
+_CTYPE = {
+    np.dtype(np.float64): "double[]",
+    np.dtype(np.int64): "int64_t[]",
+    np.dtype(np.int8): "int8_t[]",
+    np.dtype(np.uint8): "uint8_t[]",
+}
+
+
+def coordinate_stats(analytic, f_plus, f_minus, f0: float, step, tol: float,
+                     noise_eps: float) -> CoordStats:
+    """Numeric gradient, relative error, noise floor, kink score and verdict per coordinate."""
+    analytic, p_a = _in(analytic, np.float64)
+    n = analytic.size
+    f_plus, p_fp = _in(f_plus, np.float64)
+    f_minus, p_fm = _in(f_minus, np.float64)
+    step, p_h = _in(step, np.float64)
+    if not (f_plus.size == f_minus.size == step.size == n):
+        raise ValueError("coordinate_stats: analytic, f_plus, f_minus and step differ in size")
+    numeric, p_num = _out(n, np.float64)
+    rel, p_rel = _out(n, np.float64)
+    noise, p_noise = _out(n, np.float64)
+    score, p_score = _out(n, np.float64)
+    verdict, p_verdict = _out(n, np.int8)
+    failed, p_failed = _out(n, np.uint8)
+    kink, p_kink = _out(n, np.uint8)
+    lib.fg_coords(n, p_a, p_fp, p_fm, float(f0), p_h, float(tol), float(noise_eps),
+                  p_num, p_rel, p_noise, p_score, p_verdict, p_failed, p_kink)
+    return CoordStats(numeric, rel, noise, score, verdict, failed.view(bool), kink.view(bool))
+
+
+def segment_stats(segment, rel_error, verdict, failed, kink, n_segments: int) -> SegmentStats:
+    """Checked/failed/kink counts, max relative error and its position, log10 histogram."""
+    segment, p_seg = _in(segment, np.int64)
+    n = segment.size
+    rel_error, p_rel = _in(rel_error, np.float64)
+    verdict, p_verdict = _in(verdict, np.int8)
+    failed, p_failed = _in(np.asarray(failed).view(np.uint8) if np.asarray(failed).dtype == bool
+                           else failed, np.uint8)
+    kink, p_kink = _in(np.asarray(kink).view(np.uint8) if np.asarray(kink).dtype == bool
+                       else kink, np.uint8)
+    if not (rel_error.size == verdict.size == failed.size == kink.size == n):
+        raise ValueError("segment_stats: the coordinate arrays differ in size")
+    checked, p_checked = _out(n_segments, np.int64)
+    n_failed, p_n_failed = _out(n_segments, np.int64)
+    kinks, p_kinks = _out(n_segments, np.int64)
+    max_rel, p_max = _out(n_segments, np.float64)
+    argmax, p_argmax = _out(n_segments, np.int64)
+    hist, p_hist = _out(n_segments * HIST_BINS, np.int64)
+    status = lib.fg_segments(n, p_seg, p_rel, p_verdict, p_failed, p_kink, n_segments,
+                             p_checked, p_n_failed, p_kinks, p_max, p_argmax, p_hist)
+    if status != 0:
+        raise ValueError(f"segment_stats: a segment id is outside 0..{n_segments - 1}")
+    return SegmentStats(checked, n_failed, kinks, max_rel, argmax,
+                        hist.reshape(n_segments, HIST_BINS))

@@ -1,0 +1,391 @@
+"""check() and assert_gradients(): the driver that ties the steps together.
+
+segments -> sampling -> steps -> evaluate (kernels) -> accumulate -> report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import accumulate
+from .accumulate import KINK, VERDICTS
+from .evaluate import Evaluator, LossError, as_loss, loss_terms
+from .report import CoordRecord, Report, SegmentReport
+from .sampling import sample_coordinates
+from .segments import SegmentMap, as_segment_map
+from .steps import KINK_SHRINK, coordinate_steps, noise_eps, precision_of, tolerance
+
+__all__ = ["check", "assert_gradients", "GradientCheckError", "NondeterminismError", "Problem"]
+
+
+class GradientCheckError(AssertionError):
+    """Raised by assert_gradients; the message is the report table, ``.report`` the Report."""
+
+    def __init__(self, report: Report):
+        super().__init__(str(report))
+        self.report = report
+
+
+class NondeterminismError(ValueError):
+    """The loss gave two different values at the same theta."""
+
+
+@dataclass
+class Problem:
+    """What ``fastgrad check MODULE:FACTORY`` expects FACTORY() to return."""
+
+    f: Callable
+    theta: np.ndarray
+    grad: np.ndarray | Callable
+    segments: SegmentMap | Mapping | None = None
+    args: tuple = ()
+    options: dict = field(default_factory=dict)  # more check() options, e.g. {"depth": 3}
+
+
+def _flat_theta(theta) -> np.ndarray:
+    if not isinstance(theta, np.ndarray):
+        try:
+            theta = np.asarray(theta)
+        except Exception:
+            raise TypeError(f"theta: expected a float array, got {type(theta).__name__}") from None
+    if theta.dtype.kind != "f":
+        raise TypeError(
+            f"theta: dtype {theta.dtype} cannot be perturbed by a small step; "
+            f"pass a float64 (or float32) array, e.g. theta.astype(np.float64)"
+        )
+    precision_of(theta.dtype)
+    if theta.size == 0:
+        raise ValueError("theta: is empty; there is nothing to check")
+    # a private, contiguous copy: the caller's array is never written, whatever f does
+    return np.array(theta, copy=True).reshape(-1)
+
+
+def _first_nonfinite(values: np.ndarray) -> int | None:
+    bad = np.flatnonzero(~np.isfinite(values))
+    return int(bad[0]) if bad.size else None
+
+
+def _describe(segs: SegmentMap):
+    def describe(i: int) -> str:
+        name, local = segs.locate(int(i))
+        return f"{name}[{', '.join(map(str, local))}] (flat index {i})"
+    return describe
+
+
+def _flat_grad(g, n: int, argument: str) -> np.ndarray:
+    if isinstance(g, Mapping):
+        raise TypeError(f"{argument}: got a mapping where one gradient array was expected")
+    try:
+        arr = np.asarray(g)
+    except Exception:
+        raise TypeError(f"{argument}: expected an array, got {type(g).__name__}") from None
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{argument}: expected a real float array, got dtype {arr.dtype}")
+    if arr.size != n:
+        raise ValueError(
+            f"{argument}: has {arr.size} values (shape {arr.shape}) but theta has {n}"
+        )
+    return np.array(arr, dtype=np.float64, copy=True).reshape(-1)
+
+
+def _gradients(grad, theta, args, n, terms, segs) -> dict[str | None, np.ndarray]:
+    """The analytic gradient(s), flat float64 copies, one per loss term."""
+    if callable(grad) and not isinstance(grad, np.ndarray):
+        try:
+            grad = grad(theta.copy(), *args)
+        except Exception as exc:
+            raise LossError(f"grad raised at theta: {type(exc).__name__}: {exc}") from exc
+    if terms is None:
+        out = {None: _flat_grad(grad, n, "grad")}
+    else:
+        if not isinstance(grad, Mapping) or set(map(str, grad)) != set(terms):
+            raise ValueError(
+                f"grad: f returns the loss terms {list(terms)}, so grad must be a mapping with "
+                f"the same names; got {type(grad).__name__}"
+                + (f" with {list(grad)}" if isinstance(grad, Mapping) else "")
+            )
+        out = {t: _flat_grad(grad[t], n, f"grad[{t!r}]") for t in terms}
+    describe = _describe(segs)
+    for term, g in out.items():
+        bad = _first_nonfinite(g)
+        if bad is not None:
+            name = "grad" if term is None else f"grad[{term!r}]"
+            raise ValueError(f"{name}: non-finite value {g[bad]} at {describe(bad)}")
+    return out
+
+
+def _check_deterministic(first: np.ndarray, second: np.ndarray, nondet_tol: float,
+                         dtype) -> None:
+    allowed = np.maximum(nondet_tol * np.maximum(1.0, np.abs(first)),
+                         noise_eps(dtype) * np.abs(first))
+    if np.any(np.abs(first - second) > allowed):
+        raise NondeterminismError(
+            f"f: two evaluations at the same theta gave different losses ({first.tolist()} and "
+            f"{second.tolist()}): the loss is not deterministic. Likely causes: dropout left on, "
+            f"data augmentation, or unseeded randomness (a fresh minibatch each call). Fix: turn "
+            f"dropout/augmentation off for the check, or fix the seed inside f (e.g. "
+            f"np.random.default_rng(0) created in f); pass nondet_tol=... to accept a known tiny "
+            f"level of nondeterminism."
+        )
+
+
+def check(
+    f: Callable,
+    theta: np.ndarray,
+    grad: np.ndarray | Callable | Mapping,
+    *,
+    args: tuple = (),
+    segments: SegmentMap | Mapping | None = None,
+    samples: int | str | Mapping = 16,
+    h: float | str = "auto",
+    seed: int = 0,
+    depth: int = 1,
+    tol: float | None = None,
+    kinks: str | Callable = "detect",
+    workers: int | None = None,
+    executor: Executor | None = None,
+    progress: bool | None = None,
+    nondet_tol: float = 0.0,
+) -> Report:
+    """Compare the analytic gradient with centered differences on sampled coordinates.
+
+    >>> theta, segs = fg.flatten({"W": W, "b": b})
+    >>> report = fg.check(loss, theta, grad, segments=segs, samples=32)
+    >>> print(report)            # one row per segment, then the worst coordinates
+    """
+    if not isinstance(args, tuple):
+        raise TypeError(f"args: expected a tuple of extra arguments, got {type(args).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    if not (kinks in ("detect", "ignore") or callable(kinks)):
+        raise ValueError(f"kinks: expected 'detect', 'ignore' or a callable, got {kinks!r}")
+    if not (np.isfinite(nondet_tol) and nondet_tol >= 0):
+        raise ValueError(f"nondet_tol: expected a non-negative float, got {nondet_tol!r}")
+    x = _flat_theta(theta)
+    n = x.size
+    segs = as_segment_map(segments, n)
+    describe = _describe(segs)
+    bad = _first_nonfinite(x)
+    if bad is not None:
+        raise ValueError(f"theta: non-finite value {x[bad]} at {describe(bad)}")
+    tol_value, tol_reason = tolerance(x.dtype, depth, tol)
+    eps = noise_eps(x.dtype)
+
+    # the loss at theta, twice: its terms, and a nondeterminism check
+    if not callable(f):
+        raise TypeError(f"f: expected a callable loss f(theta, *args), got {f!r}")
+    try:
+        first_value = f(x.copy(), *args)
+    except Exception as exc:
+        raise LossError(f"f raised at theta: {type(exc).__name__}: {exc}") from exc
+    terms = loss_terms(first_value)
+    ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=progress,
+                   describe=describe, terms=terms)
+    f0 = as_loss(first_value, terms, "at theta")
+    ev.evaluations += 1
+    if not np.all(np.isfinite(f0)):
+        raise ValueError(f"f: the loss at theta is not finite ({f0.tolist()}); "
+                         f"check the starting point before its gradient")
+    _check_deterministic(f0, ev.at(x), nondet_tol, x.dtype)
+    grads = _gradients(grad, x, args, n, terms, segs)
+
+    index = sample_coordinates(segs, samples, seed)
+    step = coordinate_steps(x[index], h, x.dtype)
+    f_plus, f_minus = ev.pairs(index, step)
+    term_names = list(grads)
+    stats = [
+        accumulate.coordinate_stats(grads[t][index], f_plus[:, m], f_minus[:, m], f0[m], step,
+                                    tol_value, eps)
+        for m, t in enumerate(term_names)
+    ]
+    steps = [step.copy() for _ in term_names]
+    rechecked = np.zeros(index.size, dtype=bool)
+    if kinks != "ignore":
+        rechecked = _recheck_kinks(ev, x, index, step, f_plus, f_minus, grads, term_names, stats,
+                                   steps, f0, tol_value, eps, kinks, args)
+
+    # per segment, per term: the C accumulator again
+    seg_ids = segs.segment_ids(index)
+    coords: list[CoordRecord] = []
+    by_term: dict[str | None, dict[str, SegmentReport]] = {}
+    for m, t in enumerate(term_names):
+        s = stats[m]
+        agg = accumulate.segment_stats(seg_ids, s.rel_error, s.verdict, s.failed, s.kink,
+                                       len(segs))
+        by_term[t] = {
+            seg.name: SegmentReport(
+                name=seg.name, size=seg.size, checked=int(agg.checked[p]),
+                failed=int(agg.failed[p]), kinks=int(agg.kinks[p]),
+                max_rel_error=float(agg.max_rel[p]), passed=bool(agg.failed[p] == 0),
+                worst=int(index[agg.argmax[p]]) if agg.argmax[p] >= 0 else None,
+                histogram=tuple(int(v) for v in agg.hist[p]),
+                rechecked=int(np.count_nonzero(rechecked[seg_ids == p])), term=t,
+            )
+            for p, seg in enumerate(segs)
+        }
+        for j, i in enumerate(index):
+            name, local = segs.locate(int(i))
+            coords.append(CoordRecord(
+                index=int(i), segment=name, local=local, analytic=float(grads[t][i]),
+                numeric=float(s.numeric[j]), rel_error=float(s.rel_error[j]),
+                kink=bool(s.kink[j]), verdict=VERDICTS[s.verdict[j]], step=float(steps[m][j]),
+                failed=bool(s.failed[j]), noise=float(s.noise[j]), term=t,
+            ))
+    if terms is None:
+        segments_report = by_term[None]
+        terms_report = {}
+        loss_value: float | dict[str, float] = float(f0[0])
+    else:
+        terms_report = by_term
+        segments_report = _merge_terms(by_term, segs)
+        loss_value = {t: float(v) for t, v in zip(term_names, f0)}
+    eligible = [s.max_rel_error for s in segments_report.values() if s.checked]
+    return Report(
+        passed=all(s.passed for s in segments_report.values()),
+        max_rel_error=float(max(eligible)) if eligible else 0.0,
+        segments=segments_report, coords=coords, evaluations=ev.evaluations,
+        tol=tol_value, tol_reason=tol_reason, path=ev.path, path_reason=ev.path_reason,
+        dtype=x.dtype.name, depth=int(depth), seed=int(seed), loss=loss_value,
+        terms=terms_report, rechecked=int(np.count_nonzero(rechecked)),
+    )
+
+
+def _merge_terms(by_term, segs) -> dict[str, SegmentReport]:
+    """One row per segment over all loss terms: counts summed, worst error kept."""
+    merged = {}
+    for seg in segs:
+        rows = [by_term[t][seg.name] for t in by_term]
+        worst = max(rows, key=lambda r: r.max_rel_error)
+        merged[seg.name] = SegmentReport(
+            name=seg.name, size=seg.size, checked=rows[0].checked,
+            failed=sum(r.failed for r in rows), kinks=max(r.kinks for r in rows),
+            max_rel_error=worst.max_rel_error, passed=all(r.passed for r in rows),
+            worst=worst.worst, histogram=tuple(np.sum([r.histogram for r in rows], axis=0)),
+            rechecked=rows[0].rechecked,
+        )
+    return merged
+
+
+def _signature_changes(kinks, x, index, step, args) -> np.ndarray:
+    """With kinks=callable: does the active-set signature differ at x+h or x-h from x?"""
+    base = kinks(x.copy(), *args)
+    work = x.copy()
+    changed = np.zeros(index.size, dtype=bool)
+    for j, i in enumerate(index):
+        xi = work[i]
+        work[i] = xi + step[j]
+        up = kinks(work, *args)
+        work[i] = xi - step[j]
+        down = kinks(work, *args)
+        work[i] = xi
+        changed[j] = up != base or down != base
+    return changed
+
+
+def _recheck_kinks(ev, x, index, step, f_plus, f_minus, grads, term_names, stats, steps, f0, tol,
+                   eps, kinks, args) -> np.ndarray:
+    """Re-check kink candidates with smaller steps; excuse only the ones that stay on a kink.
+
+    A kink at distance d from x_i is crossed only while the step exceeds d, so shrinking the step
+    resolves it and the coordinate is judged on the smaller step. If the one-sided slopes still
+    disagree at the smallest step (their gap did not shrink with the step, as smooth curvature
+    would), x_i sits on the kink: an analytic value between the two one-sided slopes (a valid
+    subgradient) is excused as "kink"; any other value fails.
+    """
+    candidate = np.zeros(index.size, dtype=bool)
+    for s in stats:
+        candidate |= s.kink
+    if callable(kinks):
+        failing = np.zeros(index.size, dtype=bool)
+        for s in stats:
+            failing |= s.failed & (s.verdict != accumulate.NAN)
+        pos = np.flatnonzero(failing)
+        if pos.size:
+            changed = _signature_changes(kinks, x, index[pos], step[pos], args)
+            candidate[pos[changed]] = True
+            for s in stats:
+                s.kink[pos] = changed & s.failed[pos]
+    pos = np.flatnonzero(candidate)
+    if pos.size == 0:
+        return candidate
+    first_gap = [_slope_gap(f_plus[pos, m], f_minus[pos, m], f0[m], step[pos])
+                 for m in range(len(stats))]
+    unresolved = {m: pos[stats[m].kink[pos]] for m in range(len(stats))}
+    last = None
+    for factor in KINK_SHRINK:
+        todo = np.unique(np.concatenate([u for u in unresolved.values()]))
+        if todo.size == 0:
+            break
+        small = _shrunk(x[index[todo]], step[todo], factor, x.dtype)
+        fp, fm = ev.pairs(index[todo], small, label="kink re-check")
+        last = (todo, small, fp, fm)
+        for m, t in enumerate(term_names):
+            rows = np.isin(todo, unresolved[m])
+            if not rows.any():
+                continue
+            sub = accumulate.coordinate_stats(grads[t][index[todo[rows]]], fp[rows, m],
+                                              fm[rows, m], f0[m], small[rows], tol, eps)
+            resolved = ~sub.failed
+            where = todo[rows][resolved]
+            _assign(stats[m], where, sub, resolved)
+            steps[m][where] = small[rows][resolved]
+            unresolved[m] = todo[rows][~resolved]
+    # still failing at the smallest step: on the kink itself, or not a kink at all
+    if last is not None:
+        todo, small, fp, fm = last
+        for m, t in enumerate(term_names):
+            left = unresolved[m]
+            if left.size == 0:
+                continue
+            rows = np.searchsorted(todo, left)
+            h = small[rows]
+            s_plus = (fp[rows, m] - f0[m]) / h
+            s_minus = (f0[m] - fm[rows, m]) / h
+            gap = _slope_gap(fp[rows, m], fm[rows, m], f0[m], h)
+            original_gap = first_gap[m][np.searchsorted(pos, left)]
+            on_kink = gap >= 0.5 * original_gap
+            if callable(kinks):
+                on_kink |= _signature_changes(kinks, x, index[left], h, args)
+            a = grads[t][index[left]]
+            lo, hi = np.minimum(s_plus, s_minus), np.maximum(s_plus, s_minus)
+            slack = tol * np.maximum(np.abs(lo), np.abs(hi))
+            subgradient = (a >= lo - slack) & (a <= hi + slack)
+            s = stats[m]
+            excused = left[on_kink & subgradient]
+            s.verdict[excused] = KINK
+            s.failed[excused] = False
+            # a smooth coordinate flagged by its score: not a kink, the original verdict stands
+            s.kink[left[~on_kink]] = False
+    return candidate
+
+
+def _shrunk(x, step, factor, dtype):
+    raw = step * factor
+    exact = ((x + raw.astype(dtype)) - x).astype(np.float64)
+    return np.where(exact > 0, exact, raw)
+
+
+def _slope_gap(f_plus, f_minus, f0, step):
+    """|s+ - s-|: a kink keeps it as the step shrinks, smooth curvature shrinks it with the step."""
+    return np.abs(f_plus - 2.0 * f0 + f_minus) / step
+
+
+def _assign(target, where, sub, rows):
+    """Take the re-checked values; kink stays True as the record of the resolved crossing."""
+    for name in ("numeric", "rel_error", "noise", "kink_score", "verdict", "failed"):
+        getattr(target, name)[where] = getattr(sub, name)[rows]
+
+
+def assert_gradients(f: Callable, theta: np.ndarray, grad, **options) -> Report:
+    """Like check(), but raise GradientCheckError (an AssertionError) when the check fails.
+
+    >>> fg.assert_gradients(loss, theta, grad, segments=segs)   # silent when right
+    """
+    report = check(f, theta, grad, **options)
+    if not report.passed:
+        raise GradientCheckError(report)
+    return report

@@ -1,0 +1,249 @@
+"""Who evaluates the perturbed losses: the Numba kernel, a thread pool, or an Executor.
+
+``Evaluator`` is the only object the driver talks to. It counts every loss evaluation and never
+writes to the caller's theta: each worker perturbs its own copy and restores it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+
+import numpy as np
+
+from .progress import Progress
+
+
+class LossError(RuntimeError):
+    """The loss raised (or returned something unusable) at a perturbed point."""
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index
+
+
+def is_numba_dispatcher(f) -> bool:
+    try:
+        from numba.core.dispatcher import Dispatcher
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return False
+    return isinstance(f, Dispatcher)
+
+
+def resolve_workers(workers) -> int:
+    if workers is None:
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else (os.cpu_count() or 1))
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers: expected a positive int or None, got {workers!r}")
+    return int(workers)
+
+
+def loss_terms(value) -> tuple[str, ...] | None:
+    """Names of the loss terms when f returns a mapping of them, else None."""
+    if isinstance(value, Mapping):
+        if not value:
+            raise ValueError("f: returned an empty mapping of loss terms")
+        return tuple(str(k) for k in value)
+    return None
+
+
+def as_loss(value, terms: tuple[str, ...] | None, where: str) -> np.ndarray:
+    """A loss value as a float64 array of one entry per term (one entry for a plain loss)."""
+    if terms is not None:
+        if not isinstance(value, Mapping) or set(map(str, value)) != set(terms):
+            raise LossError(f"f: {where} returned {value!r}; expected the terms {list(terms)}")
+        return np.array([_scalar(value[t], f"{where}, term {t!r}") for t in terms])
+    return np.array([_scalar(value, where)])
+
+
+def _scalar(value, where: str) -> float:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise LossError(f"f: {where} returned {value!r}, which is not a number") from None
+    if arr.size != 1:
+        raise LossError(
+            f"f: {where} returned an array of shape {arr.shape}; the loss must be a scalar"
+        )
+    return float(arr.reshape(()))
+
+
+class Evaluator:
+    """Evaluates ``f(theta + perturbation, *args)`` for batches of perturbations."""
+
+    def __init__(self, f: Callable, theta: np.ndarray, args: tuple = (), *, workers=None,
+                 executor: Executor | None = None, progress=None, describe=None,
+                 terms: tuple[str, ...] | None = None):
+        if not callable(f):
+            raise TypeError(f"f: expected a callable loss f(theta, *args), got {f!r}")
+        if executor is not None and not isinstance(executor, Executor):
+            raise TypeError(
+                f"executor: expected a concurrent.futures.Executor, got {type(executor).__name__}"
+            )
+        self.f = f
+        self.theta = theta  # read-only here: every perturbation happens on a copy
+        self.args = tuple(args)
+        self.workers = resolve_workers(workers)
+        self.executor = executor
+        self.progress = progress
+        self.terms = terms
+        self.describe = describe or (lambda i: f"theta[{i}]")
+        self.evaluations = 0
+        self.jit = is_numba_dispatcher(f) and terms is None and executor is None
+        if self.jit:
+            self.path = "jit"
+            self.path_reason = f"f is a Numba dispatcher: prange kernel on {self.workers} threads"
+        elif executor is not None:
+            self.path = "executor"
+            self.path_reason = f"chunks sent to {type(executor).__name__}"
+        elif self.workers == 1:
+            self.path = "serial"
+            self.path_reason = "workers=1: strictly serial"
+        else:
+            self.path = "threads"
+            self.path_reason = f"Python callable: thread pool of {self.workers} workers"
+
+    # -- one point ----------------------------------------------------------------------------
+    def at(self, x: np.ndarray, where: str = "theta") -> np.ndarray:
+        """The loss (per term) at one point, evaluated on a copy."""
+        try:
+            value = self.f(x.copy(), *self.args)
+        except LossError:
+            raise
+        except Exception as exc:
+            raise LossError(f"f raised at {where}: {type(exc).__name__}: {exc}") from exc
+        self.evaluations += 1
+        return as_loss(value, self.terms, f"at {where}")
+
+    # -- coordinate pairs ---------------------------------------------------------------------
+    def pairs(self, index: np.ndarray, step: np.ndarray, label: str = "coordinates"):
+        """Losses at theta +- step[j] e_index[j]: two arrays of shape (k, terms)."""
+        index = np.ascontiguousarray(index, dtype=np.int64)
+        step = np.ascontiguousarray(step, dtype=np.float64)
+        k = index.size
+        m = 1 if self.terms is None else len(self.terms)
+        f_plus = np.empty((k, m))
+        f_minus = np.empty((k, m))
+        with Progress(total=2 * k, label=label, enabled=self.progress) as bar:
+            if self.jit:
+                self._pairs_jit(index, step, f_plus[:, 0], f_minus[:, 0], bar)
+            else:
+                self._pairs_python(index, step, f_plus, f_minus, bar)
+        self.evaluations += 2 * k
+        return f_plus, f_minus
+
+    def _pairs_jit(self, index, step, f_plus, f_minus, bar):
+        import numba
+
+        from .kernels import _centered_losses
+
+        threads = min(self.workers, numba.config.NUMBA_NUM_THREADS)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            # batches only to move the progress bar; one batch when nobody is watching
+            batch = index.size if not bar.active else max(4 * threads, index.size // 50)
+            theta = np.ascontiguousarray(self.theta)
+            for lo in range(0, index.size, batch):
+                hi = min(lo + batch, index.size)
+                current = np.full(min(threads, hi - lo) or 1, -1, dtype=np.int64)
+                try:
+                    _centered_losses(self.f, theta, index[lo:hi], step[lo:hi], self.args,
+                                     f_plus[lo:hi], f_minus[lo:hi], current)
+                except Exception as exc:
+                    cause = exc.__context__ or exc
+                    busy = [int(index[lo + j]) for j in current if j >= 0]
+                    where = ", ".join(self.describe(i) for i in busy) or "a perturbed point"
+                    raise LossError(
+                        f"f raised in the parallel kernel while evaluating {where}: "
+                        f"{type(cause).__name__}: {cause}",
+                        busy[0] if busy else None,
+                    ) from cause
+                bar.update(2 * (hi - lo))
+        finally:
+            numba.set_num_threads(previous)
+
+    def _pairs_python(self, index, step, f_plus, f_minus, bar):
+        k = index.size
+        if k == 0:
+            return
+        n_workers = 1 if self.path == "serial" else self.workers
+        if self.executor is not None:
+            n_workers = max(1, getattr(self.executor, "_max_workers", None) or self.workers)
+        # a few chunks per worker keeps them balanced when evaluations differ in cost
+        n_chunks = min(k, n_workers * 4) if n_workers > 1 else 1
+        bounds = np.linspace(0, k, n_chunks + 1).astype(np.int64)
+        chunks = [(int(bounds[c]), int(bounds[c + 1])) for c in range(n_chunks)]
+        if self.executor is not None:
+            futures = [
+                self.executor.submit(_pairs_task, self.f, self.theta, index[lo:hi], step[lo:hi],
+                                     self.args, self.terms)
+                for lo, hi in chunks
+            ]
+            for (lo, hi), fut in zip(chunks, futures):
+                fp, fm, failure = fut.result()
+                if failure is not None:
+                    self._raise(*failure)
+                f_plus[lo:hi], f_minus[lo:hi] = fp, fm
+                bar.update(2 * (hi - lo))
+            return
+        local = threading.local()
+        theta = self.theta
+
+        def run(chunk):
+            lo, hi = chunk
+            work = getattr(local, "work", None)
+            if work is None:
+                work = local.work = theta.copy()
+            failure = _fill_pairs(self.f, work, index[lo:hi], step[lo:hi], self.args,
+                                  self.terms, f_plus[lo:hi], f_minus[lo:hi])
+            bar.update(2 * (hi - lo))
+            return failure
+
+        if n_workers == 1:
+            results = [run(c) for c in chunks]
+        else:
+            with ThreadPoolExecutor(max_workers=n_workers) as pool:
+                results = list(pool.map(run, chunks))
+        for failure in results:
+            if failure is not None:
+                self._raise(*failure)
+
+    def _raise(self, i, exc):
+        if isinstance(exc, LossError):
+            raise LossError(f"{exc} (while evaluating {self.describe(i)})", i) from exc
+        raise LossError(
+            f"f raised while evaluating {self.describe(i)}: {type(exc).__name__}: {exc}", i
+        ) from exc
+
+
+def _fill_pairs(f, work, index, step, args, terms, f_plus, f_minus):
+    """Serial loop over coordinates on one working copy; returns (index, exception) or None."""
+    for j in range(index.size):
+        i = int(index[j])
+        x = work[i]
+        try:
+            work[i] = x + step[j]
+            f_plus[j] = as_loss(f(work, *args), terms, "a perturbed point")
+            work[i] = x - step[j]
+            f_minus[j] = as_loss(f(work, *args), terms, "a perturbed point")
+        except Exception as exc:
+            return i, exc
+        finally:
+            work[i] = x
+    return None
+
+
+def _pairs_task(f, theta, index, step, args, terms):
+    """One chunk for an Executor (may run in another process): its own copy of theta."""
+    m = 1 if terms is None else len(terms)
+    f_plus = np.empty((index.size, m))
+    f_minus = np.empty((index.size, m))
+    failure = _fill_pairs(f, np.array(theta, copy=True), index, step, args, terms, f_plus, f_minus)
+    if failure is not None:
+        i, exc = failure
+        failure = (i, RuntimeError(f"{type(exc).__name__}: {exc}"))
+    return f_plus, f_minus, failure

@@ -1,0 +1,180 @@
+"""Report, SegmentReport and CoordRecord: what a check found, as data, a table and a dict.
+
+The numbers here are read from the accumulator's output; nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from .accumulate import HIST_EDGES
+
+
+@dataclass(frozen=True)
+class CoordRecord:
+    """One checked coordinate."""
+
+    index: int  # flat index into theta
+    segment: str
+    local: tuple[int, ...]  # multi-index inside the segment
+    analytic: float
+    numeric: float
+    rel_error: float
+    kink: bool  # a kink crossing was detected at this coordinate
+    verdict: str  # excellent | ok | suspect | wrong | noise | nan | kink
+    step: float  # the step of the numeric value shown (smaller than the first after a re-check)
+    failed: bool
+    noise: float  # absolute roundoff floor of the numeric value
+    term: str | None = None  # the loss term, when f returns several
+
+    @property
+    def where(self) -> str:
+        """``W1[12, 3]``: the segment and the multi-index, as a person writes it."""
+        inner = ", ".join(str(i) for i in self.local)
+        name = self.segment if self.term is None else f"{self.term}:{self.segment}"
+        return f"{name}[{inner}]"
+
+
+@dataclass(frozen=True)
+class SegmentReport:
+    name: str
+    size: int
+    checked: int
+    failed: int
+    kinks: int  # kink crossings detected (resolved or excused)
+    max_rel_error: float  # over checked coordinates that are not kink, noise or nan
+    passed: bool
+    worst: int | None = None  # flat index of the coordinate with max_rel_error
+    histogram: tuple[int, ...] = ()  # counts of log10(rel_error) bins, see accumulate.HIST_EDGES
+    rechecked: int = 0  # coordinates re-checked with a smaller step after a kink crossing
+    term: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        if self.failed:
+            return "FAILED"
+        return band_name(self.max_rel_error)
+
+
+def band_name(rel: float) -> str:
+    if rel > 1e-2:
+        return "wrong"
+    if rel > 1e-4:
+        return "suspect"
+    if rel > 1e-7:
+        return "ok"
+    return "excellent"
+
+
+@dataclass
+class Report:
+    """The outcome of ``fastgrad.check``; ``str(report)`` is a table, ``to_dict()`` is JSON-ready."""
+
+    passed: bool
+    max_rel_error: float
+    segments: dict[str, SegmentReport]
+    coords: list[CoordRecord]
+    evaluations: int
+    tol: float
+    tol_reason: str
+    path: str  # who evaluated the losses: jit | threads | serial | executor
+    path_reason: str
+    dtype: str
+    depth: int
+    seed: int
+    loss: float | dict[str, float]  # f at theta (per term when f returns several)
+    terms: dict[str, dict[str, SegmentReport]] = field(default_factory=dict)
+    rechecked: int = 0
+
+    @property
+    def failures(self) -> list[CoordRecord]:
+        return [c for c in self.coords if c.failed]
+
+    @property
+    def kinks(self) -> int:
+        return sum(1 for c in self.coords if c.kink)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict:
+        def clean(x):
+            if isinstance(x, float) and not math.isfinite(x):
+                return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return [clean(v) for v in x]
+            return x
+
+        return clean({
+            "passed": self.passed,
+            "max_rel_error": self.max_rel_error,
+            "evaluations": self.evaluations,
+            "tol": self.tol,
+            "tol_reason": self.tol_reason,
+            "path": self.path,
+            "path_reason": self.path_reason,
+            "dtype": self.dtype,
+            "depth": self.depth,
+            "seed": self.seed,
+            "loss": self.loss,
+            "rechecked": self.rechecked,
+            "histogram_edges_log10": list(HIST_EDGES),
+            "segments": {name: asdict(s) for name, s in self.segments.items()},
+            "terms": {t: {n: asdict(s) for n, s in segs.items()} for t, segs in self.terms.items()},
+            "coords": [asdict(c) for c in self.coords],
+            "failures": [c.index for c in self.failures],
+        })
+
+    def table(self, worst: int = 8) -> str:
+        status = "PASSED" if self.passed else "FAILED"
+        checked = sum(s.checked for s in self.segments.values())
+        lines = [
+            f"fastgrad check {status}: max rel. error {_fmt_rel(self.max_rel_error)} over "
+            f"{checked} coordinates, {len(self.failures)} failed, {self.kinks} kink crossings",
+            f"  tolerance {self.tol:.1e} ({self.tol_reason}); {self.evaluations} loss evaluations "
+            f"({self.path}: {self.path_reason})",
+        ]
+        groups = self.terms.items() if self.terms else [(None, self.segments)]
+        for term, segments in groups:
+            lines.append("")
+            if term is not None:
+                failed = sum(s.failed for s in segments.values())
+                lines.append(f"loss term {term!r}: {'FAILED' if failed else 'passed'}")
+            lines += _segment_table(segments.values())
+        shown = sorted(
+            (c for c in self.coords if c.verdict not in ("excellent",) or c.failed),
+            key=lambda c: (not c.failed, -(c.rel_error if math.isfinite(c.rel_error) else 1e300)),
+        )[:worst]
+        if shown:
+            lines += ["", "worst coordinates:"]
+            rows = [("where", "analytic", "numeric", "rel.err", "verdict")]
+            for c in shown:
+                verdict = c.verdict.upper() if c.failed else c.verdict
+                rows.append((c.where, f"{c.analytic: .6e}", f"{c.numeric: .6e}",
+                             _fmt_rel(c.rel_error), verdict + (" (kink)" if c.kink and
+                                                               c.verdict != "kink" else "")))
+            lines += _columns(rows, indent="  ")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _fmt_rel(x: float) -> str:
+    return "nan" if isinstance(x, float) and math.isnan(x) else f"{x:.1e}"
+
+
+def _segment_table(segments) -> list[str]:
+    rows = [("segment", "size", "checked", "failed", "kinks", "max rel.err", "verdict")]
+    for s in segments:
+        rows.append((s.name, str(s.size), str(s.checked), str(s.failed), str(s.kinks),
+                     _fmt_rel(s.max_rel_error), s.verdict))
+    return _columns(rows, indent="  ")
+
+
+def _columns(rows, indent="") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]

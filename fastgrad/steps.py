@@ -1,0 +1,106 @@
+"""Step sizes, noise floors and failure tolerances: one table, keyed by dtype.
+
+Every number the checker uses to decide "is this difference real?" comes from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a floating-point dtype allows a centered difference to resolve."""
+
+    name: str
+    eps: float  # unit roundoff of the loss
+    step_scale: float  # centered differences: eps^(1/3) balances truncation against roundoff
+    base_tol: float  # failure threshold on rel_error at depth 1
+    max_tol: float  # the threshold never grows past this, however deep the network
+    noise_factor: float  # roundoff of a long reduction is a few eps times |f|, not one
+
+
+PRECISIONS = {
+    np.dtype(np.float64): Precision("float64", float(np.finfo(np.float64).eps),
+                                    float(np.finfo(np.float64).eps) ** (1 / 3), 1e-4, 1e-2, 32.0),
+    np.dtype(np.float32): Precision("float32", float(np.finfo(np.float32).eps),
+                                    float(np.finfo(np.float32).eps) ** (1 / 3), 3e-3, 5e-2, 8.0),
+}
+
+# ``depth ** DEPTH_EXPONENT`` reaches 100x (1e-4 -> 1e-2 in float64) at about 30 layers
+DEPTH_EXPONENT = 1.35
+
+# the smallest step factor a kink re-check shrinks to (h, h/10, h/100)
+KINK_SHRINK = (0.1, 0.01)
+
+
+def precision_of(dtype) -> Precision:
+    dtype = np.dtype(dtype)
+    try:
+        return PRECISIONS[dtype]
+    except KeyError:
+        raise TypeError(
+            f"theta: dtype {dtype} is not supported; use float64 (or float32)"
+        ) from None
+
+
+def tolerance(dtype, depth: int = 1, tol: float | None = None) -> tuple[float, str]:
+    """The failure threshold on the relative error, and a sentence saying where it came from.
+
+    >>> tolerance(np.float64)
+    (0.0001, 'float64 default 1e-04 at depth 1')
+    """
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise ValueError(f"depth: expected a positive int (number of layers), got {depth!r}")
+    if tol is not None:
+        tol = float(tol)
+        if not (0.0 < tol < 1.0):
+            raise ValueError(f"tol: expected a relative error in (0, 1), got {tol!r}")
+        return tol, f"tol={tol:.0e} given by the caller"
+    p = precision_of(dtype)
+    value = min(p.max_tol, p.base_tol * float(depth) ** DEPTH_EXPONENT)
+    if depth == 1:
+        return value, f"{p.name} default {value:.0e} at depth 1"
+    return value, (
+        f"{p.name} default {p.base_tol:.0e} grown to {value:.1e} for depth {depth} "
+        f"(errors accumulate through layers; capped at {p.max_tol:.0e})"
+    )
+
+
+def noise_eps(dtype) -> float:
+    """Relative roundoff assumed for a loss value: eps times a safety factor for reductions."""
+    p = precision_of(dtype)
+    return p.eps * p.noise_factor
+
+
+def coordinate_steps(x: np.ndarray, h="auto", dtype=np.float64) -> np.ndarray:
+    """Per-coordinate steps for the values ``x`` of the sampled coordinates.
+
+    "auto": eps^(1/3) * max(1, |x_i|); a float: that step everywhere. Either way the step is
+    rounded so that ``x + h`` is exactly representable in ``dtype``: the denominator is then the
+    true distance between the two evaluation points.
+
+    >>> coordinate_steps(np.array([0.0, 1e3]))
+    array([6.05545445e-06, 6.05545445e-03])
+    """
+    p = precision_of(dtype)
+    x = np.asarray(x, dtype=dtype)
+    if isinstance(h, str):
+        if h != "auto":
+            raise ValueError(f"h: expected a positive float or 'auto', got {h!r}")
+        raw = p.step_scale * np.maximum(1.0, np.abs(x.astype(np.float64)))
+    else:
+        try:
+            value = float(h)
+        except (TypeError, ValueError):
+            raise TypeError(f"h: expected a positive float or 'auto', got {h!r}") from None
+        if not (value > 0.0 and np.isfinite(value)):
+            raise ValueError(f"h: expected a positive finite step, got {h!r}")
+        raw = np.full(x.shape, value)
+    raw = raw.astype(dtype)
+    exact = ((x + raw) - x).astype(np.float64)
+    # a step below the spacing of x rounds to 0: keep the spacing instead
+    spacing = np.spacing(np.abs(x)).astype(np.float64)
+    return np.where(exact > 0, exact, np.maximum(spacing, raw.astype(np.float64)))
