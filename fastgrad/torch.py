@@ -1,0 +1,379 @@
+"""Check PyTorch modules and functions: analytic gradients from autograd, numeric in float64.
+
+>>> import torch, fastgrad.torch
+>>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh())
+>>> fastgrad.torch.check_module(net, lambda out: out.pow(2).sum(), torch.randn(5, 4)).passed
+True
+
+Everything runs on float64 CPU copies: the caller's module (its parameters, their ``.grad``, its
+buffers and its train/eval mode), its tensors and torch's global RNG state are left untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "fastgrad.torch needs PyTorch, which is not installed: pip install fastgrad[torch]"
+    ) from exc
+
+from ._adapt import ThreadLocalLoss, check_seed, core_check, cotangent_rng
+
+__all__ = ["check_function", "check_module"]
+
+_F64 = torch.float64
+_CPU = torch.device("cpu")
+
+
+# ---------------------------------------------------------------- nested inputs and outputs
+
+
+def _rebuild(obj: Any, path: str, visit: Callable[[torch.Tensor, str], Any]) -> Any:
+    """``obj`` with every tensor ``t`` inside tuples/lists/dicts replaced by ``visit(t, path)``."""
+    if isinstance(obj, torch.Tensor):
+        return visit(obj, path)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(_rebuild(v, f"{path}.{i}", visit) for i, v in enumerate(obj)))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_rebuild(v, f"{path}.{i}", visit) for i, v in enumerate(obj))
+    if isinstance(obj, dict):
+        return {k: _rebuild(v, f"{path}.{k}", visit) for k, v in obj.items()}
+    return obj
+
+
+def _float_leaves(obj: Any) -> list[torch.Tensor]:
+    """The floating-point tensors of a (nested) output, in a fixed order."""
+    leaves: list[torch.Tensor] = []
+
+    def visit(t: torch.Tensor, path: str) -> torch.Tensor:
+        if t.is_floating_point():
+            leaves.append(t)
+        return t
+
+    _rebuild(obj, "", visit)
+    return leaves
+
+
+class _Inputs:
+    """Float64 CPU copies of the caller's (nested) tensor arguments.
+
+    Floating tensors that require grad are the checked ones: they get a segment named after their
+    position (``input0``, ``arg1``, ``input1.0`` for the first tensor of a tuple argument).
+    """
+
+    def __init__(self, values: tuple, prefix: str):
+        self.prefix = prefix
+        self.wrt: dict[str, torch.Tensor] = {}  # segment name -> float64 value
+
+        def convert(t: torch.Tensor, path: str) -> torch.Tensor:
+            if t.is_complex():
+                raise TypeError(f"{path}: complex tensors are not supported (dtype {t.dtype})")
+            if not t.is_floating_point():
+                return t.detach().to(_CPU).clone()
+            value = t.detach().to(device=_CPU, dtype=_F64).clone()
+            if t.requires_grad and t.numel() > 0:
+                self.wrt[path] = value
+            return value
+
+        self.values = tuple(_rebuild(v, f"{prefix}{i}", convert) for i, v in enumerate(values))
+
+    def bind(self, slot: Callable[[str], torch.Tensor | None]) -> tuple:
+        """A private copy: checked tensors become ``slot(name)``, other floats are cloned."""
+
+        def visit(t: torch.Tensor, path: str) -> torch.Tensor:
+            bound = slot(path) if path in self.wrt else None
+            return bound if bound is not None else t.clone()
+
+        return tuple(_rebuild(v, f"{self.prefix}{i}", visit) for i, v in enumerate(self.values))
+
+
+def _cotangents(output: Any, seed: int, what: str) -> list[torch.Tensor]:
+    leaves = _float_leaves(output)
+    if not leaves:
+        raise ValueError(f"{what}: returned no floating-point tensor to take the gradient of")
+    rng = cotangent_rng(seed)
+    return [torch.from_numpy(rng.standard_normal(t.shape)) for t in leaves]
+
+
+def _contract(output: Any, cotangents: list[torch.Tensor], what: str) -> torch.Tensor:
+    """``sum(output * c)`` over the floating tensors of the output: a scalar loss."""
+    leaves = _float_leaves(output)
+    if [t.shape for t in leaves] != [c.shape for c in cotangents]:
+        raise ValueError(
+            f"{what}: output shapes changed between evaluations "
+            f"({[tuple(c.shape) for c in cotangents]} then {[tuple(t.shape) for t in leaves]})"
+        )
+    return sum((t.to(_F64) * c).sum() for t, c in zip(leaves, cotangents, strict=True))
+
+
+def _scalar_loss(loss: Any, what: str) -> torch.Tensor:
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            shape = tuple(loss.shape)
+            raise ValueError(f"{what}: must return a scalar, got a tensor of shape {shape}")
+        if loss.is_complex():
+            raise ValueError(f"{what}: must return a real scalar, got dtype {loss.dtype}")
+        return loss.reshape(())
+    try:
+        return torch.tensor(float(loss), dtype=_F64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what}: must return a scalar tensor, got {type(loss).__name__}") from None
+
+
+# ---------------------------------------------------------------- the loss of theta
+
+
+class _TorchLoss(ThreadLocalLoss):
+    """Per-thread: one flat float64 tensor whose views are the checked tensors."""
+
+    framework = "the torch loss"
+
+    def __init__(self, initial: dict[str, torch.Tensor], seed: int):
+        super().__init__(seed)
+        self.initial = initial  # segment name -> float64 value at theta
+        self.slices: dict[str, tuple[int, int, tuple[int, ...]]] = {}
+        start = 0
+        for name, value in initial.items():
+            self.slices[name] = (start, start + value.numel(), tuple(value.shape))
+            start += value.numel()
+        self.size = start
+        self.cotangents: list[torch.Tensor] | None = None  # set when the output is contracted
+
+    def rng_context(self) -> contextlib.AbstractContextManager:
+        return _torch_seeded(self.seed)
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: flat[a:b].view(shape) for n, (a, b, shape) in self.slices.items()}
+
+    def evaluate(self, state: Any, theta: np.ndarray) -> float:
+        np.copyto(state.flat_np, theta, casting="same_kind")
+        with torch.no_grad():
+            return self.loss(state, state.inputs).item()
+
+    def loss(self, state: Any, inputs: tuple) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@contextlib.contextmanager
+def _torch_seeded(seed: int) -> Iterator[None]:
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+class _State:
+    __slots__ = ("buffers", "flat", "flat_np", "inputs", "module", "params")
+
+
+class _ModuleLoss(_TorchLoss):
+    framework = "loss_fn(module(*inputs))"
+
+    def __init__(self, template, loss_fn, inputs: _Inputs, params: list[str], initial, seed):
+        super().__init__(initial, seed)
+        self.template = template
+        self.loss_fn = loss_fn
+        self.inputs = inputs
+        self.params = params
+
+    def make_state(self) -> _State:
+        state = _State()
+        state.module = copy.deepcopy(self.template)
+        state.flat = torch.zeros(self.size, dtype=_F64)
+        state.flat_np = state.flat.numpy()
+        views = self.views(state.flat)
+        state.params = []
+        for name in self.params:
+            param = state.module.get_parameter(name)
+            param.data = views[name]  # the same Parameter object, its storage now in flat
+            state.params.append(param)
+        state.inputs = self.inputs.bind(views.get)
+        # Buffers (BatchNorm running stats) are restored before every evaluation, so no
+        # evaluation sees another's updates: the loss is a function of theta alone.
+        state.buffers = [
+            (owner._buffers, key, buf.clone())
+            for owner in state.module.modules()
+            for key, buf in owner._buffers.items()
+            if buf is not None
+        ]
+        return state
+
+    def loss(self, state: _State, inputs: tuple) -> torch.Tensor:
+        with torch.no_grad():
+            for buffers, key, saved in state.buffers:
+                buffers[key].copy_(saved)
+        output = state.module(*inputs)
+        if self.loss_fn is not None:
+            return _scalar_loss(self.loss_fn(output), "loss_fn")
+        if self.cotangents is None:
+            self.cotangents = _cotangents(output, self.seed, "module(*inputs)")
+        return _contract(output, self.cotangents, "module(*inputs)")
+
+    def analytic(self, theta: np.ndarray) -> np.ndarray:
+        state = self.state()
+        np.copyto(state.flat_np, theta)
+        leaves = {name: t.detach().clone().requires_grad_(True)
+                  for name, t in self.views(state.flat).items() if name not in self.params}
+        inputs = self.inputs.bind(leaves.get)
+        wrt = [*state.params, *leaves.values()]
+        with torch.enable_grad(), self.pinned():
+            loss = self.loss(state, inputs)
+        return _gradient(loss, wrt)
+
+
+class _FunctionLoss(_TorchLoss):
+    framework = "fn(*tensors)"
+
+    def __init__(self, fn, inputs: _Inputs, seed):
+        super().__init__(dict(inputs.wrt), seed)
+        self.fn = fn
+        self.inputs = inputs
+
+    def make_state(self) -> _State:
+        state = _State()
+        state.flat = torch.zeros(self.size, dtype=_F64)
+        state.flat_np = state.flat.numpy()
+        state.inputs = self.inputs.bind(self.views(state.flat).get)
+        return state
+
+    def loss(self, state: _State, inputs: tuple) -> torch.Tensor:
+        output = self.fn(*inputs)
+        if self.cotangents is None:
+            self.cotangents = _cotangents(output, self.seed, "fn(*tensors)")
+        return _contract(output, self.cotangents, "fn(*tensors)")
+
+    def analytic(self, theta: np.ndarray) -> np.ndarray:
+        state = self.state()
+        leaves = {name: torch.from_numpy(theta[a:b].copy()).view(shape).requires_grad_(True)
+                  for name, (a, b, shape) in self.slices.items()}
+        inputs = self.inputs.bind(leaves.get)
+        with torch.enable_grad(), self.pinned():
+            loss = self.loss(state, inputs)
+        return _gradient(loss, list(leaves.values()))
+
+
+def _gradient(loss: torch.Tensor, wrt: list[torch.Tensor]) -> np.ndarray:
+    """d loss / d wrt, flat float64; tensors the loss does not depend on get zeros."""
+    if loss.requires_grad:
+        grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+    else:
+        grads = (None,) * len(wrt)
+    parts = []
+    for t, g in zip(wrt, grads, strict=True):
+        if g is None:
+            g = torch.zeros_like(t)
+        elif g.is_sparse:  # nn.Embedding(sparse=True)
+            g = g.to_dense()
+        parts.append(g.detach().to(_F64).reshape(-1).numpy())
+    return np.concatenate(parts)
+
+
+def _run(loss: _TorchLoss, check_options: dict):
+    theta = np.concatenate([v.reshape(-1).numpy() for v in loss.initial.values()])
+    # The first evaluations (main thread) fix the cotangents from the output shapes and tell
+    # whether the loss is random, before any worker thread runs.
+    loss.pin_randomness(theta)
+    grad = loss.analytic(theta)
+    segments = {name: shape for name, (_, _, shape) in loss.slices.items()}
+    return core_check(loss, theta, grad, segments=segments, **check_options)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def check_module(
+    module: torch.nn.Module,
+    loss_fn: Callable[[Any], torch.Tensor] | None,
+    *inputs: Any,
+    **check_options: Any,
+):
+    """Check autograd's gradient of ``loss_fn(module(*inputs))`` against centered differences.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    >>> fastgrad.torch.check_module(net, lambda out: torch.nn.functional.cross_entropy(out, y), x)
+
+    Segments are the module's trainable parameters, named as ``named_parameters()`` names them
+    (``"0.weight"``), followed by one segment per input tensor that requires grad (``"input0"``;
+    ``"input1.0"`` for the first tensor of a tuple argument such as an LSTM's ``(h0, c0)``).
+    ``loss_fn`` receives the float64 output and returns a scalar; ``None`` contracts the output
+    with a fixed random cotangent drawn from the check's seed. Everything is evaluated on
+    float64 CPU copies of the module (one per worker thread), in the module's current train/eval
+    mode; buffers such as BatchNorm running statistics are restored before every evaluation, and
+    when the loss is random (dropout in train mode) torch's RNG is re-seeded from ``seed`` before
+    every evaluation, so the same dropout mask is used throughout. ``check_options`` are those of
+    ``fastgrad.check`` (``samples``, ``seed``, ``depth``, ``tol``, ``workers``, ...).
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn: expected a callable or None, got {loss_fn!r}")
+    seed = check_seed(check_options)
+    for name, param in module.named_parameters():
+        if param.is_complex():
+            raise TypeError(f"module: parameter {name!r} is complex ({param.dtype}); not supported")
+    try:
+        template = copy.deepcopy(module)
+        if isinstance(loss_fn, torch.nn.Module):  # e.g. CrossEntropyLoss(weight=...)
+            loss_fn = copy.deepcopy(loss_fn).to(device=_CPU, dtype=_F64)
+    except Exception as exc:
+        raise TypeError(f"module: cannot be deep-copied ({type(exc).__name__}: {exc})") from exc
+    template.to(device=_CPU, dtype=_F64)
+    initial: dict[str, torch.Tensor] = {}
+    for name, param in template.named_parameters():
+        param.grad = None
+        if param.requires_grad and param.numel() > 0:
+            initial[name] = param.detach().clone()
+    params = list(initial)
+    args = _Inputs(inputs, "input")
+    for name, value in args.wrt.items():
+        if name in initial:
+            raise ValueError(f"inputs: segment name {name!r} is also a parameter name")
+        initial[name] = value
+    if not initial:
+        raise ValueError(
+            "module: nothing to check: no parameter requires grad and no input tensor requires grad"
+        )
+    loss = _ModuleLoss(template, loss_fn, args, params, initial, seed)
+    with torch.random.fork_rng(devices=[]):
+        return _run(loss, check_options)
+
+
+def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any):
+    """Check the gradient of ``sum(fn(*tensors) * c)`` for a fixed random cotangent ``c``.
+
+    >>> x = torch.randn(3, 4, requires_grad=True)
+    >>> w = torch.randn(4, 2, requires_grad=True)
+    >>> fastgrad.torch.check_function(lambda x, w: torch.tanh(x @ w), x, w).passed
+
+    The gradient is taken with respect to every floating tensor argument that requires grad;
+    segments are named by position: ``"arg0"``, ``"arg1"``, ... (``"arg2.0"`` inside a tuple or
+    list argument). Other arguments are passed through (floating tensors as float64 copies).
+    ``fn`` may return a tensor or a tuple/list/dict of tensors; ``c`` is drawn from the check's
+    ``seed`` (standard normal, one per floating output). This is the check for a custom
+    ``torch.autograd.Function``: ``check_function(MyFn.apply, x, w)``.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn: expected a callable, got {fn!r}")
+    seed = check_seed(check_options)
+    args = _Inputs(tensors, "arg")
+    if not args.wrt:
+        described = ", ".join(
+            f"arg{i}: {type(t).__name__}"
+            + (f"(requires_grad={t.requires_grad})" if isinstance(t, torch.Tensor) else "")
+            for i, t in enumerate(tensors)
+        )
+        raise ValueError(
+            "tensors: no floating tensor requires grad, so there is nothing to check "
+            f"({described or 'no arguments'}); call .requires_grad_() on the ones to check"
+        )
+    loss = _FunctionLoss(fn, args, seed)
+    with torch.random.fork_rng(devices=[]):
+        return _run(loss, check_options)
