@@ -1,0 +1,89 @@
+"""The JSON Lines log of a training run: one record per line, appended as the run goes on.
+
+Record types (field ``"type"``):
+
+- ``meta``       first line: format version and the segment map (names, start, stop, shape)
+- ``loss``       a chunk of per-step losses: ``step``, ``loss`` (lists of equal length)
+- ``epoch``      ``epoch``, ``step`` (last loss step seen), ``train_acc``, ``val_acc``, extra metrics
+- ``update``     a chunk of update/weight ratios: ``step`` and ``ratios`` {segment: list}
+- ``hist``       ``kind`` (activations|gradients), ``layer``, ``epoch``, ``partial``, statistics
+                 and histogram (see ``histograms.HistogramAccumulator.summary``); a later record of
+                 the same kind and layer supersedes a ``partial`` one
+- ``gradcheck``  ``step``, ``epoch``, ``passed``, ``max_rel_error``, ``table``, ``report``
+- ``filters``    ``layer``, ``epoch``, ``image_shape``, ``smoothness``, ``weights`` (F x D)
+
+Non-finite floats are written as ``null`` (strict JSON) and read back as NaN where a number is
+expected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+def jsonable(value):
+    """``value`` with numpy scalars/arrays turned into Python ones and non-finite floats into None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+def as_floats(values) -> np.ndarray:
+    """A float64 array from a JSON list where null means NaN."""
+    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def append_records(path: str | os.PathLike, records: list[dict], *, fresh: bool) -> None:
+    """Write ``records`` as lines (``fresh``: replace the file), flushed so readers see them."""
+    lines = "".join(json.dumps(jsonable(r), separators=(",", ":")) + "\n" for r in records)
+    with open(path, "w" if fresh else "a", encoding="utf-8") as stream:
+        stream.write(lines)
+        stream.flush()
+
+
+def read_records(path: str | os.PathLike) -> Iterator[dict]:
+    """The records of a log; a torn last line (a writer still busy) is skipped."""
+    with open(path, encoding="utf-8") as stream:
+        lines = stream.readlines()
+    if not lines:
+        raise ValueError(f"path: {os.fspath(path)!r} is empty, not a fastgrad monitor log")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines) and not line.endswith("\n"):
+                return  # being written right now
+            raise ValueError(
+                f"path: {os.fspath(path)!r} line {number} is not JSON ({error.msg})"
+            ) from None
+        if not isinstance(record, dict) or "type" not in record:
+            raise ValueError(
+                f"path: {os.fspath(path)!r} line {number} is not a monitor record: {line[:80]!r}"
+            )
+        if number == 1 and record["type"] != "meta":
+            raise ValueError(
+                f"path: {os.fspath(path)!r} does not start with a fastgrad monitor 'meta' record"
+            )
+        yield record
