@@ -28,7 +28,7 @@ def two_layer_data(N=16, D=64, H=64, C=10, seed=0, reg=0.05):
 
 
 def two_layer_loss(theta, X, y, reg, D, H, C):
-    """Softmax loss of relu(X W1 + b1) W2 + b2, plus 0.5 * reg * (|W1|^2 + |W2|^2)... times 2."""
+    """Mean softmax loss of relu(X W1 + b1) W2 + b2, plus reg * (|W1|^2 + |W2|^2)."""
     W1 = theta[: D * H].reshape(D, H)
     b1 = theta[D * H : D * H + H]
     W2 = theta[D * H + H : D * H + H + H * C].reshape(H, C)
@@ -62,9 +62,9 @@ def two_layer_loss_jit(theta, X, y, reg, D, H, C):
 
 
 def two_layer_grad(theta, X, y, reg, D, H, C, bug=None):
-    """The analytic gradient by hand; ``bug`` plants one of BUGS:
-    "bias" drops the b1 gradient, "transpose" transposes the W2 gradient's... W1 (needs D == H),
-    "reg" forgets the factor 2 of the regularization gradient."""
+    """The analytic gradient by hand; ``bug`` plants one of BUGS: "bias" drops the b1 gradient,
+    "transpose" transposes the W1 gradient (W1 must be square, D == H), "reg" forgets the
+    factor 2 of the regularization gradient."""
     if bug is not None and bug not in BUGS:
         raise ValueError(f"bug: expected one of {BUGS} or None, got {bug!r}")
     W1 = theta[: D * H].reshape(D, H)

@@ -1,0 +1,172 @@
+"""The ``fastgrad`` command: demo, check MODULE:FACTORY, monitor LOG.jsonl.
+
+Exit status: 0 passed, 1 a gradient check failed, 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+EXIT_PASSED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad usage or input: exit status 2."""
+
+
+def _samples(value: str):
+    if value == "all":
+        return "all"
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int or 'all', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {n}")
+    return n
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastgrad",
+        description="Is this analytic gradient right? Fast, truthful numerical gradient checks.",
+        epilog="exit status: 0 passed, 1 a gradient check failed, 2 bad usage or input",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="check a built-in two-layer network, and one with a bug")
+    demo.add_argument("--samples", type=_samples, default=16, help="coordinates per segment")
+    demo.add_argument("--seed", type=int, default=0)
+
+    chk = sub.add_parser("check", help="check the Problem that MODULE:FACTORY() returns")
+    chk.add_argument("target", help="MODULE:FACTORY; FACTORY() returns fastgrad.Problem(...)")
+    chk.add_argument("--samples", type=_samples, default=16,
+                     help="coordinates per segment (an int or 'all'; default 16)")
+    chk.add_argument("--seed", type=int, default=0, help="which coordinates are sampled")
+    chk.add_argument("--depth", type=int, default=None, help="network depth (tolerance grows)")
+    chk.add_argument("--tol", type=float, default=None, help="explicit failure threshold")
+    chk.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
+    chk.add_argument("--json", metavar="FILE", default=None,
+                     help="also write the report as JSON to FILE ('-' for stdout)")
+    chk.add_argument("--audit", action="store_true",
+                     help="audit with directional checks + localization instead of sampling")
+    chk.add_argument("--budget", type=int, default=None, help="max loss evaluations (--audit)")
+
+    mon = sub.add_parser("monitor", help="training diagnostics from a log: plots + findings")
+    mon.add_argument("log", help="LOG.jsonl written by fastgrad.monitor.TrainingMonitor")
+    mon.add_argument("-o", "--out", default="fastgrad-monitor", help="directory for the plots")
+    return parser
+
+
+def _load_problem(target: str):
+    from .check import Problem
+
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"target: expected MODULE:FACTORY, got {target!r}")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"target: cannot import module {module_name!r}: {exc}") from exc
+    finally:
+        sys.path.pop(0)
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise UsageError(f"target: module {module_name!r} has no attribute {attr!r}")
+    problem = factory() if callable(factory) and not isinstance(factory, Problem) else factory
+    if not isinstance(problem, Problem):
+        raise UsageError(
+            f"target: {target}() returned {type(problem).__name__}, expected fastgrad.Problem"
+        )
+    return problem
+
+
+def _write_json(report, destination: str | None) -> None:
+    if destination is None:
+        return
+    text = json.dumps(report.to_dict(), indent=2)
+    if destination == "-":
+        print(text)
+    else:
+        Path(destination).write_text(text + "\n")
+
+
+def _demo(args) -> int:
+    from .check import check
+    from .examples import two_layer_problem
+
+    for title, bug in (("correct gradient", None), ("planted bug: b1 gradient missing", "bias")):
+        p = two_layer_problem(bug=bug)
+        report = check(p.f, p.theta, p.grad, segments=p.segments, args=p.args,
+                       samples=args.samples, seed=args.seed)
+        print(f"== two-layer ReLU/softmax network (N=16, D=64, H=64, C=10), {title}")
+        print(report)
+        print()
+        expected = bug is None
+        if report.passed != expected:
+            print(f"demo: the {title} case did not come out as expected", file=sys.stderr)
+            return EXIT_FAILED
+    print("demo: the correct gradient passed and the planted bug was caught in 'b1'.")
+    return EXIT_PASSED
+
+
+def _check(args) -> int:
+    problem = _load_problem(args.target)
+    options = dict(problem.options)
+    for key in ("depth", "tol", "workers"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    if args.audit:
+        from . import audit as audit_module
+
+        options.pop("samples", None)
+        if args.budget is not None:
+            options["budget"] = args.budget
+        report = audit_module.audit(problem.f, problem.theta, problem.grad,
+                                    segments=problem.segments, args=tuple(problem.args),
+                                    seed=args.seed, **options)
+    else:
+        from .check import check
+
+        options.setdefault("samples", args.samples)
+        if args.samples != 16:
+            options["samples"] = args.samples
+        report = check(problem.f, problem.theta, problem.grad, segments=problem.segments,
+                       args=tuple(problem.args), seed=args.seed, **options)
+    if args.json != "-":
+        print(report)
+    _write_json(report, args.json)
+    return EXIT_PASSED if report.passed else EXIT_FAILED
+
+
+def _monitor(args) -> int:
+    from .monitor.cli import main as monitor_main
+
+    return monitor_main([args.log, "-o", args.out])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    handlers = {"demo": _demo, "check": _check, "monitor": _monitor}
+    try:
+        return handlers[args.command](args)
+    except UsageError as exc:
+        print(f"fastgrad: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, TypeError) as exc:
+        print(f"fastgrad: bad input: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from fastgrad.cli import main
+
+
+def test_demo_exits_zero_and_prints_both_reports(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "PASSED" in out and "FAILED" in out and "b1" in out
+
+
+@pytest.fixture
+def problems(tmp_path, monkeypatch):
+    (tmp_path / "myproblems.py").write_text(textwrap.dedent("""
+        from fastgrad.examples import two_layer_problem
+
+        def good():
+            return two_layer_problem(jit=False)
+
+        def bad():
+            return two_layer_problem(bug="transpose", jit=False)
+
+        def not_a_problem():
+            return 42
+    """))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_check_exit_codes(problems, capsys):
+    assert main(["check", "myproblems:good", "--samples", "8"]) == 0
+    assert main(["check", "myproblems:bad", "--samples", "8"]) == 1
+    out = capsys.readouterr().out
+    assert "W1" in out and "FAILED" in out
+    assert main(["check", "myproblems:missing"]) == 2
+    assert main(["check", "no_such_module:good"]) == 2
+    assert main(["check", "myproblems:not_a_problem"]) == 2
+    assert main(["check", "nocolon"]) == 2
+    assert main(["check", "myproblems:good", "--samples", "zero"]) == 2
+
+
+def test_check_json_and_seed(problems):
+    assert main(["check", "myproblems:bad", "--samples", "4", "--seed", "3",
+                 "--json", "out.json"]) == 1
+    data = json.loads((problems / "out.json").read_text())
+    assert data["passed"] is False and data["seed"] == 3
+    assert data["segments"]["W1"]["failed"] > 0 and data["segments"]["b1"]["failed"] == 0
+
+
+def test_console_script_runs_as_a_module(problems):
+    done = subprocess.run([sys.executable, "-m", "fastgrad.cli", "check", "myproblems:bad",
+                           "--samples", "4"], capture_output=True, text=True, cwd=problems)
+    assert done.returncode == 1 and "W1" in done.stdout
