@@ -1,8 +1,8 @@
 """Check JAX losses of pytrees: analytic gradient from ``jax.grad``, both sides in float64.
 
 >>> import jax.numpy as jnp, fastgrad.jax
->>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
->>> fastgrad.jax.check(lambda p, x: jnp.sum(jnp.tanh(x @ p["w"] + p["b"])), params, jnp.ones((4, 3)))
+>>> params, x = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}, jnp.ones((4, 3))
+>>> fastgrad.jax.check(lambda p, x: jnp.sum(jnp.tanh(x @ p["w"] + p["b"])), params, x)
 
 64-bit mode is switched on only around fastgrad's own calls (``jax.enable_x64``, a thread-local
 context), so the caller's JAX configuration is left as it was.

@@ -285,6 +285,13 @@ def _run(loss: _TorchLoss, check_options: dict):
     return core_check(loss, theta, grad, segments=segments, **check_options)
 
 
+def _serial_by_default(check_options: dict) -> dict:
+    # Measured on 2 cores: torch already spreads large ops over its own threads, and on small
+    # ones the GIL-bound dispatch makes a thread pool slower than one worker. workers=k > 1
+    # still works: every worker thread evaluates its own copy.
+    return {"workers": 1, **check_options}
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -309,7 +316,8 @@ def check_module(
     mode; buffers such as BatchNorm running statistics are restored before every evaluation, and
     when the loss is random (dropout in train mode) torch's RNG is re-seeded from ``seed`` before
     every evaluation, so the same dropout mask is used throughout. ``check_options`` are those of
-    ``fastgrad.check`` (``samples``, ``seed``, ``depth``, ``tol``, ``workers``, ...).
+    ``fastgrad.check`` (``samples``, ``seed``, ``depth``, ``tol``, ...); ``workers`` defaults
+    to 1 here (torch parallelizes inside its ops); with more, each thread has its own copy.
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
@@ -343,7 +351,7 @@ def check_module(
         )
     loss = _ModuleLoss(template, loss_fn, args, params, initial, seed)
     with torch.random.fork_rng(devices=[]):
-        return _run(loss, check_options)
+        return _run(loss, _serial_by_default(check_options))
 
 
 def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any):
@@ -358,7 +366,8 @@ def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any):
     list argument). Other arguments are passed through (floating tensors as float64 copies).
     ``fn`` may return a tensor or a tuple/list/dict of tensors; ``c`` is drawn from the check's
     ``seed`` (standard normal, one per floating output). This is the check for a custom
-    ``torch.autograd.Function``: ``check_function(MyFn.apply, x, w)``.
+    ``torch.autograd.Function``: ``check_function(MyFn.apply, x, w)``. ``check_options`` are
+    those of ``fastgrad.check``; ``workers`` defaults to 1, as in ``check_module``.
     """
     if not callable(fn):
         raise TypeError(f"fn: expected a callable, got {fn!r}")
@@ -376,4 +385,4 @@ def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any):
         )
     loss = _FunctionLoss(fn, args, seed)
     with torch.random.fork_rng(devices=[]):
-        return _run(loss, check_options)
+        return _run(loss, _serial_by_default(check_options))
