@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fastgrad import accumulate
+
 from naive import coordinate_stats as naive_coords
 from naive import segment_stats as naive_segments
 
@@ -80,7 +81,8 @@ def test_max_ties_take_the_first_position():
 def test_noise_floor_excuses_roundoff_but_not_real_errors():
     # |f| = 1e8 with h = 1e-6: roundoff of f alone moves the numeric value by ~1e-1
     f0, h = 1e8, np.array([1e-6, 1e-6])
-    f_plus = np.array([f0 + 2e-8, f0 + 2e-6]) ; f_minus = np.array([f0, f0 - 2e-6])
+    f_plus = np.array([f0 + 2e-8, f0 + 2e-6])
+    f_minus = np.array([f0, f0 - 2e-6])
     analytic = np.array([0.0, 1000.0])
     c = accumulate.coordinate_stats(analytic, f_plus, f_minus, f0, h, 1e-4, 32 * 2.2e-16)
     assert c.verdict[0] == accumulate.NOISE and not c.failed[0]

@@ -10,6 +10,7 @@ from fastgrad.evaluate import Evaluator
 from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss, two_layer_loss_jit
 from fastgrad.sampling import sample_coordinates
 from fastgrad.steps import coordinate_steps
+
 from naive import centered_differences
 
 DATA = two_layer_data()  # N=16, D=H=64, C=10: W1 is square, so its transpose is a planted bug
