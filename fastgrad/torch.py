@@ -176,10 +176,11 @@ class _State:
 class _ModuleLoss(_TorchLoss):
     framework = "loss_fn(module(*inputs))"
 
-    def __init__(self, template, loss_fn, inputs: _Inputs, params: list[str], initial, seed):
+    def __init__(self, template, loss_fn, target: tuple, inputs: _Inputs, params, initial, seed):
         super().__init__(initial, seed)
         self.template = template
         self.loss_fn = loss_fn
+        self.target = target  # () or (the float64 copy of target,)
         self.inputs = inputs
         self.params = params
 
@@ -211,7 +212,7 @@ class _ModuleLoss(_TorchLoss):
                 buffers[key].copy_(saved)
         output = state.module(*inputs)
         if self.loss_fn is not None:
-            return _scalar_loss(self.loss_fn(output), "loss_fn")
+            return _scalar_loss(self.loss_fn(output, *self.target), "loss_fn")
         if self.cotangents is None:
             self.cotangents = _cotangents(output, self.seed, "module(*inputs)")
         return _contract(output, self.cotangents, "module(*inputs)")
@@ -297,8 +298,9 @@ def _serial_by_default(check_options: dict) -> dict:
 
 def check_module(
     module: torch.nn.Module,
-    loss_fn: Callable[[Any], torch.Tensor] | None,
+    loss_fn: Callable[..., torch.Tensor] | None,
     *inputs: Any,
+    target: Any = None,
     **check_options: Any,
 ):
     """Check autograd's gradient of ``loss_fn(module(*inputs))`` against centered differences.
@@ -310,8 +312,10 @@ def check_module(
     Segments are the module's trainable parameters, named as ``named_parameters()`` names them
     (``"0.weight"``), followed by one segment per input tensor that requires grad (``"input0"``;
     ``"input1.0"`` for the first tensor of a tuple argument such as an LSTM's ``(h0, c0)``).
-    ``loss_fn`` receives the float64 output and returns a scalar; ``None`` contracts the output
-    with a fixed random cotangent drawn from the check's seed. Everything is evaluated on
+    ``loss_fn`` receives the float64 output (and ``target`` when given: ``loss_fn(output,
+    target)``, so a loss module such as ``nn.CrossEntropyLoss(weight=w)`` can be passed as is;
+    it is copied to float64 too) and returns a scalar; ``None`` contracts the output with a
+    fixed random cotangent drawn from the check's seed. Everything is evaluated on
     float64 CPU copies of the module (one per worker thread), in the module's current train/eval
     mode; buffers such as BatchNorm running statistics are restored before every evaluation, and
     when the loss is random (dropout in train mode) torch's RNG is re-seeded from ``seed`` before
@@ -349,7 +353,10 @@ def check_module(
         raise ValueError(
             "module: nothing to check: no parameter requires grad and no input tensor requires grad"
         )
-    loss = _ModuleLoss(template, loss_fn, args, params, initial, seed)
+    targets = () if target is None else (_Inputs((target,), "target").values[0],)
+    if targets and loss_fn is None:
+        raise ValueError("target: given, but loss_fn is None; pass the loss_fn(output, target)")
+    loss = _ModuleLoss(template, loss_fn, targets, args, params, initial, seed)
     with torch.random.fork_rng(devices=[]):
         return _run(loss, _serial_by_default(check_options))
 
