@@ -137,11 +137,14 @@ def _loss_findings(mon) -> list[Finding]:
             "relative_drop": _r(drop), "steps": int(losses.size)}
     findings = []
     peak = float(trend.max())
-    if end > DIVERGE_RISE * start or (end > DIVERGE_RISE * first_loss and peak > 2 * first_loss):
+    rose = end > DIVERGE_RISE * start
+    if rose or (end > DIVERGE_RISE * first_loss and peak > 2 * first_loss):
+        what = (f"the loss rose from {start:.4g} to {end:.4g} (trend)" if rose else
+                f"the loss jumped from {first_loss:.4g} to {peak:.4g} (trend) and is still "
+                f"{end:.4g}, above where it started")
         findings.append(Finding(
             "lr_too_high", "error",
-            f"the loss rose from {start:.4g} to {end:.4g} (trend; first loss {first_loss:.4g}): "
-            f"the learning rate is too high; lower it 3-10x",
+            f"{what}: the learning rate is too high; lower it 3-10x",
             {**base, "trend_peak": _r(peak)}))
         return findings
     half = losses.size // 2
@@ -304,10 +307,11 @@ def _gradient_findings(mon) -> list[Finding]:
     evidence = {"input_side": first, "output_side": last, "ratio": _r(ratio),
                 "rms": {layer: _r(value) for layer, value in rms.items()}}
     if ratio < VANISHING_RATIO:
+        shrink = (f"gradients shrink {1 / ratio:.3g}x from layer {last} to layer {first}" if ratio
+                  else f"gradients are all zero at layer {first} (rms {rms[last]:.3g} at {last})")
         findings.append(Finding(
             "vanishing_gradients", "warning",
-            f"gradients shrink {1 / ratio if ratio else math.inf:.3g}x from layer {last} to layer "
-            f"{first}: the input-side layers barely learn; check for saturated or dead units and "
+            f"{shrink}: the input-side layers barely learn; check for saturated or dead units and "
             f"the initialization scale",
             evidence))
     elif ratio > EXPLODING_RATIO:

@@ -1,9 +1,10 @@
 """One-pass summaries of activations and gradients: statistics plus a fixed-bin histogram.
 
 The kernels run in a single pass over the caller's array (never copied, never written), so that
-logging a layer costs about as much as reading it once.  A layer's histogram range is fixed per
-epoch (chosen from the previous epoch's extremes, or from the first batch), so the histograms of
-all batches of an epoch can simply be added up.
+logging a layer costs about as much as reading it once.  The bins are fixed-width over a range
+[0, R] or [-R, R] with R a power of two, set by the first non-zero value; a value outside it
+doubles the range by merging neighbouring bins, which is exact because the edges stay aligned.
+So the histograms of all batches of an epoch add up without a second pass or stored values.
 """
 
 from __future__ import annotations
@@ -16,39 +17,55 @@ from numba import njit
 #: |v| at or above this counts as saturated (tanh outputs at +-1, sigmoid outputs at 1).
 SATURATION_LEVEL = 0.99
 #: Number of histogram bins per layer and epoch.
-DEFAULT_BINS = 40
+DEFAULT_BINS = 48
+#: Fixed bins of log10|v| (gradients are heavy-tailed: their magnitudes are read on a log scale).
+LOG_RANGE = (-12.0, 4.0)
+LOG_BINS = 64
 
 
 @njit(cache=True)
-def _absmax(values2d):  # pragma: no cover - compiled
-    """Largest finite |v| and whether any finite value is negative."""
-    top = 0.0
-    negative = False
-    rows, cols = values2d.shape
-    for i in range(rows):
-        for j in range(cols):
-            v = values2d[i, j]
-            if math.isfinite(v):
-                a = abs(v)
-                if a > top:
-                    top = a
-                if v < 0.0:
-                    negative = True
-    return top, negative
+def _grow(counts, bounds, v):  # pragma: no cover - compiled
+    """Double the bin width until the range covers v; exact, since the edges stay aligned.
+
+    [0, R] grows to [0, 2R] (v > R) or [-R, R] (v < 0); [-R, R] grows to [-2R, 2R].  The number
+    of bins must be a multiple of 4.
+    """
+    nbins = counts.shape[0]
+    half = nbins // 2
+    merged = np.zeros(half, dtype=np.int64)
+    while v > bounds[1] or v < bounds[0]:
+        for k in range(half):
+            merged[k] = counts[2 * k] + counts[2 * k + 1]
+        counts[:] = 0
+        if bounds[0] == 0.0 and v > 0.0:
+            offset = 0
+            bounds[1] *= 2.0
+        elif bounds[0] == 0.0:
+            offset = half
+            bounds[0] = -bounds[1]
+        else:
+            offset = nbins // 4
+            bounds[0] *= 2.0
+            bounds[1] *= 2.0
+        counts[offset:offset + half] = merged
 
 
 @njit(cache=True)
-def _summarize(values2d, lo, hi, counts, unit_nonzero, unit_saturated, saturation):  # pragma: no cover
+def _summarize(values2d, bounds, counts, unit_nonzero, unit_saturated, saturation,
+               log_counts, log_lo, log_hi):  # pragma: no cover
     """One pass over ``values2d`` (rows = samples, columns = units).
 
-    Adds into ``counts`` (the histogram on [lo, hi], hi inclusive), ``unit_nonzero`` and
+    Adds into ``counts`` (the histogram on ``bounds`` = [lo, hi], hi inclusive, grown by powers
+    of two when a value falls outside; [0, 0] means not set yet), ``unit_nonzero`` and
     ``unit_saturated`` (per-column counts); returns the scalar statistics of the finite values:
     (finite, shift, sum(v - shift), sum((v - shift)**2), minimum, maximum, zeros, saturated,
-    nonfinite, below, above).  Sums are shifted by the first finite value for accuracy.
+    nonfinite, unbinned zeros).  Sums are shifted by the first finite value for accuracy; zeros
+    met before any range is set are left for the caller to bin.  When ``log_counts`` is not
+    empty, non-zero values are also binned by log10|v| on [log_lo, log_hi] (ends clamped).
     """
     rows, cols = values2d.shape
     nbins = counts.shape[0]
-    width = (hi - lo) / nbins
+    nlog = log_counts.shape[0]
     finite = 0
     shift = 0.0
     s1 = 0.0
@@ -58,8 +75,7 @@ def _summarize(values2d, lo, hi, counts, unit_nonzero, unit_saturated, saturatio
     zeros = 0
     saturated = 0
     nonfinite = 0
-    below = 0
-    above = 0
+    unbinned = 0
     for i in range(rows):
         for j in range(cols):
             v = values2d[i, j]
@@ -80,19 +96,25 @@ def _summarize(values2d, lo, hi, counts, unit_nonzero, unit_saturated, saturatio
                 zeros += 1
             else:
                 unit_nonzero[j] += 1
+                if nlog > 0:
+                    q = int((math.log10(abs(v)) - log_lo) / (log_hi - log_lo) * nlog)
+                    log_counts[min(max(q, 0), nlog - 1)] += 1
             if abs(v) >= saturation:
                 saturated += 1
                 unit_saturated[j] += 1
-            if v < lo:
-                below += 1
-            elif v > hi:
-                above += 1
-            else:
-                k = int((v - lo) / width)
-                if k >= nbins:
-                    k = nbins - 1
-                counts[k] += 1
-    return finite, shift, s1, s2, minimum, maximum, zeros, saturated, nonfinite, below, above
+            if bounds[1] == 0.0:
+                if v == 0.0:
+                    unbinned += 1
+                    continue
+                bounds[1] = 2.0 ** math.ceil(math.log2(abs(v)))
+                bounds[0] = -bounds[1] if v < 0.0 else 0.0
+            if v > bounds[1] or v < bounds[0]:
+                _grow(counts, bounds, v)
+            k = int((v - bounds[0]) / (bounds[1] - bounds[0]) * nbins)
+            if k >= nbins:
+                k = nbins - 1
+            counts[k] += 1
+    return finite, shift, s1, s2, minimum, maximum, zeros, saturated, nonfinite, unbinned
 
 
 def as_rows(values: np.ndarray, name: str) -> np.ndarray:
@@ -114,31 +136,22 @@ def as_rows(values: np.ndarray, name: str) -> np.ndarray:
     return values.reshape(-1, values.shape[-1])
 
 
-def histogram_range(absmax: float, negative: bool) -> tuple[float, float]:
-    """A round range that covers +-absmax: a power of two (1.0 for tanh/sigmoid-like outputs)."""
-    if not math.isfinite(absmax) or absmax <= 0.0:
-        top = 1.0
-    else:
-        top = 2.0 ** math.ceil(math.log2(absmax))
-    return (-top if negative else 0.0), top
-
-
 class HistogramAccumulator:
-    """Sums statistics and histograms of one layer over the batches of one epoch.
+    """Sums statistics and a histogram of one layer over the batches of one epoch.
 
-    >>> acc = HistogramAccumulator.for_values(np.tanh(np.random.randn(32, 16)))
-    >>> acc.add(np.tanh(np.random.randn(32, 16)))
+    >>> acc = HistogramAccumulator(units=16)
+    >>> acc.add(np.tanh(np.random.randn(32, 16))); acc.add(np.tanh(np.random.randn(32, 16)))
     >>> acc.summary()["count"]
-    512
+    1024
     """
 
-    def __init__(self, lo: float, hi: float, units: int, bins: int = DEFAULT_BINS) -> None:
-        if not hi > lo:
-            raise ValueError(f"hi: must exceed lo={lo}, got {hi}")
-        self.lo = float(lo)
-        self.hi = float(hi)
+    def __init__(self, units: int, bins: int = DEFAULT_BINS, log_magnitudes: bool = False) -> None:
+        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 4 or bins % 4:
+            raise ValueError(f"bins: expected a positive multiple of 4, got {bins!r}")
         self.units = int(units)
         self.counts = np.zeros(int(bins), dtype=np.int64)
+        self.bounds = np.zeros(2)  # [lo, hi]; [0, 0] until a non-zero value is seen
+        self.log_counts = np.zeros(LOG_BINS if log_magnitudes else 0, dtype=np.int64)
         self.unit_nonzero = np.zeros(self.units, dtype=np.int64)
         self.unit_saturated = np.zeros(self.units, dtype=np.int64)
         self.rows = 0
@@ -146,46 +159,33 @@ class HistogramAccumulator:
         self.nonfinite = 0
         self.zeros = 0
         self.saturated = 0
-        self.below = 0
-        self.above = 0
         self.minimum = math.inf
         self.maximum = -math.inf
+        self._unbinned_zeros = 0
         self._shift = 0.0
         self._s1 = 0.0
         self._s2 = 0.0
 
-    @classmethod
-    def for_values(cls, values: np.ndarray, bins: int = DEFAULT_BINS,
-                   previous: dict | None = None) -> HistogramAccumulator:
-        """An accumulator whose range fits ``previous`` (last epoch's summary) or ``values``."""
-        rows = as_rows(values, "values")
-        if previous is not None and previous.get("finite", 0) > 0:
-            absmax = max(abs(previous["min"]), abs(previous["max"]))
-            negative = previous["min"] < 0.0
-        else:
-            absmax, negative = _absmax(rows)
-        lo, hi = histogram_range(absmax, negative)
-        acc = cls(lo, hi, rows.shape[1], bins)
-        acc.add(rows)
-        return acc
-
     def add(self, values: np.ndarray, name: str = "values") -> None:
-        """Add one batch (read once, never modified)."""
+        """Add one batch: a single pass over it, never copied (when contiguous) nor modified."""
         rows = as_rows(values, name)
         if rows.shape[1] != self.units:
             raise ValueError(
                 f"{name}: expected {self.units} units on the last axis (as logged before in this "
                 f"epoch), got shape {np.shape(values)}"
             )
-        (finite, shift, s1, s2, minimum, maximum, zeros, saturated, nonfinite, below,
-         above) = _summarize(rows, self.lo, self.hi, self.counts, self.unit_nonzero,
-                             self.unit_saturated, SATURATION_LEVEL)
+        (finite, shift, s1, s2, minimum, maximum, zeros, saturated, nonfinite,
+         unbinned) = _summarize(rows, self.bounds, self.counts, self.unit_nonzero,
+                                self.unit_saturated, SATURATION_LEVEL, self.log_counts,
+                                LOG_RANGE[0], LOG_RANGE[1])
         self.rows += rows.shape[0]
         self.nonfinite += nonfinite
         self.zeros += zeros
         self.saturated += saturated
-        self.below += below
-        self.above += above
+        self._unbinned_zeros += unbinned
+        if self._unbinned_zeros and self.bounds[1] > 0.0:
+            self.counts[self._zero_bin()] += self._unbinned_zeros
+            self._unbinned_zeros = 0
         if finite:
             self.minimum = min(self.minimum, minimum)
             self.maximum = max(self.maximum, maximum)
@@ -197,6 +197,10 @@ class HistogramAccumulator:
             self._s2 += s2 + 2.0 * delta * s1 + finite * delta * delta
             self.finite += finite
 
+    def _zero_bin(self) -> int:
+        lo, hi = self.bounds
+        return min(int(-lo / (hi - lo) * self.counts.size), self.counts.size - 1)
+
     def summary(self) -> dict:
         """JSON-ready statistics, histogram and per-unit shares of this epoch so far."""
         n = self.finite
@@ -205,10 +209,18 @@ class HistogramAccumulator:
             var = max(self._s2 / n - (self._s1 / n) ** 2, 0.0)
         else:
             mean = var = math.nan
+        counts = self.counts.copy()
+        lo, hi = float(self.bounds[0]), float(self.bounds[1])
+        if hi == 0.0:  # only zeros so far
+            lo, hi = 0.0, 1.0
+            counts[0] += self._unbinned_zeros
         rows = max(self.rows, 1)
         dead = int(np.count_nonzero(self.unit_nonzero == 0)) if self.rows else 0
         mostly_saturated = int(np.count_nonzero(self.unit_saturated >= 0.9 * rows)) if self.rows else 0
         total = n + self.nonfinite
+        extra = {}
+        if self.log_counts.size:
+            extra = {"log10_range": list(LOG_RANGE), "log10_counts": self.log_counts.tolist()}
         return {
             "count": int(total),
             "finite": int(n),
@@ -224,10 +236,9 @@ class HistogramAccumulator:
             "nonfinite_fraction": self.nonfinite / total if total else None,
             "dead_unit_fraction": dead / self.units,
             "saturated_unit_fraction": mostly_saturated / self.units,
-            "range": [self.lo, self.hi],
-            "counts": self.counts.tolist(),
-            "below": int(self.below),
-            "above": int(self.above),
+            "range": [lo, hi],
+            "counts": counts.tolist(),
+            **extra,
         }
 
 

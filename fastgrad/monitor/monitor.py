@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from .filters import filter_smoothness, filters_as_images
-from .histograms import DEFAULT_BINS, HistogramAccumulator
+from .histograms import DEFAULT_BINS, HistogramAccumulator, as_rows
 from .log import FORMAT_VERSION, append_records, as_floats, jsonable, read_records
 
 KINDS = ("activations", "gradients")
@@ -128,8 +128,8 @@ class TrainingMonitor:
     """
 
     def __init__(self, segments: Any = None, *, bins: int = DEFAULT_BINS) -> None:
-        if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
-            raise ValueError(f"bins: expected an int >= 2, got {bins!r}")
+        if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 4 or bins % 4:
+            raise ValueError(f"bins: expected a positive multiple of 4, got {bins!r}")
         self.segments = segments
         self.bins = int(bins)
         self._segments = _segment_table(segments)
@@ -261,9 +261,11 @@ class TrainingMonitor:
         key = (kind, layer)
         acc = self._open.get(key)
         if acc is None:
-            previous = self._hists.get(key)
-            self._open[key] = HistogramAccumulator.for_values(
-                values, self.bins, previous[-1] if previous else None)
+            rows = as_rows(values, "values")
+            acc = HistogramAccumulator(rows.shape[1], self.bins,
+                                       log_magnitudes=(kind == "gradients"))
+            acc.add(rows)
+            self._open[key] = acc  # only once the values were accepted
             if layer not in self._layers:
                 self._layers.append(layer)
         else:
