@@ -12,12 +12,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import accumulate
-from .accumulate import KINK, VERDICTS
+from .accumulate import KINK, NAN, NOISE, VERDICTS
 from .evaluate import Evaluator, LossError, as_loss, loss_terms
 from .report import CoordRecord, Report, SegmentReport
 from .sampling import sample_coordinates
 from .segments import SegmentMap, as_segment_map
-from .steps import KINK_SHRINK, coordinate_steps, noise_eps, precision_of, tolerance
+from .steps import (
+    KINK_SHRINK,
+    coordinate_steps,
+    noise_eps,
+    noise_growth,
+    precision_of,
+    tolerance,
+)
 
 __all__ = ["check", "assert_gradients", "GradientCheckError", "NondeterminismError", "Problem"]
 
@@ -28,6 +35,10 @@ class GradientCheckError(AssertionError):
     def __init__(self, report: Report):
         super().__init__(str(report))
         self.report = report
+
+
+class LossValueError(LossError, ValueError):
+    """The loss at theta is unusable (not a scalar, not a number): bad input, not a crash."""
 
 
 class NondeterminismError(ValueError):
@@ -185,7 +196,10 @@ def check(
     terms = loss_terms(first_value)
     ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=progress,
                    describe=describe, terms=terms)
-    f0 = as_loss(first_value, terms, "at theta")
+    try:
+        f0 = as_loss(first_value, terms, "at theta")
+    except LossError as exc:
+        raise LossValueError(str(exc)) from None
     ev.evaluations += 1
     if not np.all(np.isfinite(f0)):
         raise ValueError(f"f: the loss at theta is not finite ({f0.tolist()}); "
@@ -203,10 +217,11 @@ def check(
         for m, t in enumerate(term_names)
     ]
     steps = [step.copy() for _ in term_names]
-    rechecked = np.zeros(index.size, dtype=bool)
+    rechecked = _recheck_noise(ev, x, index, step, grads, term_names, stats, steps, f0,
+                               tol_value, eps)
     if kinks != "ignore":
-        rechecked = _recheck_kinks(ev, x, index, step, f_plus, f_minus, grads, term_names, stats,
-                                   steps, f0, tol_value, eps, kinks, args)
+        rechecked |= _recheck_kinks(ev, x, index, step, grads, term_names, stats, steps, f0,
+                                    tol_value, eps, kinks, args)
 
     # per segment, per term: the C accumulator again
     seg_ids = segs.segment_ids(index)
@@ -277,105 +292,162 @@ def _signature_changes(kinks, x, index, step, args) -> np.ndarray:
     changed = np.zeros(index.size, dtype=bool)
     for j, i in enumerate(index):
         xi = work[i]
-        work[i] = xi + step[j]
-        up = kinks(work, *args)
-        work[i] = xi - step[j]
-        down = kinks(work, *args)
-        work[i] = xi
+        try:
+            work[i] = xi + step[j]
+            up = kinks(work, *args)
+            work[i] = xi - step[j]
+            down = kinks(work, *args)
+        finally:
+            work[i] = xi
         changed[j] = up != base or down != base
     return changed
 
 
-def _recheck_kinks(ev, x, index, step, f_plus, f_minus, grads, term_names, stats, steps, f0, tol,
-                   eps, kinks, args) -> np.ndarray:
-    """Re-check kink candidates with smaller steps; excuse only the ones that stay on a kink.
+def _recheck_noise(ev, x, index, step, grads, term_names, stats, steps, f0, tol,
+                   eps) -> np.ndarray:
+    """Re-check "noise" coordinates with a larger step, where the roundoff floor is smaller.
 
-    A kink at distance d from x_i is crossed only while the step exceeds d, so shrinking the step
-    resolves it and the coordinate is judged on the smaller step. If the one-sided slopes still
-    disagree at the smallest step (their gap did not shrink with the step, as smooth curvature
-    would), x_i sits on the kink: an analytic value between the two one-sided slopes (a valid
-    subgradient) is excused as "kink"; any other value fails.
+    Roundoff of the centered difference falls as 1/h and truncation grows as h^2, so a real error
+    that hid inside the floor at the first step stands out at the larger one; a disagreement that
+    is still inside the (smaller) floor stays "noise". A kink crossed by the larger step says
+    nothing about roundoff: those keep the first verdict.
     """
-    candidate = np.zeros(index.size, dtype=bool)
+    mask = np.zeros(index.size, dtype=bool)
     for s in stats:
-        candidate |= s.kink
+        mask |= s.verdict == NOISE
+    todo = np.flatnonzero(mask)
+    if todo.size == 0:
+        return mask
+    large = _scaled(x[index[todo]], step[todo], noise_growth(x.dtype), x.dtype)
+    fp, fm = ev.pairs(index[todo], large, label="noise re-check")
+    for m, t in enumerate(term_names):
+        rows = stats[m].verdict[todo] == NOISE
+        if not rows.any():
+            continue
+        sub = accumulate.coordinate_stats(grads[t][index[todo[rows]]], fp[rows, m], fm[rows, m],
+                                          f0[m], large[rows], tol, eps)
+        take = ~sub.kink & (sub.verdict != NAN)
+        where = todo[rows][take]
+        _assign(stats[m], where, sub, take)
+        steps[m][where] = large[rows][take]
+    return mask
+
+
+def _recheck_kinks(ev, x, index, step, grads, term_names, stats, steps, f0, tol, eps, kinks,
+                   args) -> np.ndarray:
+    """Re-check failing coordinates with smaller steps; excuse only the ones that stay on a kink.
+
+    A kink at distance d from x_i is crossed only while the step exceeds d. Every failing
+    coordinate is re-evaluated at h/10, h/100, h/1000 and decided at the first step that no longer
+    crosses a kink: there it either agrees with the analytic value (resolved), or its numeric
+    value is the same as at the previous step (a stable disagreement: a real error, no kink in
+    between). The one-sided kink score alone cannot be trusted to find the crossings: two kinks on
+    opposite sides shift both one-sided slopes the same way. With kinks=callable the exact signal
+    decides instead: the active-set signature is the same at x+h, x and x-h. A coordinate still
+    undecided at the smallest step sits on the kink: an analytic value between the two one-sided
+    slopes (a valid one-sided derivative or subgradient) is excused as "kink", any other value
+    fails. Returns the mask of re-checked coordinates; sets ``kink`` to the crossings found.
+    """
+    pending = {}
+    for m, s in enumerate(stats):
+        pending[m] = np.flatnonzero(s.failed & (s.verdict != NAN))
     if callable(kinks):
-        failing = np.zeros(index.size, dtype=bool)
+        # the exact signal: every sampled coordinate whose step changes the active set crossed a
+        # kink; only the failing ones that crossed need a re-check
+        crossed = _signature_changes(kinks, x, index, step, args)
+        for m, s in enumerate(stats):
+            s.kink[:] = crossed
+            pending[m] = pending[m][crossed[pending[m]]]
+    else:
         for s in stats:
-            failing |= s.failed & (s.verdict != accumulate.NAN)
-        pos = np.flatnonzero(failing)
-        if pos.size:
-            changed = _signature_changes(kinks, x, index[pos], step[pos], args)
-            candidate[pos[changed]] = True
-            for s in stats:
-                s.kink[pos] = changed & s.failed[pos]
-    pos = np.flatnonzero(candidate)
-    if pos.size == 0:
-        return candidate
-    first_gap = [_slope_gap(f_plus[pos, m], f_minus[pos, m], f0[m], step[pos])
-                 for m in range(len(stats))]
-    unresolved = {m: pos[stats[m].kink[pos]] for m in range(len(stats))}
-    last = None
-    for factor in KINK_SHRINK:
-        todo = np.unique(np.concatenate([u for u in unresolved.values()]))
+            s.kink[:] = False
+    candidate = np.zeros(index.size, dtype=bool)
+    for rows in pending.values():
+        candidate[rows] = True
+    # the values of the previous (larger) step, per coordinate: a stable failure is shown there
+    previous = {m: _copy_stats(stats[m]) for m in pending}
+    previous_step = {m: step.copy() for m in pending}
+    last: dict[int, tuple] = {}
+    for level, factor in enumerate(KINK_SHRINK):
+        todo = np.unique(np.concatenate(list(pending.values())))
         if todo.size == 0:
             break
-        small = _shrunk(x[index[todo]], step[todo], factor, x.dtype)
+        small = _scaled(x[index[todo]], step[todo], factor, x.dtype)
         fp, fm = ev.pairs(index[todo], small, label="kink re-check")
-        last = (todo, small, fp, fm)
+        clear = None
+        if callable(kinks):
+            clear = ~_signature_changes(kinks, x, index[todo], small, args)
         for m, t in enumerate(term_names):
-            rows = np.isin(todo, unresolved[m])
+            rows = np.isin(todo, pending[m])
             if not rows.any():
                 continue
-            sub = accumulate.coordinate_stats(grads[t][index[todo[rows]]], fp[rows, m],
-                                              fm[rows, m], f0[m], small[rows], tol, eps)
-            resolved = ~sub.failed
-            where = todo[rows][resolved]
-            _assign(stats[m], where, sub, resolved)
-            steps[m][where] = small[rows][resolved]
-            unresolved[m] = todo[rows][~resolved]
-    # still failing at the smallest step: on the kink itself, or not a kink at all
-    if last is not None:
-        todo, small, fp, fm = last
-        for m, t in enumerate(term_names):
-            left = unresolved[m]
-            if left.size == 0:
-                continue
-            rows = np.searchsorted(todo, left)
-            h = small[rows]
-            s_plus = (fp[rows, m] - f0[m]) / h
-            s_minus = (f0[m] - fm[rows, m]) / h
-            gap = _slope_gap(fp[rows, m], fm[rows, m], f0[m], h)
-            original_gap = first_gap[m][np.searchsorted(pos, left)]
-            on_kink = gap >= 0.5 * original_gap
-            if callable(kinks):
-                on_kink |= _signature_changes(kinks, x, index[left], h, args)
-            a = grads[t][index[left]]
-            lo, hi = np.minimum(s_plus, s_minus), np.maximum(s_plus, s_minus)
-            slack = tol * np.maximum(np.abs(lo), np.abs(hi))
-            subgradient = (a >= lo - slack) & (a <= hi + slack)
-            s = stats[m]
-            excused = left[on_kink & subgradient]
-            s.verdict[excused] = KINK
-            s.failed[excused] = False
-            # a smooth coordinate flagged by its score: not a kink, the original verdict stands
-            s.kink[left[~on_kink]] = False
+            where = todo[rows]
+            sub = accumulate.coordinate_stats(grads[t][index[where]], fp[rows, m], fm[rows, m],
+                                              f0[m], small[rows], tol, eps)
+            prev = previous[m]
+            if clear is not None:
+                take = clear[rows]
+                keep_prev = np.zeros(where.size, dtype=bool)
+            else:
+                take = ~sub.failed & (sub.verdict != NOISE)
+                # the same numeric value at two steps: no kink in between, the failure is real
+                change = np.abs(sub.numeric - prev.numeric[where])
+                scale = np.maximum(np.abs(sub.numeric), np.abs(prev.numeric[where]))
+                keep_prev = (~take & prev.failed[where] & (prev.verdict[where] != NOISE)
+                             & (change <= 0.5 * tol * scale + sub.noise + prev.noise[where]))
+                s = stats[m]
+                s.kink[where[take]] = True
+                if level > 0:
+                    s.kink[where[keep_prev]] = True
+            _assign(stats[m], where[take], sub, take)
+            steps[m][where[take]] = small[rows][take]
+            _assign(stats[m], where[keep_prev], prev, where[keep_prev])
+            steps[m][where[keep_prev]] = previous_step[m][where[keep_prev]]
+            _assign(prev, where, sub, slice(None))
+            previous_step[m][where] = small[rows]
+            decided = take | keep_prev
+            pending[m] = where[~decided]
+            h = small[rows][~decided]
+            last[m] = (sub, ~decided, h, fp[rows, m][~decided], fm[rows, m][~decided])
+    # on the kink at the smallest step: excused only as a one-sided derivative / subgradient
+    for m, t in enumerate(term_names):
+        left = pending[m]
+        if left.size == 0:
+            continue
+        sub, keep, h, fp, fm = last[m]
+        s_plus = (fp - f0[m]) / h
+        s_minus = (f0[m] - fm) / h
+        lo, hi = np.minimum(s_plus, s_minus), np.maximum(s_plus, s_minus)
+        one_sided_noise = 2.0 * sub.noise[keep]
+        slack = tol * np.maximum(np.abs(lo), np.abs(hi)) + one_sided_noise
+        a = grads[t][index[left]]
+        # the kink must stand out of the roundoff, or the slopes say nothing about it
+        visible = hi - lo > 4.0 * one_sided_noise
+        subgradient = visible & (a >= lo - slack) & (a <= hi + slack)
+        excused = left[subgradient]
+        _assign(stats[m], excused, sub, np.flatnonzero(keep)[subgradient])
+        stats[m].verdict[excused] = KINK
+        stats[m].failed[excused] = False
+        stats[m].kink[left] = True
+        steps[m][excused] = h[subgradient]
+        # not a subgradient: the first step's failure stands
     return candidate
 
 
-def _shrunk(x, step, factor, dtype):
+def _scaled(x, step, factor, dtype):
+    """step * factor, rounded so that x + step is exact in dtype (as coordinate_steps does)."""
     raw = step * factor
     exact = ((x + raw.astype(dtype)) - x).astype(np.float64)
     return np.where(exact > 0, exact, raw)
 
 
-def _slope_gap(f_plus, f_minus, f0, step):
-    """|s+ - s-|: a kink keeps it as the step shrinks, smooth curvature shrinks it with the step."""
-    return np.abs(f_plus - 2.0 * f0 + f_minus) / step
+def _copy_stats(stats):
+    return accumulate.CoordStats(*(getattr(stats, name).copy() for name in (
+        "numeric", "rel_error", "noise", "kink_score", "verdict", "failed", "kink")))
 
 
 def _assign(target, where, sub, rows):
-    """Take the re-checked values; kink stays True as the record of the resolved crossing."""
+    """Take the re-checked values; kink stays True as the record of the crossing."""
     for name in ("numeric", "rel_error", "noise", "kink_score", "verdict", "failed"):
         getattr(target, name)[where] = getattr(sub, name)[rows]
 

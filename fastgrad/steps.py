@@ -20,20 +20,25 @@ class Precision:
     base_tol: float  # failure threshold on rel_error at depth 1
     max_tol: float  # the threshold never grows past this, however deep the network
     noise_factor: float  # roundoff of a long reduction is a few eps times |f|, not one
+    noise_growth: float  # a "noise" coordinate is re-checked with its step times this
 
 
+_EPS64 = float(np.finfo(np.float64).eps)
+_EPS32 = float(np.finfo(np.float32).eps)
 PRECISIONS = {
-    np.dtype(np.float64): Precision("float64", float(np.finfo(np.float64).eps),
-                                    float(np.finfo(np.float64).eps) ** (1 / 3), 1e-4, 1e-2, 32.0),
-    np.dtype(np.float32): Precision("float32", float(np.finfo(np.float32).eps),
-                                    float(np.finfo(np.float32).eps) ** (1 / 3), 3e-3, 5e-2, 8.0),
+    np.dtype(np.float64): Precision("float64", _EPS64, _EPS64 ** (1 / 3), 1e-4, 1e-2, 4.0, 10.0),
+    np.dtype(np.float32): Precision("float32", _EPS32, _EPS32 ** (1 / 3), 3e-3, 5e-2, 4.0, 4.0),
 }
 
 # ``depth ** DEPTH_EXPONENT`` reaches 100x (1e-4 -> 1e-2 in float64) at about 30 layers
 DEPTH_EXPONENT = 1.35
 
-# the smallest step factor a kink re-check shrinks to (h, h/10, h/100)
-KINK_SHRINK = (0.1, 0.01)
+# noise_factor 4: the roundoff of f(x+h) - f(x-h) measured on numpy sums of 1e6 terms
+# (log cosh, |f| ~ 2e6) stays below 0.6 eps (|f+| + |f-|); 32 would hide a 1e-3 error there.
+
+# a kink re-check tries these fractions of the first step in turn (h/10, h/100, h/1000): a kink at
+# distance d is no longer crossed once the step is below d
+KINK_SHRINK = (0.1, 0.01, 0.001)
 
 
 def precision_of(dtype) -> Precision:
@@ -73,6 +78,12 @@ def noise_eps(dtype) -> float:
     """Relative roundoff assumed for a loss value: eps times a safety factor for reductions."""
     p = precision_of(dtype)
     return p.eps * p.noise_factor
+
+
+def noise_growth(dtype) -> float:
+    """How much larger the step of a "noise" re-check is: roundoff shrinks as 1/h, truncation
+    grows as h^2, so a real error that hid in the noise floor shows at the larger step."""
+    return precision_of(dtype).noise_growth
 
 
 def coordinate_steps(x: np.ndarray, h="auto", dtype=np.float64) -> np.ndarray:
