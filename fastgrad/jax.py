@@ -24,6 +24,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._adapt import core_check
+from .report import Report
 
 __all__ = ["check"]
 
@@ -61,7 +62,7 @@ class _JaxLoss:
             return float(self.jitted(theta, *self.dynamic_args))
 
 
-def check(f: Callable[..., Any], params: Any, *args: Any, **check_options: Any):
+def check(f: Callable[..., Any], params: Any, *args: Any, **check_options: Any) -> Report:
     """Check ``jax.grad`` of ``f(params, *args)`` with respect to the pytree ``params``.
 
     >>> params = {"layers": [{"w": jnp.ones((3, 3)) / 3}], "scale": 2.0}

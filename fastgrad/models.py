@@ -27,6 +27,7 @@ from ._adapt import (
     float64_copy,
     numpy_seeded,
 )
+from .report import Report
 
 __all__ = ["check_layer", "check_model"]
 
@@ -119,7 +120,7 @@ def check_model(
     y: Any = None,
     params: list[str] | None = None,
     **check_options: Any,
-):
+) -> Report:
     """Check the gradients a numpy model returns against centered differences of its loss.
 
     >>> model = TwoLayerNet(input_dim=5, hidden_dim=4, num_classes=3)
@@ -261,7 +262,7 @@ def check_layer(
     backward: Callable[[np.ndarray, Any], Any],
     *inputs: Any,
     **check_options: Any,
-):
+) -> Report:
     """Check a layer's ``backward`` against centered differences of its ``forward``.
 
     >>> x, w, b = np.random.randn(4, 5), np.random.randn(5, 3), np.random.randn(3)

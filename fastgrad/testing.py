@@ -44,7 +44,7 @@ def assert_passed(report: Report) -> Report:
     return report
 
 
-def assert_module(module: Any, loss_fn: Callable | None, *inputs: Any, **check_options: Any):
+def assert_module(module: Any, loss_fn: Callable | None, *inputs: Any, **check_options: Any) -> Report:
     """``fastgrad.torch.check_module`` that raises when the check fails.
 
     >>> net = torch.nn.Linear(3, 2)
@@ -55,7 +55,7 @@ def assert_module(module: Any, loss_fn: Callable | None, *inputs: Any, **check_o
     return assert_passed(fg_torch.check_module(module, loss_fn, *inputs, **check_options))
 
 
-def assert_function(fn: Callable, *tensors: Any, **check_options: Any):
+def assert_function(fn: Callable, *tensors: Any, **check_options: Any) -> Report:
     """``fastgrad.torch.check_function`` that raises when the check fails.
 
     >>> x = torch.randn(3, 4, requires_grad=True)
@@ -66,7 +66,7 @@ def assert_function(fn: Callable, *tensors: Any, **check_options: Any):
     return assert_passed(fg_torch.check_function(fn, *tensors, **check_options))
 
 
-def assert_jax(f: Callable, params: Any, *args: Any, **check_options: Any):
+def assert_jax(f: Callable, params: Any, *args: Any, **check_options: Any) -> Report:
     """``fastgrad.jax.check`` that raises when the check fails.
 
     >>> params = {"w": jnp.ones((3, 2))}
@@ -77,7 +77,7 @@ def assert_jax(f: Callable, params: Any, *args: Any, **check_options: Any):
     return assert_passed(fg_jax.check(f, params, *args, **check_options))
 
 
-def assert_model(model: Any, loss_and_grads: Callable | None = None, **options: Any):
+def assert_model(model: Any, loss_and_grads: Callable | None = None, **options: Any) -> Report:
     """``fastgrad.models.check_model`` that raises when the check fails.
 
     >>> model = TwoLayerNet(input_dim=5, hidden_dim=4, num_classes=3)
@@ -88,7 +88,7 @@ def assert_model(model: Any, loss_and_grads: Callable | None = None, **options: 
     return assert_passed(check_model(model, loss_and_grads, **options))
 
 
-def assert_layer(forward: Callable, backward: Callable, *inputs: Any, **check_options: Any):
+def assert_layer(forward: Callable, backward: Callable, *inputs: Any, **check_options: Any) -> Report:
     """``fastgrad.models.check_layer`` that raises when the check fails.
 
     >>> x, w, b = np.random.randn(4, 5), np.random.randn(5, 3), np.random.randn(3)

@@ -26,6 +26,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._adapt import ThreadLocalLoss, check_seed, core_check, cotangent_rng
+from .report import Report
 
 __all__ = ["check_function", "check_module"]
 
@@ -302,7 +303,7 @@ def check_module(
     *inputs: Any,
     target: Any = None,
     **check_options: Any,
-):
+) -> Report:
     """Check autograd's gradient of ``loss_fn(module(*inputs))`` against centered differences.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
@@ -361,7 +362,7 @@ def check_module(
         return _run(loss, _serial_by_default(check_options))
 
 
-def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any):
+def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any) -> Report:
     """Check the gradient of ``sum(fn(*tensors) * c)`` for a fixed random cotangent ``c``.
 
     >>> x = torch.randn(3, 4, requires_grad=True)

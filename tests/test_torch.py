@@ -112,6 +112,15 @@ def test_embedding_sparse_gradient():
     assert report.passed, str(report)
 
 
+def test_maxpool2d_near_ties_are_resolved_kinks():
+    x = randn(1, 2, 4, 4)
+    x[..., 1::2, :] = x[..., 0::2, :] + 2e-6  # within the first step: every window crosses a kink
+    x.requires_grad_(True)
+    report = fgt.check_module(nn.MaxPool2d(2), None, x, samples="all")
+    assert report.passed, str(report)
+    assert report.segments["input0"].kinks > 0
+
+
 def test_maxpool2d_ties_are_kinks_not_failures():
     x = randn(1, 2, 4, 4)
     x[..., 1::2, :] = x[..., 0::2, :]  # every 2x2 window has a tie: perturbations cross kinks
