@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 
@@ -92,6 +94,11 @@ class Evaluator:
         self.terms = terms
         self.describe = describe or (lambda i: f"theta[{i}]")
         self.evaluations = 0
+        self.shipments = 0  # copies of theta sent to executor workers (see _ship)
+        self._token: str | None = None
+        self._bundle = None
+        self._bundle_ref = None
+        self._sent = False
         self.jit = is_numba_dispatcher(f) and terms is None and executor is None
         if self.jit:
             self.path = "jit"
@@ -172,19 +179,16 @@ class Evaluator:
             return
         n_workers = 1 if self.path == "serial" else self.workers
         if self.executor is not None:
-            n_workers = max(1, getattr(self.executor, "_max_workers", None) or self.workers)
+            n_workers = self._executor_width()
         # a few chunks per worker keeps them balanced when evaluations differ in cost
         n_chunks = min(k, n_workers * 4) if n_workers > 1 else 1
         bounds = np.linspace(0, k, n_chunks + 1).astype(np.int64)
         chunks = [(int(bounds[c]), int(bounds[c + 1])) for c in range(n_chunks)]
         if self.executor is not None:
-            futures = [
-                self.executor.submit(_pairs_task, self.f, self.theta, index[lo:hi], step[lo:hi],
-                                     self.args, self.terms)
-                for lo, hi in chunks
-            ]
-            for (lo, hi), fut in zip(chunks, futures):
-                fp, fm, failure = fut.result()
+            # theta goes once per worker process (see _ship), not once per chunk
+            payloads = [(index[lo:hi], step[lo:hi]) for lo, hi in chunks]
+            for c, (fp, fm, failure) in self._ship("pairs", payloads):
+                lo, hi = chunks[c]
                 if failure is not None:
                     self._raise(*failure)
                 f_plus[lo:hi], f_minus[lo:hi] = fp, fm
@@ -219,6 +223,164 @@ class Evaluator:
             f"f raised while evaluating {self.describe(i)}: {type(exc).__name__}: {exc}", i
         ) from exc
 
+    # -- random directions (audit) ------------------------------------------------------------
+    def directions(self, key: np.ndarray, lo: np.ndarray, hi: np.ndarray, step: np.ndarray,
+                   label: str = "directions"):
+        """Losses at theta +- step[j] v_j, where v_j is the direction ``key[j]`` (kernels.py)
+        supported on the flat range [lo[j], hi[j]): two arrays of shape (k, terms).
+
+        The directions are generated where they are used; no n x k matrix is ever built.
+        """
+        key = np.ascontiguousarray(key, dtype=np.uint64)
+        lo = np.ascontiguousarray(lo, dtype=np.int64)
+        hi = np.ascontiguousarray(hi, dtype=np.int64)
+        step = np.ascontiguousarray(step, dtype=np.float64)
+        k = key.size
+        m = 1 if self.terms is None else len(self.terms)
+        f_plus = np.empty((k, m))
+        f_minus = np.empty((k, m))
+        with Progress(total=2 * k, label=label, enabled=self.progress) as bar:
+            if self.jit:
+                self._directions_jit(key, lo, hi, step, f_plus[:, 0], f_minus[:, 0], bar)
+            else:
+                self._directions_python(key, lo, hi, step, f_plus, f_minus, bar)
+        self.evaluations += 2 * k
+        return f_plus, f_minus
+
+    def _directions_jit(self, key, lo, hi, step, f_plus, f_minus, bar):
+        import numba
+
+        from .kernels import _directional_losses
+
+        threads = min(self.workers, numba.config.NUMBA_NUM_THREADS)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            batch = key.size if not bar.active else max(threads, key.size // 50)
+            theta = np.ascontiguousarray(self.theta)
+            for first in range(0, key.size, batch):
+                last = min(first + batch, key.size)
+                current = np.full(min(threads, last - first) or 1, -1, dtype=np.int64)
+                try:
+                    _directional_losses(self.f, theta, key[first:last], lo[first:last],
+                                        hi[first:last], step[first:last], self.args,
+                                        f_plus[first:last], f_minus[first:last], current)
+                except Exception as exc:
+                    cause = exc.__context__ or exc
+                    busy = [first + int(j) for j in current if j >= 0]
+                    where = ", ".join(_direction_where(lo[j], hi[j]) for j in busy)
+                    raise LossError(
+                        f"f raised in the parallel kernel while evaluating "
+                        f"{where or 'a perturbed point'}: {type(cause).__name__}: {cause}"
+                    ) from cause
+                bar.update(2 * (last - first))
+        finally:
+            numba.set_num_threads(previous)
+
+    def _directions_python(self, key, lo, hi, step, f_plus, f_minus, bar):
+        k = key.size
+        if k == 0:
+            return
+        if self.executor is not None:
+            n_workers = self._executor_width()
+        else:
+            n_workers = 1 if self.path == "serial" else self.workers
+        n_chunks = min(k, n_workers * 2) if n_workers > 1 else 1
+        bounds = np.linspace(0, k, n_chunks + 1).astype(np.int64)
+        chunks = [(int(bounds[c]), int(bounds[c + 1])) for c in range(n_chunks)]
+
+        def fail(first, failure):
+            j, exc = failure
+            j = first + j
+            raise LossError(f"f raised while evaluating {_direction_where(lo[j], hi[j])}: "
+                            f"{type(exc).__name__}: {exc}") from exc
+
+        if self.executor is not None:
+            payloads = [(key[a:b], lo[a:b], hi[a:b], step[a:b]) for a, b in chunks]
+            for c, (fp, fm, failure) in self._ship("directions", payloads):
+                a, b = chunks[c]
+                if failure is not None:
+                    fail(a, failure)
+                f_plus[a:b], f_minus[a:b] = fp, fm
+                bar.update(2 * (b - a))
+            return
+        local = threading.local()
+        theta = self.theta
+
+        def run(chunk):
+            a, b = chunk
+            work = getattr(local, "work", None)
+            if work is None:
+                work = local.work = theta.copy()
+            failure = _fill_directions(self.f, work, theta, key[a:b], lo[a:b], hi[a:b],
+                                       step[a:b], self.args, self.terms, f_plus[a:b],
+                                       f_minus[a:b])
+            bar.update(2 * (b - a))
+            return failure
+
+        if n_workers == 1:
+            results = [run(c) for c in chunks]
+        else:
+            with ThreadPoolExecutor(max_workers=n_workers) as pool:
+                results = list(pool.map(run, chunks))
+        for (a, _), failure in zip(chunks, results):
+            if failure is not None:
+                fail(a, failure)
+
+    # -- executors: the problem goes once per worker --------------------------------------------
+    def _executor_width(self) -> int:
+        """How many tasks the executor runs at once (for chunking)."""
+        width = getattr(self.executor, "_max_workers", None)
+        client = _dask_client(self.executor)
+        if client is not None:
+            try:
+                width = sum(client.nthreads().values())
+            except Exception:  # a client that cannot answer: fall back to workers
+                width = None
+        return max(1, int(width or self.workers))
+
+    def _ship(self, kind: str, payloads: list):
+        """Run ``_shipped_task`` on every payload; yields (payload position, result).
+
+        The problem (f, theta, args, terms) is not sent with every task: a worker process keeps
+        it in a module-level cache under this Evaluator's token. With dask it is scattered once
+        to every worker (``broadcast=True``); with any other executor it rides along with the
+        first ``width`` tasks only, and a task that lands on a worker without it reports
+        "missing" and is sent again with it. ``self.shipments`` counts the copies sent.
+        """
+        if self._token is None:
+            self._token = uuid.uuid4().hex
+            self._bundle = _ShippedProblem(self.f, self.theta, self.args, self.terms)
+        client = _dask_client(self.executor)
+        if client is not None:
+            if self._bundle_ref is None:
+                self._bundle_ref = client.scatter(self._bundle, broadcast=True, hash=False)
+                self.shipments += 1
+            futures = [self.executor.submit(_shipped_task, self._token, self._bundle_ref, kind, p)
+                       for p in payloads]
+            for c, fut in enumerate(futures):
+                yield c, fut.result()
+            return
+        pending = list(range(len(payloads)))
+        attach = 0 if self._sent else self._executor_width()
+        while pending:
+            futures = []
+            for r, c in enumerate(pending):
+                bundle = self._bundle if r < attach else None
+                self.shipments += bundle is not None
+                futures.append((c, self.executor.submit(_shipped_task, self._token, bundle, kind,
+                                                        payloads[c])))
+            self._sent = True
+            missing = []
+            for c, fut in futures:
+                result = fut.result()
+                if result is None:
+                    missing.append(c)
+                else:
+                    yield c, result
+            pending = missing
+            attach = self._executor_width()
+
 
 def _fill_pairs(f, work, index, step, args, terms, f_plus, f_minus):
     """Serial loop over coordinates on one working copy; returns (index, exception) or None."""
@@ -243,6 +405,91 @@ def _pairs_task(f, theta, index, step, args, terms):
     f_plus = np.empty((index.size, m))
     f_minus = np.empty((index.size, m))
     failure = _fill_pairs(f, np.array(theta, copy=True), index, step, args, terms, f_plus, f_minus)
+    if failure is not None:
+        i, exc = failure
+        failure = (i, RuntimeError(f"{type(exc).__name__}: {exc}"))
+    return f_plus, f_minus, failure
+
+
+def _direction_where(lo, hi) -> str:
+    return f"a random direction on theta[{int(lo)}:{int(hi)}]"
+
+
+def _fill_directions(f, work, theta, key, lo, hi, step, args, terms, f_plus, f_minus):
+    """Serial loop over directions on one working copy; returns (position, exception) or None."""
+    from .kernels import _direction_fill
+
+    for j in range(key.size):
+        a, b = int(lo[j]), int(hi[j])
+        v = np.empty(b - a)
+        _direction_fill(key[j], a, b, v)
+        base = theta[a:b]
+        try:
+            work[a:b] = base + step[j] * v
+            f_plus[j] = as_loss(f(work, *args), terms, "a perturbed point")
+            work[a:b] = base - step[j] * v
+            f_minus[j] = as_loss(f(work, *args), terms, "a perturbed point")
+        except Exception as exc:
+            return j, exc
+        finally:
+            work[a:b] = base
+    return None
+
+
+class _ShippedProblem:
+    """What a worker needs to evaluate perturbations: sent once per worker, then cached."""
+
+    __slots__ = ("f", "theta", "args", "terms")
+
+    def __init__(self, f, theta, args, terms):
+        self.f, self.theta, self.args, self.terms = f, theta, args, terms
+
+    def __getstate__(self):
+        return (self.f, self.theta, self.args, self.terms)
+
+    def __setstate__(self, state):
+        self.f, self.theta, self.args, self.terms = state
+
+
+# worker side: token -> _ShippedProblem, the last few only (each holds one theta)
+_SHIPPED: OrderedDict[str, _ShippedProblem] = OrderedDict()
+_SHIPPED_KEEP = 2
+_SHIPPED_LOCK = threading.Lock()
+_WORKER_LOCAL = threading.local()
+
+
+def _dask_client(executor):
+    """The dask Client behind ``Client.get_executor()``, or None for any other executor."""
+    if executor is None or not type(executor).__module__.startswith("distributed"):
+        return None
+    return getattr(executor, "_client", None)
+
+
+def _shipped_task(token, bundle, kind, payload):
+    """One chunk on a worker: (f_plus, f_minus, failure), or None when the problem is missing."""
+    with _SHIPPED_LOCK:
+        problem = _SHIPPED.get(token)
+        if problem is None:
+            if bundle is None:
+                return None
+            problem = _SHIPPED[token] = bundle
+            while len(_SHIPPED) > _SHIPPED_KEEP:
+                _SHIPPED.popitem(last=False)
+    cached = getattr(_WORKER_LOCAL, "work", None)
+    if cached is None or cached[0] != token:
+        cached = _WORKER_LOCAL.work = (token, np.array(problem.theta, copy=True))
+    work = cached[1]
+    m = 1 if problem.terms is None else len(problem.terms)
+    if kind == "pairs":
+        index, step = payload
+        f_plus, f_minus = np.empty((index.size, m)), np.empty((index.size, m))
+        failure = _fill_pairs(problem.f, work, index, step, problem.args, problem.terms,
+                              f_plus, f_minus)
+    else:
+        key, lo, hi, step = payload
+        f_plus, f_minus = np.empty((key.size, m)), np.empty((key.size, m))
+        failure = _fill_directions(problem.f, work, problem.theta, key, lo, hi, step,
+                                   problem.args, problem.terms, f_plus, f_minus)
     if failure is not None:
         i, exc = failure
         failure = (i, RuntimeError(f"{type(exc).__name__}: {exc}"))

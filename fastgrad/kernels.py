@@ -42,3 +42,84 @@ def _centered_losses(f, theta, index, step, args, f_plus, f_minus, current):
             f_plus[j] = fp
             f_minus[j] = fm
         current[c] = -1
+
+
+# -- random directions, generated where they are used (never an n x k matrix) -----------------
+# v_i = sign * magnitude from a splitmix64 hash of (direction key, i): signs are Rademacher, the
+# magnitude is uniform in [1/4, 1] so one wrong coordinate always shows (|v_i| >= 1/4) and two
+# wrong coordinates of equal error cannot cancel exactly, as they would with +-1 entries.
+
+DIRECTION_MIN_MAGNITUDE = 0.25
+
+
+@njit(cache=True, nogil=True)
+def _direction_value(key, i):
+    """The entry i of the direction whose key is ``key`` (a uint64)."""
+    z = key + np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    u = np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    magnitude = DIRECTION_MIN_MAGNITUDE + (1.0 - DIRECTION_MIN_MAGNITUDE) * u
+    if z & np.uint64(1):
+        return -magnitude
+    return magnitude
+
+
+@njit(cache=True, nogil=True)
+def _direction_fill(key, lo, hi, out):
+    """out[j] = v_{lo + j} for j < hi - lo (one support range of one direction)."""
+    for i in range(lo, hi):
+        out[i - lo] = _direction_value(key, i)
+
+
+@njit(cache=True, nogil=True)
+def _direction_dot(grad, theta, key, lo, hi, step):
+    """grad . d over [lo, hi), where d_i = (fl(x_i + h v_i) - fl(x_i - h v_i)) / 2h is the
+    displacement the loss really sees (rounded to theta's dtype), and sum |grad_i d_i|."""
+    point = np.empty(2, dtype=theta.dtype)
+    dot = 0.0
+    abs_gd = 0.0
+    for i in range(lo, hi):
+        v = _direction_value(key, i)
+        point[0] = theta[i] + step * v
+        point[1] = theta[i] - step * v
+        gd = grad[i] * ((np.float64(point[0]) - np.float64(point[1])) / (2.0 * step))
+        dot += gd
+        abs_gd += abs(gd)
+    return dot, abs_gd
+
+
+@njit(cache=True, nogil=True)
+def _directional_pair(f, work, theta, key, lo, hi, step, args):
+    """f at theta +- step v on [lo, hi) of the working copy; work is restored before returning."""
+    for i in range(lo, hi):
+        work[i] = theta[i] + step * _direction_value(key, i)
+    f_plus = f(work, *args)
+    for i in range(lo, hi):
+        work[i] = theta[i] - step * _direction_value(key, i)
+    f_minus = f(work, *args)
+    for i in range(lo, hi):
+        work[i] = theta[i]
+    return f_plus, f_minus
+
+
+@njit(parallel=True, cache=True)
+def _directional_losses(f, theta, key, lo, hi, step, args, f_plus, f_minus, current):
+    """Fill f_plus[j], f_minus[j] = f(theta +- step[j] v_j), v_j supported on [lo[j], hi[j]).
+
+    As ``_centered_losses``: one chunk and one working copy per thread, ``current`` holds the
+    direction each chunk is evaluating (-1 when done) for error reports.
+    """
+    n_chunks = current.shape[0]
+    k = key.shape[0]
+    for c in prange(n_chunks):
+        work = theta.copy()
+        first = c * k // n_chunks
+        last = (c + 1) * k // n_chunks
+        for j in range(first, last):
+            current[c] = j
+            fp, fm = _directional_pair(f, work, theta, key[j], lo[j], hi[j], step[j], args)
+            f_plus[j] = fp
+            f_minus[j] = fm
+        current[c] = -1

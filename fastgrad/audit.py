@@ -1,0 +1,676 @@
+"""audit(): random-direction checks of every segment, then group-testing localization.
+
+A directional derivative ``(f(x+hv) - f(x-hv)) / 2h`` tests a whole segment with two evaluations,
+but it sums the gradient errors over its support: one coordinate off by 1% of the gradient's scale
+among 10^6 changes ``grad . v`` (of size ~ sqrt(n) * scale) by a relative 1e-5, far below any
+tolerance on a relative error. So a direction is not judged by its relative error but by its
+absolute disagreement against the floating-point noise floor of the two loss values (the floor
+``check`` uses, plus the roundoff of ``grad . v``): any disagreement above it is real and is
+localized by splitting the support in halves, recursing into the halves that disagree. Only
+single coordinates (or whole blocks, by sampled coordinates) are ever judged "wrong", by exactly
+the coordinate check of ``check`` with its tolerance: a disagreement too small for that is not
+reported as a suspect, so there are no false suspects by construction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import accumulate
+from .accumulate import KINK, NAN, NOISE, VERDICTS
+from .check import (
+    _check_deterministic,
+    _describe,
+    _first_nonfinite,
+    _flat_theta,
+    _gradients,
+)
+from .evaluate import Evaluator, LossError, as_loss, loss_terms
+from .kernels import _direction_dot
+from .segments import SegmentMap, as_segment_map
+from .steps import KINK_SHRINK, coordinate_steps, noise_eps, precision_of, tolerance
+
+__all__ = ["audit", "AuditReport", "SegmentAudit", "DirectionRecord", "SuspectRecord",
+           "BlockRecord"]
+
+# a range this small is settled by coordinate checks of all its members
+LEAF_SIZE = 4
+# a part that passes one random direction is tried with up to this many (two wrong coordinates
+# can nearly cancel in one direction; in three independent ones they practically never do)
+DIRECTIONS_PER_TEST = 3
+# all four grandchildren of a part disagree: sample this many of its coordinates; if every one
+# is wrong, the part is reported as a wrong block instead of being split further
+BLOCK_SAMPLES = 6
+# more disagreeing parts than this at one level: the disagreement is spread over the segment
+MAX_FRONT = 64
+# a kink or noise re-check of a confirmed coordinate grows its step by this factor
+NOISE_GROWTH = 10.0
+
+_MASK64 = (1 << 64) - 1
+
+
+def _direction_key(seed: int, direction: int) -> np.uint64:
+    """The uint64 key of direction number ``direction`` for ``seed`` (splitmix64 of both)."""
+    z = (int(seed) * 0x9E3779B97F4A7C15 + int(direction) * 0xD1B54A32D192ED03
+         + 0x632BE59BD9B4E019) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return np.uint64(z ^ (z >> 31))
+
+
+@dataclass(frozen=True)
+class DirectionRecord:
+    """One random-direction test on the flat range [start, stop)."""
+
+    segment: str  # the segment holding the range ("*" for the whole vector)
+    start: int
+    stop: int
+    analytic: float  # grad . v (over the displacement the loss really saw)
+    numeric: float  # (f(x+hv) - f(x-hv)) / 2h
+    rel_error: float  # |a - n| / max(|a|, |n|)
+    noise: float  # absolute noise floor of |a - n|
+    step: float
+    significant: bool  # |a - n| > noise: the gradient disagrees with the loss on this range
+    phase: str  # global | segments | localize
+
+    @property
+    def disagreement(self) -> float:
+        return abs(self.analytic - self.numeric)
+
+
+@dataclass(frozen=True)
+class SuspectRecord:
+    """A coordinate confirmed wrong by a coordinate check (check's verdict bands)."""
+
+    index: int
+    segment: str
+    local: tuple[int, ...]
+    analytic: float
+    numeric: float
+    rel_error: float
+    verdict: str
+    step: float
+
+    @property
+    def where(self) -> str:
+        return f"{self.segment}[{', '.join(map(str, self.local))}]"
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    """A contiguous block [start, stop) reported wrong as a whole (sampled coordinates all wrong)."""
+
+    segment: str
+    start: int
+    stop: int
+    first: tuple[int, ...]  # multi-index of the first coordinate of the block
+    last: tuple[int, ...]  # multi-index of the last one
+    sampled: int
+    wrong: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class SegmentAudit:
+    name: str
+    size: int
+    rel_errors: tuple[float, ...]  # of the segment's own random directions
+    disagreements: tuple[float, ...]  # |a - n| of each
+    noise: tuple[float, ...]  # the floor each was compared with
+    significant: bool  # some direction disagreed beyond the noise floor
+    suspects: int  # individually confirmed wrong coordinates
+    blocks: int  # wrong blocks
+    wrong_in_blocks: int  # coordinates covered by the wrong blocks
+    status: str  # clean | localized | not localized | spread | incomplete
+    passed: bool
+
+    @property
+    def max_rel_error(self) -> float:
+        return max(self.rel_errors) if self.rel_errors else 0.0
+
+
+@dataclass
+class AuditReport:
+    """The outcome of ``fastgrad.audit``; ``str(report)`` is a table, ``to_dict()`` JSON-ready."""
+
+    passed: bool
+    segments: dict[str, SegmentAudit]
+    suspects: np.ndarray  # flat indices localized as wrong (individual ones and whole blocks)
+    suspect_records: list[SuspectRecord]
+    blocks: list[BlockRecord]
+    unresolved: list[tuple[str, int, int]]  # (segment, start, stop) still disagreeing, unsplit
+    evaluations: int
+    budget: int | None
+    complete: bool  # False: the budget ran out before localization finished
+    phases: dict[str, int]  # loss evaluations per phase
+    directions: list[DirectionRecord]
+    tol: float
+    tol_reason: str
+    path: str
+    path_reason: str
+    dtype: str
+    depth: int
+    seed: int
+    loss: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def incomplete(self) -> bool:
+        return not self.complete
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict:
+        def clean(x):
+            if isinstance(x, float) and not math.isfinite(x):
+                return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return [clean(v) for v in x]
+            return x
+
+        return clean({
+            "passed": self.passed,
+            "complete": self.complete,
+            "evaluations": self.evaluations,
+            "budget": self.budget,
+            "phases": dict(self.phases),
+            "tol": self.tol,
+            "tol_reason": self.tol_reason,
+            "path": self.path,
+            "path_reason": self.path_reason,
+            "dtype": self.dtype,
+            "depth": self.depth,
+            "seed": self.seed,
+            "loss": self.loss,
+            "segments": {n: asdict(s) for n, s in self.segments.items()},
+            "suspect_count": int(self.suspects.size),
+            "suspects": [asdict(r) for r in self.suspect_records],
+            "blocks": [asdict(b) for b in self.blocks],
+            "unresolved": [list(u) for u in self.unresolved],
+            "directions": [asdict(d) for d in self.directions],
+            "notes": list(self.notes),
+        })
+
+    def table(self, worst: int = 12) -> str:
+        status = "PASSED" if self.passed else "FAILED"
+        budget = f" of budget {self.budget}" if self.budget is not None else ""
+        lines = [
+            f"fastgrad audit {status}{'' if self.complete else ' (INCOMPLETE: budget exhausted)'}"
+            f": {len(self.suspect_records)} wrong coordinates, {len(self.blocks)} wrong blocks, "
+            f"{len(self.unresolved)} unresolved ranges",
+            f"  {self.evaluations} loss evaluations{budget} ("
+            + ", ".join(f"{k} {v}" for k, v in self.phases.items())
+            + f"); tolerance {self.tol:.1e} ({self.tol_reason}); {self.path}: {self.path_reason}",
+            "",
+        ]
+        rows = [("segment", "size", "dir.rel.err", "|a-n| / noise", "suspects", "blocks",
+                 "status", "verdict")]
+        for s in self.segments.values():
+            ratio = max((d / n if n > 0 else math.inf) for d, n in zip(s.disagreements, s.noise))
+            rows.append((s.name, str(s.size), f"{s.max_rel_error:.1e}", f"{ratio:.1f}",
+                         str(s.suspects), str(s.blocks), s.status,
+                         "passed" if s.passed else "FAILED"))
+        lines += _columns(rows, "  ")
+        if self.suspect_records:
+            lines += ["", "wrong coordinates:"]
+            rows = [("where", "flat", "analytic", "numeric", "rel.err", "verdict")]
+            for r in sorted(self.suspect_records, key=lambda r: -r.rel_error)[:worst]:
+                rows.append((r.where, str(r.index), f"{r.analytic: .6e}", f"{r.numeric: .6e}",
+                             f"{r.rel_error:.1e}", r.verdict))
+            lines += _columns(rows, "  ")
+            if len(self.suspect_records) > worst:
+                lines.append(f"  ... and {len(self.suspect_records) - worst} more")
+        if self.blocks:
+            lines += ["", "wrong blocks:"]
+            for b in self.blocks:
+                lines.append(f"  {b.segment}[{', '.join(map(str, b.first))}] .. "
+                             f"{b.segment}[{', '.join(map(str, b.last))}] ({b.size} values, "
+                             f"{b.wrong}/{b.sampled} sampled coordinates wrong)")
+        if self.unresolved:
+            lines += ["", "still disagreeing, not localized:"]
+            for name, start, stop in self.unresolved[:worst]:
+                lines.append(f"  {name}: flat [{start}, {stop})")
+        for note in self.notes:
+            lines.append(f"note: {note}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _columns(rows, indent="") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+class _BudgetExhausted(Exception):
+    pass
+
+
+@dataclass
+class _Part:
+    """A contiguous range under localization, in the tree of halves of one segment."""
+
+    segment: int
+    start: int
+    stop: int
+    parent: _Part | None = None
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+class _Auditor:
+    def __init__(self, ev: Evaluator, x: np.ndarray, g: np.ndarray, f0: float, segs: SegmentMap,
+                 seed: int, tol: float, budget: int | None):
+        self.ev, self.x, self.g, self.f0, self.segs = ev, x, g, f0, segs
+        self.seed, self.tol, self.budget = seed, tol, budget
+        self.eps = noise_eps(x.dtype)
+        self.step_scale = precision_of(x.dtype).step_scale
+        self.next_direction = 0
+        self.phases: dict[str, int] = {}
+        self.directions: list[DirectionRecord] = []
+        self.suspects: dict[int, SuspectRecord] = {}
+        self.blocks: list[BlockRecord] = []
+        self.unresolved: list[tuple[str, int, int]] = []
+        self.complete = True
+        self.notes: list[str] = []
+        self.spread: set[int] = set()  # segments whose disagreement is spread out
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def remaining(self) -> float:
+        return math.inf if self.budget is None else self.budget - self.ev.evaluations
+
+    def spend(self, phase: str, before: int) -> None:
+        self.phases[phase] = self.phases.get(phase, 0) + self.ev.evaluations - before
+
+    # -- directional tests -------------------------------------------------------------------------
+    def test(self, parts: list[_Part], phase: str) -> np.ndarray:
+        """Which parts disagree beyond the noise floor, with up to DIRECTIONS_PER_TEST directions.
+
+        Raises _BudgetExhausted (after recording what was evaluated) when not even the first
+        direction of every part fits in the budget.
+        """
+        significant = np.zeros(len(parts), dtype=bool)
+        todo = np.arange(len(parts))
+        for _ in range(DIRECTIONS_PER_TEST):
+            if todo.size == 0:
+                break
+            if 2 * todo.size > self.remaining():
+                raise _BudgetExhausted
+            records = self.evaluate([parts[j] for j in todo], phase)
+            hit = np.array([r.significant for r in records], dtype=bool)
+            significant[todo[hit]] = True
+            todo = todo[~hit]
+        return significant
+
+    def evaluate(self, parts: list[_Part], phase: str) -> list[DirectionRecord]:
+        x, g = self.x, self.g
+        keys = np.array([_direction_key(self.seed, self.next_direction + j)
+                         for j in range(len(parts))], dtype=np.uint64)
+        self.next_direction += len(parts)
+        lo = np.array([p.start for p in parts], dtype=np.int64)
+        hi = np.array([p.stop for p in parts], dtype=np.int64)
+        # |v_i| <= 1, so h is the largest displacement of any coordinate: the coordinate step of
+        # check() for the support's typical magnitude
+        step = np.array([self.step_scale * max(1.0, _rms(x[p.start:p.stop])) for p in parts])
+        before = self.ev.evaluations
+        f_plus, f_minus = self.ev.directions(keys, lo, hi, step, label=f"audit {phase}")
+        self.spend(phase, before)
+        records = []
+        for j, p in enumerate(parts):
+            analytic, abs_gd = _direction_dot(g, x, keys[j], int(lo[j]), int(hi[j]),
+                                              float(step[j]))
+            fp, fm, h = float(f_plus[j, 0]), float(f_minus[j, 0]), float(step[j])
+            numeric = (fp - fm) / (2.0 * h)
+            # the floor of check() for the two loss values, plus the roundoff of grad . v
+            noise = self.eps * (abs(fp) + abs(fm)) / (2.0 * h) + self.eps * abs_gd
+            diff = abs(analytic - numeric)
+            scale = max(abs(analytic), abs(numeric))
+            if not (math.isfinite(fp) and math.isfinite(fm)):
+                rel, significant = math.nan, True
+            else:
+                rel = diff / scale if scale > 0 else 0.0
+                significant = diff > noise
+            name = "*" if (p.start, p.stop) == (0, self.x.size) and phase == "global" \
+                else self.segs.names[p.segment]
+            rec = DirectionRecord(name, p.start, p.stop, float(analytic), numeric, rel,
+                                  noise, h, bool(significant), phase)
+            records.append(rec)
+            self.directions.append(rec)
+        return records
+
+    # -- coordinate checks -------------------------------------------------------------------------
+    def confirm(self, index: np.ndarray, phase: str = "confirm") -> np.ndarray:
+        """check()'s coordinate verdicts for ``index``; returns the failed mask.
+
+        Failed coordinates become suspects. A "noise" coordinate is re-checked with a larger
+        step and a kink crossing with smaller steps, as check() does, before anything is
+        reported; a coordinate sitting on a kink with a valid one-sided derivative is excused.
+        """
+        index = np.asarray(index, dtype=np.int64)
+        if 2 * index.size > self.remaining():
+            raise _BudgetExhausted
+        x, g = self.x, self.g
+        step = coordinate_steps(x[index], "auto", x.dtype)
+        before = self.ev.evaluations
+        fp, fm = self.ev.pairs(index, step, label="audit confirm")
+        s = accumulate.coordinate_stats(g[index], fp[:, 0], fm[:, 0], self.f0, step, self.tol,
+                                        self.eps)
+        steps = step.copy()
+        # roundoff hid the comparison: a larger step shrinks the floor
+        rows = np.flatnonzero(s.verdict == NOISE)
+        if rows.size and 2 * rows.size > self.remaining():
+            self.complete = False  # an error hiding in the roundoff floor stays unseen
+        elif rows.size:
+            big = _scaled(x[index[rows]], step[rows], NOISE_GROWTH, x.dtype)
+            bp, bm = self.ev.pairs(index[rows], big, label="audit noise re-check")
+            sub = accumulate.coordinate_stats(g[index[rows]], bp[:, 0], bm[:, 0], self.f0, big,
+                                              self.tol, self.eps)
+            take = ~sub.kink & (sub.verdict != NAN)
+            _assign(s, rows[take], sub, take)
+            steps[rows[take]] = big[take]
+        # a kink crossed by the step: decide at the first smaller step that does not cross it
+        first_gap = np.abs(fp[:, 0] - 2.0 * self.f0 + fm[:, 0]) / step
+        rows = np.flatnonzero(s.failed & s.kink)
+        last = None
+        exhausted = False
+        for factor in KINK_SHRINK:
+            if rows.size == 0:
+                break
+            if 2 * rows.size > self.remaining():
+                exhausted = True
+                break
+            small = _scaled(x[index[rows]], step[rows], factor, x.dtype)
+            sp, sm = self.ev.pairs(index[rows], small, label="audit kink re-check")
+            sub = accumulate.coordinate_stats(g[index[rows]], sp[:, 0], sm[:, 0], self.f0, small,
+                                              self.tol, self.eps)
+            settled = ~sub.kink | ~sub.failed
+            _assign(s, rows[settled], sub, settled)
+            steps[rows[settled]] = small[settled]
+            rows = rows[~settled]
+            last = (rows, small[~settled], sp[~settled, 0], sm[~settled, 0])
+        if exhausted:
+            # out of budget before the kink was settled: not a suspect, not cleared either
+            self.complete = False
+            s.failed[rows] = False
+            for j in rows:
+                i = int(index[j])
+                self.unresolved.append((self.segs.locate(i)[0], i, i + 1))
+        elif last is not None and last[0].size:
+            left, h, sp, sm = last
+            # still crossing at the smallest step: on the kink itself if the slope gap did not
+            # shrink; a value between the one-sided slopes is then a valid subgradient
+            gap = np.abs(sp - 2.0 * self.f0 + sm) / h
+            on_kink = gap >= 0.5 * first_gap[left]
+            s_plus, s_minus = (sp - self.f0) / h, (self.f0 - sm) / h
+            lo, hi = np.minimum(s_plus, s_minus), np.maximum(s_plus, s_minus)
+            slack = self.tol * np.maximum(np.abs(lo), np.abs(hi))
+            a = g[index[left]]
+            excused = left[on_kink & (a >= lo - slack) & (a <= hi + slack)]
+            s.verdict[excused] = KINK
+            s.failed[excused] = False
+        self.spend(phase, before)
+        for j in np.flatnonzero(s.failed):
+            i = int(index[j])
+            name, local = self.segs.locate(i)
+            self.suspects[i] = SuspectRecord(i, name, local, float(g[i]), float(s.numeric[j]),
+                                             float(s.rel_error[j]), VERDICTS[s.verdict[j]],
+                                             float(steps[j]))
+        return s.failed.copy()
+
+    # -- localization ------------------------------------------------------------------------------
+    def localize(self, roots: list[_Part]) -> None:
+        """Split disagreeing parts in halves, level by level, over all failing segments at once."""
+        front = list(roots)
+        while front:
+            leaves = [p for p in front if p.size <= LEAF_SIZE]
+            splits = [p for p in front if p.size > LEAF_SIZE]
+            if leaves:
+                index = np.concatenate([np.arange(p.start, p.stop) for p in leaves])
+                try:
+                    self.confirm(index)
+                except _BudgetExhausted:
+                    self.give_up(front)
+                    return
+            children = []
+            for p in splits:
+                mid = (p.start + p.stop) // 2
+                children += [_Part(p.segment, p.start, mid, p), _Part(p.segment, mid, p.stop, p)]
+            if not children:
+                return
+            try:
+                failing = self.test(children, "localize")
+            except _BudgetExhausted:
+                self.give_up(splits)
+                return
+            next_front = [c for c, bad in zip(children, failing) if bad]
+            next_front = self.find_blocks(children, failing, next_front)
+            if next_front is None:
+                return
+            # a disagreement in too many places at once is spread out, not localized
+            by_segment: dict[int, list[_Part]] = {}
+            for c in next_front:
+                by_segment.setdefault(c.segment, []).append(c)
+            kept = []
+            for sid, parts in by_segment.items():
+                if len(parts) > MAX_FRONT:
+                    self.spread.add(sid)
+                    seg = self.segs[self.segs.names[sid]]
+                    self.notes.append(
+                        f"segment {seg.name!r}: the disagreement is spread over {len(parts)}+ "
+                        f"parts; localization stopped (sampled coordinates pass the tolerance)")
+                    self.unresolved.append((seg.name, seg.start, seg.stop))
+                else:
+                    kept += parts
+            # a part that disagreed while both of its halves agree: noise, a kink or truncation
+            # on that direction, or errors too small for any smaller support
+            front = kept
+
+    def find_blocks(self, children, failing, next_front):
+        """Parts whose four grandchildren all disagree: sample coordinates; all wrong -> a block."""
+        failed_by_parent: dict[int, list[bool]] = {}
+        parents: dict[int, _Part] = {}
+        for c, bad in zip(children, failing):
+            failed_by_parent.setdefault(id(c.parent), []).append(bool(bad))
+            parents[id(c.parent)] = c.parent
+        grand: dict[int, list[bool]] = {}
+        grand_parts: dict[int, _Part] = {}
+        for pid, flags in failed_by_parent.items():
+            gp = parents[pid].parent
+            if gp is None:
+                continue
+            grand.setdefault(id(gp), []).extend(flags)
+            grand_parts[id(gp)] = gp
+        blocked: list[_Part] = []
+        for gid, flags in grand.items():
+            if len(flags) == 4 and all(flags):
+                gp = grand_parts[gid]
+                rng = np.random.default_rng([self.seed, gp.start, gp.stop])
+                sample = np.sort(rng.choice(np.arange(gp.start, gp.stop),
+                                            size=min(BLOCK_SAMPLES, gp.size), replace=False))
+                if 2 * sample.size > self.remaining():
+                    self.give_up(next_front)
+                    return None
+                wrong = self.confirm(sample, phase="blocks")
+                if wrong.all():
+                    for i in sample:  # the block record stands for them
+                        self.suspects.pop(int(i), None)
+                    self.blocks.append(BlockRecord(
+                        self.segs.names[gp.segment], gp.start, gp.stop,
+                        self.segs.locate(gp.start)[1], self.segs.locate(gp.stop - 1)[1],
+                        int(sample.size), int(wrong.sum())))
+                    blocked.append(gp)
+        if not blocked:
+            return next_front
+        return [c for c in next_front if not any(_inside(c, b) for b in blocked)]
+
+    def give_up(self, parts: list[_Part]) -> None:
+        self.complete = False
+        for p in parts:
+            self.unresolved.append((self.segs.names[p.segment], p.start, p.stop))
+
+
+def _inside(part: _Part, block: _Part) -> bool:
+    return block.start <= part.start and part.stop <= block.stop
+
+
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(values, dtype=np.float64)))) if values.size else 0.0
+
+
+def _scaled(x, step, factor, dtype):
+    raw = (step * factor).astype(dtype)
+    exact = ((x + raw) - x).astype(np.float64)
+    return np.where(exact > 0, exact, step * factor)
+
+
+def _assign(target, where, sub, rows):
+    for name in ("numeric", "rel_error", "noise", "kink_score", "verdict", "failed", "kink"):
+        getattr(target, name)[where] = getattr(sub, name)[rows]
+
+
+def audit(
+    f: Callable,
+    theta: np.ndarray,
+    grad: np.ndarray | Callable,
+    *,
+    args: tuple = (),
+    segments: SegmentMap | Mapping | None = None,
+    budget: int | None = None,
+    seed: int = 0,
+    depth: int = 1,
+    tol: float | None = None,
+    workers: int | None = None,
+    executor: Executor | None = None,
+    progress: bool | None = None,
+) -> AuditReport:
+    """Audit every segment with random directions, then localize the wrong coordinates.
+
+    >>> theta, segs = fg.flatten({"W1": W1, "b1": b1, "W2": W2, "b2": b2})
+    >>> report = fg.audit(loss, theta, grad, segments=segs, budget=2000)
+    >>> print(report); report.suspects          # flat indices localized as wrong
+    """
+    if not isinstance(args, tuple):
+        raise TypeError(f"args: expected a tuple of extra arguments, got {type(args).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 4:
+            raise ValueError(
+                f"budget: expected an int >= 4 loss evaluations (2 at theta, 2 per direction) "
+                f"or None, got {budget!r}")
+        budget = int(budget)
+    x = _flat_theta(theta)
+    n = x.size
+    segs = as_segment_map(segments, n)
+    describe = _describe(segs)
+    bad = _first_nonfinite(x)
+    if bad is not None:
+        raise ValueError(f"theta: non-finite value {x[bad]} at {describe(bad)}")
+    tol_value, tol_reason = tolerance(x.dtype, depth, tol)
+    if not callable(f):
+        raise TypeError(f"f: expected a callable loss f(theta, *args), got {f!r}")
+    try:
+        first_value = f(x.copy(), *args)
+    except Exception as exc:
+        raise LossError(f"f raised at theta: {type(exc).__name__}: {exc}") from exc
+    if loss_terms(first_value) is not None:
+        raise TypeError("f: returned a mapping of loss terms; audit needs one scalar loss "
+                        "(sum the terms, or audit each term with its own f and grad)")
+    try:
+        f0 = as_loss(first_value, None, "at theta")
+    except LossError as exc:
+        raise ValueError(str(exc)) from None
+    if not np.all(np.isfinite(f0)):
+        raise ValueError(f"f: the loss at theta is not finite ({float(f0[0])}); "
+                         f"check the starting point before its gradient")
+    ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=progress,
+                   describe=describe)
+    ev.evaluations += 1
+    _check_deterministic(f0, ev.at(x), 0.0, x.dtype)
+    g = _gradients(grad, x, args, n, None, segs)[None]
+    auditor = _Auditor(ev, x, g, float(f0[0]), segs, int(seed), tol_value, budget)
+    auditor.phases["theta"] = ev.evaluations
+
+    seg_records: dict[int, list[DirectionRecord]] = {p: [] for p in range(len(segs))}
+    significant = np.zeros(len(segs), dtype=bool)
+    roots: list[_Part] = []
+    try:
+        # one direction over the whole vector: the cheap global test
+        auditor.test([_Part(-1 if len(segs) > 1 else 0, 0, n)], "global")
+        # every segment on its own
+        seg_parts = [_Part(p, seg.start, seg.stop) for p, seg in enumerate(segs)]
+        start = len(auditor.directions)
+        significant = auditor.test(seg_parts, "segments")
+        for rec in auditor.directions[start:]:
+            seg_records[segs.names.index(rec.segment)].append(rec)
+        roots = [p for p, bad in zip(seg_parts, significant) if bad]
+    except _BudgetExhausted:
+        auditor.complete = False
+        auditor.notes.append("the budget ran out before every segment had a directional test")
+        for p, seg in enumerate(segs):
+            if not seg_records[p]:
+                auditor.unresolved.append((seg.name, seg.start, seg.stop))
+    if roots:
+        auditor.localize(roots)
+    return _report(auditor, segs, seg_records, significant, tol_value, tol_reason, depth, seed)
+
+
+def _report(auditor: _Auditor, segs, seg_records, significant, tol, tol_reason, depth,
+            seed) -> AuditReport:
+    ev = auditor.ev
+    block_index = [np.arange(b.start, b.stop) for b in auditor.blocks]
+    suspects = np.unique(np.concatenate(
+        [np.fromiter(auditor.suspects, dtype=np.int64, count=len(auditor.suspects))]
+        + block_index)) if (auditor.suspects or block_index) else np.zeros(0, dtype=np.int64)
+    unresolved_by = {name for name, _, _ in auditor.unresolved}
+    segments = {}
+    for p, seg in enumerate(segs):
+        recs = seg_records[p]
+        n_sus = sum(1 for r in auditor.suspects.values() if r.segment == seg.name)
+        blocks = [b for b in auditor.blocks if b.segment == seg.name]
+        if not recs:
+            status = "incomplete"
+        elif p in auditor.spread:
+            status = "spread"
+        elif seg.name in unresolved_by:
+            status = "incomplete"
+        elif n_sus or blocks:
+            status = "localized"
+        elif significant[p]:
+            status = "not localized"  # disagreed, but no coordinate fails the tolerance
+        else:
+            status = "clean"
+        worst_rel = max((r.rel_error for r in recs), default=0.0)
+        passed = (not n_sus and not blocks and status != "incomplete"
+                  and not (status == "spread" and worst_rel > tol))
+        segments[seg.name] = SegmentAudit(
+            name=seg.name, size=seg.size, rel_errors=tuple(r.rel_error for r in recs),
+            disagreements=tuple(r.disagreement for r in recs),
+            noise=tuple(r.noise for r in recs), significant=bool(significant[p]),
+            suspects=n_sus, blocks=len(blocks), wrong_in_blocks=sum(b.size for b in blocks),
+            status=status, passed=passed)
+    records = sorted(auditor.suspects.values(), key=lambda r: r.index)
+    phases = {k: v for k, v in auditor.phases.items() if v}
+    return AuditReport(
+        passed=all(s.passed for s in segments.values()) and auditor.complete,
+        segments=segments, suspects=suspects, suspect_records=records,
+        blocks=list(auditor.blocks), unresolved=list(auditor.unresolved),
+        evaluations=ev.evaluations, budget=auditor.budget, complete=auditor.complete,
+        phases=phases, directions=list(auditor.directions), tol=tol, tol_reason=tol_reason,
+        path=ev.path, path_reason=ev.path_reason, dtype=auditor.x.dtype.name, depth=int(depth),
+        seed=int(seed), loss=auditor.f0, notes=list(auditor.notes),
+    )
