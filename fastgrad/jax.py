@@ -31,7 +31,11 @@ __all__ = ["check"]
 
 def _x64():
     """A context with 64-bit JAX types; thread-local, so every evaluating thread enters it."""
-    return jax.enable_x64(True)
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64  # jax < 0.6
+
+    return enable_x64(True)
 
 
 def _key_name(entry: Any) -> str:
