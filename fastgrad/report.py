@@ -47,7 +47,9 @@ class SegmentReport:
     passed: bool
     worst: int | None = None  # flat index of the coordinate with max_rel_error
     histogram: tuple[int, ...] = ()  # counts of log10(rel_error) bins, see accumulate.HIST_EDGES
-    rechecked: int = 0  # coordinates re-checked with a smaller step after a kink crossing
+    # coordinates re-checked with another step: smaller when the first failed (kink crossings),
+    # larger when its disagreement sat inside the roundoff floor ("noise")
+    rechecked: int = 0
     term: str | None = None
 
     @property
