@@ -7,6 +7,7 @@
 
 from .check import GradientCheckError, NondeterminismError, Problem, assert_gradients, check
 from .evaluate import LossError
+from .models import check_layer, check_model
 from .report import CoordRecord, Report, SegmentReport
 from .segments import Segment, SegmentMap, flatten, unflatten
 
@@ -24,6 +25,8 @@ __all__ = [
     "SegmentReport",
     "assert_gradients",
     "check",
+    "check_layer",
+    "check_model",
     "flatten",
     "unflatten",
 ]

@@ -100,6 +100,11 @@ class Report:
     def __bool__(self) -> bool:
         return self.passed
 
+    def __repr__(self) -> str:
+        status = "passed" if self.passed else f"FAILED in {[n for n, s in self.segments.items() if not s.passed]}"
+        return (f"<Report {status}: max_rel_error={self.max_rel_error:.1e}, "
+                f"{len(self.coords)} coordinates, {self.evaluations} evaluations>")
+
     def to_dict(self) -> dict:
         def clean(x):
             if isinstance(x, float) and not math.isfinite(x):
