@@ -393,7 +393,10 @@ def _recheck_kinks(ev, x, index, step, grads, term_names, stats, steps, f0, tol,
                 # the same numeric value at two steps: no kink in between, the failure is real
                 change = np.abs(sub.numeric - prev.numeric[where])
                 scale = np.maximum(np.abs(sub.numeric), np.abs(prev.numeric[where]))
-                keep_prev = (~take & prev.failed[where] & (prev.verdict[where] != NOISE)
+                # unless the one-sided slopes still disagree enough to explain it: x_i sits on
+                # the kink (max(t0, t1) at a tie gives the same centered value at every step)
+                keep_prev = (~take & ~sub.kink & prev.failed[where]
+                             & (prev.verdict[where] != NOISE)
                              & (change <= 0.5 * tol * scale + sub.noise + prev.noise[where]))
                 s = stats[m]
                 s.kink[where[take]] = True

@@ -549,3 +549,21 @@ def test_loss_raising_in_thread_pool_names_the_coordinate():
     assert f"{name}[{', '.join(map(str, local))}] (flat index 50)" in str(info.value)
     assert "FloatingPointError" in str(info.value)
     assert theta.tobytes() == before.tobytes() and grad.tobytes() == grad_before.tobytes()
+
+
+def test_exactly_on_a_kink_one_sided_values_excused_others_fail():
+    """max(t0, t1) at a tie: the centered value is 0.5 at every step, the one-sided slopes 1, 0."""
+    theta = np.array([1.0, 1.0, 0.3])
+
+    def f(t):
+        return max(t[0], t[1]) + t[2] ** 2
+
+    for grad in ([1.0, 0.0, 0.6], [0.0, 1.0, 0.6]):
+        report = fg.check(f, theta, np.array(grad), samples="all")
+        assert report.passed, str(report)
+        assert [c.verdict for c in report.coords[:2]] == ["kink", "kink"]
+        assert report.coords[2].verdict == "excellent" and not report.coords[2].kink
+        assert report.rechecked == 2
+    report = fg.check(f, theta, np.array([2.0, 0.0, 0.6]), samples="all")
+    assert [c.index for c in report.failures] == [0]  # 2 is no one-sided slope of max
+    assert report.coords[1].verdict == "kink"
