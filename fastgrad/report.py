@@ -101,7 +101,8 @@ class Report:
         return self.passed
 
     def __repr__(self) -> str:
-        status = "passed" if self.passed else f"FAILED in {[n for n, s in self.segments.items() if not s.passed]}"
+        failing = [name for name, s in self.segments.items() if not s.passed]
+        status = "passed" if self.passed else f"FAILED in {failing}"
         return (f"<Report {status}: max_rel_error={self.max_rel_error:.1e}, "
                 f"{len(self.coords)} coordinates, {self.evaluations} evaluations>")
 

@@ -121,12 +121,6 @@ def test_maxpool2d_near_ties_are_resolved_kinks():
     assert report.segments["input0"].kinks > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: a coordinate exactly on a kink has the same centered difference at every step, "
-    "and check._recheck_kinks takes that stable value for a real error before testing the "
-    "one-sided slopes (repro: fg.check(lambda t: max(t[0], t[1]), [1., 1.], [1., 0.]))",
-)
 def test_maxpool2d_ties_are_kinks_not_failures():
     x = randn(1, 2, 4, 4)
     x[..., 1::2, :] = x[..., 0::2, :]  # every 2x2 window has a tie: perturbations cross kinks
