@@ -519,9 +519,12 @@ class _Auditor:
         for gid, flags in grand.items():
             if len(flags) == 4 and all(flags):
                 gp = grand_parts[gid]
+                # both ends and random interior points: a block reaching past a wrong row (or
+                # other contiguous run) fails at an end and is split further instead
                 rng = np.random.default_rng([self.seed, gp.start, gp.stop])
-                sample = np.sort(rng.choice(np.arange(gp.start, gp.stop),
-                                            size=min(BLOCK_SAMPLES, gp.size), replace=False))
+                inner = rng.choice(np.arange(gp.start + 1, gp.stop - 1),
+                                   size=min(BLOCK_SAMPLES - 2, gp.size - 2), replace=False)
+                sample = np.unique(np.concatenate([[gp.start, gp.stop - 1], inner]))
                 if 2 * sample.size > self.remaining():
                     self.give_up(next_front)
                     return None
@@ -650,9 +653,24 @@ def audit(
     return _report(auditor, segs, seg_records, significant, tol_value, tol_reason, depth, seed)
 
 
+def _merge_adjacent(blocks: list[BlockRecord], segs: SegmentMap) -> list[BlockRecord]:
+    """Touching blocks of one segment (found at different depths) as one record."""
+    merged: list[BlockRecord] = []
+    for b in sorted(blocks, key=lambda b: b.start):
+        if merged and merged[-1].segment == b.segment and merged[-1].stop == b.start:
+            m = merged[-1]
+            merged[-1] = BlockRecord(m.segment, m.start, b.stop, m.first,
+                                     segs.locate(b.stop - 1)[1], m.sampled + b.sampled,
+                                     m.wrong + b.wrong)
+        else:
+            merged.append(b)
+    return merged
+
+
 def _report(auditor: _Auditor, segs, seg_records, significant, tol, tol_reason, depth,
             seed) -> AuditReport:
     ev = auditor.ev
+    auditor.blocks = _merge_adjacent(auditor.blocks, segs)
     block_index = [np.arange(b.start, b.stop) for b in auditor.blocks]
     suspects = np.unique(np.concatenate(
         [np.fromiter(auditor.suspects, dtype=np.int64, count=len(auditor.suspects))]
