@@ -161,6 +161,7 @@ def check(
     executor: Executor | None = None,
     progress: bool | None = None,
     nondet_tol: float = 0.0,
+    jit: bool | str = "auto",
 ) -> Report:
     """Compare the analytic gradient with centered differences on sampled coordinates.
 
@@ -195,7 +196,7 @@ def check(
         raise LossError(f"f raised at theta: {type(exc).__name__}: {exc}") from exc
     terms = loss_terms(first_value)
     ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=progress,
-                   describe=describe, terms=terms)
+                   describe=describe, terms=terms, jit=jit)
     try:
         f0 = as_loss(first_value, terms, "at theta")
     except LossError as exc:

@@ -6,9 +6,13 @@ writes to the caller's theta: each worker perturbs its own copy and restores it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 import uuid
+import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -73,12 +77,80 @@ def _scalar(value, where: str) -> float:
     return float(arr.reshape(()))
 
 
+# -- one level of threads at a time ------------------------------------------------------------
+_BLAS_CONTROLLER = None
+
+
+def _blas_controller():
+    """A threadpoolctl controller built once (building one scans the loaded libraries: ~3 ms);
+    None when threadpoolctl is not installed."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - a runtime dependency
+            _BLAS_CONTROLLER = False
+        else:
+            _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER or None
+
+
+def blas_limited(threads: int | None):
+    """Context: BLAS (numpy's and scipy's, which Numba's np.dot calls) on ``threads`` threads,
+    restored on exit; ``None`` leaves BLAS alone. Threads inside threads oversubscribe the cores."""
+    controller = _blas_controller() if threads is not None else None
+    if controller is None:
+        return contextlib.nullcontext()
+    return controller.limit(limits=threads, user_api="blas")
+
+
+# a plain numpy loss compiled by jit="auto": f -> Numba dispatcher, or None when Numba refused it
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# jit="auto" tries to compile only when the Python path is predicted to take this long (seconds):
+# compiling costs ~0.1-2 s, so a short check never pays for it
+AUTO_JIT_MIN_SECONDS = 2.0
+# the calibration compares strategies on this much wall time of real coordinates each
+CALIBRATION_SECONDS = 0.05
+# BLAS threads (one outer worker) must beat outer threads by this factor to be chosen: the
+# measurement is noisy on a shared machine, and outer threads are the right guess for most losses
+BLAS_MARGIN = 1.15
+# below this predicted time (seconds) the first strategy is used without calibrating
+CALIBRATE_MIN_SECONDS = 0.15
+
+
+def _compile(f):
+    """Numba's njit of a plain Python loss, or None (cached per function)."""
+    try:
+        return _COMPILED[f]
+    except (KeyError, TypeError):
+        pass
+    try:
+        import numba
+
+        compiled = numba.njit(nogil=True)(f)
+    except Exception:
+        compiled = None
+    with contextlib.suppress(TypeError):
+        _COMPILED[f] = compiled
+    return compiled
+
+
 class Evaluator:
-    """Evaluates ``f(theta + perturbation, *args)`` for batches of perturbations."""
+    """Evaluates ``f(theta + perturbation, *args)`` for batches of perturbations.
+
+    Strategy (one level of threads at a time): ``workers`` threads (a Numba ``prange`` kernel for
+    a Numba loss, a thread pool otherwise) with BLAS limited to one thread inside them, or one
+    worker with BLAS on its own threads. With ``workers=None`` the first large batch calibrates:
+    it runs a few real coordinates under each strategy and keeps the faster one (nothing is
+    evaluated twice). ``jit="auto"`` may compile a plain numpy loss with Numba when that is
+    faster; a loss Numba cannot compile stays on the thread pool, silently.
+    """
 
     def __init__(self, f: Callable, theta: np.ndarray, args: tuple = (), *, workers=None,
                  executor: Executor | None = None, progress=None, describe=None,
-                 terms: tuple[str, ...] | None = None):
+                 terms: tuple[str, ...] | None = None, jit: bool | str = "auto"):
+        if jit not in (True, False, "auto"):
+            raise ValueError(f"jit: expected True, False or 'auto', got {jit!r}")
         if not callable(f):
             raise TypeError(f"f: expected a callable loss f(theta, *args), got {f!r}")
         if executor is not None and not isinstance(executor, Executor):
@@ -89,6 +161,12 @@ class Evaluator:
         self.theta = theta  # read-only here: every perturbation happens on a copy
         self.args = tuple(args)
         self.workers = resolve_workers(workers)
+        self.workers_given = workers is not None  # an explicit count is obeyed, not calibrated
+        self.jit_option = jit
+        self.t_eval: float | None = None  # fastest timed evaluation of f at theta (seconds)
+        self.threads = 1 if (executor is None and self.workers == 1) else self.workers
+        self.blas_threads: int | None = 1 if self.threads > 1 else None  # None: left alone
+        self._planned = self.workers_given or executor is not None or self.workers == 1
         self.executor = executor
         self.progress = progress
         self.terms = terms
@@ -100,6 +178,9 @@ class Evaluator:
         self._bundle_ref = None
         self._sent = False
         self.jit = is_numba_dispatcher(f) and terms is None and executor is None
+        if jit is False:
+            self.jit = False
+        self.kernel_f = f  # what the Numba kernel calls (f itself, or f compiled by jit="auto")
         if self.jit:
             self.path = "jit"
             self.path_reason = f"f is a Numba dispatcher: prange kernel on {self.workers} threads"
@@ -116,12 +197,16 @@ class Evaluator:
     # -- one point ----------------------------------------------------------------------------
     def at(self, x: np.ndarray, where: str = "theta") -> np.ndarray:
         """The loss (per term) at one point, evaluated on a copy."""
+        x = x.copy()
         try:
-            value = self.f(x.copy(), *self.args)
+            start = time.perf_counter()
+            value = self.f(x, *self.args)
+            elapsed = time.perf_counter() - start
         except LossError:
             raise
         except Exception as exc:
             raise LossError(f"f raised at {where}: {type(exc).__name__}: {exc}") from exc
+        self.t_eval = elapsed if self.t_eval is None else min(self.t_eval, elapsed)
         self.evaluations += 1
         return as_loss(value, self.terms, f"at {where}")
 
@@ -135,19 +220,121 @@ class Evaluator:
         f_plus = np.empty((k, m))
         f_minus = np.empty((k, m))
         with Progress(total=2 * k, label=label, enabled=self.progress) as bar:
-            if self.jit:
-                self._pairs_jit(index, step, f_plus[:, 0], f_minus[:, 0], bar)
-            else:
-                self._pairs_python(index, step, f_plus, f_minus, bar)
+            done = 0
+            if not self._planned:
+                done = self._calibrate(index, step, f_plus, f_minus, bar)
+            self._pairs_range(done, k, index, step, f_plus, f_minus, bar)
         self.evaluations += 2 * k
         return f_plus, f_minus
 
-    def _pairs_jit(self, index, step, f_plus, f_minus, bar):
+    def _pairs_range(self, lo, hi, index, step, f_plus, f_minus, bar, threads=None, blas=0):
+        """Coordinates lo:hi with the chosen strategy (or the one given, for calibration)."""
+        if hi <= lo:
+            return
+        threads = self.threads if threads is None else threads
+        blas = self.blas_threads if blas == 0 else blas
+        with blas_limited(blas):
+            if self.jit:
+                self._pairs_jit(index[lo:hi], step[lo:hi], f_plus[lo:hi, 0], f_minus[lo:hi, 0],
+                                bar, threads)
+            else:
+                self._pairs_python(index[lo:hi], step[lo:hi], f_plus[lo:hi], f_minus[lo:hi],
+                                   bar, threads)
+
+    # -- calibration: which strategy is faster for this loss, measured on real coordinates -----
+    def _calibrate(self, index, step, f_plus, f_minus, bar) -> int:
+        """Decide threads/BLAS (and jit="auto") on the first coordinates; returns how many of
+        them were evaluated (their losses are kept: calibration costs no extra evaluation)."""
+        self._planned = True
+        k = index.size
+        if self.t_eval is None:
+            self.at(self.theta)
+            self.evaluations -= 1  # a timing, not part of the check
+        t_eval = max(self.t_eval, 1e-7)
+        predicted = 2 * k * t_eval / self.workers
+        done = 0
+        if (not self.jit and self.jit_option == "auto" and self.terms is None
+                and predicted >= AUTO_JIT_MIN_SECONDS):
+            self._try_jit(t_eval)
+        elif not self.jit and self.jit_option is True and self.terms is None:
+            self._try_jit(None)
+        if predicted < CALIBRATE_MIN_SECONDS:
+            return done
+        # each strategy gets the same number of coordinates, about CALIBRATION_SECONDS of work
+        probe = int(np.clip(CALIBRATION_SECONDS / (2 * t_eval), 2, k // 8)) * self.workers
+        if 2 * probe > k // 2:
+            return done
+        if self.jit:
+            self._warm()
+        strategies = [(self.workers, 1), (1, None)]  # (threads, BLAS limit): outer or BLAS level
+        rates = []
+        for threads, blas in strategies:
+            start = time.perf_counter()
+            self._pairs_range(done, done + probe, index, step, f_plus, f_minus, bar, threads, blas)
+            rates.append(probe / max(time.perf_counter() - start, 1e-9))
+            done += probe
+        best = 1 if rates[1] > BLAS_MARGIN * rates[0] else 0
+        self.threads, self.blas_threads = strategies[best]
+        how = "prange kernel" if self.jit else "thread pool"
+        chosen = (f"{how} on {self.threads} threads, BLAS limited to 1 thread" if best == 0
+                  else "one worker, BLAS on its own threads")
+        measured = (f"calibrated: {rates[0]:.3g} coords/s on {self.workers} threads x 1 BLAS "
+                    f"thread vs {rates[1]:.3g} coords/s on 1 thread x BLAS threads")
+        if best == 1:
+            self.path = "jit" if self.jit else "serial"
+        self.path_reason = f"{self._origin()}: {chosen} ({measured})"
+        return done
+
+    def _warm(self):
+        """Compile (or load from the cache) the kernel for this loss before anything is timed."""
+        from .kernels import _centered_losses
+
+        empty = np.empty(0)
+        _centered_losses(self.kernel_f, np.ascontiguousarray(self.theta), np.empty(0, np.int64),
+                         empty, self.args, empty, empty, np.full(1, -1, dtype=np.int64))
+
+    def _origin(self) -> str:
+        if not self.jit:
+            return "Python callable"
+        if self.kernel_f is self.f:
+            return "f is a Numba dispatcher"
+        return f"jit='auto' compiled f with Numba ({self._jit_why})"
+
+    def _try_jit(self, t_eval):
+        """Compile a plain loss with Numba; keep it when it agrees at theta and is faster."""
+        compiled = _compile(self.f)
+        if compiled is None:
+            return
+        theta = np.ascontiguousarray(self.theta)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Numba's performance hints are not the user's
+                value = float(compiled(theta.copy(), *self.args))
+            reference = float(np.asarray(self.f(theta.copy(), *self.args)))
+            best = np.inf
+            for _ in range(3):
+                start = time.perf_counter()
+                compiled(theta, *self.args)
+                best = min(best, time.perf_counter() - start)
+        except Exception:  # Numba could not compile or run it: the thread pool, silently
+            return
+        # the compiled loss must be the same function: a different summation order is fine
+        if not abs(value - reference) <= 8 * np.finfo(np.float64).eps * max(1.0, abs(reference)):
+            return
+        if t_eval is not None and best * 1.1 >= t_eval:
+            return  # numpy's vectorised math is faster (e.g. transcendental ufuncs)
+        self.jit, self.kernel_f = True, compiled
+        self.path = "jit"
+        self._jit_why = (f"{best * 1e6:.3g} us per evaluation vs {t_eval * 1e6:.3g} us in Python"
+                         if t_eval is not None else "jit=True")
+        self.path_reason = f"{self._origin()}: prange kernel on {self.threads} threads"
+
+    def _pairs_jit(self, index, step, f_plus, f_minus, bar, threads=None):
         import numba
 
         from .kernels import _centered_losses
 
-        threads = min(self.workers, numba.config.NUMBA_NUM_THREADS)
+        threads = min(threads or self.threads, numba.config.NUMBA_NUM_THREADS)
         previous = numba.get_num_threads()
         numba.set_num_threads(threads)
         try:
@@ -158,7 +345,7 @@ class Evaluator:
                 hi = min(lo + batch, index.size)
                 current = np.full(min(threads, hi - lo) or 1, -1, dtype=np.int64)
                 try:
-                    _centered_losses(self.f, theta, index[lo:hi], step[lo:hi], self.args,
+                    _centered_losses(self.kernel_f, theta, index[lo:hi], step[lo:hi], self.args,
                                      f_plus[lo:hi], f_minus[lo:hi], current)
                 except Exception as exc:
                     cause = exc.__context__ or exc
@@ -173,11 +360,11 @@ class Evaluator:
         finally:
             numba.set_num_threads(previous)
 
-    def _pairs_python(self, index, step, f_plus, f_minus, bar):
+    def _pairs_python(self, index, step, f_plus, f_minus, bar, threads=None):
         k = index.size
         if k == 0:
             return
-        n_workers = 1 if self.path == "serial" else self.workers
+        n_workers = threads or self.threads
         if self.executor is not None:
             n_workers = self._executor_width()
         # a few chunks per worker keeps them balanced when evaluations differ in cost
@@ -239,7 +426,8 @@ class Evaluator:
         m = 1 if self.terms is None else len(self.terms)
         f_plus = np.empty((k, m))
         f_minus = np.empty((k, m))
-        with Progress(total=2 * k, label=label, enabled=self.progress) as bar:
+        with Progress(total=2 * k, label=label, enabled=self.progress) as bar, \
+                blas_limited(self.blas_threads):
             if self.jit:
                 self._directions_jit(key, lo, hi, step, f_plus[:, 0], f_minus[:, 0], bar)
             else:
@@ -262,7 +450,7 @@ class Evaluator:
                 last = min(first + batch, key.size)
                 current = np.full(min(threads, last - first) or 1, -1, dtype=np.int64)
                 try:
-                    _directional_losses(self.f, theta, key[first:last], lo[first:last],
+                    _directional_losses(self.kernel_f, theta, key[first:last], lo[first:last],
                                         hi[first:last], step[first:last], self.args,
                                         f_plus[first:last], f_minus[first:last], current)
                 except Exception as exc:
