@@ -70,6 +70,7 @@ def quadratic(theta, scale):
     return 0.5 * total
 
 
+@pytest.mark.slow
 def test_one_wrong_coordinate_in_100k_found_with_samples_all():
     n = 100_000
     rng = np.random.default_rng(1)
