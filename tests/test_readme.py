@@ -22,3 +22,35 @@ def test_readme_shows_the_two_setup_commands():
     text = README.read_text()
     assert "pip install . && fastgrad demo" in text
     assert 'pip install -e ".[test]" && pytest' in text
+
+
+def _block(starts_with):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (found,) = [b for b in blocks if b.startswith(starts_with)]
+    return found
+
+
+def _run(code, capsys):
+    exec(compile(code, "README", "exec"), {})
+    return capsys.readouterr().out
+
+
+def test_torch_example(capsys):
+    import pytest
+
+    pytest.importorskip("torch")
+    out = _run(_block("import torch"), capsys)
+    assert "PASSED" in out and "0.weight" in out and "2.bias" in out
+
+
+def test_jax_example(capsys):
+    import pytest
+
+    pytest.importorskip("jax")
+    out = _run(_block("import jax"), capsys)
+    assert "PASSED" in out and "layers/0/w" in out
+
+
+def test_numpy_layer_example(capsys):
+    out = _run(_block("import numpy as np, fastgrad"), capsys)
+    assert "PASSED" in out and all(f"\n  {name} " in out for name in ("x", "w", "b"))
