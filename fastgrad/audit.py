@@ -50,6 +50,9 @@ BLOCK_SAMPLES = 6
 MAX_FRONT = 64
 # a kink or noise re-check of a confirmed coordinate grows its step by this factor
 NOISE_GROWTH = 10.0
+# a disagreement counts when it exceeds this many standard deviations of the measured noise
+NOISE_SIGMAS = 6.0
+NOISE_DIRECTION = (1 << 62) + 1  # the direction number used to measure the noise of f
 # a disagreeing direction is measured again with its step times this (see _Auditor.evaluate)
 RETEST_SHRINK = 0.1
 
@@ -290,6 +293,49 @@ class _Auditor:
         self.complete = True
         self.notes: list[str] = []
         self.spread: set[int] = set()  # segments whose disagreement is spread out
+        self.sigma_f = 0.0  # measured noise (standard deviation) of f near theta
+        self.gain = 1.0  # steps grow by this when f is noisier than check() assumes
+        self.coord_eps = self.eps  # noise_eps for coordinate verdicts, raised to sigma_f
+
+    def measure_noise(self) -> None:
+        """The noise of f itself, measured: ECnoise-style (More & Wild 2011) high-order
+        differences of f at x + j d v, j = -3..3, along one random direction.
+
+        check()'s floor assumes a few eps |f| of roundoff, true of numpy's pairwise sums; a
+        sequential loop over 10^6 terms (a typical @njit loss) has ~sqrt(n) times more, which
+        would read as gradient errors everywhere. The smooth part of a k-th difference is
+        d^k f^(k) (negligible at d = step/100); what is left is the noise, sigma_k^2 =
+        mean((Delta^k f)^2) (k!)^2 / (2k)!; the largest of k = 4, 5, 6 is kept.
+        """
+        n = self.x.size
+        if 6 > self.remaining():
+            raise _BudgetExhausted
+        d = 0.01 * self.step_scale * max(1.0, _rms(self.x))
+        key = _direction_key(self.seed, NOISE_DIRECTION)
+        before = self.ev.evaluations
+        fp, fm = self.ev.directions(np.full(3, key, dtype=np.uint64), np.zeros(3, np.int64),
+                                    np.full(3, n, np.int64), d * np.arange(1.0, 4.0),
+                                    label="audit noise")
+        self.spend("noise", before)
+        y = np.concatenate([fm[::-1, 0], [self.f0], fp[:, 0]])
+        if not np.all(np.isfinite(y)):
+            return
+        sigmas = []
+        for k in (4, 5, 6):
+            diff = np.diff(y, k)
+            gamma = math.factorial(k) ** 2 / math.factorial(2 * k)
+            sigmas.append(math.sqrt(gamma * float(np.mean(diff ** 2))))
+        self.sigma_f = max(sigmas)
+        floor = self.eps * 2.0 * max(abs(self.f0), np.finfo(np.float64).tiny)
+        excess = NOISE_SIGMAS * math.sqrt(2.0) * self.sigma_f / floor
+        if excess > 1.0:
+            # the step that balances a larger noise against truncation grows as its cube root
+            self.gain = float(excess ** (1.0 / 3.0))
+            self.coord_eps = self.eps * excess
+            self.notes.append(
+                f"f is noisier than {self.eps / np.finfo(self.x.dtype).eps:.0f} eps |f| "
+                f"(measured sigma {self.sigma_f:.1e}, {excess:.0f}x the floor check() assumes): "
+                f"steps grown {self.gain:.1f}x, noise floors raised to match")
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def remaining(self) -> float:
@@ -332,7 +378,8 @@ class _Auditor:
         self.next_direction += len(parts)
         # |v_i| <= 1, so h is the largest displacement of any coordinate: the coordinate step of
         # check() for the support's typical magnitude
-        step = np.array([self.step_scale * max(1.0, _rms(x[p.start:p.stop])) for p in parts])
+        step = np.array([self.step_scale * self.gain * max(1.0, _rms(x[p.start:p.stop]))
+                         for p in parts])
         records = self.measure(parts, keys, step, phase)
         again = [j for j, r in enumerate(records) if r.significant and math.isfinite(r.rel_error)]
         if again and 2 * len(again) <= self.remaining():
@@ -359,8 +406,10 @@ class _Auditor:
                                               float(step[j]))
             fp, fm, h = float(f_plus[j, 0]), float(f_minus[j, 0]), float(step[j])
             numeric = (fp - fm) / (2.0 * h)
-            # the floor of check() for the two loss values, plus the roundoff of grad . v
-            noise = self.eps * (abs(fp) + abs(fm)) / (2.0 * h) + self.eps * abs_gd
+            # the floor of check() for the two loss values, or the measured noise of f when it
+            # is larger, plus the roundoff of grad . v
+            noise = (max(self.eps * (abs(fp) + abs(fm)), NOISE_SIGMAS * math.sqrt(2.0)
+                         * self.sigma_f) / (2.0 * h) + self.eps * abs_gd)
             diff = abs(analytic - numeric)
             scale = max(abs(analytic), abs(numeric))
             if not (math.isfinite(fp) and math.isfinite(fm)):
@@ -386,10 +435,12 @@ class _Auditor:
             raise _BudgetExhausted
         x, g = self.x, self.g
         step = coordinate_steps(x[index], "auto", x.dtype)
+        if self.gain > 1.0:
+            step = _scaled(x[index], step, self.gain, x.dtype)
         before = self.ev.evaluations
         fp, fm = self.ev.pairs(index, step, label="audit confirm")
         s = accumulate.coordinate_stats(g[index], fp[:, 0], fm[:, 0], self.f0, step, self.tol,
-                                        self.eps)
+                                        self.coord_eps)
         steps = step.copy()
         # roundoff hid the comparison: a larger step shrinks the floor
         rows = np.flatnonzero(s.verdict == NOISE)
@@ -399,7 +450,7 @@ class _Auditor:
             big = _scaled(x[index[rows]], step[rows], NOISE_GROWTH, x.dtype)
             bp, bm = self.ev.pairs(index[rows], big, label="audit noise re-check")
             sub = accumulate.coordinate_stats(g[index[rows]], bp[:, 0], bm[:, 0], self.f0, big,
-                                              self.tol, self.eps)
+                                              self.tol, self.coord_eps)
             take = ~sub.kink & (sub.verdict != NAN)
             _assign(s, rows[take], sub, take)
             steps[rows[take]] = big[take]
@@ -417,7 +468,7 @@ class _Auditor:
             small = _scaled(x[index[rows]], step[rows], factor, x.dtype)
             sp, sm = self.ev.pairs(index[rows], small, label="audit kink re-check")
             sub = accumulate.coordinate_stats(g[index[rows]], sp[:, 0], sm[:, 0], self.f0, small,
-                                              self.tol, self.eps)
+                                              self.tol, self.coord_eps)
             settled = ~sub.kink | ~sub.failed
             _assign(s, rows[settled], sub, settled)
             steps[rows[settled]] = small[settled]
@@ -633,6 +684,7 @@ def audit(
     significant = np.zeros(len(segs), dtype=bool)
     roots: list[_Part] = []
     try:
+        auditor.measure_noise()
         # one direction over the whole vector: the cheap global test
         auditor.test([_Part(-1 if len(segs) > 1 else 0, 0, n)], "global")
         # every segment on its own
