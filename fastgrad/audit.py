@@ -32,6 +32,7 @@ from .check import (
 )
 from .evaluate import Evaluator, LossError, as_loss, loss_terms
 from .kernels import _direction_dot
+from .progress import Progress
 from .segments import SegmentMap, as_segment_map
 from .steps import KINK_SHRINK, coordinate_steps, noise_eps, precision_of, tolerance
 
@@ -279,9 +280,10 @@ class _Part:
 
 class _Auditor:
     def __init__(self, ev: Evaluator, x: np.ndarray, g: np.ndarray, f0: float, segs: SegmentMap,
-                 seed: int, tol: float, budget: int | None):
+                 seed: int, tol: float, budget: int | None, bar: Progress):
         self.ev, self.x, self.g, self.f0, self.segs = ev, x, g, f0, segs
         self.seed, self.tol, self.budget = seed, tol, budget
+        self.bar = bar
         self.eps = noise_eps(x.dtype)
         self.step_scale = precision_of(x.dtype).step_scale
         self.next_direction = 0
@@ -342,7 +344,12 @@ class _Auditor:
         return math.inf if self.budget is None else self.budget - self.ev.evaluations
 
     def spend(self, phase: str, before: int) -> None:
-        self.phases[phase] = self.phases.get(phase, 0) + self.ev.evaluations - before
+        spent = self.ev.evaluations - before
+        self.phases[phase] = self.phases.get(phase, 0) + spent
+        # without a budget the total is an estimate (one wrong coordinate); it grows if passed
+        self.bar.total = max(self.bar.total, self.ev.evaluations + 2)
+        self.bar.label = f"audit {phase}"
+        self.bar.update(spent)
 
     # -- directional tests -------------------------------------------------------------------------
     def test(self, parts: list[_Part], phase: str) -> np.ndarray:
@@ -603,7 +610,8 @@ def _inside(part: _Part, block: _Part) -> bool:
 
 
 def _rms(values: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(values, dtype=np.float64)))) if values.size else 0.0
+    # a dot product: no temporary copy of a 10^7-value segment
+    return math.sqrt(float(np.dot(values, values)) / values.size) if values.size else 0.0
 
 
 def _scaled(x, step, factor, dtype):
@@ -672,13 +680,22 @@ def audit(
     if not np.all(np.isfinite(f0)):
         raise ValueError(f"f: the loss at theta is not finite ({float(f0[0])}); "
                          f"check the starting point before its gradient")
-    ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=progress,
+    # one bar for the whole audit (the evaluator's per-batch bars stay off)
+    ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=False,
                    describe=describe)
     ev.evaluations += 1
     _check_deterministic(f0, ev.at(x), 0.0, x.dtype)
     g = _gradients(grad, x, args, n, None, segs)[None]
-    auditor = _Auditor(ev, x, g, float(f0[0]), segs, int(seed), tol_value, budget)
-    auditor.phases["theta"] = ev.evaluations
+    expected = budget if budget is not None else int(16 + 6 * len(segs) + 40 * math.log2(n))
+    with Progress(total=expected, label="audit", enabled=progress) as bar:
+        auditor = _Auditor(ev, x, g, float(f0[0]), segs, int(seed), tol_value, budget, bar)
+        auditor.phases["theta"] = ev.evaluations
+        bar.update(ev.evaluations)
+        return _run(auditor, segs, tol_value, tol_reason, depth, seed)
+
+
+def _run(auditor: _Auditor, segs: SegmentMap, tol_value, tol_reason, depth, seed) -> AuditReport:
+    n = auditor.x.size
 
     seg_records: dict[int, list[DirectionRecord]] = {p: [] for p in range(len(segs))}
     significant = np.zeros(len(segs), dtype=bool)

@@ -609,13 +609,14 @@ def _fill_directions(f, work, theta, key, lo, hi, step, args, terms, f_plus, f_m
 
     for j in range(key.size):
         a, b = int(lo[j]), int(hi[j])
-        v = np.empty(b - a)
-        _direction_fill(key[j], a, b, v)
+        hv = np.empty(b - a)  # h v: the only array besides the working copy
+        _direction_fill(key[j], a, b, hv)
+        np.multiply(hv, step[j], out=hv)
         base = theta[a:b]
         try:
-            work[a:b] = base + step[j] * v
+            np.add(base, hv, out=work[a:b], casting="same_kind")
             f_plus[j] = as_loss(f(work, *args), terms, "a perturbed point")
-            work[a:b] = base - step[j] * v
+            np.subtract(base, hv, out=work[a:b], casting="same_kind")
             f_minus[j] = as_loss(f(work, *args), terms, "a perturbed point")
         except Exception as exc:
             return j, exc

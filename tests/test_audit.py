@@ -240,3 +240,12 @@ def test_bad_input_is_refused_like_check():
     calls = iter(range(100))
     with pytest.raises(ValueError, match="not deterministic"):
         audit(lambda t: float(next(calls)), x, 2 * x)
+
+
+def test_progress_bar_when_asked(capsys):
+    wrong, _ = plant(GRAD, 1, seed=6, scale=SCALE)
+    audit(separable_loss, THETA, wrong, workers=2, progress=True)
+    err = capsys.readouterr().err
+    assert "audit" in err and "evals" in err and "/s" in err
+    audit(separable_loss, THETA, wrong, workers=2, progress=False)
+    assert capsys.readouterr().err == ""
