@@ -277,7 +277,7 @@ class Evaluator:
         self.threads, self.blas_threads = strategies[best]
         how = "prange kernel" if self.jit else "thread pool"
         chosen = (f"{how} on {self.threads} threads, BLAS limited to 1 thread" if best == 0
-                  else "one worker, BLAS on its own threads")
+                  else "one worker (no outer threads), BLAS left on its own threads")
         measured = (f"calibrated: {rates[0]:.3g} coords/s on {self.workers} threads x 1 BLAS "
                     f"thread vs {rates[1]:.3g} coords/s on 1 thread x BLAS threads")
         if best == 1:
