@@ -334,6 +334,7 @@ class _Auditor:
             # the step that balances a larger noise against truncation grows as its cube root
             self.gain = float(excess ** (1.0 / 3.0))
             self.coord_eps = self.eps * excess
+        if excess > 2.0:
             self.notes.append(
                 f"f is noisier than {self.eps / np.finfo(self.x.dtype).eps:.0f} eps |f| "
                 f"(measured sigma {self.sigma_f:.1e}, {excess:.0f}x the floor check() assumes): "
@@ -771,6 +772,12 @@ def _report(auditor: _Auditor, segs, seg_records, significant, tol, tol_reason, 
             noise=tuple(r.noise for r in recs), significant=bool(significant[p]),
             suspects=n_sus, blocks=len(blocks), wrong_in_blocks=sum(b.size for b in blocks),
             status=status, passed=passed)
+    for s in segments.values():
+        if s.status == "not localized":
+            auditor.notes.append(
+                f"segment {s.name!r}: its directions disagreed beyond the noise floor, but no "
+                f"coordinate it was narrowed to fails the tolerance (errors below tol, a kink or "
+                f"truncation on that direction)")
     records = sorted(auditor.suspects.values(), key=lambda r: r.index)
     phases = {k: v for k, v in auditor.phases.items() if v}
     return AuditReport(
