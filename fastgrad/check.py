@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import accumulate
-from .accumulate import KINK, NAN, NOISE, VERDICTS
+from .accumulate import KINK, NAN, NOISE
 from .evaluate import Evaluator, LossError, as_loss, loss_terms
-from .report import CoordRecord, Report, SegmentReport
+from .report import CoordRecords, Report, SegmentReport
 from .sampling import sample_coordinates
 from .segments import SegmentMap, as_segment_map
 from .steps import (
@@ -226,7 +226,7 @@ def check(
 
     # per segment, per term: the C accumulator again
     seg_ids = segs.segment_ids(index)
-    coords: list[CoordRecord] = []
+    coords: list[dict] = []
     by_term: dict[str | None, dict[str, SegmentReport]] = {}
     for m, t in enumerate(term_names):
         s = stats[m]
@@ -243,14 +243,11 @@ def check(
             )
             for p, seg in enumerate(segs)
         }
-        for j, i in enumerate(index):
-            name, local = segs.locate(int(i))
-            coords.append(CoordRecord(
-                index=int(i), segment=name, local=local, analytic=float(grads[t][i]),
-                numeric=float(s.numeric[j]), rel_error=float(s.rel_error[j]),
-                kink=bool(s.kink[j]), verdict=VERDICTS[s.verdict[j]], step=float(steps[m][j]),
-                failed=bool(s.failed[j]), noise=float(s.noise[j]), term=t,
-            ))
+        # the records are made when report.coords is read (CoordRecords): cheaper than 2 evals
+        coords.append({"term": t, "index": index, "analytic": grads[t][index],
+                       "numeric": s.numeric, "rel_error": s.rel_error, "kink": s.kink,
+                       "verdict": s.verdict, "step": steps[m], "failed": s.failed,
+                       "noise": s.noise})
     if terms is None:
         segments_report = by_term[None]
         terms_report = {}
@@ -263,7 +260,7 @@ def check(
     return Report(
         passed=all(s.passed for s in segments_report.values()),
         max_rel_error=float(max(eligible)) if eligible else 0.0,
-        segments=segments_report, coords=coords, evaluations=ev.evaluations,
+        segments=segments_report, coords=CoordRecords(segs, coords), evaluations=ev.evaluations,
         tol=tol_value, tol_reason=tol_reason, path=ev.path, path_reason=ev.path_reason,
         dtype=x.dtype.name, depth=int(depth), seed=int(seed), loss=loss_value,
         terms=terms_report, rechecked=int(np.count_nonzero(rechecked)),

@@ -6,9 +6,12 @@ The numbers here are read from the accumulator's output; nothing is recomputed.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from .accumulate import HIST_EDGES
+import numpy as np
+
+from .accumulate import HIST_EDGES, VERDICTS
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,75 @@ class CoordRecord:
         inner = ", ".join(str(i) for i in self.local)
         name = self.segment if self.term is None else f"{self.term}:{self.segment}"
         return f"{name}[{inner}]"
+
+
+class CoordRecords(Sequence):
+    """``report.coords``: a read-only list of CoordRecord, built on first access.
+
+    A check keeps its per-coordinate results as arrays; making a Python record per coordinate
+    costs more than evaluating a small loss twice, so the records are made only when read.
+    """
+
+    def __init__(self, segments, blocks: list[dict]):
+        self._segments = segments
+        self._blocks = blocks  # per loss term: {"term", "index", "analytic", "numeric", ...}
+        self._size = sum(len(b["index"]) for b in blocks)
+        self._records: list[CoordRecord] | None = None
+
+    def _all(self) -> list[CoordRecord]:
+        if self._records is None:
+            records = []
+            for block in self._blocks:
+                index = np.asarray(block["index"])
+                where = _locations(self._segments, index)
+                columns = [np.asarray(block[name]).tolist() for name in _COLUMNS]
+                term = block["term"]
+                for i, (name, local), a, num, rel, kink, verdict, step, failed, noise in zip(
+                        index.tolist(), where, *columns):
+                    records.append(CoordRecord(
+                        index=i, segment=name, local=local, analytic=a, numeric=num,
+                        rel_error=rel, kink=kink, verdict=VERDICTS[verdict], step=step,
+                        failed=failed, noise=noise, term=term))
+            self._records = records
+        return self._records
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, item):
+        return self._all()[item]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (CoordRecords, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(self._all())
+
+
+_COLUMNS = ("analytic", "numeric", "rel_error", "kink", "verdict", "step", "failed", "noise")
+
+
+def _locations(segments, index: np.ndarray) -> list[tuple[str, tuple[int, ...]]]:
+    """(segment name, multi-index) of every flat index, one vectorised unravel per segment."""
+    out: list = [None] * index.size
+    ids = segments.segment_ids(index)
+    for p, seg in enumerate(segments):
+        rows = np.flatnonzero(ids == p)
+        if rows.size == 0:
+            continue
+        local = index[rows] - seg.start
+        if seg.shape:
+            parts = np.stack(np.unravel_index(local, seg.shape), axis=1).tolist()
+        else:
+            parts = [[] for _ in rows]
+        for r, multi in zip(rows.tolist(), parts):
+            out[r] = (seg.name, tuple(multi))
+    return out
 
 
 @dataclass(frozen=True)
@@ -76,7 +148,7 @@ class Report:
     passed: bool
     max_rel_error: float
     segments: dict[str, SegmentReport]
-    coords: list[CoordRecord]
+    coords: Sequence[CoordRecord]  # a list, or CoordRecords (built on first access)
     evaluations: int
     tol: float
     tol_reason: str
