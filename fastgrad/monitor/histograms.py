@@ -16,6 +16,7 @@ from numba import njit
 
 #: |v| at or above this counts as saturated (tanh outputs at +-1, sigmoid outputs at 1).
 SATURATION_LEVEL = 0.99
+_LARGEST_POWER = 2.0**1023
 #: Number of histogram bins per layer and epoch.
 DEFAULT_BINS = 48
 #: Fixed bins of log10|v| (gradients are heavy-tailed: their magnitudes are read on a log scale).
@@ -34,20 +35,36 @@ def _grow(counts, bounds, v):  # pragma: no cover - compiled
     half = nbins // 2
     merged = np.zeros(half, dtype=np.int64)
     while v > bounds[1] or v < bounds[0]:
+        widen = bounds[0] == 0.0 and v < 0.0  # [0, R] -> [-R, R]
+        if not widen and bounds[1] >= _LARGEST_POWER:
+            return  # cannot double without overflow: the end bins take the rest
         for k in range(half):
             merged[k] = counts[2 * k] + counts[2 * k + 1]
         counts[:] = 0
-        if bounds[0] == 0.0 and v > 0.0:
-            offset = 0
-            bounds[1] *= 2.0
-        elif bounds[0] == 0.0:
+        if widen:
             offset = half
             bounds[0] = -bounds[1]
+        elif bounds[0] == 0.0:
+            offset = 0
+            bounds[1] *= 2.0
         else:
             offset = nbins // 4
             bounds[0] *= 2.0
             bounds[1] *= 2.0
         counts[offset:offset + half] = merged
+
+
+@njit(cache=True)
+def _bin(v, bounds, nbins):  # pragma: no cover - compiled
+    """Index of v's bin: left-closed bins, the last one closed; sign-exact around 0."""
+    lo, hi = bounds[0], bounds[1]
+    if lo == 0.0:
+        k = int(v / hi * nbins)
+    elif v >= 0.0:
+        k = nbins // 2 + int(v / hi * (nbins // 2))
+    else:
+        k = nbins // 2 - int(math.ceil(-v / hi * (nbins // 2)))
+    return min(max(k, 0), nbins - 1)
 
 
 @njit(cache=True)
@@ -106,14 +123,11 @@ def _summarize(values2d, bounds, counts, unit_nonzero, unit_saturated, saturatio
                 if v == 0.0:
                     unbinned += 1
                     continue
-                bounds[1] = 2.0 ** math.ceil(math.log2(abs(v)))
+                bounds[1] = 2.0 ** min(math.ceil(math.log2(abs(v))), 1023)
                 bounds[0] = -bounds[1] if v < 0.0 else 0.0
             if v > bounds[1] or v < bounds[0]:
                 _grow(counts, bounds, v)
-            k = int((v - bounds[0]) / (bounds[1] - bounds[0]) * nbins)
-            if k >= nbins:
-                k = nbins - 1
-            counts[k] += 1
+            counts[_bin(v, bounds, nbins)] += 1
     return finite, shift, s1, s2, minimum, maximum, zeros, saturated, nonfinite, unbinned
 
 
@@ -206,7 +220,7 @@ class HistogramAccumulator:
         n = self.finite
         if n:
             mean = self._shift + self._s1 / n
-            var = max(self._s2 / n - (self._s1 / n) ** 2, 0.0)
+            var = max(self._s2 / n - (self._s1 / n) * (self._s1 / n), 0.0)
         else:
             mean = var = math.nan
         counts = self.counts.copy()

@@ -1,0 +1,257 @@
+"""fastgrad.monitor building blocks against plain numpy references, and input checking."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from fastgrad.monitor import TrainingMonitor
+from fastgrad.monitor.diagnose import loss_trend
+from fastgrad.monitor.filters import filter_smoothness_scores
+from fastgrad.monitor.histograms import HistogramAccumulator
+
+BINS = 48
+
+
+def naive_summary(batches: list[np.ndarray], lo: float, hi: float) -> dict:
+    """The obviously-correct reference: concatenate everything, then ask numpy."""
+    values = np.concatenate([b.reshape(-1) for b in batches])
+    finite = values[np.isfinite(values)]
+    rows = np.concatenate([b.reshape(-1, b.shape[-1]) for b in batches])
+    counts, _ = np.histogram(finite, bins=BINS, range=(lo, hi))
+    return {
+        "count": values.size, "finite": finite.size, "min": finite.min(), "max": finite.max(),
+        "mean": finite.mean(), "std": finite.std(), "zero_fraction": np.mean(finite == 0),
+        "saturated_fraction": np.mean(np.abs(finite) >= 0.99),
+        "dead_unit_fraction": np.mean(np.all(rows == 0, axis=0)), "counts": counts,
+    }
+
+
+magnitudes = st.floats(min_value=-6, max_value=6)
+
+
+@st.composite
+def batch_lists(draw):
+    units = draw(st.integers(1, 6))
+    batches = []
+    for _ in range(draw(st.integers(1, 4))):
+        shape = (draw(st.integers(1, 12)), units)
+        batch = draw(hnp.arrays(np.float64, shape, elements=st.floats(-1, 1)))
+        batch = batch * 10.0 ** draw(magnitudes)
+        if draw(st.booleans()):
+            batch = np.abs(batch)
+        if draw(st.booleans()):
+            batch[:, 0] = 0.0  # a dead unit
+        batches.append(batch)
+    return batches
+
+
+@settings(max_examples=150, deadline=None)
+@given(batch_lists())
+def test_one_pass_histogram_matches_numpy(batches):
+    acc = HistogramAccumulator(units=batches[0].shape[1], bins=BINS)
+    originals = [b.copy() for b in batches]
+    for batch in batches:
+        acc.add(batch)
+    summary = acc.summary()
+    for batch, original in zip(batches, originals, strict=True):
+        np.testing.assert_array_equal(batch, original)  # read, never written
+    lo, hi = summary["range"]
+    ref = naive_summary(batches, lo, hi)
+    assert summary["count"] == ref["count"] and summary["finite"] == ref["finite"]
+    assert sum(summary["counts"]) == ref["finite"]
+    assert summary["min"] == ref["min"] and summary["max"] == ref["max"]
+    assert lo <= ref["min"] and ref["max"] <= hi
+    if ref["max"] > 0 or ref["min"] < 0:
+        assert hi == 2.0 ** round(math.log2(hi))  # a power of two...
+        assert hi < 2 * max(abs(ref["min"]), abs(ref["max"]))  # ...the smallest that covers
+    # bins can differ only for values within rounding of an edge
+    assert np.abs(np.asarray(summary["counts"]) - ref["counts"]).sum() <= 2
+    scale = max(abs(ref["min"]), abs(ref["max"]), 1e-300)
+    assert summary["mean"] == pytest.approx(ref["mean"], rel=1e-9, abs=1e-12 * scale)
+    assert summary["std"] == pytest.approx(ref["std"], rel=1e-6, abs=1e-7 * scale)
+    assert summary["zero_fraction"] == pytest.approx(ref["zero_fraction"])
+    assert summary["saturated_fraction"] == pytest.approx(ref["saturated_fraction"])
+    assert summary["dead_unit_fraction"] == pytest.approx(ref["dead_unit_fraction"])
+
+
+def test_histogram_counts_nan_and_inf_apart():
+    acc = HistogramAccumulator(units=3)
+    acc.add(np.array([[np.nan, 1.0, -np.inf], [0.5, 0.0, 2.0]], dtype=np.float32))
+    s = acc.summary()
+    assert (s["count"], s["finite"], s["max"]) == (6, 4, 2.0)
+    assert s["nonfinite_fraction"] == pytest.approx(2 / 6)
+
+
+def test_gradient_histograms_also_bin_log_magnitudes():
+    mon = TrainingMonitor()
+    mon.log_gradients("h", np.array([[1e-6, -1e-3, 0.0, 10.0]]))
+    entry = mon.histograms("gradients")["h"][-1]
+    lo, hi = entry["log10_range"]
+    edges = np.linspace(lo, hi, len(entry["log10_counts"]) + 1)
+    expected, _ = np.histogram(np.log10([1e-6, 1e-3, 10.0]), bins=edges)
+    np.testing.assert_array_equal(entry["log10_counts"], expected)
+
+
+def test_update_ratio_per_segment_without_touching_theta():
+    segs = {"W": (2, 3), "b": (3,)}
+    rng = np.random.default_rng(0)
+    theta = rng.standard_normal(9)
+    update = 1e-3 * rng.standard_normal(9)
+    theta.setflags(write=False)
+    update.setflags(write=False)
+    mon = TrainingMonitor(segments=segs)
+    mon.log_loss(7, 1.0)
+    mon.log_update(theta, update)
+    steps, ratios = mon.update_ratios()
+    assert steps.tolist() == [7]
+    for name, part in (("W", slice(0, 6)), ("b", slice(6, 9))):
+        expected = np.linalg.norm(update[part]) / np.linalg.norm(theta[part])
+        assert ratios[name][0] == pytest.approx(expected, rel=1e-12)
+    # the same with dicts of arrays, and with a fastgrad.SegmentMap
+    mon2 = TrainingMonitor()
+    mon2.log_update({"W": theta[:6].reshape(2, 3), "b": theta[6:]},
+                    {"W": update[:6].reshape(2, 3), "b": update[6:]})
+    for name in ratios:
+        assert mon2.update_ratios()[1][name][0] == pytest.approx(ratios[name][0], rel=1e-12)
+    assert mon2.segment_shapes() == {"W": [2, 3], "b": [3]}
+    fastgrad = pytest.importorskip("fastgrad")
+    if hasattr(fastgrad, "SegmentMap"):
+        mon3 = TrainingMonitor(segments=fastgrad.SegmentMap.from_shapes(segs))
+        mon3.log_update(theta, update)
+        assert mon3.update_ratios()[1]["b"][0] == pytest.approx(ratios["b"][0], rel=1e-12)
+
+
+def test_update_ratio_findings_name_the_segment():
+    mon = TrainingMonitor(segments={"W1": (10, 10), "W2": (10, 10), "b": (10,)})
+    theta = np.ones(210)
+    for _ in range(20):
+        update = np.r_[np.full(100, 0.1), np.full(100, 1e-6), np.full(10, 0.5)]
+        mon.log_update(theta, update)
+    found = {(f.kind, f.evidence["segment"]) for f in mon.diagnose()}
+    assert found == {("update_ratio_high", "W1"), ("update_ratio_low", "W2")}  # b: bias, not judged
+
+
+def test_dead_saturated_vanishing_and_exploding_on_synthetic_layers():
+    rng = np.random.default_rng(0)
+    mon = TrainingMonitor()
+    relu = np.maximum(rng.standard_normal((64, 10)), 0)
+    relu[:, :4] = 0.0  # 4 of 10 units never fire
+    mon.log_activations("relu1", relu)
+    mon.log_activations("tanh2", np.tanh(5 * rng.standard_normal((64, 10))))
+    mon.log_gradients("relu1", 1e-7 * rng.standard_normal((64, 10)))
+    mon.log_gradients("tanh2", rng.standard_normal((64, 10)))
+    found = {f.kind: f for f in mon.diagnose()}
+    assert found["dead_units"].evidence["dead_unit_fraction"] == pytest.approx(0.4)
+    assert found["dead_units"].evidence["layer"] == "relu1"
+    assert found["saturated_units"].evidence["layer"] == "tanh2"
+    assert found["vanishing_gradients"].evidence["input_side"] == "relu1"
+    assert "exploding_gradients" not in found
+    mon2 = TrainingMonitor()
+    mon2.log_gradients("first", 1e3 * rng.standard_normal((8, 4)))
+    mon2.log_gradients("last", rng.standard_normal((8, 4)))
+    assert [f.kind for f in mon2.diagnose()] == ["exploding_gradients"]
+    mon3 = TrainingMonitor()
+    mon3.log_gradients("first", np.array([[np.inf, 1.0]]))
+    assert mon3.diagnose()[0].kind == "exploding_gradients"
+
+
+def test_nan_loss_is_divergence():
+    mon = TrainingMonitor()
+    for step, loss in enumerate([2.3, 2.0, 5.0, 80.0, float("inf")]):
+        mon.log_loss(step, loss)
+    (finding,) = mon.diagnose()
+    assert (finding.kind, finding.evidence["step"], finding.evidence["last_finite_loss"]) == (
+        "lr_too_high", 4, 80.0)
+
+
+def test_histograms_are_filed_per_epoch():
+    mon = TrainingMonitor()
+    for epoch in range(3):
+        for _ in range(2):
+            mon.log_activations("h", np.full((4, 2), epoch + 1.0))
+        mon.log_epoch(epoch + 10)
+    mon.log_activations("h", np.zeros((4, 2)))
+    entries = mon.histograms("activations")["h"]
+    assert [(e["epoch"], e["partial"], e["count"], e["mean"]) for e in entries] == [
+        (10, False, 16, 1.0), (11, False, 16, 2.0), (12, False, 16, 3.0), (13, True, 8, 0.0)]
+
+
+def test_warm_up_means_the_loss_started_to_fall():
+    mon = TrainingMonitor()
+    for step in range(10):
+        mon.log_loss(step, 2.3)
+    assert not mon.warmed_up
+    for step in range(10, 20):
+        mon.log_loss(step, 2.3 - 0.05 * (step - 9))
+    assert mon.warmed_up
+
+
+def test_filter_smoothness_scale_free_and_constant_filters_left_out():
+    yy, xx = np.mgrid[0:8, 0:8]
+    smooth = np.stack([np.sin(xx / 3.0 + k) + np.cos(yy / 4.0) for k in range(5)], axis=-1)
+    W = smooth.reshape(64, 5)
+    scores = filter_smoothness_scores(W, (8, 8))
+    assert np.all(scores > 0.8)
+    np.testing.assert_allclose(filter_smoothness_scores(1e-6 * W + 3, (8, 8)), scores)
+    checker = ((xx + yy) % 2).reshape(64, 1) * 2.0 - 1
+    assert filter_smoothness_scores(checker, (8, 8))[0] < -0.9
+    assert np.isnan(filter_smoothness_scores(np.ones((64, 1)), (8, 8))[0])
+
+
+def test_loss_trend_is_chunk_means():
+    np.testing.assert_allclose(loss_trend(np.arange(6), np.arange(6.0), chunks=3), [0.5, 2.5, 4.5])
+
+
+@pytest.mark.parametrize(("call", "error", "words"), [
+    (lambda m: m.log_loss("3", 1.0), TypeError, "step"),
+    (lambda m: m.log_loss(1, "x"), TypeError, "loss"),
+    (lambda m: m.log_epoch(1, train_acc=91.0), ValueError, "train_acc"),
+    (lambda m: m.log_epoch(1.5), TypeError, "epoch"),
+    (lambda m: m.log_update(np.ones(5), np.ones(4)), ValueError, "size 4"),
+    (lambda m: m.log_update(np.ones(5), np.ones(5)), ValueError, "segment map"),
+    (lambda m: m.log_update({"a": np.ones(2)}, np.ones(2)), TypeError, "both"),
+    (lambda m: m.log_activations("", np.ones(3)), TypeError, "layer"),
+    (lambda m: m.log_activations("h", np.array([])), ValueError, "non-empty"),
+    (lambda m: m.log_activations("h", np.array(["a"])), TypeError, "numeric"),
+    (lambda m: m.log_filters(np.ones((10, 3)), (8, 8)), ValueError, "W: shape"),
+    (lambda m: m.histograms("weights"), ValueError, "kind"),
+])
+def test_bad_input_names_the_argument(call, error, words):
+    mon = TrainingMonitor(segments={"W": (2, 2)})
+    with pytest.raises(error, match=words):
+        call(mon)
+
+
+def test_unit_count_must_stay_the_same_within_an_epoch():
+    mon = TrainingMonitor()
+    mon.log_activations("h", np.ones((4, 3)))
+    with pytest.raises(ValueError, match="3 units"):
+        mon.log_activations("h", np.ones((4, 5)))
+    mon.log_epoch(0)
+    mon.log_activations("h", np.ones((4, 5)))  # a new epoch may change it
+    with pytest.raises(ValueError, match="bins"):
+        TrainingMonitor(bins=10)
+
+
+def test_logging_a_step_is_cheap():
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((256, 1024))
+    theta = rng.standard_normal(1_000_000)
+    update = 1e-3 * theta
+    mon = TrainingMonitor(segments={"W": (1000, 990), "b": (10_000,)})
+    mon.log_activations("h", values)  # compile / load the kernels
+    mon.log_gradients("h", values)
+    mon.log_update(theta, update)
+    start = time.perf_counter()
+    for _ in range(5):
+        mon.log_activations("h", values)
+        mon.log_update(theta, update)
+    per_step = (time.perf_counter() - start) / 5
+    assert per_step < 0.25, per_step  # ~2 ms unloaded: one pass over 1.3M numbers
