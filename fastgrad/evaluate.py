@@ -108,7 +108,7 @@ def blas_limited(threads: int | None):
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # jit="auto" tries to compile only when the Python path is predicted to take this long (seconds):
 # compiling costs ~0.1-2 s, so a short check never pays for it
-AUTO_JIT_MIN_SECONDS = 2.0
+AUTO_JIT_MIN_SECONDS = 1.0
 # the calibration compares strategies on this much wall time of real coordinates each
 CALIBRATION_SECONDS = 0.05
 # BLAS threads (one outer worker) must beat outer threads by this factor to be chosen: the
@@ -572,19 +572,27 @@ class Evaluator:
 
 def _fill_pairs(f, work, index, step, args, terms, f_plus, f_minus):
     """Serial loop over coordinates on one working copy; returns (index, exception) or None."""
+    loss = _plain_loss if terms is None else as_loss
     for j in range(index.size):
         i = int(index[j])
         x = work[i]
         try:
             work[i] = x + step[j]
-            f_plus[j] = as_loss(f(work, *args), terms, "a perturbed point")
+            f_plus[j] = loss(f(work, *args), terms, "a perturbed point")
             work[i] = x - step[j]
-            f_minus[j] = as_loss(f(work, *args), terms, "a perturbed point")
+            f_minus[j] = loss(f(work, *args), terms, "a perturbed point")
         except Exception as exc:
             return i, exc
         finally:
             work[i] = x
     return None
+
+
+def _plain_loss(value, terms, where):
+    """as_loss for a plain loss, without an array per evaluation when it is already a float."""
+    if isinstance(value, float):  # Python float and np.float64
+        return value
+    return as_loss(value, terms, where)
 
 
 def _pairs_task(f, theta, index, step, args, terms):
