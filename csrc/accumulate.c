@@ -12,7 +12,7 @@ static int8_t band(double rel)
 }
 
 int64_t fg_coords(int64_t n, const double *analytic, const double *f_plus, const double *f_minus,
-                  double f0, const double *step, double tol, double noise_eps,
+                  double f0, const double *step, double tol, double noise_eps, double noise_abs,
                   double *numeric, double *rel_error, double *noise, double *kink_score,
                   int8_t *verdict, uint8_t *failed, uint8_t *kink)
 {
@@ -34,7 +34,7 @@ int64_t fg_coords(int64_t n, const double *analytic, const double *f_plus, const
         const double diff = fabs(a - num);
         const double scale = fmax(fabs(a), fabs(num));
         const double rel = scale > 0.0 ? diff / scale : 0.0;
-        const double floor_abs = noise_eps * (fabs(fp) + fabs(fm)) / (2.0 * h);
+        const double floor_abs = (noise_eps * (fabs(fp) + fabs(fm)) + noise_abs) / (2.0 * h);
         const double s_plus = (fp - f0) / h, s_minus = (f0 - fm) / h;
         const double gap = fabs(s_plus - s_minus);
         const double score = gap > 0.0 ? gap / (fabs(s_plus) + fabs(s_minus) + floor_abs) : 0.0;

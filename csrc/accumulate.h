@@ -8,7 +8,8 @@
  *   rel_error = |a - n| / max(|a|, |n|), 0 when both are 0.
  *   bands: rel > 1e-2 WRONG, 1e-4 < rel <= 1e-2 SUSPECT, 1e-7 < rel <= 1e-4 OK, else EXCELLENT.
  *   NOISE: rel > tol but |a - n| <= noise floor, where
- *          noise floor = noise_eps * (|f+| + |f-|) / (2 h)  (roundoff of f divided by the step).
+ *          noise floor = (noise_eps * (|f+| + |f-|) + noise_abs) / (2 h): roundoff of f, relative
+ *          to the loss values plus an absolute part (measured noise), divided by the step.
  *   NAN:   f+ or f- is not finite (the coordinate fails).
  *   KINK:  set only by the caller, after a re-check could not resolve a kink crossing.
  *
@@ -42,11 +43,12 @@
  * Per coordinate i < n, from the analytic gradient a, the losses f_plus/f_minus at x +- h e_i,
  * the unperturbed loss f0 and the step h (> 0):
  *   numeric, rel_error, noise (absolute floor), kink_score, verdict, failed (0/1), kink (0/1 candidate).
- * tol is the failure threshold on rel_error; noise_eps is the unit roundoff of f times a safety factor.
+ * tol is the failure threshold on rel_error; noise_eps is the unit roundoff of f times a safety
+ * factor; noise_abs (>= 0) is an absolute noise level of f(x+h) - f(x-h), e.g. measured.
  * Returns the number of failed coordinates.
  */
 int64_t fg_coords(int64_t n, const double *analytic, const double *f_plus, const double *f_minus,
-                  double f0, const double *step, double tol, double noise_eps,
+                  double f0, const double *step, double tol, double noise_eps, double noise_abs,
                   double *numeric, double *rel_error, double *noise, double *kink_score,
                   int8_t *verdict, uint8_t *failed, uint8_t *kink);
 

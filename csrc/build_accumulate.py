@@ -11,7 +11,7 @@ ffibuilder.cdef(
     """
     int64_t fg_coords(int64_t n, const double *analytic, const double *f_plus,
                       const double *f_minus, double f0, const double *step, double tol,
-                      double noise_eps, double *numeric, double *rel_error, double *noise,
+                      double noise_eps, double noise_abs, double *numeric, double *rel_error, double *noise,
                       double *kink_score, int8_t *verdict, uint8_t *failed, uint8_t *kink);
     int fg_segments(int64_t n, const int64_t *segment, const double *rel_error,
                     const int8_t *verdict, const uint8_t *failed, const uint8_t *kink,

@@ -59,7 +59,7 @@ _CTYPE = {
 
 
 def coordinate_stats(analytic, f_plus, f_minus, f0: float, step, tol: float,
-                     noise_eps: float) -> CoordStats:
+                     noise_eps: float, noise_abs: float = 0.0) -> CoordStats:
     """Numeric gradient, relative error, noise floor, kink score and verdict per coordinate."""
     analytic, p_a = _in(analytic, np.float64)
     n = analytic.size
@@ -76,6 +76,7 @@ def coordinate_stats(analytic, f_plus, f_minus, f0: float, step, tol: float,
     failed, p_failed = _out(n, np.uint8)
     kink, p_kink = _out(n, np.uint8)
     lib.fg_coords(n, p_a, p_fp, p_fm, float(f0), p_h, float(tol), float(noise_eps),
+                  float(noise_abs),
                   p_num, p_rel, p_noise, p_score, p_verdict, p_failed, p_kink)
     return CoordStats(numeric, rel, noise, score, verdict, failed.view(bool), kink.view(bool))
 

@@ -29,12 +29,20 @@ from .check import (
     _first_nonfinite,
     _flat_theta,
     _gradients,
+    measure_noise,
 )
 from .evaluate import Evaluator, LossError, as_loss, loss_terms
 from .kernels import _direction_dot
 from .progress import Progress
+from .sampling import direction_key
 from .segments import SegmentMap, as_segment_map
-from .steps import KINK_SHRINK, coordinate_steps, noise_eps, precision_of, tolerance
+from .steps import (
+    KINK_SHRINK,
+    coordinate_steps,
+    noise_eps,
+    precision_of,
+    tolerance,
+)
 
 __all__ = ["audit", "AuditReport", "SegmentAudit", "DirectionRecord", "SuspectRecord",
            "BlockRecord"]
@@ -51,23 +59,8 @@ BLOCK_SAMPLES = 6
 MAX_FRONT = 64
 # a kink or noise re-check of a confirmed coordinate grows its step by this factor
 NOISE_GROWTH = 10.0
-# a disagreement counts when it exceeds this many standard deviations of the measured noise
-NOISE_SIGMAS = 6.0
-NOISE_DIRECTION = (1 << 62) + 1  # the direction number used to measure the noise of f
 # a disagreeing direction is measured again with its step times this (see _Auditor.evaluate)
 RETEST_SHRINK = 0.1
-
-_MASK64 = (1 << 64) - 1
-
-
-def _direction_key(seed: int, direction: int) -> np.uint64:
-    """The uint64 key of direction number ``direction`` for ``seed`` (splitmix64 of both)."""
-    z = (int(seed) * 0x9E3779B97F4A7C15 + int(direction) * 0xD1B54A32D192ED03
-         + 0x632BE59BD9B4E019) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return np.uint64(z ^ (z >> 31))
-
 
 @dataclass(frozen=True)
 class DirectionRecord:
@@ -297,48 +290,21 @@ class _Auditor:
         self.spread: set[int] = set()  # segments whose disagreement is spread out
         self.sigma_f = 0.0  # measured noise (standard deviation) of f near theta
         self.gain = 1.0  # steps grow by this when f is noisier than check() assumes
-        self.coord_eps = self.eps  # noise_eps for coordinate verdicts, raised to sigma_f
+        self.noise_abs = 0.0  # absolute noise of f(x+h) - f(x-h) that every floor adds
 
     def measure_noise(self) -> None:
-        """The noise of f itself, measured: ECnoise-style (More & Wild 2011) high-order
-        differences of f at x + j d v, j = -3..3, along one random direction.
-
-        check()'s floor assumes a few eps |f| of roundoff, true of numpy's pairwise sums; a
-        sequential loop over 10^6 terms (a typical @njit loss) has ~sqrt(n) times more, which
-        would read as gradient errors everywhere. The smooth part of a k-th difference is
-        d^k f^(k) (negligible at d = step/100); what is left is the noise, sigma_k^2 =
-        mean((Delta^k f)^2) (k!)^2 / (2k)!; the largest of k = 4, 5, 6 is kept.
-        """
-        n = self.x.size
-        if 6 > self.remaining():
+        """The noise of f itself, measured as check() does (check.measure_noise): a loop summing
+        10^6 terms in sequence has far more roundoff than the default floor assumes."""
+        if 12 > self.remaining():
             raise _BudgetExhausted
-        d = 0.01 * self.step_scale * max(1.0, _rms(self.x))
-        key = _direction_key(self.seed, NOISE_DIRECTION)
         before = self.ev.evaluations
-        fp, fm = self.ev.directions(np.full(3, key, dtype=np.uint64), np.zeros(3, np.int64),
-                                    np.full(3, n, np.int64), d * np.arange(1.0, 4.0),
-                                    label="audit noise")
+        level = measure_noise(self.ev, self.x, np.array([self.f0]), self.seed)
         self.spend("noise", before)
-        y = np.concatenate([fm[::-1, 0], [self.f0], fp[:, 0]])
-        if not np.all(np.isfinite(y)):
-            return
-        sigmas = []
-        for k in (4, 5, 6):
-            diff = np.diff(y, k)
-            gamma = math.factorial(k) ** 2 / math.factorial(2 * k)
-            sigmas.append(math.sqrt(gamma * float(np.mean(diff ** 2))))
-        self.sigma_f = max(sigmas)
-        floor = self.eps * 2.0 * max(abs(self.f0), np.finfo(np.float64).tiny)
-        excess = NOISE_SIGMAS * math.sqrt(2.0) * self.sigma_f / floor
-        if excess > 1.0:
-            # the step that balances a larger noise against truncation grows as its cube root
-            self.gain = float(excess ** (1.0 / 3.0))
-            self.coord_eps = self.eps * excess
-        if excess > 2.0:
-            self.notes.append(
-                f"f is noisier than {self.eps / np.finfo(self.x.dtype).eps:.0f} eps |f| "
-                f"(measured sigma {self.sigma_f:.1e}, {excess:.0f}x the floor check() assumes): "
-                f"steps grown {self.gain:.1f}x, noise floors raised to match")
+        self.sigma_f = level.sigma[0]
+        self.gain = level.step_gain
+        self.noise_abs = level.noise_abs[0]
+        if level.note:
+            self.notes.append(level.note)
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def remaining(self) -> float:
@@ -381,7 +347,7 @@ class _Auditor:
         step decides; one that stays is confirmed at the first step.
         """
         x = self.x
-        keys = np.array([_direction_key(self.seed, self.next_direction + j)
+        keys = np.array([direction_key(self.seed, self.next_direction + j)
                          for j in range(len(parts))], dtype=np.uint64)
         self.next_direction += len(parts)
         # |v_i| <= 1, so h is the largest displacement of any coordinate: the coordinate step of
@@ -414,10 +380,10 @@ class _Auditor:
                                               float(step[j]))
             fp, fm, h = float(f_plus[j, 0]), float(f_minus[j, 0]), float(step[j])
             numeric = (fp - fm) / (2.0 * h)
-            # the floor of check() for the two loss values, or the measured noise of f when it
-            # is larger, plus the roundoff of grad . v
-            noise = (max(self.eps * (abs(fp) + abs(fm)), NOISE_SIGMAS * math.sqrt(2.0)
-                         * self.sigma_f) / (2.0 * h) + self.eps * abs_gd)
+            # the floor of check() for the two loss values (with the measured noise of f), plus
+            # the roundoff of grad . v
+            noise = ((self.eps * (abs(fp) + abs(fm)) + self.noise_abs) / (2.0 * h)
+                     + self.eps * abs_gd)
             diff = abs(analytic - numeric)
             scale = max(abs(analytic), abs(numeric))
             if not (math.isfinite(fp) and math.isfinite(fm)):
@@ -448,7 +414,7 @@ class _Auditor:
         before = self.ev.evaluations
         fp, fm = self.ev.pairs(index, step, label="audit confirm")
         s = accumulate.coordinate_stats(g[index], fp[:, 0], fm[:, 0], self.f0, step, self.tol,
-                                        self.coord_eps)
+                                        self.eps, self.noise_abs)
         steps = step.copy()
         # roundoff hid the comparison: a larger step shrinks the floor
         rows = np.flatnonzero(s.verdict == NOISE)
@@ -458,7 +424,7 @@ class _Auditor:
             big = _scaled(x[index[rows]], step[rows], NOISE_GROWTH, x.dtype)
             bp, bm = self.ev.pairs(index[rows], big, label="audit noise re-check")
             sub = accumulate.coordinate_stats(g[index[rows]], bp[:, 0], bm[:, 0], self.f0, big,
-                                              self.tol, self.coord_eps)
+                                              self.tol, self.eps, self.noise_abs)
             take = ~sub.kink & (sub.verdict != NAN)
             _assign(s, rows[take], sub, take)
             steps[rows[take]] = big[take]
@@ -476,7 +442,7 @@ class _Auditor:
             small = _scaled(x[index[rows]], step[rows], factor, x.dtype)
             sp, sm = self.ev.pairs(index[rows], small, label="audit kink re-check")
             sub = accumulate.coordinate_stats(g[index[rows]], sp[:, 0], sm[:, 0], self.f0, small,
-                                              self.tol, self.coord_eps)
+                                              self.tol, self.eps, self.noise_abs)
             settled = ~sub.kink | ~sub.failed
             _assign(s, rows[settled], sub, settled)
             steps[rows[settled]] = small[settled]

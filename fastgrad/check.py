@@ -15,13 +15,17 @@ from . import accumulate
 from .accumulate import KINK, NAN, NOISE
 from .evaluate import Evaluator, LossError, as_loss, loss_terms
 from .report import CoordRecords, Report, SegmentReport
-from .sampling import sample_coordinates
+from .sampling import direction_key, sample_coordinates
 from .segments import SegmentMap, as_segment_map
 from .steps import (
     KINK_SHRINK,
+    NOISE_PROBE_SPACINGS,
     coordinate_steps,
+    measured_noise,
     noise_eps,
     noise_growth,
+    noise_sigma,
+    pooled_noise_sigma,
     precision_of,
     tolerance,
 )
@@ -129,6 +133,67 @@ def _gradients(grad, theta, args, n, terms, segs) -> dict[str | None, np.ndarray
     return out
 
 
+# the direction number of the noise probe (far from the numbers audits use for their tests)
+NOISE_DIRECTION = (1 << 62) + 1
+
+
+@dataclass
+class NoiseLevel:
+    """The roundoff noise of f near theta, measured, and what the check does about it."""
+
+    sigma: tuple[float, ...]  # standard deviation of f's noise, per loss term
+    noise_abs: tuple[float, ...]  # absolute noise of f(x+h) - f(x-h) the floor adds, per term
+    step_gain: float  # automatic steps are multiplied by this (1.0: f is as quiet as assumed)
+    note: str  # one sentence for the report; empty when nothing was raised
+
+
+def measure_noise(ev: Evaluator, x: np.ndarray, f0: np.ndarray, seed: int,
+                  coordinate: int | None = None) -> NoiseLevel:
+    """Measure the noise of f near theta (12 evaluations), ECnoise-style.
+
+    The default floor assumes a few eps |f| of roundoff; an f computed with an iterative solver,
+    in lower precision inside, or summed in a long sequence along the perturbation can have far
+    more, which would read as gradient errors. f is evaluated at x + j d v, j = -3..3, at the two
+    spacings NOISE_PROBE_SPACINGS (fractions of the automatic step), with v the unit vector of
+    ``coordinate`` (what check() perturbs) or, when it is None, a random direction over the whole
+    vector (what audit() perturbs: that moves every term of f, and its noise is larger).
+    steps.noise_sigma turns each set of 7 values into an estimate, steps.pooled_noise_sigma keeps
+    the one a kink inside the stencil cannot have inflated.
+    """
+    n = x.size
+    if coordinate is None:
+        spacing = precision_of(x.dtype).step_scale * max(1.0, float(np.sqrt(np.mean(x * x))))
+    else:
+        spacing = precision_of(x.dtype).step_scale * max(1.0, abs(float(x[coordinate])))
+    offsets = np.concatenate([d * spacing * np.arange(1.0, 4.0) for d in NOISE_PROBE_SPACINGS])
+    k = offsets.size
+    if coordinate is None:
+        key = direction_key(seed, NOISE_DIRECTION)
+        f_plus, f_minus = ev.directions(np.full(k, key, dtype=np.uint64), np.zeros(k, np.int64),
+                                        np.full(k, n, np.int64), offsets, label="noise probe")
+    else:
+        f_plus, f_minus = ev.pairs(np.full(k, coordinate, dtype=np.int64), offsets,
+                                   label="noise probe")
+    sigmas, levels, gain = [], [], 1.0
+    for m in range(f0.size):
+        per_spacing = []
+        for p in range(len(NOISE_PROBE_SPACINGS)):
+            rows = slice(3 * p, 3 * p + 3)
+            per_spacing.append(noise_sigma(np.concatenate(
+                [f_minus[rows, m][::-1], [f0[m]], f_plus[rows, m]])))
+        sigma = pooled_noise_sigma(per_spacing)
+        level, term_gain = measured_noise(sigma, f0[m], x.dtype)
+        sigmas.append(sigma)
+        levels.append(level)
+        gain = max(gain, term_gain)
+    note = ""
+    if gain > 1.0:
+        note = (f"f is noisier than assumed (measured noise sigma {max(sigmas):.1e} against "
+                f"eps max(1, |f|) = {precision_of(x.dtype).eps * max(1.0, float(np.max(np.abs(f0)))):.1e}): "
+                f"noise floors raised to match, automatic steps grown {gain:.1f}x")
+    return NoiseLevel(tuple(sigmas), tuple(levels), gain, note)
+
+
 def _check_deterministic(first: np.ndarray, second: np.ndarray, nondet_tol: float,
                          dtype) -> None:
     allowed = np.maximum(nondet_tol * np.maximum(1.0, np.abs(first)),
@@ -185,7 +250,6 @@ def check(
     if bad is not None:
         raise ValueError(f"theta: non-finite value {x[bad]} at {describe(bad)}")
     tol_value, tol_reason = tolerance(x.dtype, depth, tol)
-    eps = noise_eps(x.dtype)
 
     # the loss at theta, twice: its terms, and a nondeterminism check
     if not callable(f):
@@ -209,20 +273,25 @@ def check(
     grads = _gradients(grad, x, args, n, terms, segs)
 
     index = sample_coordinates(segs, samples, seed)
+    # the noise of f along what the check perturbs: one coordinate (the first sampled)
+    noise = measure_noise(ev, x, f0, seed, coordinate=int(index[0]))
     step = coordinate_steps(x[index], h, x.dtype)
+    if h == "auto" and noise.step_gain > 1.0:
+        step = _scaled(x[index], step, noise.step_gain, x.dtype)
     f_plus, f_minus = ev.pairs(index, step)
     term_names = list(grads)
+    eps = noise_eps(x.dtype)
     stats = [
         accumulate.coordinate_stats(grads[t][index], f_plus[:, m], f_minus[:, m], f0[m], step,
-                                    tol_value, eps)
+                                    tol_value, eps, noise.noise_abs[m])
         for m, t in enumerate(term_names)
     ]
     steps = [step.copy() for _ in term_names]
     rechecked = _recheck_noise(ev, x, index, step, grads, term_names, stats, steps, f0,
-                               tol_value, eps)
+                               tol_value, eps, noise.noise_abs)
     if kinks != "ignore":
         rechecked |= _recheck_kinks(ev, x, index, step, grads, term_names, stats, steps, f0,
-                                    tol_value, eps, kinks, args)
+                                    tol_value, eps, noise.noise_abs, kinks, args)
 
     # per segment, per term: the C accumulator again
     seg_ids = segs.segment_ids(index)
@@ -264,6 +333,8 @@ def check(
         tol=tol_value, tol_reason=tol_reason, path=ev.path, path_reason=ev.path_reason,
         dtype=x.dtype.name, depth=int(depth), seed=int(seed), loss=loss_value,
         terms=terms_report, rechecked=int(np.count_nonzero(rechecked)),
+        noise_sigma=noise.sigma[0] if terms is None else dict(zip(term_names, noise.sigma)),
+        noise_note=noise.note,
     )
 
 
@@ -302,7 +373,7 @@ def _signature_changes(kinks, x, index, step, args) -> np.ndarray:
 
 
 def _recheck_noise(ev, x, index, step, grads, term_names, stats, steps, f0, tol,
-                   eps) -> np.ndarray:
+                   eps, noise_abs) -> np.ndarray:
     """Re-check "noise" coordinates with a larger step, where the roundoff floor is smaller.
 
     Roundoff of the centered difference falls as 1/h and truncation grows as h^2, so a real error
@@ -323,7 +394,7 @@ def _recheck_noise(ev, x, index, step, grads, term_names, stats, steps, f0, tol,
         if not rows.any():
             continue
         sub = accumulate.coordinate_stats(grads[t][index[todo[rows]]], fp[rows, m], fm[rows, m],
-                                          f0[m], large[rows], tol, eps)
+                                          f0[m], large[rows], tol, eps, noise_abs[m])
         take = ~sub.kink & (sub.verdict != NAN)
         where = todo[rows][take]
         _assign(stats[m], where, sub, take)
@@ -331,8 +402,8 @@ def _recheck_noise(ev, x, index, step, grads, term_names, stats, steps, f0, tol,
     return mask
 
 
-def _recheck_kinks(ev, x, index, step, grads, term_names, stats, steps, f0, tol, eps, kinks,
-                   args) -> np.ndarray:
+def _recheck_kinks(ev, x, index, step, grads, term_names, stats, steps, f0, tol, eps, noise_abs,
+                   kinks, args) -> np.ndarray:
     """Re-check failing coordinates with smaller steps; excuse only the ones that stay on a kink.
 
     A kink at distance d from x_i is crossed only while the step exceeds d. Every failing
@@ -381,7 +452,7 @@ def _recheck_kinks(ev, x, index, step, grads, term_names, stats, steps, f0, tol,
                 continue
             where = todo[rows]
             sub = accumulate.coordinate_stats(grads[t][index[where]], fp[rows, m], fm[rows, m],
-                                              f0[m], small[rows], tol, eps)
+                                              f0[m], small[rows], tol, eps, noise_abs[m])
             prev = previous[m]
             if clear is not None:
                 take = clear[rows]

@@ -11,7 +11,10 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, nogil=True)
+# Kernels that take the loss f as an argument are not cached (cache=True): numba's cache index
+# pickles every specialization, including the loss's module, and a later process that cannot
+# import that module (another script, a test file) fails to load the kernel at all.
+@njit(nogil=True)
 def _centered_pair(f, work, i, step, args):
     """f at work +- step e_i; work[i] is restored before returning."""
     x = work[i]
@@ -23,7 +26,7 @@ def _centered_pair(f, work, i, step, args):
     return f_plus, f_minus
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def _centered_losses(f, theta, index, step, args, f_plus, f_minus, current):
     """Fill f_plus[j], f_minus[j] = f(theta +- step[j] e_index[j]) for all j.
 
@@ -90,7 +93,7 @@ def _direction_dot(grad, theta, key, lo, hi, step):
     return dot, abs_gd
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _directional_pair(f, work, theta, key, lo, hi, step, args):
     """f at theta +- step v on [lo, hi) of the working copy; work is restored before returning."""
     for i in range(lo, hi):
@@ -104,7 +107,7 @@ def _directional_pair(f, work, theta, key, lo, hi, step, args):
     return f_plus, f_minus
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def _directional_losses(f, theta, key, lo, hi, step, args, f_plus, f_minus, current):
     """Fill f_plus[j], f_minus[j] = f(theta +- step[j] v_j), v_j supported on [lo[j], hi[j]).
 

@@ -160,6 +160,8 @@ class Report:
     loss: float | dict[str, float]  # f at theta (per term when f returns several)
     terms: dict[str, dict[str, SegmentReport]] = field(default_factory=dict)
     rechecked: int = 0
+    noise_sigma: float | dict[str, float] = 0.0  # measured roundoff noise of f near theta
+    noise_note: str = ""  # what the check did about a noisier f than assumed ("" when nothing)
 
     @property
     def failures(self) -> list[CoordRecord]:
@@ -201,6 +203,8 @@ class Report:
             "seed": self.seed,
             "loss": self.loss,
             "rechecked": self.rechecked,
+            "noise_sigma": self.noise_sigma,
+            "noise_note": self.noise_note,
             "histogram_edges_log10": list(HIST_EDGES),
             "segments": {name: asdict(s) for name, s in self.segments.items()},
             "terms": {t: {n: asdict(s) for n, s in segs.items()} for t, segs in self.terms.items()},
@@ -217,6 +221,8 @@ class Report:
             f"  tolerance {self.tol:.1e} ({self.tol_reason}); {self.evaluations} loss evaluations "
             f"({self.path}: {self.path_reason})",
         ]
+        if self.noise_note:
+            lines.append(f"  {self.noise_note}")
         groups = self.terms.items() if self.terms else [(None, self.segments)]
         for term, segments in groups:
             lines.append("")

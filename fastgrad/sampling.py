@@ -59,3 +59,22 @@ def sample_coordinates(segments: SegmentMap, samples=16, seed: int = 0) -> np.nd
             local = np.sort(rng.choice(seg.size, size=k, replace=False)).astype(np.int64)
         parts.append(seg.start + local)
     return np.concatenate(parts)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def direction_key(seed: int, direction: int) -> np.uint64:
+    """The uint64 key of random direction number ``direction`` for ``seed`` (splitmix64 of both).
+
+    The kernels expand a key into a Rademacher direction where it is used, so a direction is
+    never stored; the same (seed, direction) always gives the same vector.
+
+    >>> direction_key(0, 1) == direction_key(0, 1), direction_key(0, 1) == direction_key(1, 1)
+    (True, False)
+    """
+    z = (int(seed) * 0x9E3779B97F4A7C15 + int(direction) * 0xD1B54A32D192ED03
+         + 0x632BE59BD9B4E019) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return np.uint64(z ^ (z >> 31))

@@ -5,6 +5,7 @@ Every number the checker uses to decide "is this difference real?" comes from he
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,3 +116,81 @@ def coordinate_steps(x: np.ndarray, h="auto", dtype=np.float64) -> np.ndarray:
     # a step below the spacing of x rounds to 0: keep the spacing instead
     spacing = np.spacing(np.abs(x)).astype(np.float64)
     return np.where(exact > 0, exact, np.maximum(spacing, raw.astype(np.float64)))
+
+
+# a disagreement is noise while it stays within this many standard deviations of measured noise
+# (six: an estimate from 7 points can come out at a quarter of the true value)
+NOISE_SIGMAS = 6.0
+
+# the noise of f is measured from f at x + j d v, j = -3..3, at these two spacings d (as fractions
+# of the automatic step): roundoff does not depend on d, a kink or curvature inside the stencil
+# grows with it, so the smaller of the two estimates is the one that can be trusted
+NOISE_PROBE_SPACINGS = (1e-2, 1e-3)
+
+
+def noise_sigma(values: np.ndarray) -> float:
+    """Standard deviation of the noise of f from its values at 7 equally spaced points.
+
+    ECnoise (More & Wild 2011): the k-th difference of a smooth function at spacing d is
+    d^k f^(k), negligible for small d, while independent noise of variance s^2 gives differences
+    of variance C(2k, k) s^2. The largest estimate over k = 4, 5, 6 is kept (the one least
+    cancelled by chance).
+
+    >>> noise_sigma(np.arange(7.0) ** 2)     # a parabola has no noise
+    0.0
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (7,):
+        raise ValueError(f"values: expected f at 7 equally spaced points, got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        return float("nan")
+    sigmas = []
+    for k in (4, 5, 6):
+        diff = np.diff(values, k)
+        gamma = math.factorial(k) ** 2 / math.factorial(2 * k)
+        sigmas.append(math.sqrt(gamma * float(np.mean(diff ** 2))))
+    return max(sigmas)
+
+
+def pooled_noise_sigma(sigmas) -> float:
+    """One noise estimate from the estimates at the NOISE_PROBE_SPACINGS.
+
+    Estimates that agree (within 5x) are all noise: their RMS is steadier than either. When they
+    disagree, the larger one saw a kink or curvature in its stencil and the smaller one is kept.
+
+    >>> pooled_noise_sigma([1e-9, 2e-9]), pooled_noise_sigma([1e-3, 1e-9])
+    (1.5811388300841897e-09, 1e-09)
+    """
+    finite = [float(s) for s in sigmas if math.isfinite(s)]
+    if not finite:
+        return 0.0
+    low, high = min(finite), max(finite)
+    if high <= 5.0 * low:
+        return math.sqrt(sum(s * s for s in finite) / len(finite))
+    return low
+
+
+# a noisy f grows the automatic steps by at most this factor
+MAX_STEP_GAIN = 10.0
+
+
+def measured_noise(sigma: float, f0: float, dtype) -> tuple[float, float]:
+    """The absolute noise level of f(x+h) - f(x-h) that the accumulator's floor adds for a
+    measured noise sigma of f, and the factor by which automatic steps grow.
+
+    The floor becomes (noise_eps * (|f+| + |f-|) + noise_abs) / 2h with noise_abs =
+    NOISE_SIGMAS * sqrt(2) * sigma (the noise of a difference of two values). Roundoff scales with
+    the terms f sums, not with f: a loss that cancels to ~0 still has the roundoff of its terms,
+    so the measured level is absolute. The automatic step eps^(1/3) max(1, |x|) assumes noise of
+    about eps max(1, |f|); a noisier f balances truncation at a step larger by the cube root.
+
+    >>> measured_noise(0.0, 1.0, np.float64)
+    (0.0, 1.0)
+    """
+    noise_abs = NOISE_SIGMAS * math.sqrt(2.0) * float(sigma)
+    if not math.isfinite(noise_abs) or noise_abs <= 0.0:
+        return 0.0, 1.0
+    assumed = 2.0 * noise_eps(dtype) * max(1.0, abs(float(f0)))
+    excess = noise_abs / assumed
+    gain = min(MAX_STEP_GAIN, excess ** (1.0 / 3.0)) if excess > 1.0 else 1.0
+    return noise_abs, float(gain)

@@ -20,7 +20,7 @@ def centered_differences(f, theta, index, step, args=()):
     return f_plus, f_minus
 
 
-def coordinate_stats(analytic, f_plus, f_minus, f0, step, tol, noise_eps):
+def coordinate_stats(analytic, f_plus, f_minus, f0, step, tol, noise_eps, noise_abs=0.0):
     """What csrc/accumulate.c fg_coords computes, one coordinate at a time in Python."""
     out = {k: [] for k in ("numeric", "rel_error", "noise", "kink_score", "verdict", "failed",
                            "kink")}
@@ -35,7 +35,7 @@ def coordinate_stats(analytic, f_plus, f_minus, f0, step, tol, noise_eps):
         diff = abs(a - num)
         scale = max(abs(a), abs(num))
         rel = diff / scale if scale > 0 else 0.0
-        floor = noise_eps * (abs(fp) + abs(fm)) / (2 * h)
+        floor = (noise_eps * (abs(fp) + abs(fm)) + noise_abs) / (2 * h)
         s_plus, s_minus = (fp - f0) / h, (f0 - fm) / h
         gap = abs(s_plus - s_minus)
         score = gap / (abs(s_plus) + abs(s_minus) + floor) if gap > 0 else 0.0

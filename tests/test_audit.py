@@ -10,9 +10,10 @@ import math
 import numpy as np
 import pytest
 
-from fastgrad.audit import AuditReport, _direction_key, audit
+from fastgrad.audit import AuditReport, audit
 from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss
 from fastgrad.kernels import _direction_dot, _direction_fill
+from fastgrad.sampling import direction_key as _direction_key
 
 N = 1_000_000
 _rng = np.random.default_rng(1)
