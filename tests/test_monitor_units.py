@@ -142,13 +142,13 @@ def test_dead_saturated_vanishing_and_exploding_on_synthetic_layers():
     rng = np.random.default_rng(0)
     mon = TrainingMonitor()
     relu = np.maximum(rng.standard_normal((64, 10)), 0)
-    relu[:, :4] = 0.0  # 4 of 10 units never fire
+    relu[:, :5] = 0.0  # 5 of 10 units never fire
     mon.log_activations("relu1", relu)
     mon.log_activations("tanh2", np.tanh(5 * rng.standard_normal((64, 10))))
     mon.log_gradients("relu1", 1e-7 * rng.standard_normal((64, 10)))
     mon.log_gradients("tanh2", rng.standard_normal((64, 10)))
     found = {f.kind: f for f in mon.diagnose()}
-    assert found["dead_units"].evidence["dead_unit_fraction"] == pytest.approx(0.4)
+    assert found["dead_units"].evidence["dead_unit_fraction"] == pytest.approx(0.5)
     assert found["dead_units"].evidence["layer"] == "relu1"
     assert found["saturated_units"].evidence["layer"] == "tanh2"
     assert found["vanishing_gradients"].evidence["input_side"] == "relu1"

@@ -159,7 +159,7 @@ def train_digits(*, lr: float = GOOD_LR, epochs: int = 8, hidden: int = 32, batc
                  monitor: TrainingMonitor | None = None) -> DigitsRun:
     """Train the two-layer net with minibatch SGD, logging everything into a TrainingMonitor.
 
-    >>> run = train_digits(lr=0.1, epochs=5)
+    >>> run = train_digits(lr=0.1, epochs=8)
     >>> [f.kind for f in run.monitor.diagnose()]
     []
     """

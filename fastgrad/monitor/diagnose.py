@@ -22,7 +22,7 @@ SEVERITIES = ("error", "warning", "info")
 MIN_LOSSES = 20
 #: The loss curve is summarized as this many chunk means (its smoothed trend).
 TREND_CHUNKS = 10
-#: Final trend above the first chunk's by this factor: diverging.
+#: Final trend above the first chunk's, or above the very first loss, by this factor: diverging.
 DIVERGE_RISE = 1.10
 #: Relative decrease of the trend below this: no learning.
 NO_LEARNING_DROP = 0.02
@@ -43,8 +43,9 @@ OVERFIT_GROWTH = 0.05
 RATIO_LOW, RATIO_HIGH = 1e-4, 1e-2
 #: Share of bounded outputs at |v| >= 0.99 that counts as saturated.
 SATURATED_SHARE = 0.5
-#: Share of units whose output was 0 for every sample of the epoch.
-DEAD_SHARE = 0.25
+#: Share of units whose output was 0 for every sample of the epoch ("as much as 40% of your
+#: network can be dead" is where CS231n draws the line).
+DEAD_SHARE = 0.4
 #: Gradient RMS of the input-side layer over the output-side layer's.
 VANISHING_RATIO, EXPLODING_RATIO = 1e-2, 1e2
 
@@ -138,10 +139,10 @@ def _loss_findings(mon) -> list[Finding]:
     findings = []
     peak = float(trend.max())
     rose = end > DIVERGE_RISE * start
-    if rose or (end > DIVERGE_RISE * first_loss and peak > 2 * first_loss):
+    if rose or end > DIVERGE_RISE * first_loss:
         what = (f"the loss rose from {start:.4g} to {end:.4g} (trend)" if rose else
-                f"the loss jumped from {first_loss:.4g} to {peak:.4g} (trend) and is still "
-                f"{end:.4g}, above where it started")
+                f"the loss ends at {end:.4g} (trend), above its first value {first_loss:.4g} "
+                f"(trend peak {peak:.4g})")
         findings.append(Finding(
             "lr_too_high", "error",
             f"{what}: the learning rate is too high; lower it 3-10x",

@@ -70,8 +70,8 @@ def filter_smoothness(W: np.ndarray, image_shape: Sequence[int]) -> float:
     Constant filters carry no pattern and are left out (NaN when all are constant).
 
     >>> rng = np.random.default_rng(0)
-    >>> round(filter_smoothness(rng.standard_normal((64, 100)), (8, 8)), 1)
-    0.0
+    >>> abs(filter_smoothness(rng.standard_normal((64, 100)), (8, 8))) < 0.05   # noise
+    True
     """
     scores = filter_smoothness_scores(W, image_shape)
     finite = scores[np.isfinite(scores)]

@@ -321,9 +321,9 @@ class TrainingMonitor:
         ``RuntimeWarning`` says so and None is returned (``force=True`` checks anyway).  The
         monitor's segments are used unless ``segments=`` is passed.
 
-        >>> report = mon.gradcheck(loss, theta, grad_fn, args=(X[:4], y[:4]))
+        >>> mon.log_loss(step, loss)        # in the loop; once an epoch:
+        >>> report = mon.gradcheck(loss_fn, theta, grad_fn, args=(X[:4], y[:4]))
         >>> report is None or report.passed
-        True
         """
         step = self._steps[-1] if self._steps else None
         if not force and not self.warmed_up:
@@ -439,9 +439,9 @@ class TrainingMonitor:
     def diagnose(self) -> list:
         """Findings about the run so far, a failed gradient check first, then by severity.
 
-        >>> for finding in mon.diagnose():
-        ...     print(finding)
-        lr_too_high [error]: the loss diverged ...
+        >>> mon = TrainingMonitor(); mon.log_loss(0, 2.3); mon.log_loss(1, float("inf"))
+        >>> print(mon.diagnose()[0])
+        lr_too_high [error]: the loss became inf at step 1: training diverged; ...
         """
         from .diagnose import diagnose
 
@@ -450,8 +450,8 @@ class TrainingMonitor:
     def plot(self, outdir: str | os.PathLike) -> list[str]:
         """Write PNG plots of the run into ``outdir`` (created); needs matplotlib.
 
-        >>> paths = mon.plot("out/")
-        >>> [os.path.basename(p) for p in paths][:2]
+        >>> mon = TrainingMonitor(); mon.log_loss(0, 2.3); mon.log_epoch(0, train_acc=0.2)
+        >>> [os.path.basename(p) for p in mon.plot("out/")]
         ['loss.png', 'accuracy.png']
         """
         from .plots import plot_all
@@ -497,6 +497,7 @@ class TrainingMonitor:
     def save(self, path: str | os.PathLike) -> str:
         """Write the log as JSON Lines; saving again to the same path appends only what is new.
 
+        >>> mon = TrainingMonitor(); mon.log_loss(0, 2.3); mon.log_epoch(0, train_acc=0.2)
         >>> mon.save("run.jsonl")        # call it every epoch: readers see the run grow
         'run.jsonl'
         >>> TrainingMonitor.load("run.jsonl").epochs() == mon.epochs()
@@ -516,9 +517,9 @@ class TrainingMonitor:
     def load(cls, path: str | os.PathLike) -> TrainingMonitor:
         """Read a log written by ``save`` (possibly still being written by a running job).
 
-        >>> mon = TrainingMonitor.load("run.jsonl")
-        >>> mon.diagnose()                       # findings on the run so far
-        []
+        >>> mon = TrainingMonitor.load("run.jsonl")   # e.g. written by the example of save
+        >>> mon.epochs()[0]["train_acc"]
+        0.2
         """
         records = list(read_records(path))
         meta = records[0]

@@ -229,9 +229,9 @@ def plot_filters(mon, outdir: str, dpi: int = 80) -> str | None:
 def plot_all(mon, outdir: str | os.PathLike, dpi: int = 80) -> list[str]:
     """Write every view that has data into ``outdir`` (created); returns the PNG paths.
 
-    >>> paths = plot_all(mon, "out")
-    >>> paths[0]
-    'out/loss.png'
+    >>> mon = TrainingMonitor(); mon.log_loss(0, 2.3)
+    >>> plot_all(mon, "out")
+    ['out/loss.png']
     """
     _matplotlib()
     outdir = os.fspath(outdir)
