@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
     chk = sub.add_parser("check", help="check the Problem that MODULE:FACTORY() returns")
     chk.add_argument("target", help="MODULE:FACTORY; FACTORY() returns fastgrad.Problem(...)")
-    chk.add_argument("--samples", type=_samples, default=16,
-                     help="coordinates per segment (an int or 'all'; default 16)")
+    chk.add_argument("--samples", type=_samples, default=None,
+                     help="coordinates per segment (an int or 'all'; default: the Problem's, or 16)")
     chk.add_argument("--seed", type=int, default=0, help="which coordinates are sampled")
     chk.add_argument("--depth", type=int, default=None, help="network depth (tolerance grows)")
     chk.add_argument("--tol", type=float, default=None, help="explicit failure threshold")
@@ -123,20 +123,23 @@ def _check(args) -> int:
         if value is not None:
             options[key] = value
     if args.audit:
-        from . import audit as audit_module
+        import inspect
 
-        options.pop("samples", None)
+        from .audit import audit
+
+        # a Problem's options are check() options; keep the ones audit() takes too
+        accepted = inspect.signature(audit).parameters
+        options = {k: v for k, v in options.items() if k in accepted}
         if args.budget is not None:
             options["budget"] = args.budget
-        report = audit_module.audit(problem.f, problem.theta, problem.grad,
-                                    segments=problem.segments, args=tuple(problem.args),
-                                    seed=args.seed, **options)
+        report = audit(problem.f, problem.theta, problem.grad, segments=problem.segments,
+                       args=tuple(problem.args), seed=args.seed, **options)
     else:
         from .check import check
 
-        options.setdefault("samples", args.samples)
-        if args.samples != 16:
+        if args.samples is not None:
             options["samples"] = args.samples
+        options.setdefault("samples", 16)
         report = check(problem.f, problem.theta, problem.grad, segments=problem.segments,
                        args=tuple(problem.args), seed=args.seed, **options)
     if args.json != "-":

@@ -56,3 +56,17 @@ def test_console_script_runs_as_a_module(problems):
     done = subprocess.run([sys.executable, "-m", "fastgrad.cli", "check", "myproblems:bad",
                            "--samples", "4"], capture_output=True, text=True, cwd=problems)
     assert done.returncode == 1 and "W1" in done.stdout
+
+
+def test_check_audit_finds_the_missing_bias_gradient_within_budget(problems, capsys):
+    assert main(["check", "myproblems:bad", "--audit", "--budget", "400"]) == 1
+    assert main(["check", "myproblems:good", "--audit", "--json", "audit.json"]) == 0
+    data = json.loads((problems / "audit.json").read_text())
+    assert data["passed"] is True
+    (problems / "biasbug.py").write_text(
+        "from fastgrad.examples import buggy_two_layer_problem as bad\n")
+    assert main(["check", "biasbug:bad", "--audit", "--budget", "300", "--json", "b.json"]) == 1
+    data = json.loads((problems / "b.json").read_text())
+    assert data["evaluations"] <= 300
+    assert data["segments"]["b1"]["passed"] is False
+    assert all(data["segments"][name]["passed"] for name in ("W1", "W2", "b2"))
