@@ -5,6 +5,7 @@
 >>> print(report)
 """
 
+from .audit import AuditReport, audit
 from .check import GradientCheckError, NondeterminismError, Problem, assert_gradients, check
 from .evaluate import LossError
 from .models import check_layer, check_model
@@ -14,6 +15,7 @@ from .segments import Segment, SegmentMap, flatten, unflatten
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditReport",
     "CoordRecord",
     "GradientCheckError",
     "LossError",
@@ -24,6 +26,7 @@ __all__ = [
     "SegmentMap",
     "SegmentReport",
     "assert_gradients",
+    "audit",
     "check",
     "check_layer",
     "check_model",

@@ -52,5 +52,11 @@ def test_jax_example(capsys):
 
 
 def test_numpy_layer_example(capsys):
-    out = _run(_block("import numpy as np, fastgrad"), capsys)
+    out = _run(_block("import numpy as np, fastgrad\n"), capsys)
     assert "PASSED" in out and all(f"\n  {name} " in out for name in ("x", "w", "b"))
+
+
+def test_audit_example(capsys):
+    out = _run(_block("import numpy as np, fastgrad as fg\nn = 200_000"), capsys)
+    assert "12345" in out and "150000" in out
+    assert "['W[30, 345]', 'W[375, 0]']" in out
