@@ -32,7 +32,6 @@ from .check import (
     measure_noise,
 )
 from .evaluate import Evaluator, LossError, as_loss, loss_terms
-from .kernels import _direction_dot
 from .progress import Progress
 from .sampling import direction_key
 from .segments import SegmentMap, as_segment_map
@@ -368,6 +367,8 @@ class _Auditor:
         return records
 
     def measure(self, parts, keys, step, phase) -> list[DirectionRecord]:
+        from .kernels import _direction_dot  # numba compiles on first use, not at import
+
         x, g = self.x, self.g
         lo = np.array([p.start for p in parts], dtype=np.int64)
         hi = np.array([p.stop for p in parts], dtype=np.int64)
