@@ -56,7 +56,8 @@ class Check:
 
     def track_extra_memory_copies(self, problem, k):
         """Peak resident memory added by one check, in copies of theta (target: threads + 3)."""
-        return P.peak_extra_copies(self._run, self.p.theta.nbytes)
+        return P.peak_extra_copies(problem, "numpy" if self.f is self.p.loss else "numba", k,
+                                   QUICK)
 
     track_extra_memory_copies.unit = "copies of theta"
 

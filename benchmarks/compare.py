@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the repository root: ``benchmarks.problems`` is one module name for asv and this script (Numba's
+# on-disk cache of its kernels records the module they came from)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import problems as P  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 import fastgrad as fg  # noqa: E402
+from benchmarks import problems as P  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 SLOW_SECONDS = 5.0  # a tool whose warm-up run takes longer is timed once more, not --repeats times
@@ -51,6 +53,24 @@ def median_time(run, repeats: int) -> tuple[float, int]:
     start = time.perf_counter()
     run()
     warm = time.perf_counter() - start
+    return _repeat(run, repeats, warm)
+
+
+def peer_time(run, repeats: int, verdicts: list) -> tuple[float, int]:
+    """median_time for a peer that may report a mismatch: a failed check is timed as well (it
+    did the same work) and its first line goes to ``verdicts``."""
+    def checked():
+        try:
+            run()
+        except (AssertionError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if not verdicts:
+                verdicts.append(f"{type(exc).__name__}: {first[:60]}")
+
+    return median_time(checked, repeats)
+
+
+def _repeat(run, repeats: int, warm: float) -> tuple[float, int]:
     if warm > SLOW_SECONDS:
         repeats = 1
     times = []
@@ -197,9 +217,11 @@ def peers(p: P.Problem, index: np.ndarray, full: bool, repeats: int, skipped: se
         for mode, fast in (("slow", False), ("fast", True)):
             checks = (f"{what} coords: full numeric Jacobian vs autograd" if not fast
                       else "one random projection u^T J v")
-            t, r = median_time(lambda fast=fast: torch.autograd.gradcheck(
-                fn, (z,), eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=fast), repeats)
-            rows.append(Row(p.name, f"torch gradcheck {mode}", checks, k, t, r))
+            failed: list = []
+            t, r = peer_time(lambda fast=fast: torch.autograd.gradcheck(
+                fn, (z,), eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=fast), repeats, failed)
+            rows.append(Row(p.name, f"torch gradcheck {mode}", checks, k, t, r,
+                            "; ".join(failed)))
     try:
         import jax
         from jax.test_util import check_grads
@@ -214,9 +236,11 @@ def peers(p: P.Problem, index: np.ndarray, full: bool, repeats: int, skipped: se
         jidx = jnp.asarray(index)
         fn = loss if full else jax.jit(lambda zz: loss(base.at[jidx].set(zz)))
         zj = jnp.asarray(z0)
-        t, r = median_time(lambda: check_grads(fn, (zj,), order=1, modes=("rev",)), repeats)
+        failed = []
+        t, r = peer_time(lambda: check_grads(fn, (zj,), order=1, modes=("rev",)), repeats,
+                         failed)
         rows.append(Row(p.name, "jax check_grads", "random directions (order 1, rev)", k, t, r,
-                        "jit loss"))
+                        "; ".join(["jit loss"] + failed)))
     return rows
 
 
@@ -282,14 +306,6 @@ def scaling(quick: bool, repeats: int) -> str:
     return "\n".join(out)
 
 
-def peak_extra_copies(p: P.Problem, f, k: int) -> float:
-    """Peak resident memory added by one check, in copies of theta."""
-    samples = P.samples_for(p.segments, k)
-    return P.peak_extra_copies(lambda: fg.check(f, p.theta, p.grad, args=p.args,
-                                                segments=p.segments, samples=samples,
-                                                progress=False), p.theta.nbytes)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a CI smoke run")
@@ -329,6 +345,11 @@ def main(argv=None) -> int:
     print(table(rows, t_eval, best))
     print("\nratio to limit = seconds / (2 K t_eval / cores); fastgrad speedup = the tool's "
           "seconds / the faster fastgrad row of the same problem and K.")
+    notes = [f"- {row.problem}, K={row.coords}, {row.tool}: {row.note}" for row in rows
+             if row.note]
+    if notes:
+        print("\nnotes (fastgrad: the path that ran and why; peers: options, reported mismatches):")
+        print("\n".join(notes))
     for line in sorted(skipped):
         print(f"skipped: {line} is not installed")
     # the issue-2 benchmark: the JIT path on 1000 coordinates of the small net vs CS231n
@@ -342,10 +363,11 @@ def main(argv=None) -> int:
                   f"{row.seconds:.4g} s vs CS231n loop over the numpy loss {cs.seconds:.4g} s: "
                   f"{cs.seconds / row.seconds:.1f}x")
     if "separable" in names:
-        p = P.build("separable", opts.quick)
-        copies = peak_extra_copies(p, p.loss, plan["separable"][0])
-        print(f"\npeak extra memory of one check (separable, numpy loss, thread pool): "
-              f"{copies:.1f} copies of theta (target <= threads + 3 = {CORES + 3})")
+        k = plan["separable"][0]
+        for loss in ("numpy", "numba"):
+            copies = P.peak_extra_copies("separable", loss, k, opts.quick)
+            print(f"peak extra memory of one check (separable, {loss} loss, K={k}): "
+                  f"{copies:.2f} copies of theta (target <= threads + 3 = {CORES + 3})")
     if not opts.no_scaling:
         print("\n" + scaling(opts.quick, repeats))
     return 0

@@ -104,7 +104,8 @@ def _flat_grad(g, n: int, argument: str) -> np.ndarray:
         raise ValueError(
             f"{argument}: has {arr.size} values (shape {arr.shape}) but theta has {n}"
         )
-    return np.array(arr, dtype=np.float64, copy=True).reshape(-1)
+    # only read from here on: a float64 gradient is not copied (one copy of theta less)
+    return np.ascontiguousarray(arr, dtype=np.float64).reshape(-1)
 
 
 def _gradients(grad, theta, args, n, terms, segs) -> dict[str | None, np.ndarray]:

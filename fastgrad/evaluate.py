@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 import uuid
@@ -79,18 +80,21 @@ def _scalar(value, where: str) -> float:
 
 # -- one level of threads at a time ------------------------------------------------------------
 _BLAS_CONTROLLER = None
+_BLAS_MODULES = -1  # len(sys.modules) when the controller was built
 
 
 def _blas_controller():
-    """A threadpoolctl controller built once (building one scans the loaded libraries: ~3 ms);
-    None when threadpoolctl is not installed."""
-    global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
+    """A threadpoolctl controller (building one scans the loaded libraries: ~3 ms), rebuilt when
+    modules were imported since: Numba's np.dot loads scipy's own BLAS on first compile, and a
+    controller built before that would leave it on all threads. None without threadpoolctl."""
+    global _BLAS_CONTROLLER, _BLAS_MODULES
+    if _BLAS_CONTROLLER is None or (_BLAS_CONTROLLER and _BLAS_MODULES != len(sys.modules)):
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:  # pragma: no cover - a runtime dependency
             _BLAS_CONTROLLER = False
         else:
+            _BLAS_MODULES = len(sys.modules)
             _BLAS_CONTROLLER = ThreadpoolController()
     return _BLAS_CONTROLLER or None
 
@@ -268,11 +272,12 @@ class Evaluator:
             self._warm()
         strategies = [(self.workers, 1), (1, None)]  # (threads, BLAS limit): outer or BLAS level
         rates = []
-        for threads, blas in strategies:
+        for (threads, blas), size in zip(strategies, (probe, max(1, probe // 4))):
+            # the BLAS-level probe is short: BLAS threads on a busy machine can be 100x slower
             start = time.perf_counter()
-            self._pairs_range(done, done + probe, index, step, f_plus, f_minus, bar, threads, blas)
-            rates.append(probe / max(time.perf_counter() - start, 1e-9))
-            done += probe
+            self._pairs_range(done, done + size, index, step, f_plus, f_minus, bar, threads, blas)
+            rates.append(size / max(time.perf_counter() - start, 1e-9))
+            done += size
         best = 1 if rates[1] > BLAS_MARGIN * rates[0] else 0
         self.threads, self.blas_threads = strategies[best]
         how = "prange kernel" if self.jit else "thread pool"
