@@ -118,6 +118,8 @@ CALIBRATION_SECONDS = 0.05
 # BLAS threads (one outer worker) must beat outer threads by this factor to be chosen: the
 # measurement is noisy on a shared machine, and outer threads are the right guess for most losses
 BLAS_MARGIN = 1.15
+# a batch of evaluations shorter than this (seconds, serially) runs on one thread
+SERIAL_BATCH_SECONDS = 0.002
 # below this predicted time (seconds) the first strategy is used without calibrating
 CALIBRATE_MIN_SECONDS = 0.15
 
@@ -235,7 +237,10 @@ class Evaluator:
         """Coordinates lo:hi with the chosen strategy (or the one given, for calibration)."""
         if hi <= lo:
             return
-        threads = self.threads if threads is None else threads
+        if threads is None:
+            threads = self.threads
+            if self.t_eval is not None and 2 * (hi - lo) * self.t_eval < SERIAL_BATCH_SECONDS:
+                threads = 1  # waking threads up costs more than this batch (e.g. a re-check)
         blas = self.blas_threads if blas == 0 else blas
         with blas_limited(blas):
             if self.jit:
