@@ -2,7 +2,7 @@
 
 The kernels run in a single pass over the caller's array (never copied, never written), so that
 logging a layer costs about as much as reading it once.  The bins are fixed-width over a range
-[0, R] or [-R, R] with R a power of two, set by the first non-zero value; a value outside it
+[0, R) or [-R, R) with R a power of two, set by the first non-zero value; a value outside it
 doubles the range by merging neighbouring bins, which is exact because the edges stay aligned.
 So the histograms of all batches of an epoch add up without a second pass or stored values.
 """
@@ -25,16 +25,26 @@ LOG_BINS = 64
 
 
 @njit(cache=True)
+def _power_of_two_above(a):  # pragma: no cover - compiled
+    """The smallest power of two > a > 0 (exact for subnormals too), capped at 2**1023."""
+    exponent = math.frexp(a)[1]  # a = m * 2**exponent with 0.5 <= m < 1
+    return math.ldexp(1.0, min(exponent, 1023))
+
+
+@njit(cache=True)
 def _grow(counts, bounds, v):  # pragma: no cover - compiled
     """Double the bin width until the range covers v; exact, since the edges stay aligned.
 
-    [0, R] grows to [0, 2R] (v > R) or [-R, R] (v < 0); [-R, R] grows to [-2R, 2R].  The number
-    of bins must be a multiple of 4.
+    [0, R) grows to [0, 2R) (v >= R) or [-R, R) (v < 0); [-R, R) grows to [-2R, 2R).  Values
+    never sit on the upper edge, so every old bin falls inside one new bin.  The number of bins
+    must be a multiple of 4.
     """
     nbins = counts.shape[0]
     half = nbins // 2
     merged = np.zeros(half, dtype=np.int64)
-    while v > bounds[1] or v < bounds[0]:
+    for _ in range(2200):  # a power of two doubles from 2**-1074 to 2**1023 in < 2200 steps
+        if bounds[0] <= v < bounds[1]:
+            return
         widen = bounds[0] == 0.0 and v < 0.0  # [0, R] -> [-R, R]
         if not widen and bounds[1] >= _LARGEST_POWER:
             return  # cannot double without overflow: the end bins take the rest
@@ -56,7 +66,7 @@ def _grow(counts, bounds, v):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def _bin(v, bounds, nbins):  # pragma: no cover - compiled
-    """Index of v's bin: left-closed bins, the last one closed; sign-exact around 0."""
+    """Index of v's bin: bins are [a, b), sign-exact around 0 (v < hi always, but at the cap)."""
     lo, hi = bounds[0], bounds[1]
     if lo == 0.0:
         k = int(v / hi * nbins)
@@ -72,8 +82,8 @@ def _summarize(values2d, bounds, counts, unit_nonzero, unit_saturated, saturatio
                log_counts, log_lo, log_hi):  # pragma: no cover
     """One pass over ``values2d`` (rows = samples, columns = units).
 
-    Adds into ``counts`` (the histogram on ``bounds`` = [lo, hi], hi inclusive, grown by powers
-    of two when a value falls outside; [0, 0] means not set yet), ``unit_nonzero`` and
+    Adds into ``counts`` (the histogram on ``bounds`` = [lo, hi), bins closed on the left, grown
+    by powers of two when a value falls outside; [0, 0] means not set yet), ``unit_nonzero`` and
     ``unit_saturated`` (per-column counts); returns the scalar statistics of the finite values:
     (finite, shift, sum(v - shift), sum((v - shift)**2), minimum, maximum, zeros, saturated,
     nonfinite, unbinned zeros).  Sums are shifted by the first finite value for accuracy; zeros
@@ -123,9 +133,9 @@ def _summarize(values2d, bounds, counts, unit_nonzero, unit_saturated, saturatio
                 if v == 0.0:
                     unbinned += 1
                     continue
-                bounds[1] = 2.0 ** min(math.ceil(math.log2(abs(v))), 1023)
+                bounds[1] = _power_of_two_above(abs(v))
                 bounds[0] = -bounds[1] if v < 0.0 else 0.0
-            if v > bounds[1] or v < bounds[0]:
+            if v >= bounds[1] or v < bounds[0]:
                 _grow(counts, bounds, v)
             counts[_bin(v, bounds, nbins)] += 1
     return finite, shift, s1, s2, minimum, maximum, zeros, saturated, nonfinite, unbinned
