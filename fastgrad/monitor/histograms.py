@@ -222,8 +222,7 @@ class HistogramAccumulator:
             self.finite += finite
 
     def _zero_bin(self) -> int:
-        lo, hi = self.bounds
-        return min(int(-lo / (hi - lo) * self.counts.size), self.counts.size - 1)
+        return 0 if self.bounds[0] == 0.0 else self.counts.size // 2  # ranges: [0, R) or [-R, R)
 
     def summary(self) -> dict:
         """JSON-ready statistics, histogram and per-unit shares of this epoch so far."""
