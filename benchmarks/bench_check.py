@@ -54,10 +54,21 @@ class Check:
     def peakmem_check(self, problem, k):
         self._run()
 
+
+
+class Memory:
+    """Peak resident memory one check adds, in copies of theta (target: threads + 3), measured
+    in a fresh process (see problems.peak_extra_copies)."""
+
+    params = ((["separable"], [10]) if QUICK else
+              (["small", "medium", "separable"], KS))
+    param_names = ["problem", "K"]
+    timeout = 900
+
     def track_extra_memory_copies(self, problem, k):
-        """Peak resident memory added by one check, in copies of theta (target: threads + 3)."""
-        return P.peak_extra_copies(problem, "numpy" if self.f is self.p.loss else "numba", k,
-                                   QUICK)
+        p = P.build(problem, QUICK)
+        return P.peak_extra_copies(problem, "numba" if _loss(p, "best") is p.loss_jit
+                                   else "numpy", k, QUICK)
 
     track_extra_memory_copies.unit = "copies of theta"
 
