@@ -37,6 +37,7 @@ from .sampling import direction_key
 from .segments import SegmentMap, as_segment_map
 from .steps import (
     KINK_SHRINK,
+    NOISE_PROBE_EVALUATIONS,
     coordinate_steps,
     noise_eps,
     precision_of,
@@ -294,7 +295,7 @@ class _Auditor:
     def measure_noise(self) -> None:
         """The noise of f itself, measured as check() does (check.measure_noise): a loop summing
         10^6 terms in sequence has far more roundoff than the default floor assumes."""
-        if 12 > self.remaining():
+        if NOISE_PROBE_EVALUATIONS > self.remaining():
             raise _BudgetExhausted
         before = self.ev.evaluations
         level = measure_noise(self.ev, self.x, np.array([self.f0]), self.seed)

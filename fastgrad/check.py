@@ -19,6 +19,7 @@ from .sampling import direction_key, sample_coordinates
 from .segments import SegmentMap, as_segment_map
 from .steps import (
     KINK_SHRINK,
+    NOISE_PROBE_POINTS,
     NOISE_PROBE_SPACINGS,
     coordinate_steps,
     measured_noise,
@@ -150,23 +151,24 @@ class NoiseLevel:
 
 def measure_noise(ev: Evaluator, x: np.ndarray, f0: np.ndarray, seed: int,
                   coordinate: int | None = None) -> NoiseLevel:
-    """Measure the noise of f near theta (12 evaluations), ECnoise-style.
+    """Measure the noise of f near theta (steps.NOISE_PROBE_EVALUATIONS), ECnoise-style.
 
     The default floor assumes a few eps |f| of roundoff; an f computed with an iterative solver,
     in lower precision inside, or summed in a long sequence along the perturbation can have far
-    more, which would read as gradient errors. f is evaluated at x + j d v, j = -3..3, at the two
+    more, which would read as gradient errors. f is evaluated at x + j d v, j = -6..6, at the two
     spacings NOISE_PROBE_SPACINGS (fractions of the automatic step), with v the unit vector of
     ``coordinate`` (what check() perturbs) or, when it is None, a random direction over the whole
     vector (what audit() perturbs: that moves every term of f, and its noise is larger).
-    steps.noise_sigma turns each set of 7 values into an estimate, steps.pooled_noise_sigma keeps
-    the one a kink inside the stencil cannot have inflated.
+    steps.noise_sigma turns each set of 13 values into an estimate; steps.pooled_noise_sigma keeps
+    them only when they agree (a kink inside the stencils grows with the spacing, noise does not).
     """
     n = x.size
     if coordinate is None:
         spacing = precision_of(x.dtype).step_scale * max(1.0, float(np.sqrt(np.mean(x * x))))
     else:
         spacing = precision_of(x.dtype).step_scale * max(1.0, abs(float(x[coordinate])))
-    offsets = np.concatenate([d * spacing * np.arange(1.0, 4.0) for d in NOISE_PROBE_SPACINGS])
+    points = np.arange(1.0, NOISE_PROBE_POINTS + 1.0)
+    offsets = np.concatenate([d * spacing * points for d in NOISE_PROBE_SPACINGS])
     k = offsets.size
     if coordinate is None:
         key = direction_key(seed, NOISE_DIRECTION)
@@ -179,7 +181,7 @@ def measure_noise(ev: Evaluator, x: np.ndarray, f0: np.ndarray, seed: int,
     for m in range(f0.size):
         per_spacing = []
         for p in range(len(NOISE_PROBE_SPACINGS)):
-            rows = slice(3 * p, 3 * p + 3)
+            rows = slice(NOISE_PROBE_POINTS * p, NOISE_PROBE_POINTS * (p + 1))
             per_spacing.append(noise_sigma(np.concatenate(
                 [f_minus[rows, m][::-1], [f0[m]], f_plus[rows, m]])))
         sigma = pooled_noise_sigma(per_spacing)

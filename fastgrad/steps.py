@@ -124,50 +124,54 @@ NOISE_SIGMAS = 6.0
 
 # the noise of f is measured from f at x + j d v, j = -3..3, at these two spacings d (as fractions
 # of the automatic step): roundoff does not depend on d, a kink or curvature inside the stencil
-# grows with it, so the smaller of the two estimates is the one that can be trusted
+# grows with it, so only estimates that agree at both spacings are taken as noise
 NOISE_PROBE_SPACINGS = (1e-2, 1e-3)
+# f at x +- j d v for j = 1..NOISE_PROBE_POINTS at each spacing: 13 values per estimate (with f0)
+NOISE_PROBE_POINTS = 6
+NOISE_PROBE_EVALUATIONS = 2 * NOISE_PROBE_POINTS * len(NOISE_PROBE_SPACINGS)
+# two estimates of the same noise agree within this factor 99% of the time (13 values each);
+# a kink or curvature in the stencils makes them differ by the spacing ratio (10) or more
+NOISE_AGREEMENT = 5.0
 
 
 def noise_sigma(values: np.ndarray) -> float:
-    """Standard deviation of the noise of f from its values at 7 equally spaced points.
+    """Standard deviation of the noise of f from its values at equally spaced points.
 
-    ECnoise (More & Wild 2011): the k-th difference of a smooth function at spacing d is
-    d^k f^(k), negligible for small d, while independent noise of variance s^2 gives differences
-    of variance C(2k, k) s^2. The largest estimate over k = 4, 5, 6 is kept (the one least
-    cancelled by chance).
+    ECnoise (More & Wild 2011): the third difference of a smooth function at spacing d is
+    d^3 f^(3), negligible at the tiny spacings of the probe, while independent noise of
+    variance s^2 gives third differences of variance C(6, 3) s^2 = 20 s^2.
 
-    >>> noise_sigma(np.arange(7.0) ** 2)     # a parabola has no noise
+    >>> noise_sigma(np.arange(13.0) ** 2)     # a parabola has no noise
     0.0
     """
     values = np.asarray(values, dtype=np.float64)
-    if values.shape != (7,):
-        raise ValueError(f"values: expected f at 7 equally spaced points, got shape {values.shape}")
+    if values.ndim != 1 or values.size < 7:
+        raise ValueError(f"values: expected f at 7 or more equally spaced points, got shape "
+                         f"{values.shape}")
     if not np.all(np.isfinite(values)):
         return float("nan")
-    sigmas = []
-    for k in (4, 5, 6):
-        diff = np.diff(values, k)
-        gamma = math.factorial(k) ** 2 / math.factorial(2 * k)
-        sigmas.append(math.sqrt(gamma * float(np.mean(diff ** 2))))
-    return max(sigmas)
+    third = np.diff(values, 3)
+    return math.sqrt(float(np.mean(third ** 2)) / 20.0)
 
 
 def pooled_noise_sigma(sigmas) -> float:
-    """One noise estimate from the estimates at the NOISE_PROBE_SPACINGS.
+    """One noise estimate from the estimates at the NOISE_PROBE_SPACINGS (10x apart).
 
-    Estimates that agree (within 5x) are all noise: their RMS is steadier than either. When they
-    disagree, the larger one saw a kink or curvature in its stencil and the smaller one is kept.
+    Noise does not depend on the spacing; a kink or curvature inside the stencil grows with it
+    (10x between the two spacings, or more). Estimates within NOISE_AGREEMENT of each other are
+    noise: their RMS is kept. Otherwise nothing was measured (0.0) and the default floor applies:
+    an inflated estimate would raise the floors and hide real errors.
 
-    >>> pooled_noise_sigma([1e-9, 2e-9]), pooled_noise_sigma([1e-3, 1e-9])
-    (1.5811388300841897e-09, 1e-09)
+    >>> pooled_noise_sigma([1e-9, 2e-9]), pooled_noise_sigma([1e-8, 1e-9])
+    (1.5811388300841897e-09, 0.0)
     """
     finite = [float(s) for s in sigmas if math.isfinite(s)]
     if not finite:
         return 0.0
     low, high = min(finite), max(finite)
-    if high <= 5.0 * low:
+    if high <= NOISE_AGREEMENT * low:
         return math.sqrt(sum(s * s for s in finite) / len(finite))
-    return low
+    return 0.0
 
 
 # a noisy f grows the automatic steps by at most this factor
