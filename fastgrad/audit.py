@@ -33,6 +33,7 @@ from .check import (
 )
 from .evaluate import Evaluator, LossError, as_loss, loss_terms
 from .progress import Progress
+from .report import json_ready
 from .sampling import direction_key
 from .segments import SegmentMap, as_segment_map
 from .steps import (
@@ -169,16 +170,7 @@ class AuditReport:
         return self.passed
 
     def to_dict(self) -> dict:
-        def clean(x):
-            if isinstance(x, float) and not math.isfinite(x):
-                return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-            if isinstance(x, dict):
-                return {k: clean(v) for k, v in x.items()}
-            if isinstance(x, (list, tuple)):
-                return [clean(v) for v in x]
-            return x
-
-        return clean({
+        return json_ready({
             "passed": self.passed,
             "complete": self.complete,
             "evaluations": self.evaluations,

@@ -14,6 +14,17 @@ import numpy as np
 from .accumulate import HIST_EDGES, VERDICTS
 
 
+def json_ready(x):
+    """x with non-finite floats spelled for JSON (NaN -> None, inf -> "inf"), recursively."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_ready(v) for v in x]
+    return x
+
+
 @dataclass(frozen=True)
 class CoordRecord:
     """One checked coordinate."""
@@ -181,16 +192,7 @@ class Report:
                 f"{len(self.coords)} coordinates, {self.evaluations} evaluations>")
 
     def to_dict(self) -> dict:
-        def clean(x):
-            if isinstance(x, float) and not math.isfinite(x):
-                return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-            if isinstance(x, dict):
-                return {k: clean(v) for k, v in x.items()}
-            if isinstance(x, (list, tuple)):
-                return [clean(v) for v in x]
-            return x
-
-        return clean({
+        return json_ready({
             "passed": self.passed,
             "max_rel_error": self.max_rel_error,
             "evaluations": self.evaluations,
