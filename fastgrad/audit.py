@@ -25,24 +25,21 @@ from . import accumulate
 from .accumulate import KINK, NAN, NOISE, VERDICTS
 from .check import (
     _check_deterministic,
-    _describe,
-    _first_nonfinite,
-    _flat_theta,
     _gradients,
     measure_noise,
+    start,
 )
 from .evaluate import Evaluator, LossError, as_loss, loss_terms
 from .progress import Progress
 from .report import json_ready
 from .sampling import direction_key
-from .segments import SegmentMap, as_segment_map
+from .segments import SegmentMap
 from .steps import (
     KINK_SHRINK,
     NOISE_PROBE_EVALUATIONS,
     coordinate_steps,
     noise_eps,
     precision_of,
-    tolerance,
 )
 
 __all__ = ["audit", "AuditReport", "SegmentAudit", "DirectionRecord", "SuspectRecord",
@@ -607,30 +604,15 @@ def audit(
     >>> report = fg.audit(loss, theta, grad, segments=segs, budget=2000)
     >>> print(report); report.suspects          # flat indices localized as wrong
     """
-    if not isinstance(args, tuple):
-        raise TypeError(f"args: expected a tuple of extra arguments, got {type(args).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
     if budget is not None:
         if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 4:
             raise ValueError(
                 f"budget: expected an int >= 4 loss evaluations (2 at theta, 2 per direction) "
                 f"or None, got {budget!r}")
         budget = int(budget)
-    x = _flat_theta(theta)
+    x, segs, describe, tol_value, tol_reason, first_value = start(
+        f, theta, args=args, segments=segments, seed=seed, depth=depth, tol=tol)
     n = x.size
-    segs = as_segment_map(segments, n)
-    describe = _describe(segs)
-    bad = _first_nonfinite(x)
-    if bad is not None:
-        raise ValueError(f"theta: non-finite value {x[bad]} at {describe(bad)}")
-    tol_value, tol_reason = tolerance(x.dtype, depth, tol)
-    if not callable(f):
-        raise TypeError(f"f: expected a callable loss f(theta, *args), got {f!r}")
-    try:
-        first_value = f(x.copy(), *args)
-    except Exception as exc:
-        raise LossError(f"f raised at theta: {type(exc).__name__}: {exc}") from exc
     if loss_terms(first_value) is not None:
         raise TypeError("f: returned a mapping of loss terms; audit needs one scalar loss "
                         "(sum the terms, or audit each term with its own f and grad)")

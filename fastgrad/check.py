@@ -212,6 +212,32 @@ def _check_deterministic(first: np.ndarray, second: np.ndarray, nondet_tol: floa
         )
 
 
+def start(f: Callable, theta, *, args: tuple, segments, seed, depth: int, tol: float | None):
+    """What check() and audit() validate first, in the same words: the arguments, theta (as a
+    private flat copy), the segment map, the tolerance, and f at theta (evaluated once).
+
+    Returns (x, segments, describe, tol, tol_reason, value of f at theta).
+    """
+    if not isinstance(args, tuple):
+        raise TypeError(f"args: expected a tuple of extra arguments, got {type(args).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    x = _flat_theta(theta)
+    segs = as_segment_map(segments, x.size)
+    describe = _describe(segs)
+    bad = _first_nonfinite(x)
+    if bad is not None:
+        raise ValueError(f"theta: non-finite value {x[bad]} at {describe(bad)}")
+    tol_value, tol_reason = tolerance(x.dtype, depth, tol)
+    if not callable(f):
+        raise TypeError(f"f: expected a callable loss f(theta, *args), got {f!r}")
+    try:
+        first_value = f(x.copy(), *args)
+    except Exception as exc:
+        raise LossError(f"f raised at theta: {type(exc).__name__}: {exc}") from exc
+    return x, segs, describe, tol_value, tol_reason, first_value
+
+
 def check(
     f: Callable,
     theta: np.ndarray,
@@ -237,30 +263,14 @@ def check(
     >>> report = fg.check(loss, theta, grad, segments=segs, samples=32)
     >>> print(report)            # one row per segment, then the worst coordinates
     """
-    if not isinstance(args, tuple):
-        raise TypeError(f"args: expected a tuple of extra arguments, got {type(args).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
     if not (kinks in ("detect", "ignore") or callable(kinks)):
         raise ValueError(f"kinks: expected 'detect', 'ignore' or a callable, got {kinks!r}")
     if not (np.isfinite(nondet_tol) and nondet_tol >= 0):
         raise ValueError(f"nondet_tol: expected a non-negative float, got {nondet_tol!r}")
-    x = _flat_theta(theta)
+    x, segs, describe, tol_value, tol_reason, first_value = start(
+        f, theta, args=args, segments=segments, seed=seed, depth=depth, tol=tol)
     n = x.size
-    segs = as_segment_map(segments, n)
-    describe = _describe(segs)
-    bad = _first_nonfinite(x)
-    if bad is not None:
-        raise ValueError(f"theta: non-finite value {x[bad]} at {describe(bad)}")
-    tol_value, tol_reason = tolerance(x.dtype, depth, tol)
-
     # the loss at theta, twice: its terms, and a nondeterminism check
-    if not callable(f):
-        raise TypeError(f"f: expected a callable loss f(theta, *args), got {f!r}")
-    try:
-        first_value = f(x.copy(), *args)
-    except Exception as exc:
-        raise LossError(f"f raised at theta: {type(exc).__name__}: {exc}") from exc
     terms = loss_terms(first_value)
     ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=progress,
                    describe=describe, terms=terms, jit=jit)
