@@ -76,8 +76,11 @@ def _flat_theta(theta) -> np.ndarray:
     precision_of(theta.dtype)
     if theta.size == 0:
         raise ValueError("theta: is empty; there is nothing to check")
-    # a private, contiguous copy: the caller's array is never written, whatever f does
-    return np.array(theta, copy=True).reshape(-1)
+    # a read-only flat view (a copy only when theta is not contiguous): every evaluation runs on
+    # a worker's own copy, and nothing can write through this one, whatever f does
+    x = np.ascontiguousarray(theta).reshape(-1).view()
+    x.flags.writeable = False
+    return x
 
 
 def _first_nonfinite(values: np.ndarray) -> int | None:
