@@ -31,7 +31,7 @@ from .check import (
 )
 from .evaluate import Evaluator, LossError, as_loss, loss_terms
 from .progress import Progress
-from .report import json_ready
+from .report import _columns, json_ready
 from .sampling import direction_key
 from .segments import SegmentMap
 from .steps import (
@@ -235,11 +235,6 @@ class AuditReport:
 
     def __str__(self) -> str:
         return self.table()
-
-
-def _columns(rows, indent="") -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
 class _BudgetExhausted(Exception):

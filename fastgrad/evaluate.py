@@ -371,37 +371,49 @@ class Evaluator:
             numba.set_num_threads(previous)
 
     def _pairs_python(self, index, step, f_plus, f_minus, bar, threads=None):
-        k = index.size
+        def fill(work, a, b):
+            return _fill_pairs(self.f, work, index[a:b], step[a:b], self.args, self.terms,
+                               f_plus[a:b], f_minus[a:b])
+
+        # failures name the flat index already
+        self._run_chunks(index.size, threads or self.threads, 4, "pairs",
+                         lambda a, b: (index[a:b], step[a:b]), fill,
+                         lambda a, failure: self._raise(*failure), f_plus, f_minus, bar)
+
+    def _run_chunks(self, k, n_workers, per_worker, kind, payload, fill, fail, f_plus, f_minus,
+                    bar):
+        """k perturbations in chunks, on the thread pool (one working copy of theta per thread,
+        kept across its chunks) or shipped to the executor (theta once per worker process).
+
+        fill(work, a, b) evaluates chunk a:b into f_plus/f_minus and returns a failure or None;
+        payload(a, b) is what the executor's task needs for it; fail(a, failure) raises.
+        """
         if k == 0:
             return
-        n_workers = threads or self.threads
         if self.executor is not None:
             n_workers = self._executor_width()
         # a few chunks per worker keeps them balanced when evaluations differ in cost
-        n_chunks = min(k, n_workers * 4) if n_workers > 1 else 1
+        n_chunks = min(k, n_workers * per_worker) if n_workers > 1 else 1
         bounds = np.linspace(0, k, n_chunks + 1).astype(np.int64)
         chunks = [(int(bounds[c]), int(bounds[c + 1])) for c in range(n_chunks)]
         if self.executor is not None:
-            # theta goes once per worker process (see _ship), not once per chunk
-            payloads = [(index[lo:hi], step[lo:hi]) for lo, hi in chunks]
-            for c, (fp, fm, failure) in self._ship("pairs", payloads):
-                lo, hi = chunks[c]
+            for c, (fp, fm, failure) in self._ship(kind, [payload(a, b) for a, b in chunks]):
+                a, b = chunks[c]
                 if failure is not None:
-                    self._raise(*failure)
-                f_plus[lo:hi], f_minus[lo:hi] = fp, fm
-                bar.update(2 * (hi - lo))
+                    fail(a, failure)
+                f_plus[a:b], f_minus[a:b] = fp, fm
+                bar.update(2 * (b - a))
             return
         local = threading.local()
         theta = self.theta
 
         def run(chunk):
-            lo, hi = chunk
+            a, b = chunk
             work = getattr(local, "work", None)
             if work is None:
                 work = local.work = theta.copy()
-            failure = _fill_pairs(self.f, work, index[lo:hi], step[lo:hi], self.args,
-                                  self.terms, f_plus[lo:hi], f_minus[lo:hi])
-            bar.update(2 * (hi - lo))
+            failure = fill(work, a, b)
+            bar.update(2 * (b - a))
             return failure
 
         if n_workers == 1:
@@ -409,9 +421,9 @@ class Evaluator:
         else:
             with ThreadPoolExecutor(max_workers=n_workers) as pool:
                 results = list(pool.map(run, chunks))
-        for failure in results:
+        for (a, _), failure in zip(chunks, results):
             if failure is not None:
-                self._raise(*failure)
+                fail(a, failure)
 
     def _raise(self, i, exc):
         if isinstance(exc, LossError):
@@ -476,16 +488,9 @@ class Evaluator:
             numba.set_num_threads(previous)
 
     def _directions_python(self, key, lo, hi, step, f_plus, f_minus, bar):
-        k = key.size
-        if k == 0:
-            return
-        if self.executor is not None:
-            n_workers = self._executor_width()
-        else:
-            n_workers = 1 if self.path == "serial" else self.workers
-        n_chunks = min(k, n_workers * 2) if n_workers > 1 else 1
-        bounds = np.linspace(0, k, n_chunks + 1).astype(np.int64)
-        chunks = [(int(bounds[c]), int(bounds[c + 1])) for c in range(n_chunks)]
+        def fill(work, a, b):
+            return _fill_directions(self.f, work, self.theta, key[a:b], lo[a:b], hi[a:b],
+                                    step[a:b], self.args, self.terms, f_plus[a:b], f_minus[a:b])
 
         def fail(first, failure):
             j, exc = failure
@@ -493,37 +498,10 @@ class Evaluator:
             raise LossError(f"f raised while evaluating {_direction_where(lo[j], hi[j])}: "
                             f"{type(exc).__name__}: {exc}") from exc
 
-        if self.executor is not None:
-            payloads = [(key[a:b], lo[a:b], hi[a:b], step[a:b]) for a, b in chunks]
-            for c, (fp, fm, failure) in self._ship("directions", payloads):
-                a, b = chunks[c]
-                if failure is not None:
-                    fail(a, failure)
-                f_plus[a:b], f_minus[a:b] = fp, fm
-                bar.update(2 * (b - a))
-            return
-        local = threading.local()
-        theta = self.theta
-
-        def run(chunk):
-            a, b = chunk
-            work = getattr(local, "work", None)
-            if work is None:
-                work = local.work = theta.copy()
-            failure = _fill_directions(self.f, work, theta, key[a:b], lo[a:b], hi[a:b],
-                                       step[a:b], self.args, self.terms, f_plus[a:b],
-                                       f_minus[a:b])
-            bar.update(2 * (b - a))
-            return failure
-
-        if n_workers == 1:
-            results = [run(c) for c in chunks]
-        else:
-            with ThreadPoolExecutor(max_workers=n_workers) as pool:
-                results = list(pool.map(run, chunks))
-        for (a, _), failure in zip(chunks, results):
-            if failure is not None:
-                fail(a, failure)
+        n_workers = 1 if self.path == "serial" else self.workers
+        self._run_chunks(key.size, n_workers, 2, "directions",
+                         lambda a, b: (key[a:b], lo[a:b], hi[a:b], step[a:b]), fill, fail,
+                         f_plus, f_minus, bar)
 
     # -- executors: the problem goes once per worker --------------------------------------------
     def _executor_width(self) -> int:
