@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -136,15 +136,3 @@ def float64_copy(name: str, value: Any) -> np.ndarray:
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
     return np.array(arr, dtype=np.float64, copy=True)
-
-
-def concat(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([p.ravel() for p in parts]) if parts else np.zeros(0)
-
-
-def need_segments(shapes: dict, what: str) -> None:
-    if not shapes:
-        raise ValueError(f"{what}: nothing to check (no floating-point value requires a gradient)")
-
-
-Loss = Callable[[np.ndarray], float]

@@ -272,7 +272,6 @@ class _Auditor:
         self.complete = True
         self.notes: list[str] = []
         self.spread: set[int] = set()  # segments whose disagreement is spread out
-        self.sigma_f = 0.0  # measured noise (standard deviation) of f near theta
         self.gain = 1.0  # steps grow by this when f is noisier than check() assumes
         self.noise_abs = 0.0  # absolute noise of f(x+h) - f(x-h) that every floor adds
 
@@ -284,7 +283,6 @@ class _Auditor:
         before = self.ev.evaluations
         level = measure_noise(self.ev, self.x, np.array([self.f0]), self.seed)
         self.spend("noise", before)
-        self.sigma_f = level.sigma[0]
         self.gain = level.step_gain
         self.noise_abs = level.noise_abs[0]
         if level.note:

@@ -583,18 +583,6 @@ def _plain_loss(value, terms, where):
     return as_loss(value, terms, where)
 
 
-def _pairs_task(f, theta, index, step, args, terms):
-    """One chunk for an Executor (may run in another process): its own copy of theta."""
-    m = 1 if terms is None else len(terms)
-    f_plus = np.empty((index.size, m))
-    f_minus = np.empty((index.size, m))
-    failure = _fill_pairs(f, np.array(theta, copy=True), index, step, args, terms, f_plus, f_minus)
-    if failure is not None:
-        i, exc = failure
-        failure = (i, RuntimeError(f"{type(exc).__name__}: {exc}"))
-    return f_plus, f_minus, failure
-
-
 def _direction_where(lo, hi) -> str:
     return f"a random direction on theta[{int(lo)}:{int(hi)}]"
 

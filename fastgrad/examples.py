@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit
 
 from .check import Problem
-from .segments import SegmentMap, flatten
+from .segments import flatten
 
 BUGS = ("bias", "transpose", "reg")
 
@@ -107,7 +107,3 @@ def two_layer_problem(bug: str | None = None, jit: bool = True, **sizes) -> Prob
 def buggy_two_layer_problem() -> Problem:
     """The same network with its b1 gradient missing (for the CLI's failing example)."""
     return two_layer_problem(bug="bias")
-
-
-def segments_of(D=64, H=64, C=10) -> SegmentMap:
-    return SegmentMap.from_shapes({"W1": (D, H), "b1": (H,), "W2": (H, C), "b2": (C,)})
