@@ -122,6 +122,9 @@ BLAS_MARGIN = 1.15
 SERIAL_BATCH_SECONDS = 0.002
 # below this predicted time (seconds) the first strategy is used without calibrating
 CALIBRATE_MIN_SECONDS = 0.15
+# ... except that a Python loss faster than this (seconds) runs serially: it is GIL-bound, and on
+# the small two-layer net (23 us) two threads took 0.084 s where one took 0.065 s
+GIL_BOUND_SECONDS = 50e-6
 
 
 def _compile(f):
@@ -268,6 +271,12 @@ class Evaluator:
         elif not self.jit and self.jit_option is True and self.terms is None:
             self._try_jit(None)
         if predicted < CALIBRATE_MIN_SECONDS:
+            if not self.jit and self.executor is None and t_eval < GIL_BOUND_SECONDS:
+                # a loss this short holds the GIL most of the time: threads only add handoffs
+                self.threads, self.blas_threads = 1, None
+                self.path = "serial"
+                self.path_reason = (f"Python callable: serial (one evaluation takes "
+                                    f"{t_eval * 1e6:.0f} us: threads would contend for the GIL)")
             return done
         # each strategy gets the same number of coordinates, about CALIBRATION_SECONDS of work
         probe = int(np.clip(CALIBRATION_SECONDS / (2 * t_eval), 2, k // 8)) * self.workers

@@ -42,7 +42,9 @@ def test_auto_jit_falls_back_silently_when_numba_cannot_compile(monkeypatch):
     grad = (2 * (m - m.max(axis=1, keepdims=True))).ravel()
     grad.reshape(4, -1)[np.arange(4), m.argmax(axis=1)] -= 2 * (m - m.max(axis=1, keepdims=True)).sum(axis=1)
     report = fg.check(keepdims_loss, x, grad, samples="all", jit="auto")
-    assert report.path == "threads" and report.passed
+    # the Python path (threads, or serial for a loss this short), not a compiled kernel
+    assert report.path in ("threads", "serial") and "compiled" not in report.path_reason
+    assert report.passed
 
 
 def test_jit_false_keeps_a_numba_loss_on_the_thread_pool():
@@ -51,7 +53,7 @@ def test_jit_false_keeps_a_numba_loss_on_the_thread_pool():
     theta, segs, args = two_layer_data(N=4, D=6, H=5, C=3)
     report = fg.check(two_layer_loss_jit, theta, two_layer_grad(theta, *args), args=args,
                       segments=segs, jit=False)
-    assert report.path == "threads" and report.passed
+    assert report.path in ("threads", "serial") and report.passed
 
 
 def test_bad_jit_option():
