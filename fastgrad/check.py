@@ -179,7 +179,7 @@ def measure_noise(ev: Evaluator, x: np.ndarray, f0: np.ndarray, seed: int,
                                         np.full(k, n, np.int64), offsets, label="noise probe")
     else:
         f_plus, f_minus = ev.pairs(np.full(k, coordinate, dtype=np.int64), offsets,
-                                   label="noise probe")
+                                   label="noise probe", plan=False)
     sigmas, levels, gain = [], [], 1.0
     for m in range(f0.size):
         per_spacing = []

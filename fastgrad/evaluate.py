@@ -220,8 +220,13 @@ class Evaluator:
         return as_loss(value, self.terms, f"at {where}")
 
     # -- coordinate pairs ---------------------------------------------------------------------
-    def pairs(self, index: np.ndarray, step: np.ndarray, label: str = "coordinates"):
-        """Losses at theta +- step[j] e_index[j]: two arrays of shape (k, terms)."""
+    def pairs(self, index: np.ndarray, step: np.ndarray, label: str = "coordinates",
+              plan: bool = True):
+        """Losses at theta +- step[j] e_index[j]: two arrays of shape (k, terms).
+
+        The first call with ``plan=True`` chooses the strategy (see _calibrate); a small batch
+        before the real one (the noise probe) passes ``plan=False`` so as not to decide for it.
+        """
         index = np.ascontiguousarray(index, dtype=np.int64)
         step = np.ascontiguousarray(step, dtype=np.float64)
         k = index.size
@@ -230,7 +235,7 @@ class Evaluator:
         f_minus = np.empty((k, m))
         with Progress(total=2 * k, label=label, enabled=self.progress) as bar:
             done = 0
-            if not self._planned:
+            if plan and not self._planned:
                 done = self._calibrate(index, step, f_plus, f_minus, bar)
             self._pairs_range(done, k, index, step, f_plus, f_minus, bar)
         self.evaluations += 2 * k

@@ -88,3 +88,19 @@ def test_calibration_keeps_every_evaluation_and_matches_the_serial_values(monkey
     assert calibrated.evaluations == 1 + 2 * 400
     assert "calibrated" in calibrated.path_reason
     assert calibrated.path in ("threads", "serial")
+
+
+def test_the_noise_probe_does_not_choose_the_strategy_for_the_check(monkeypatch):
+    """The 24-evaluation noise probe runs first; the strategy must be chosen on the check's own
+    coordinates (the first large batch), not on the probe."""
+    seen = []
+    original = Evaluator._calibrate
+
+    def spy(self, index, step, f_plus, f_minus, bar):
+        seen.append(index.size)
+        return original(self, index, step, f_plus, f_minus, bar)
+
+    monkeypatch.setattr(Evaluator, "_calibrate", spy)
+    x = np.linspace(-1.0, 1.0, 300)
+    fg.check(lambda t: float(np.sum(np.sin(t))), x, np.cos(x), samples="all")
+    assert seen == [300]
