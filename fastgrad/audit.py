@@ -238,7 +238,7 @@ class AuditReport:
 
 
 class _BudgetExhausted(Exception):
-    pass
+    """The evaluation budget ran out: the audit stops and reports what it has localized."""
 
 
 @dataclass

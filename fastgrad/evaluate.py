@@ -129,10 +129,8 @@ GIL_BOUND_SECONDS = 50e-6
 
 def _compile(f):
     """Numba's njit of a plain Python loss, or None (cached per function)."""
-    try:
+    with contextlib.suppress(KeyError, TypeError):  # not seen yet, or f cannot be a weak key
         return _COMPILED[f]
-    except (KeyError, TypeError):
-        pass
     try:
         import numba
 
