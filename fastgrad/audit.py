@@ -22,10 +22,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import accumulate
-from .accumulate import KINK, NAN, NOISE, VERDICTS
+from .accumulate import NAN, NOISE, VERDICTS
 from .check import (
     _check_deterministic,
     _gradients,
+    _recheck_kinks,
+    _recheck_noise,
+    _scaled,
     measure_noise,
     start,
 )
@@ -55,8 +58,6 @@ DIRECTIONS_PER_TEST = 3
 BLOCK_SAMPLES = 6
 # more disagreeing parts than this at one level: the disagreement is spread over the segment
 MAX_FRONT = 64
-# a kink or noise re-check of a confirmed coordinate grows its step by this factor
-NOISE_GROWTH = 10.0
 # a disagreeing direction is measured again with its step times this (see _Auditor.evaluate)
 RETEST_SHRINK = 0.1
 
@@ -399,59 +400,24 @@ class _Auditor:
         fp, fm = self.ev.pairs(index, step, label="audit confirm")
         s = accumulate.coordinate_stats(g[index], fp[:, 0], fm[:, 0], self.f0, step, self.tol,
                                         self.eps, self.noise_abs)
-        steps = step.copy()
-        # roundoff hid the comparison: a larger step shrinks the floor
-        rows = np.flatnonzero(s.verdict == NOISE)
-        if rows.size and 2 * rows.size > self.remaining():
-            self.complete = False  # an error hiding in the roundoff floor stays unseen
-        elif rows.size:
-            big = _scaled(x[index[rows]], step[rows], NOISE_GROWTH, x.dtype)
-            bp, bm = self.ev.pairs(index[rows], big, label="audit noise re-check")
-            sub = accumulate.coordinate_stats(g[index[rows]], bp[:, 0], bm[:, 0], self.f0, big,
-                                              self.tol, self.eps, self.noise_abs)
-            take = ~sub.kink & (sub.verdict != NAN)
-            _assign(s, rows[take], sub, take)
-            steps[rows[take]] = big[take]
-        # a kink crossed by the step: decide at the first smaller step that does not cross it
-        first_gap = np.abs(fp[:, 0] - 2.0 * self.f0 + fm[:, 0]) / step
-        rows = np.flatnonzero(s.failed & s.kink)
-        last = None
-        exhausted = False
-        for factor in KINK_SHRINK:
-            if rows.size == 0:
-                break
-            if 2 * rows.size > self.remaining():
-                exhausted = True
-                break
-            small = _scaled(x[index[rows]], step[rows], factor, x.dtype)
-            sp, sm = self.ev.pairs(index[rows], small, label="audit kink re-check")
-            sub = accumulate.coordinate_stats(g[index[rows]], sp[:, 0], sm[:, 0], self.f0, small,
-                                              self.tol, self.eps, self.noise_abs)
-            settled = ~sub.kink | ~sub.failed
-            _assign(s, rows[settled], sub, settled)
-            steps[rows[settled]] = small[settled]
-            rows = rows[~settled]
-            last = (rows, small[~settled], sp[~settled, 0], sm[~settled, 0])
-        if exhausted:
-            # out of budget before the kink was settled: not a suspect, not cleared either
+        stats, steps = [s], [step.copy()]
+        noisy = s.verdict == NOISE
+        failing = s.failed & (s.verdict != NAN)
+        # check()'s re-checks cost at most 2 evaluations per noise coordinate and 2 per failing
+        # coordinate and kink step; without that budget they are neither suspects nor cleared
+        if 2 * (np.count_nonzero(noisy) + len(KINK_SHRINK) * np.count_nonzero(failing)) \
+                > self.remaining():
             self.complete = False
-            s.failed[rows] = False
-            for j in rows:
+            s.failed[failing] = False
+            for j in np.flatnonzero(failing):
                 i = int(index[j])
                 self.unresolved.append((self.segs.locate(i)[0], i, i + 1))
-        elif last is not None and last[0].size:
-            left, h, sp, sm = last
-            # still crossing at the smallest step: on the kink itself if the slope gap did not
-            # shrink; a value between the one-sided slopes is then a valid subgradient
-            gap = np.abs(sp - 2.0 * self.f0 + sm) / h
-            on_kink = gap >= 0.5 * first_gap[left]
-            s_plus, s_minus = (sp - self.f0) / h, (self.f0 - sm) / h
-            lo, hi = np.minimum(s_plus, s_minus), np.maximum(s_plus, s_minus)
-            slack = self.tol * np.maximum(np.abs(lo), np.abs(hi))
-            a = g[index[left]]
-            excused = left[on_kink & (a >= lo - slack) & (a <= hi + slack)]
-            s.verdict[excused] = KINK
-            s.failed[excused] = False
+        else:
+            common = (self.ev, x, index, step, {None: g}, [None], stats, steps,
+                      np.array([self.f0]), self.tol, self.eps, (self.noise_abs,))
+            _recheck_noise(*common)
+            _recheck_kinks(*common, "detect", ())
+        steps = steps[0]
         self.spend(phase, before)
         for j in np.flatnonzero(s.failed):
             i = int(index[j])
@@ -563,17 +529,6 @@ def _inside(part: _Part, block: _Part) -> bool:
 def _rms(values: np.ndarray) -> float:
     # a dot product: no temporary copy of a 10^7-value segment
     return math.sqrt(float(np.dot(values, values)) / values.size) if values.size else 0.0
-
-
-def _scaled(x, step, factor, dtype):
-    raw = (step * factor).astype(dtype)
-    exact = ((x + raw) - x).astype(np.float64)
-    return np.where(exact > 0, exact, step * factor)
-
-
-def _assign(target, where, sub, rows):
-    for name in ("numeric", "rel_error", "noise", "kink_score", "verdict", "failed", "kink"):
-        getattr(target, name)[where] = getattr(sub, name)[rows]
 
 
 def audit(
