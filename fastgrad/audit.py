@@ -558,8 +558,8 @@ def audit(
                 f"budget: expected an int >= 4 loss evaluations (2 at theta, 2 per direction) "
                 f"or None, got {budget!r}")
         budget = int(budget)
-    x, segs, describe, tol_value, tol_reason, first_value = start(
-        f, theta, args=args, segments=segments, seed=seed, depth=depth, tol=tol)
+    x, segs, describe, tol_value, tol_reason, first_value, first_eval = start(
+        f, theta, args=args, segments=segments, seed=seed, depth=depth, tol=tol, workers=workers)
     n = x.size
     if loss_terms(first_value) is not None:
         raise TypeError("f: returned a mapping of loss terms; audit needs one scalar loss "
@@ -573,7 +573,7 @@ def audit(
                          f"check the starting point before its gradient")
     # one bar for the whole audit (the evaluator's per-batch bars stay off)
     ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=False,
-                   describe=describe)
+                   describe=describe, first_eval=first_eval)
     ev.evaluations += 1
     _check_deterministic(f0, ev.at(x), 0.0, x.dtype)
     g = _gradients(grad, x, args, n, None, segs)[None]

@@ -5,6 +5,7 @@ segments -> sampling -> steps -> evaluate (kernels) -> accumulate -> report.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -13,7 +14,15 @@ import numpy as np
 
 from . import accumulate
 from .accumulate import KINK, NAN, NOISE
-from .evaluate import Evaluator, LossError, as_loss, loss_terms
+from .evaluate import (
+    Evaluator,
+    LossError,
+    as_loss,
+    blas_limited,
+    loss_terms,
+    resolve_workers,
+    theta_blas_limit,
+)
 from .report import CoordRecords, Report, SegmentReport
 from .sampling import direction_key, sample_coordinates
 from .segments import SegmentMap, as_segment_map
@@ -152,6 +161,10 @@ class NoiseLevel:
     note: str  # one sentence for the report; empty when nothing was raised
 
 
+# the noise of f was not measured: no coordinate failed at the floor assumed from eps
+UNMEASURED = NoiseLevel((), (), 1.0, "")
+
+
 def measure_noise(ev: Evaluator, x: np.ndarray, f0: np.ndarray, seed: int,
                   coordinate: int | None = None) -> NoiseLevel:
     """Measure the noise of f near theta (steps.NOISE_PROBE_EVALUATIONS), ECnoise-style.
@@ -215,11 +228,14 @@ def _check_deterministic(first: np.ndarray, second: np.ndarray, nondet_tol: floa
         )
 
 
-def start(f: Callable, theta, *, args: tuple, segments, seed, depth: int, tol: float | None):
+def start(f: Callable, theta, *, args: tuple, segments, seed, depth: int, tol: float | None,
+          workers=None):
     """What check() and audit() validate first, in the same words: the arguments, theta (as a
-    private flat copy), the segment map, the tolerance, and f at theta (evaluated once).
+    private flat copy), the segment map, the tolerance, and f at theta (evaluated once, timed,
+    with BLAS on the threads the check will give it: see evaluate.theta_blas_limit).
 
-    Returns (x, segments, describe, tol, tol_reason, value of f at theta).
+    Returns (x, segments, describe, tol, tol_reason, value of f at theta,
+    (seconds of that evaluation, its BLAS limit)).
     """
     if not isinstance(args, tuple):
         raise TypeError(f"args: expected a tuple of extra arguments, got {type(args).__name__}")
@@ -234,11 +250,24 @@ def start(f: Callable, theta, *, args: tuple, segments, seed, depth: int, tol: f
     tol_value, tol_reason = tolerance(x.dtype, depth, tol)
     if not callable(f):
         raise TypeError(f"f: expected a callable loss f(theta, *args), got {f!r}")
+    resolve_workers(workers)  # a bad value is refused before f runs
+    blas = theta_blas_limit(f, x, args, workers)
     try:
-        first_value = f(x.copy(), *args)
+        work = x.copy()
+        with blas_limited(blas):
+            began = time.perf_counter()
+            first_value = f(work, *args)
+            seconds = time.perf_counter() - began
     except Exception as exc:
         raise LossError(f"f raised at theta: {type(exc).__name__}: {exc}") from exc
-    return x, segs, describe, tol_value, tol_reason, first_value
+    if not np.array_equal(work, x):
+        changed = int(np.flatnonzero(work != x)[0])
+        raise ValueError(
+            f"f: writes into its argument (it changed {describe(changed)} from {x[changed]!r} to "
+            f"{work[changed]!r}): every later evaluation would start from a changed point and "
+            f"the numeric gradient would be wrong. Copy inside f before changing anything "
+            f"(theta = theta.copy()). The caller's theta is untouched.")
+    return x, segs, describe, tol_value, tol_reason, first_value, (seconds, blas)
 
 
 def check(
@@ -270,13 +299,13 @@ def check(
         raise ValueError(f"kinks: expected 'detect', 'ignore' or a callable, got {kinks!r}")
     if not (np.isfinite(nondet_tol) and nondet_tol >= 0):
         raise ValueError(f"nondet_tol: expected a non-negative float, got {nondet_tol!r}")
-    x, segs, describe, tol_value, tol_reason, first_value = start(
-        f, theta, args=args, segments=segments, seed=seed, depth=depth, tol=tol)
+    x, segs, describe, tol_value, tol_reason, first_value, first_eval = start(
+        f, theta, args=args, segments=segments, seed=seed, depth=depth, tol=tol, workers=workers)
     n = x.size
     # the loss at theta, twice: its terms, and a nondeterminism check
     terms = loss_terms(first_value)
     ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=progress,
-                   describe=describe, terms=terms, jit=jit)
+                   describe=describe, terms=terms, jit=jit, first_eval=first_eval)
     try:
         f0 = as_loss(first_value, terms, "at theta")
     except LossError as exc:
@@ -289,25 +318,39 @@ def check(
     grads = _gradients(grad, x, args, n, terms, segs)
 
     index = sample_coordinates(segs, samples, seed)
-    # the noise of f along what the check perturbs: one coordinate (the first sampled)
-    noise = measure_noise(ev, x, f0, seed, coordinate=int(index[0]))
     step = coordinate_steps(x[index], h, x.dtype)
-    if h == "auto" and noise.step_gain > 1.0:
-        step = _scaled(x[index], step, noise.step_gain, x.dtype)
     f_plus, f_minus = ev.pairs(index, step)
     term_names = list(grads)
     eps = noise_eps(x.dtype)
-    stats = [
-        accumulate.coordinate_stats(grads[t][index], f_plus[:, m], f_minus[:, m], f0[m], step,
-                                    tol_value, eps, noise.noise_abs[m])
-        for m, t in enumerate(term_names)
-    ]
+
+    def judge(noise_abs):
+        return [accumulate.coordinate_stats(grads[t][index], f_plus[:, m], f_minus[:, m], f0[m],
+                                            step, tol_value, eps, noise_abs[m])
+                for m, t in enumerate(term_names)]
+
+    # first against the roundoff floor assumed from eps; the noise of f is measured only when
+    # a coordinate fails there (a floor only ever excuses a failure, so a pass stands)
+    stats = judge([0.0] * len(term_names))
+    noise = UNMEASURED
+    failing = np.zeros(index.size, dtype=bool)
+    for s in stats:
+        failing |= s.failed
+    if failing.any():
+        # along what the check perturbs: one coordinate (the first sampled)
+        noise = measure_noise(ev, x, f0, seed, coordinate=int(index[0]))
+        if h == "auto" and noise.step_gain > 1.0:
+            # f is noisier than assumed: the failing coordinates again, at grown steps
+            bad = np.flatnonzero(failing)
+            step[bad] = _scaled(x[index[bad]], step[bad], noise.step_gain, x.dtype)
+            f_plus[bad], f_minus[bad] = ev.pairs(index[bad], step[bad], label="noise re-check")
+        stats = judge(noise.noise_abs)
+    noise_abs = noise.noise_abs if noise is not UNMEASURED else (0.0,) * len(term_names)
     steps = [step.copy() for _ in term_names]
     rechecked = _recheck_noise(ev, x, index, step, grads, term_names, stats, steps, f0,
-                               tol_value, eps, noise.noise_abs)
+                               tol_value, eps, noise_abs)
     if kinks != "ignore":
         rechecked |= _recheck_kinks(ev, x, index, step, grads, term_names, stats, steps, f0,
-                                    tol_value, eps, noise.noise_abs, kinks, args)
+                                    tol_value, eps, noise_abs, kinks, args)
 
     # per segment, per term: the C accumulator again
     seg_ids = segs.segment_ids(index)
@@ -349,7 +392,8 @@ def check(
         tol=tol_value, tol_reason=tol_reason, path=ev.path, path_reason=ev.path_reason,
         dtype=x.dtype.name, depth=int(depth), seed=int(seed), loss=loss_value,
         terms=terms_report, rechecked=int(np.count_nonzero(rechecked)),
-        noise_sigma=noise.sigma[0] if terms is None else dict(zip(term_names, noise.sigma)),
+        noise_sigma=(None if noise is UNMEASURED else noise.sigma[0] if terms is None
+                     else dict(zip(term_names, noise.sigma))),
         noise_note=noise.note,
     )
 

@@ -17,6 +17,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -108,6 +109,68 @@ def blas_limited(threads: int | None):
     return controller.limit(limits=threads, user_api="blas")
 
 
+# -- plans remembered per loss: the first check of a loss calibrates, later ones reuse it --------
+@dataclass(frozen=True)
+class Plan:
+    threads: int
+    blas_threads: int | None
+    path: str
+    reason: str
+    t_eval: float  # the evaluation time the plan was measured at
+    calibrated: bool = True  # False: the default of a short check (not reused to skip a calibration)
+
+
+# f -> {problem key: Plan}. A multi-threaded BLAS call leaves OpenBLAS's workers spinning for
+# ~0.1 s after it returns, holding a core the outer threads need: a check that knows its plan
+# makes no BLAS-threaded call at all.
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# a remembered plan is reused while one evaluation takes within this factor of its time
+PLAN_T_EVAL_FACTOR = 2.0
+# calibration runs the BLAS-threads strategy only when BLAS threads made one evaluation at
+# least this much faster than BLAS on one thread (otherwise it cannot beat outer threads)
+BLAS_SPEEDUP_TO_PROBE = 1.4
+
+
+def _plan_key(theta: np.ndarray, args: tuple, workers: int, jit: bool) -> tuple:
+    """What a plan depends on besides f: the sizes of everything f is evaluated on."""
+    parts: list = [theta.size, theta.dtype.str, workers, jit]
+    for a in args:
+        if isinstance(a, np.ndarray):
+            parts.append((a.shape, a.dtype.str))
+        elif isinstance(a, (list, tuple)):
+            parts.append((type(a).__name__, len(a)))
+        else:
+            parts.append(type(a).__name__)
+    return tuple(parts)
+
+
+def remembered_plan(f, theta, args, workers, jit) -> Plan | None:
+    try:
+        plans = _PLANS.get(f)
+    except TypeError:  # not weakly referenceable (or unhashable)
+        return None
+    return None if plans is None else plans.get(_plan_key(theta, args, workers, jit))
+
+
+def _remember(f, key: tuple, plan: Plan) -> None:
+    with contextlib.suppress(TypeError):
+        _PLANS.setdefault(f, {})[key] = plan
+
+
+def theta_blas_limit(f, theta, args=(), workers=None) -> int | None:
+    """BLAS threads for the evaluations at theta before the check runs: 1 when the check will
+    run outer threads (an explicit workers > 1, or a remembered plan that does), else None (BLAS
+    as the caller has it)."""
+    workers_n = resolve_workers(workers)
+    if workers is not None:
+        return 1 if workers_n > 1 else None
+    for jit in (True, False):
+        plan = remembered_plan(f, theta, args, workers_n, jit)
+        if plan is not None:
+            return plan.blas_threads
+    return None
+
+
 # a plain numpy loss compiled by jit="auto": f -> Numba dispatcher, or None when Numba refused it
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # jit="auto" tries to compile only when the Python path is predicted to take this long (seconds):
@@ -125,6 +188,35 @@ CALIBRATE_MIN_SECONDS = 0.15
 # ... except that a Python loss faster than this (seconds) runs serially: it is GIL-bound, and on
 # the small two-layer net (23 us) two threads took 0.084 s where one took 0.065 s
 GIL_BOUND_SECONDS = 50e-6
+
+
+# -- the thread pool: started once per process, not once per batch -----------------------------
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_PID = os.getpid()
+_POOLS_LOCK = threading.Lock()
+_IN_POOL = threading.local()  # .active is True inside a pool thread
+
+
+def _thread_pool(n: int) -> ThreadPoolExecutor | None:
+    """A pool of n threads kept for the life of the process (starting threads for every batch
+    cost 1-2 ms each on a busy machine), rebuilt after a fork (the child has no threads). None
+    inside a pool thread: a loss that runs a check itself gets the serial path, not a deadlock."""
+    global _POOLS_PID
+    if getattr(_IN_POOL, "active", False):
+        return None
+    with _POOLS_LOCK:
+        if _POOLS_PID != os.getpid():
+            _POOLS.clear()
+            _POOLS_PID = os.getpid()
+        pool = _POOLS.get(n)
+        if pool is None:
+            pool = _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastgrad",
+                                                  initializer=_mark_pool_thread)
+        return pool
+
+
+def _mark_pool_thread():
+    _IN_POOL.active = True
 
 
 def _compile(f):
@@ -155,7 +247,8 @@ class Evaluator:
 
     def __init__(self, f: Callable, theta: np.ndarray, args: tuple = (), *, workers=None,
                  executor: Executor | None = None, progress=None, describe=None,
-                 terms: tuple[str, ...] | None = None, jit: bool | str = "auto"):
+                 terms: tuple[str, ...] | None = None, jit: bool | str = "auto",
+                 first_eval: tuple[float, int | None] | None = None):
         if jit not in (True, False, "auto"):
             raise ValueError(f"jit: expected True, False or 'auto', got {jit!r}")
         if not callable(f):
@@ -171,6 +264,8 @@ class Evaluator:
         self.workers_given = workers is not None  # an explicit count is obeyed, not calibrated
         self.jit_option = jit
         self.t_eval: float | None = None  # fastest timed evaluation of f at theta (seconds)
+        # the caller's own evaluation at theta: (seconds, the BLAS limit it ran under)
+        self.first_eval = first_eval
         self.threads = 1 if (executor is None and self.workers == 1) else self.workers
         self.blas_threads: int | None = 1 if self.threads > 1 else None  # None: left alone
         self._planned = self.workers_given or executor is not None or self.workers == 1
@@ -179,6 +274,10 @@ class Evaluator:
         self.terms = terms
         self.describe = describe or (lambda i: f"theta[{i}]")
         self.evaluations = 0
+        # working copies of theta not in use, kept for every batch of the check: one per thread
+        # that ever ran at once, never one per batch
+        self._copies: list[np.ndarray] = []
+        self._all_copies: list[np.ndarray] = []
         self.shipments = 0  # copies of theta sent to executor workers (see _ship)
         self._token: str | None = None
         self._bundle = None
@@ -206,9 +305,10 @@ class Evaluator:
         """The loss (per term) at one point, evaluated on a copy."""
         x = x.copy()
         try:
-            start = time.perf_counter()
-            value = self.f(x, *self.args)
-            elapsed = time.perf_counter() - start
+            with blas_limited(self.blas_threads):
+                start = time.perf_counter()
+                value = self.f(x, *self.args)
+                elapsed = time.perf_counter() - start
         except LossError:
             raise
         except Exception as exc:
@@ -273,7 +373,14 @@ class Evaluator:
             self._try_jit(t_eval)
         elif not self.jit and self.jit_option is True and self.terms is None:
             self._try_jit(None)
+        key = _plan_key(self.theta, self.args, self.workers, self.jit)
         if predicted < CALIBRATE_MIN_SECONDS:
+            if self.executor is None and remembered_plan(self.f, self.theta, self.args,
+                                                         self.workers, self.jit) is None:
+                # not calibrated, but remembered: the next check evaluates at theta with the
+                # BLAS limit of the strategy it will run (see _PLANS)
+                _remember(self.f, key, Plan(self.threads, self.blas_threads, self.path,
+                                            self.path_reason, t_eval, calibrated=False))
             if not self.jit and self.executor is None and t_eval < GIL_BOUND_SECONDS:
                 # a loss this short holds the GIL most of the time: threads only add handoffs
                 self.threads, self.blas_threads = 1, None
@@ -281,16 +388,27 @@ class Evaluator:
                 self.path_reason = (f"Python callable: serial (one evaluation takes "
                                     f"{t_eval * 1e6:.0f} us: threads would contend for the GIL)")
             return done
+        plan = None if self.executor is not None else remembered_plan(
+            self.f, self.theta, self.args, self.workers, self.jit)
+        if plan is not None and plan.calibrated and plan.t_eval / PLAN_T_EVAL_FACTOR <= t_eval <= \
+                plan.t_eval * PLAN_T_EVAL_FACTOR:
+            self.threads, self.blas_threads, self.path = plan.threads, plan.blas_threads, plan.path
+            self.path_reason = f"{plan.reason}; plan remembered from an earlier check of this loss"
+            return done
         # each strategy gets the same number of coordinates, about CALIBRATION_SECONDS of work
         probe = int(np.clip(CALIBRATION_SECONDS / (2 * t_eval), 2, k // 8)) * self.workers
         if 2 * probe > k // 2:
             return done
         if self.jit:
             self._warm()
-        strategies = [(self.workers, 1), (1, None)]  # (threads, BLAS limit): outer or BLAS level
+        # the one-worker strategy gets BLAS threads only when they made one evaluation faster:
+        # otherwise it is the serial strategy (a GIL-bound loss), without waking BLAS threads
+        t_blas = self.first_eval[0] if self.first_eval and self.first_eval[1] is None else None
+        blas_helps = t_blas is not None and t_eval >= BLAS_SPEEDUP_TO_PROBE * t_blas
+        strategies = [(self.workers, 1), (1, None if blas_helps else 1)]
         rates = []
         for (threads, blas), size in zip(strategies, (probe, max(1, probe // 4))):
-            # the BLAS-level probe is short: BLAS threads on a busy machine can be 100x slower
+            # the one-worker probe is short: BLAS threads on a busy machine can be 100x slower
             start = time.perf_counter()
             self._pairs_range(done, done + size, index, step, f_plus, f_minus, bar, threads, blas)
             rates.append(size / max(time.perf_counter() - start, 1e-9))
@@ -298,13 +416,21 @@ class Evaluator:
         best = 1 if rates[1] > BLAS_MARGIN * rates[0] else 0
         self.threads, self.blas_threads = strategies[best]
         how = "prange kernel" if self.jit else "thread pool"
-        chosen = (f"{how} on {self.threads} threads, BLAS limited to 1 thread" if best == 0
-                  else "one worker (no outer threads), BLAS left on its own threads")
+        one = "1 thread x BLAS threads" if blas_helps else "1 thread"
+        if best == 0:
+            chosen = f"{how} on {self.threads} threads, BLAS limited to 1 thread"
+        elif blas_helps:
+            chosen = "one worker (no outer threads), BLAS left on its own threads"
+        else:
+            chosen = "one worker (outer threads were slower)"
         measured = (f"calibrated: {rates[0]:.3g} coords/s on {self.workers} threads x 1 BLAS "
-                    f"thread vs {rates[1]:.3g} coords/s on 1 thread x BLAS threads")
+                    f"thread vs {rates[1]:.3g} coords/s on {one}")
         if best == 1:
             self.path = "jit" if self.jit else "serial"
         self.path_reason = f"{self._origin()}: {chosen} ({measured})"
+        if self.executor is None:
+            _remember(self.f, key, Plan(self.threads, self.blas_threads, self.path,
+                                        self.path_reason, t_eval))
         return done
 
     def _warm(self):
@@ -416,26 +542,40 @@ class Evaluator:
                 f_plus[a:b], f_minus[a:b] = fp, fm
                 bar.update(2 * (b - a))
             return
-        local = threading.local()
-        theta = self.theta
-
         def run(chunk):
             a, b = chunk
-            work = getattr(local, "work", None)
-            if work is None:
-                work = local.work = theta.copy()
-            failure = fill(work, a, b)
+            work = self._borrow()
+            try:
+                failure = fill(work, a, b)
+            finally:
+                self._copies.append(work)  # list.append/pop are atomic
             bar.update(2 * (b - a))
             return failure
 
-        if n_workers == 1:
+        pool = _thread_pool(n_workers) if n_workers > 1 else None
+        if pool is None:
             results = [run(c) for c in chunks]
         else:
-            with ThreadPoolExecutor(max_workers=n_workers) as pool:
-                results = list(pool.map(run, chunks))
+            results = list(pool.map(run, chunks))
+        self._restore_copies()
         for (a, _), failure in zip(chunks, results):
             if failure is not None:
                 fail(a, failure)
+
+    def _borrow(self) -> np.ndarray:
+        try:
+            return self._copies.pop()
+        except IndexError:
+            work = self.theta.copy()
+            self._all_copies.append(work)
+            return work
+
+    def _restore_copies(self):
+        """Every perturbation is undone after its evaluation; a loss that writes into its
+        argument is undone here, so the next batch starts from theta again."""
+        for work in self._all_copies:
+            if not np.array_equal(work, self.theta):
+                np.copyto(work, self.theta)
 
     def _raise(self, i, exc):
         if isinstance(exc, LossError):

@@ -171,7 +171,9 @@ class Report:
     loss: float | dict[str, float]  # f at theta (per term when f returns several)
     terms: dict[str, dict[str, SegmentReport]] = field(default_factory=dict)
     rechecked: int = 0
-    noise_sigma: float | dict[str, float] = 0.0  # measured roundoff noise of f near theta
+    # measured roundoff noise of f near theta; None when no coordinate needed it (the probe
+    # runs only when a coordinate fails at the floor assumed from eps)
+    noise_sigma: float | dict[str, float] | None = None
     noise_note: str = ""  # what the check did about a noisier f than assumed ("" when nothing)
 
     @property

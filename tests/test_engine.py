@@ -104,3 +104,89 @@ def test_the_noise_probe_does_not_choose_the_strategy_for_the_check(monkeypatch)
     x = np.linspace(-1.0, 1.0, 300)
     fg.check(lambda t: float(np.sum(np.sin(t))), x, np.cos(x), samples="all")
     assert seen == [300]
+
+
+def _blas_loss(x, A):
+    """A loss that calls BLAS (np.dot) on a matrix of theta: the kind the plan is about."""
+    W = x.reshape(A.shape[1], -1)
+    return float(np.sum(np.tanh(A @ W)))
+
+
+def _blas_grad(x, A):
+    W = x.reshape(A.shape[1], -1)
+    return (A.T @ (1.0 - np.tanh(A @ W) ** 2)).ravel()
+
+
+def test_a_calibrated_plan_is_remembered_and_reused_for_the_same_loss(monkeypatch):
+    monkeypatch.setattr(evaluate, "CALIBRATE_MIN_SECONDS", 0.0)  # calibrate even a small check
+    monkeypatch.setattr(evaluate, "_PLANS", type(evaluate._PLANS)())
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((8, 20))
+    x = rng.standard_normal(20 * 30)
+    assert evaluate.theta_blas_limit(_blas_loss, x, (A,)) is None  # nothing known yet
+    first = fg.check(_blas_loss, x, _blas_grad(x, A), args=(A,), samples="all")
+    assert first.passed and "calibrated" in first.path_reason
+    assert "remembered" not in first.path_reason
+    second = fg.check(_blas_loss, x, _blas_grad(x, A), args=(A,), samples="all")
+    assert second.passed and "plan remembered" in second.path_reason
+    # the same choice, and the losses of the same coordinates, whatever ran them
+    assert second.path == first.path
+    assert np.allclose([c.numeric for c in first.coords], [c.numeric for c in second.coords],
+                       rtol=1e-12, atol=0.0)
+    plan = evaluate.remembered_plan(_blas_loss, x, (A,), evaluate.resolve_workers(None), False)
+    # the evaluations at theta run with the BLAS limit the plan will use
+    assert evaluate.theta_blas_limit(_blas_loss, x, (A,)) == plan.blas_threads
+    # other shapes are another problem: calibrated again
+    B = rng.standard_normal((9, 20))
+    other = fg.check(_blas_loss, x, _blas_grad(x, B), args=(B,), samples="all")
+    assert "remembered" not in other.path_reason
+    # an explicit worker count is obeyed, never replaced by a remembered plan
+    one = fg.check(_blas_loss, x, _blas_grad(x, A), args=(A,), samples="all", workers=1)
+    assert one.path == "serial" and "remembered" not in one.path_reason
+    assert evaluate.theta_blas_limit(_blas_loss, x, (A,), workers=2) == 1
+
+
+def test_a_remembered_plan_is_not_reused_when_the_loss_got_much_slower(monkeypatch):
+    monkeypatch.setattr(evaluate, "CALIBRATE_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(evaluate, "_PLANS", type(evaluate._PLANS)())
+    x = np.random.default_rng(4).standard_normal(200)
+    fg.check(loop_loss, x, loop_grad(x), samples="all")
+    key = evaluate._plan_key(x, (), evaluate.resolve_workers(None), False)
+    plan = evaluate._PLANS[loop_loss][key]
+    # pretend the plan was measured on a loss 100x faster than this one
+    evaluate._PLANS[loop_loss][key] = evaluate.Plan(plan.threads, plan.blas_threads, plan.path,
+                                                    plan.reason, plan.t_eval / 100)
+    again = fg.check(loop_loss, x, loop_grad(x), samples="all")
+    assert "remembered" not in again.path_reason and "calibrated" in again.path_reason
+
+
+def _check_in_child():
+    x = np.linspace(-1.0, 1.0, 64)
+    report = fg.check(lambda t: float(np.sum(np.sin(t))), x, np.cos(x), samples="all",
+                      workers=2)
+    return report.passed
+
+
+def test_the_thread_pool_works_in_a_forked_child():
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    assert _check_in_child()  # the parent's pool exists now
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        assert pool.submit(_check_in_child).result(timeout=120)
+
+
+def test_a_check_inside_a_loss_runs_serially_instead_of_deadlocking():
+    inner_paths = []
+
+    def outer(t):
+        inner = fg.check(lambda u: float(np.sum(u * u)), t[:3].copy(), 2 * t[:3], samples="all",
+                         workers=2)
+        inner_paths.append(inner.passed)
+        return float(np.sum(np.sin(t)))
+
+    x = np.linspace(-1.0, 1.0, 16)
+    report = fg.check(outer, x, np.cos(x), samples="all", workers=2)
+    assert report.passed and inner_paths and all(inner_paths)
