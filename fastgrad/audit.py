@@ -573,7 +573,7 @@ def audit(
                          f"check the starting point before its gradient")
     # one bar for the whole audit (the evaluator's per-batch bars stay off)
     ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=False,
-                   describe=describe, first_eval=first_eval)
+                   describe=describe, first_eval=first_eval[:2], first_copy=first_eval[2])
     ev.evaluations += 1
     _check_deterministic(f0, ev.at(x), 0.0, x.dtype)
     g = _gradients(grad, x, args, n, None, segs)[None]

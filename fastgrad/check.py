@@ -235,7 +235,7 @@ def start(f: Callable, theta, *, args: tuple, segments, seed, depth: int, tol: f
     with BLAS on the threads the check will give it: see evaluate.theta_blas_limit).
 
     Returns (x, segments, describe, tol, tol_reason, value of f at theta,
-    (seconds of that evaluation, its BLAS limit)).
+    (seconds of that evaluation, its BLAS limit, the copy of theta it ran on)).
     """
     if not isinstance(args, tuple):
         raise TypeError(f"args: expected a tuple of extra arguments, got {type(args).__name__}")
@@ -267,7 +267,7 @@ def start(f: Callable, theta, *, args: tuple, segments, seed, depth: int, tol: f
             f"{work[changed]!r}): every later evaluation would start from a changed point and "
             f"the numeric gradient would be wrong. Copy inside f before changing anything "
             f"(theta = theta.copy()). The caller's theta is untouched.")
-    return x, segs, describe, tol_value, tol_reason, first_value, (seconds, blas)
+    return x, segs, describe, tol_value, tol_reason, first_value, (seconds, blas, work)
 
 
 def check(
@@ -305,7 +305,8 @@ def check(
     # the loss at theta, twice: its terms, and a nondeterminism check
     terms = loss_terms(first_value)
     ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=progress,
-                   describe=describe, terms=terms, jit=jit, first_eval=first_eval)
+                   describe=describe, terms=terms, jit=jit, first_eval=first_eval[:2],
+                   first_copy=first_eval[2])
     try:
         f0 = as_loss(first_value, terms, "at theta")
     except LossError as exc:

@@ -248,7 +248,8 @@ class Evaluator:
     def __init__(self, f: Callable, theta: np.ndarray, args: tuple = (), *, workers=None,
                  executor: Executor | None = None, progress=None, describe=None,
                  terms: tuple[str, ...] | None = None, jit: bool | str = "auto",
-                 first_eval: tuple[float, int | None] | None = None):
+                 first_eval: tuple[float, int | None] | None = None,
+                 first_copy: np.ndarray | None = None):
         if jit not in (True, False, "auto"):
             raise ValueError(f"jit: expected True, False or 'auto', got {jit!r}")
         if not callable(f):
@@ -276,8 +277,9 @@ class Evaluator:
         self.evaluations = 0
         # working copies of theta not in use, kept for every batch of the check: one per thread
         # that ever ran at once, never one per batch
-        self._copies: list[np.ndarray] = []
-        self._all_copies: list[np.ndarray] = []
+        # (first_copy: the caller's copy of theta, already evaluated and found unchanged)
+        self._copies: list[np.ndarray] = [] if first_copy is None else [first_copy]
+        self._all_copies: list[np.ndarray] = list(self._copies)
         self.shipments = 0  # copies of theta sent to executor workers (see _ship)
         self._token: str | None = None
         self._bundle = None
@@ -302,8 +304,9 @@ class Evaluator:
 
     # -- one point ----------------------------------------------------------------------------
     def at(self, x: np.ndarray, where: str = "theta") -> np.ndarray:
-        """The loss (per term) at one point, evaluated on a copy."""
-        x = x.copy()
+        """The loss (per term) at one point, evaluated on a copy (at theta: a working copy)."""
+        own = x is self.theta
+        x = self._borrow() if own else x.copy()
         try:
             with blas_limited(self.blas_threads):
                 start = time.perf_counter()
@@ -313,6 +316,9 @@ class Evaluator:
             raise
         except Exception as exc:
             raise LossError(f"f raised at {where}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if own:
+                self._copies.append(x)
         self.t_eval = elapsed if self.t_eval is None else min(self.t_eval, elapsed)
         self.evaluations += 1
         return as_loss(value, self.terms, f"at {where}")
@@ -485,6 +491,8 @@ class Evaluator:
         threads = min(threads or self.threads, numba.config.NUMBA_NUM_THREADS)
         previous = numba.get_num_threads()
         numba.set_num_threads(threads)
+        self._copies.clear()  # the kernel makes its own, one per thread: no copy is held idle
+        self._all_copies.clear()
         try:
             # batches only to move the progress bar; one batch when nobody is watching
             batch = index.size if not bar.active else max(4 * threads, index.size // 50)
@@ -557,25 +565,19 @@ class Evaluator:
             results = [run(c) for c in chunks]
         else:
             results = list(pool.map(run, chunks))
-        self._restore_copies()
         for (a, _), failure in zip(chunks, results):
             if failure is not None:
                 fail(a, failure)
 
     def _borrow(self) -> np.ndarray:
+        """A working copy of theta (every perturbation is undone after its evaluation; a loss
+        that writes into its argument is refused at its first evaluation, see check.start)."""
         try:
             return self._copies.pop()
         except IndexError:
             work = self.theta.copy()
             self._all_copies.append(work)
             return work
-
-    def _restore_copies(self):
-        """Every perturbation is undone after its evaluation; a loss that writes into its
-        argument is undone here, so the next batch starts from theta again."""
-        for work in self._all_copies:
-            if not np.array_equal(work, self.theta):
-                np.copyto(work, self.theta)
 
     def _raise(self, i, exc):
         if isinstance(exc, LossError):
