@@ -114,6 +114,62 @@ def grad_check_sparse(f, x, analytic_grad, index, h=1e-5):
     return rel
 
 
+# -- the hardware's reference: the same evaluations on bare threads, nothing checked ------------
+def bare_threads(p: P.Problem, index: np.ndarray, h: float = 1e-5) -> None:
+    """The numpy loss at theta +- h e_i for every index, on CORES plain threads with one copy
+    of theta each and BLAS on one thread: what two cores give for this loss, with no step
+    choice, verdicts, re-checks or report."""
+    import threading
+
+    def work(part):
+        x = p.theta.copy()
+        for i in part:
+            v = x[i]
+            x[i] = v + h
+            p.loss(x, *p.args)
+            x[i] = v - h
+            p.loss(x, *p.args)
+            x[i] = v
+
+    with threadpool_limits(1):
+        threads = [threading.Thread(target=work, args=(index[c::CORES],)) for c in range(CORES)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+def _bare_prange_kernel():
+    from numba import njit, prange
+
+    @njit(parallel=True)
+    def kernel(f, theta, index, h, args, n_chunks):
+        for c in prange(n_chunks):
+            x = theta.copy()
+            for j in range(c, index.size, n_chunks):
+                i = index[j]
+                v = x[i]
+                x[i] = v + h
+                f(x, *args)
+                x[i] = v - h
+                f(x, *args)
+                x[i] = v
+
+    return kernel
+
+
+_BARE_PRANGE = None
+
+
+def bare_prange(p: P.Problem, index: np.ndarray, h: float = 1e-5) -> None:
+    """The same with the Numba loss in a plain prange loop (one copy per thread, BLAS on one)."""
+    global _BARE_PRANGE
+    if _BARE_PRANGE is None:
+        _BARE_PRANGE = _bare_prange_kernel()
+    with threadpool_limits(1):
+        _BARE_PRANGE(p.loss_jit, p.theta, index, h, p.args, CORES)
+
+
 def subset(p: P.Problem, index: np.ndarray):
     """f restricted to theta[index] (the others fixed): how whole-vector tools check K coords."""
     base = p.theta.copy()
@@ -180,6 +236,12 @@ def peers(p: P.Problem, index: np.ndarray, full: bool, repeats: int, skipped: se
     x_work = p.theta.copy()
     f_np = lambda x: p.loss(x, *p.args)
 
+    for label, bare in (("numpy loss", bare_threads), ("Numba loss", bare_prange)):
+        t, r = median_time(lambda bare=bare: bare(p, index), repeats)
+        rows.append(Row(p.name, f"reference: bare {CORES} threads ({label})",
+                        f"{what} coords, the evaluations only, nothing checked", k, t, r,
+                        "the hardware's rate for these evaluations: one copy of theta per "
+                        "thread, BLAS on one thread"))
     t, r = median_time(lambda: grad_check_sparse(f_np, x_work, p.grad, index), repeats)
     rows.append(Row(p.name, "CS231n grad_check_sparse", f"{what} coords, centered diff",
                     k, t, r, "numpy loss"))
@@ -274,7 +336,8 @@ def table(rows: list[Row], t_eval: dict[str, float], best: dict[tuple, float]) -
             out.append(f"| {row.problem} | {row.tool} | {row.checks} | {row.coords} | - | - | - "
                        f"| - |")
             continue
-        speed = "" if row.tool.startswith("fastgrad") else f"{row.seconds / fastest:.1f}x"
+        speed = ("" if row.tool.startswith(("fastgrad", "reference")) else
+                 f"{row.seconds / fastest:.1f}x")
         runs = "" if row.runs > 1 else " (1 run)"
         out.append(f"| {row.problem} | {row.tool} | {row.checks} | {row.coords} | "
                    f"{row.seconds:.4g}{runs} | {row.coords / row.seconds:.3g} | "

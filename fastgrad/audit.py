@@ -574,6 +574,7 @@ def audit(
     # one bar for the whole audit (the evaluator's per-batch bars stay off)
     ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=False,
                    describe=describe, first_eval=first_eval[:2], first_copy=first_eval[2])
+    del first_eval  # its copy of theta belongs to the evaluator now (which may let it go)
     ev.evaluations += 1
     _check_deterministic(f0, ev.at(x), 0.0, x.dtype)
     g = _gradients(grad, x, args, n, None, segs)[None]

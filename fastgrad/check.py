@@ -307,6 +307,7 @@ def check(
     ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=progress,
                    describe=describe, terms=terms, jit=jit, first_eval=first_eval[:2],
                    first_copy=first_eval[2])
+    del first_eval  # its copy of theta belongs to the evaluator now (which may let it go)
     try:
         f0 = as_loss(first_value, terms, "at theta")
     except LossError as exc:
