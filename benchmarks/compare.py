@@ -5,7 +5,10 @@
     python benchmarks/compare.py --problems small --repeats 7
 
 Every tool checks the same coordinates of the same function (built here for numpy, Numba, torch
-and jax). Each time is the median of ``--repeats`` runs after one warm-up run. The limit of a
+and jax). Each time is the median of ``--repeats`` runs after one warm-up run. Every problem and K
+runs in a fresh process (fastgrad first, then the bare-thread references, then the peers), so no
+tool is timed while another tool's idle threads still spin. The *reference* rows run the same
+evaluations on bare threads with nothing checked: what the cores give for that loss. The limit of a
 check of K coordinates is ``2 K t_eval / cores``: t_eval is the fastest single evaluation of the
 loss over its numpy and Numba versions (BLAS on 1 thread or on all of them). Tools that work on a
 whole vector (scipy, numdifftools, torch, jax) get the K coordinates as their input vector
@@ -369,6 +372,41 @@ def scaling(quick: bool, repeats: int) -> str:
     return "\n".join(out)
 
 
+def _block(name: str, k, quick: bool, repeats: int) -> tuple[list[Row], float, set[str]]:
+    """One problem and K: t_eval first, then fastgrad, the references and every peer."""
+    p = P.build(name, quick)
+    t = t_eval_of(p)
+    index = np.arange(p.theta.size) if k == "all" else P.sampled_index(p.segments, k)
+    skipped: set[str] = set()
+    block = fastgrad_rows(p, k, repeats)
+    block += peers(p, index, k == "all", repeats, skipped)
+    return block, t, skipped
+
+
+def _block_in_subprocess(name: str, k, quick: bool, repeats: int):
+    """_block in a fresh interpreter: the thread pools a tool leaves behind (OpenBLAS workers
+    spin ~0.1 s after a call, torch's and XLA's pools too) never slow down the next tool."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--block", f"{name}:{k}",
+           "--repeats", str(repeats)] + (["--quick"] if quick else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    data = json.loads(out.strip().splitlines()[-1])
+    return [Row(**r) for r in data["rows"]], data["t_eval"], set(data["skipped"])
+
+
+def _run_block(opts) -> int:
+    import json
+    from dataclasses import asdict
+
+    name, k = opts.block.split(":")
+    block, t, skipped = _block(name, k if k == "all" else int(k), opts.quick, opts.repeats)
+    print(json.dumps({"rows": [asdict(r) for r in block], "t_eval": t,
+                      "skipped": sorted(skipped)}))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a CI smoke run")
@@ -376,7 +414,13 @@ def main(argv=None) -> int:
                         help="comma-separated: small, medium, separable")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs after the warm-up")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
+    parser.add_argument("--same-process", action="store_true",
+                        help="time every block in this process (default: a fresh process per "
+                             "problem and K, so no tool runs after another tool's threads)")
+    parser.add_argument("--block", help=argparse.SUPPRESS)  # PROBLEM:K, for the subprocess
     opts = parser.parse_args(argv)
+    if opts.block:
+        return _run_block(opts)
     names = [s.strip() for s in opts.problems.split(",") if s.strip()]
     repeats = 1 if opts.quick and opts.repeats == 5 else opts.repeats
     plan = {"small": [1000, "all"], "medium": [1000], "separable": [100]}
@@ -390,15 +434,16 @@ def main(argv=None) -> int:
     t_eval: dict[str, float] = {}
     skipped: set[str] = set()
     for name in names:
-        p = P.build(name, opts.quick)
-        t_eval[name] = t_eval_of(p)
-        print(f"# {name}: n = {p.theta.size}, t_eval = {t_eval[name] * 1e6:.1f} us", flush=True)
         for k in plan[name]:
-            index = (np.arange(p.theta.size) if k == "all" else P.sampled_index(p.segments, k))
-            block = fastgrad_rows(p, k, repeats)
-            block += peers(p, index, k == "all", repeats, skipped)
+            if opts.same_process:
+                block, t, missing = _block(name, k, opts.quick, repeats)
+            else:
+                block, t, missing = _block_in_subprocess(name, k, opts.quick, repeats)
+            t_eval[name] = min(t_eval.get(name, np.inf), t)
+            skipped |= missing
             rows += block
-            print(f"#   K = {k}: {len(block)} tools timed", flush=True)
+            print(f"# {name}, K = {k}: t_eval = {t * 1e6:.1f} us, {len(block)} tools timed",
+                  flush=True)
     best: dict[tuple, float] = {}
     for row in rows:
         if row.tool.startswith("fastgrad") and row.seconds is not None:
