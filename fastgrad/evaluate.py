@@ -159,11 +159,11 @@ def _remember(f, key: tuple, plan: Plan) -> None:
 
 def theta_blas_limit(f, theta, args=(), workers=None) -> int | None:
     """BLAS threads for the evaluations at theta before the check runs: 1 when the check will
-    run outer threads (an explicit workers > 1, or a remembered plan that does), else None (BLAS
-    as the caller has it)."""
+    run outer threads or was told workers=1 (an explicit count, or a remembered plan that runs
+    threads), else None (BLAS as the caller has it)."""
     workers_n = resolve_workers(workers)
     if workers is not None:
-        return 1 if workers_n > 1 else None
+        return 1  # outer threads get BLAS on one thread; workers=1 is serial all the way down
     for jit in (True, False):
         plan = remembered_plan(f, theta, args, workers_n, jit)
         if plan is not None:
@@ -268,7 +268,10 @@ class Evaluator:
         # the caller's own evaluation at theta: (seconds, the BLAS limit it ran under)
         self.first_eval = first_eval
         self.threads = 1 if (executor is None and self.workers == 1) else self.workers
-        self.blas_threads: int | None = 1 if self.threads > 1 else None  # None: left alone
+        # None: BLAS left alone. An explicit workers=1 is serial all the way down: BLAS threads
+        # would also leave OpenBLAS workers spinning ~0.1 s after the check
+        self.blas_threads: int | None = (1 if self.threads > 1 or (self.workers_given and
+                                                                   self.workers == 1) else None)
         self._planned = self.workers_given or executor is not None or self.workers == 1
         self.executor = executor
         self.progress = progress
@@ -279,7 +282,6 @@ class Evaluator:
         # that ever ran at once, never one per batch
         # (first_copy: the caller's copy of theta, already evaluated and found unchanged)
         self._copies: list[np.ndarray] = [] if first_copy is None else [first_copy]
-        self._all_copies: list[np.ndarray] = list(self._copies)
         self.shipments = 0  # copies of theta sent to executor workers (see _ship)
         self._token: str | None = None
         self._bundle = None
@@ -297,7 +299,7 @@ class Evaluator:
             self.path_reason = f"chunks sent to {type(executor).__name__}"
         elif self.workers == 1:
             self.path = "serial"
-            self.path_reason = "workers=1: strictly serial"
+            self.path_reason = "workers=1: strictly serial (BLAS on one thread too)"
         else:
             self.path = "threads"
             self.path_reason = f"Python callable: thread pool of {self.workers} workers"
@@ -492,7 +494,6 @@ class Evaluator:
         previous = numba.get_num_threads()
         numba.set_num_threads(threads)
         self._copies.clear()  # the kernel makes its own, one per thread: no copy is held idle
-        self._all_copies.clear()
         try:
             # batches only to move the progress bar; one batch when nobody is watching
             batch = index.size if not bar.active else max(4 * threads, index.size // 50)
@@ -575,9 +576,7 @@ class Evaluator:
         try:
             return self._copies.pop()
         except IndexError:
-            work = self.theta.copy()
-            self._all_copies.append(work)
-            return work
+            return self.theta.copy()
 
     def _raise(self, i, exc):
         if isinstance(exc, LossError):
