@@ -281,7 +281,8 @@ class Evaluator:
         # working copies of theta not in use, kept for every batch of the check: one per thread
         # that ever ran at once, never one per batch
         # (first_copy: the caller's copy of theta, already evaluated and found unchanged)
-        self._copies: list[np.ndarray] = [] if first_copy is None else [first_copy]
+        self._copies: list[np.ndarray] = ([first_copy] if first_copy is not None
+                                          and executor is None else [])
         self.shipments = 0  # copies of theta sent to executor workers (see _ship)
         self._token: str | None = None
         self._bundle = None
