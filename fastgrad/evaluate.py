@@ -219,6 +219,42 @@ def _mark_pool_thread():
     _IN_POOL.active = True
 
 
+# -- errors inside a first-class loss call: numba hands them to sys.unraisablehook -------------
+_UNRAISABLE_LOCK = threading.Lock()
+_UNRAISABLE_USERS = 0
+_UNRAISABLE_PREVIOUS = None
+_KERNEL_ERRORS: list[BaseException] = []  # exceptions f raised inside a running kernel
+
+
+def _kernel_unraisable(unraisable):
+    """numba reports an exception raised through a first-class call as unraisable, from the
+    thread that ran it: keep it for the kernel's caller; anything else goes on as before."""
+    if isinstance(unraisable.object, str) and unraisable.object.startswith("<numba."):
+        _KERNEL_ERRORS.append(unraisable.exc_value)
+    elif _UNRAISABLE_PREVIOUS is not None:
+        _UNRAISABLE_PREVIOUS(unraisable)
+
+
+@contextlib.contextmanager
+def _catching_kernel_errors():
+    """sys.unraisablehook routed to _KERNEL_ERRORS while any kernel of this process runs (a
+    counted install, so concurrent checks share one hook and the first one's is restored)."""
+    global _UNRAISABLE_USERS, _UNRAISABLE_PREVIOUS
+    with _UNRAISABLE_LOCK:
+        if _UNRAISABLE_USERS == 0:
+            _UNRAISABLE_PREVIOUS = sys.unraisablehook
+            sys.unraisablehook = _kernel_unraisable
+        _UNRAISABLE_USERS += 1
+    try:
+        yield
+    finally:
+        with _UNRAISABLE_LOCK:
+            _UNRAISABLE_USERS -= 1
+            if _UNRAISABLE_USERS == 0:
+                sys.unraisablehook = _UNRAISABLE_PREVIOUS
+                _UNRAISABLE_PREVIOUS = None
+
+
 def _compile(f):
     """Numba's njit of a plain Python loss, or None (cached per function)."""
     with contextlib.suppress(KeyError, TypeError):  # not seen yet, or f cannot be a weak key
@@ -292,6 +328,7 @@ class Evaluator:
         if jit is False:
             self.jit = False
         self.kernel_f = f  # what the Numba kernel calls (f itself, or f compiled by jit="auto")
+        self._first_class = None  # kernel_f as the coordinate kernel calls it (kernels.py)
         if self.jit:
             self.path = "jit"
             self.path_reason = f"f is a Numba dispatcher: prange kernel on {self.workers} threads"
@@ -443,12 +480,25 @@ class Evaluator:
         return done
 
     def _warm(self):
-        """Compile (or load from the cache) the kernel for this loss before anything is timed."""
+        """Load (or compile once, then cache) the coordinate kernel before anything is timed."""
         from .kernels import _centered_losses
 
+        loss = self._kernel_loss()
+        if loss is None:
+            return
         empty = np.empty(0)
-        _centered_losses(self.kernel_f, np.ascontiguousarray(self.theta), np.empty(0, np.int64),
-                         empty, self.args, empty, empty, np.full(1, -1, dtype=np.int64))
+        _centered_losses(loss, np.ascontiguousarray(self.theta), np.empty(0, np.int64), empty,
+                         self.args, empty, empty, np.full(1, -1, dtype=np.int64))
+
+    def _kernel_loss(self):
+        """kernel_f as a first-class function value, or None when Numba cannot pass it that way
+        (the thread pool then evaluates the coordinates)."""
+        from .kernels import first_class_loss
+
+        if self._first_class is None or self._first_class[0] is not self.kernel_f:
+            self._first_class = (self.kernel_f,
+                                 first_class_loss(self.kernel_f, self.theta, self.args))
+        return self._first_class[1]
 
     def _origin(self) -> str:
         if not self.jit:
@@ -491,6 +541,10 @@ class Evaluator:
 
         from .kernels import _centered_losses
 
+        loss = self._kernel_loss()
+        if loss is None:  # not a first-class function: the thread pool calls the dispatcher
+            self._pairs_python(index, step, f_plus[:, None], f_minus[:, None], bar, threads)
+            return
         threads = min(threads or self.threads, numba.config.NUMBA_NUM_THREADS)
         previous = numba.get_num_threads()
         numba.set_num_threads(threads)
@@ -502,21 +556,31 @@ class Evaluator:
             for lo in range(0, index.size, batch):
                 hi = min(lo + batch, index.size)
                 current = np.full(min(threads, hi - lo) or 1, -1, dtype=np.int64)
-                try:
-                    _centered_losses(self.kernel_f, theta, index[lo:hi], step[lo:hi], self.args,
+                with _catching_kernel_errors():
+                    seen = len(_KERNEL_ERRORS)
+                    _centered_losses(loss, theta, index[lo:hi], step[lo:hi], self.args,
                                      f_plus[lo:hi], f_minus[lo:hi], current)
-                except Exception as exc:
-                    cause = exc.__context__ or exc
-                    busy = [int(index[lo + j]) for j in current if j >= 0]
-                    where = ", ".join(self.describe(i) for i in busy) or "a perturbed point"
-                    raise LossError(
-                        f"f raised in the parallel kernel while evaluating {where}: "
-                        f"{type(cause).__name__}: {cause}",
-                        busy[0] if busy else None,
-                    ) from cause
+                    raised = len(_KERNEL_ERRORS) > seen
+                if raised:
+                    self._rerun_raising_batch(index[lo:hi], step[lo:hi], f_plus[lo:hi],
+                                              f_minus[lo:hi])
                 bar.update(2 * (hi - lo))
         finally:
             numba.set_num_threads(previous)
+
+    def _rerun_raising_batch(self, index, step, f_plus, f_minus):
+        """f raised inside the kernel: the same coordinates again, one by one in this thread, to
+        name the one that raises (and the exception); if none does, their values stand."""
+        try:
+            failure = _fill_pairs(self.kernel_f, self.theta.copy(), index, step, self.args, None,
+                                  f_plus[:, None], f_minus[:, None])
+        except Exception as exc:  # pragma: no cover - _fill_pairs returns failures
+            failure = (int(index[0]), exc)
+        if failure is None:
+            return
+        i, exc = failure
+        raise LossError(f"f raised in the parallel kernel while evaluating {self.describe(i)}: "
+                        f"{type(exc).__name__}: {exc}", i) from exc
 
     def _pairs_python(self, index, step, f_plus, f_minus, bar, threads=None):
         def fill(work, a, b):

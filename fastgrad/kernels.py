@@ -8,13 +8,16 @@ public dispatcher in ``evaluate.py``. Nothing here allocates per coordinate.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, typeof, types
 
 
-# Kernels that take the loss f as an argument are not cached (cache=True): numba's cache index
-# pickles every specialization, including the loss's module, and a later process that cannot
-# import that module (another script, a test file) fails to load the kernel at all.
-@njit(nogil=True)
+# The coordinate kernels take the loss as a first-class function value (FirstClassLoss below),
+# never as a Numba dispatcher: their signature then names only types, so they are cached on disk
+# (cache=True) and a later process loads them in milliseconds instead of compiling for seconds.
+# A kernel specialized on a dispatcher would put the loss's module in numba's cache index, and a
+# process that cannot import that module (another script, a test file) could not load it at all:
+# the directional kernels below, which still take the dispatcher, are therefore not cached.
+@njit(nogil=True, cache=True)
 def _centered_pair(f, work, i, step, args):
     """f at work +- step e_i; work[i] is restored before returning."""
     x = work[i]
@@ -26,12 +29,14 @@ def _centered_pair(f, work, i, step, args):
     return f_plus, f_minus
 
 
-@njit(parallel=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _centered_losses(f, theta, index, step, args, f_plus, f_minus, current):
-    """Fill f_plus[j], f_minus[j] = f(theta +- step[j] e_index[j]) for all j.
+    """Fill f_plus[j], f_minus[j] = f(theta +- step[j] e_index[j]) for all j; f is a
+    FirstClassLoss.
 
-    ``current`` has one slot per chunk: the position j being evaluated (or -1 when done), so a
-    loss that raises can be reported with the coordinate it was evaluating.
+    ``current`` has one slot per chunk: the position j being evaluated (or -1 when done). An
+    exception inside f does not propagate through a first-class call: numba reports it to
+    sys.unraisablehook, where evaluate.py catches it and re-runs the batch to find the coordinate.
     """
     n_chunks = current.shape[0]
     k = index.shape[0]
@@ -45,6 +50,38 @@ def _centered_losses(f, theta, index, step, args, f_plus, f_minus, current):
             f_plus[j] = fp
             f_minus[j] = fm
         current[c] = -1
+
+
+class FirstClassLoss(types.WrapperAddressProtocol):
+    """A compiled Numba loss as a first-class function value: the kernels see its signature
+    (a FunctionType) and call its compiled code through a pointer, so nothing about the loss's
+    module enters their on-disk cache."""
+
+    def __init__(self, f, argtypes: tuple):
+        f.compile(argtypes)  # a no-op when f already ran on these types (check evaluated it)
+        self._result = f.overloads[argtypes]  # keeps the compiled code alive
+        self._signature = self._result.signature
+        self._address = self._result.library.get_pointer_to_function(
+            self._result.fndesc.llvm_cfunc_wrapper_name)
+
+    def __wrapper_address__(self) -> int:
+        return self._address
+
+    def signature(self):
+        return self._signature
+
+
+def first_class_loss(f, theta: np.ndarray, args: tuple) -> FirstClassLoss | None:
+    """f as the coordinate kernels call it, or None when it cannot be one (then the thread pool
+    evaluates it): f must return a real scalar for a working copy of theta and these args."""
+    try:
+        argtypes = (typeof(np.empty(0, dtype=theta.dtype)),) + tuple(typeof(a) for a in args)
+        loss = FirstClassLoss(f, argtypes)
+    except Exception:
+        return None
+    if not isinstance(loss.signature().return_type, (types.Float, types.Integer, types.Boolean)):
+        return None
+    return loss
 
 
 # -- random directions, generated where they are used (never an n x k matrix) -----------------

@@ -3,8 +3,11 @@ only; speed is measured by benchmarks/, never asserted here)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from numba import njit
 
 import fastgrad as fg
 from fastgrad import evaluate
@@ -190,3 +193,73 @@ def test_a_check_inside_a_loss_runs_serially_instead_of_deadlocking():
     x = np.linspace(-1.0, 1.0, 16)
     report = fg.check(outer, x, np.cos(x), samples="all", workers=2)
     assert report.passed and inner_paths and all(inner_paths)
+
+
+_LOSS_MODULE = '''
+import numpy as np
+from numba import njit
+
+@njit(cache=True)
+def {name}(theta, scale):
+    return 0.5 * np.sum(scale * theta * theta)
+'''
+
+_RUN = '''
+import sys
+import numpy as np
+import fastgrad as fg
+from fastgrad import kernels
+from {name} import {name} as loss
+x = np.linspace(-1.0, 1.0, 200)
+scale = np.arange(1.0, 201.0)
+report = fg.check(loss, x, scale * x, args=(scale,), samples="all")
+assert report.passed and report.path == "jit", report.path
+print(sum(kernels._centered_losses.stats.cache_hits.values()),
+      sum(kernels._centered_losses.stats.cache_misses.values()))
+'''
+
+
+@pytest.mark.slow
+def test_the_coordinate_kernel_is_cached_on_disk_and_names_no_loss_module(tmp_path):
+    """A second process loads the kernel instead of compiling it, and a process that cannot
+    import the first one's loss module still loads it (the index names types, not modules)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("PYTHONPATH", None)
+    results = []
+    for name in ("loss_a", "loss_a", "loss_b"):
+        where = tmp_path / name
+        where.mkdir(exist_ok=True)
+        (where / f"{name}.py").write_text(_LOSS_MODULE.format(name=name))
+        done = subprocess.run([sys.executable, "-c", _RUN.format(name=name)], cwd=where,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results.append(tuple(int(v) for v in done.stdout.split()[-2:]))
+    assert results[0][1] >= 1  # compiled (and written to the cache) in the first process
+    assert results[1] == (1, 0)  # loaded in the second: nothing compiled
+    assert results[2] == (1, 0)  # another loss module, the first one not importable: loaded
+
+
+@njit(cache=True)
+def _raises_past_limit(theta, limit):
+    if theta[7] > limit:
+        raise ValueError("theta[7] above the limit")
+    return np.sum(theta * theta)
+
+
+def test_an_exception_inside_the_kernel_is_reported_and_the_hook_restored():
+    import sys
+
+    before = sys.unraisablehook
+    x = np.linspace(-1.0, 1.0, 64)
+    x[7] = 2.0 - 1e-7  # fine at theta, raises at theta + h e_7
+    with pytest.raises(fg.LossError, match=r"theta\[7\].*above the limit") as info:
+        fg.check(_raises_past_limit, x, 2 * x, args=(2.0,), samples="all", workers=2)
+    assert info.value.index == 7 and "parallel kernel" in str(info.value)
+    assert sys.unraisablehook is before
+    # the same loss away from its limit: no false error, the values are exact
+    x[7] = 0.5
+    assert fg.check(_raises_past_limit, x, 2 * x, args=(2.0,), samples="all").passed
+    assert sys.unraisablehook is before
