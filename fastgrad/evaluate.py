@@ -537,50 +537,61 @@ class Evaluator:
         self.path_reason = f"{self._origin()}: prange kernel on {self.threads} threads"
 
     def _pairs_jit(self, index, step, f_plus, f_minus, bar, threads=None):
-        import numba
-
         from .kernels import _centered_losses
 
-        loss = self._kernel_loss()
-        if loss is None:  # not a first-class function: the thread pool calls the dispatcher
+        def run(loss, theta, a, b, current):
+            _centered_losses(loss, theta, index[a:b], step[a:b], self.args, f_plus[a:b],
+                             f_minus[a:b], current)
+
+        def rerun(a, b):
+            return _fill_pairs(self.kernel_f, self.theta.copy(), index[a:b], step[a:b],
+                               self.args, None, f_plus[a:b, None], f_minus[a:b, None])
+
+        def where(failure):
+            return int(failure[0]), self.describe(int(failure[0]))
+
+        if not self._kernel_batches(index.size, threads or self.threads, bar, run, rerun, where):
+            # not a first-class function: the thread pool calls the dispatcher
             self._pairs_python(index, step, f_plus[:, None], f_minus[:, None], bar, threads)
-            return
-        threads = min(threads or self.threads, numba.config.NUMBA_NUM_THREADS)
+
+    def _kernel_batches(self, k, threads, bar, run, rerun, where) -> bool:
+        """k items through a prange kernel in batches (one batch unless a progress bar moves);
+        False when kernel_f cannot be passed as a first-class function (nothing was run).
+
+        An exception inside f does not cross a first-class call: numba reports it as unraisable
+        (caught here), and the batch is evaluated again one item at a time in this thread by
+        rerun(a, b), which returns (item, exception) for the first that raises; that becomes a
+        LossError naming where(failure). If nothing raises then, those values stand.
+        """
+        import numba
+
+        loss = self._kernel_loss()
+        if loss is None:
+            return False
+        threads = min(threads, numba.config.NUMBA_NUM_THREADS)
         previous = numba.get_num_threads()
         numba.set_num_threads(threads)
         self._copies.clear()  # the kernel makes its own, one per thread: no copy is held idle
         try:
-            # batches only to move the progress bar; one batch when nobody is watching
-            batch = index.size if not bar.active else max(4 * threads, index.size // 50)
+            batch = k if not bar.active else max(4 * threads, k // 50)
             theta = np.ascontiguousarray(self.theta)
-            for lo in range(0, index.size, batch):
-                hi = min(lo + batch, index.size)
-                current = np.full(min(threads, hi - lo) or 1, -1, dtype=np.int64)
+            for a in range(0, k, batch):
+                b = min(a + batch, k)
+                current = np.full(min(threads, b - a) or 1, -1, dtype=np.int64)
                 with _catching_kernel_errors():
                     seen = len(_KERNEL_ERRORS)
-                    _centered_losses(loss, theta, index[lo:hi], step[lo:hi], self.args,
-                                     f_plus[lo:hi], f_minus[lo:hi], current)
+                    run(loss, theta, a, b, current)
                     raised = len(_KERNEL_ERRORS) > seen
-                if raised:
-                    self._rerun_raising_batch(index[lo:hi], step[lo:hi], f_plus[lo:hi],
-                                              f_minus[lo:hi])
-                bar.update(2 * (hi - lo))
+                failure = rerun(a, b) if raised else None
+                if failure is not None:
+                    index, text = where(failure)
+                    exc = failure[1]
+                    raise LossError(f"f raised in the parallel kernel while evaluating {text}: "
+                                    f"{type(exc).__name__}: {exc}", index) from exc
+                bar.update(2 * (b - a))
         finally:
             numba.set_num_threads(previous)
-
-    def _rerun_raising_batch(self, index, step, f_plus, f_minus):
-        """f raised inside the kernel: the same coordinates again, one by one in this thread, to
-        name the one that raises (and the exception); if none does, their values stand."""
-        try:
-            failure = _fill_pairs(self.kernel_f, self.theta.copy(), index, step, self.args, None,
-                                  f_plus[:, None], f_minus[:, None])
-        except Exception as exc:  # pragma: no cover - _fill_pairs returns failures
-            failure = (int(index[0]), exc)
-        if failure is None:
-            return
-        i, exc = failure
-        raise LossError(f"f raised in the parallel kernel while evaluating {self.describe(i)}: "
-                        f"{type(exc).__name__}: {exc}", i) from exc
+        return True
 
     def _pairs_python(self, index, step, f_plus, f_minus, bar, threads=None):
         def fill(work, a, b):
@@ -676,34 +687,24 @@ class Evaluator:
         return f_plus, f_minus
 
     def _directions_jit(self, key, lo, hi, step, f_plus, f_minus, bar):
-        import numba
-
         from .kernels import _directional_losses
 
-        threads = min(self.workers, numba.config.NUMBA_NUM_THREADS)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(threads)
-        try:
-            batch = key.size if not bar.active else max(threads, key.size // 50)
-            theta = np.ascontiguousarray(self.theta)
-            for first in range(0, key.size, batch):
-                last = min(first + batch, key.size)
-                current = np.full(min(threads, last - first) or 1, -1, dtype=np.int64)
-                try:
-                    _directional_losses(self.kernel_f, theta, key[first:last], lo[first:last],
-                                        hi[first:last], step[first:last], self.args,
-                                        f_plus[first:last], f_minus[first:last], current)
-                except Exception as exc:
-                    cause = exc.__context__ or exc
-                    busy = [first + int(j) for j in current if j >= 0]
-                    where = ", ".join(_direction_where(lo[j], hi[j]) for j in busy)
-                    raise LossError(
-                        f"f raised in the parallel kernel while evaluating "
-                        f"{where or 'a perturbed point'}: {type(cause).__name__}: {cause}"
-                    ) from cause
-                bar.update(2 * (last - first))
-        finally:
-            numba.set_num_threads(previous)
+        def run(loss, theta, a, b, current):
+            _directional_losses(loss, theta, key[a:b], lo[a:b], hi[a:b], step[a:b], self.args,
+                                f_plus[a:b], f_minus[a:b], current)
+
+        def rerun(a, b):
+            failure = _fill_directions(self.kernel_f, self.theta.copy(), self.theta, key[a:b],
+                                       lo[a:b], hi[a:b], step[a:b], self.args, None,
+                                       f_plus[a:b, None], f_minus[a:b, None])
+            return None if failure is None else (a + failure[0], failure[1])
+
+        def where(failure):
+            j = failure[0]
+            return None, _direction_where(lo[j], hi[j])
+
+        if not self._kernel_batches(key.size, self.workers, bar, run, rerun, where):
+            self._directions_python(key, lo, hi, step, f_plus[:, None], f_minus[:, None], bar)
 
     def _directions_python(self, key, lo, hi, step, f_plus, f_minus, bar):
         def fill(work, a, b):

@@ -11,12 +11,11 @@ import numpy as np
 from numba import njit, prange, typeof, types
 
 
-# The coordinate kernels take the loss as a first-class function value (FirstClassLoss below),
+# The kernels that call the loss take it as a first-class function value (FirstClassLoss below),
 # never as a Numba dispatcher: their signature then names only types, so they are cached on disk
 # (cache=True) and a later process loads them in milliseconds instead of compiling for seconds.
 # A kernel specialized on a dispatcher would put the loss's module in numba's cache index, and a
-# process that cannot import that module (another script, a test file) could not load it at all:
-# the directional kernels below, which still take the dispatcher, are therefore not cached.
+# process that cannot import that module (another script, a test file) could not load it at all.
 @njit(nogil=True, cache=True)
 def _centered_pair(f, work, i, step, args):
     """f at work +- step e_i; work[i] is restored before returning."""
@@ -130,7 +129,7 @@ def _direction_dot(grad, theta, key, lo, hi, step):
     return dot, abs_gd
 
 
-@njit(nogil=True)
+@njit(nogil=True, cache=True)
 def _directional_pair(f, work, theta, key, lo, hi, step, args):
     """f at theta +- step v on [lo, hi) of the working copy; work is restored before returning."""
     for i in range(lo, hi):
@@ -144,12 +143,12 @@ def _directional_pair(f, work, theta, key, lo, hi, step, args):
     return f_plus, f_minus
 
 
-@njit(parallel=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _directional_losses(f, theta, key, lo, hi, step, args, f_plus, f_minus, current):
     """Fill f_plus[j], f_minus[j] = f(theta +- step[j] v_j), v_j supported on [lo[j], hi[j]).
 
-    As ``_centered_losses``: one chunk and one working copy per thread, ``current`` holds the
-    direction each chunk is evaluating (-1 when done) for error reports.
+    As ``_centered_losses``: f is a FirstClassLoss, one chunk and one working copy per thread,
+    ``current`` holds the direction each chunk is evaluating (-1 when done).
     """
     n_chunks = current.shape[0]
     k = key.shape[0]

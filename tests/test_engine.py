@@ -263,3 +263,13 @@ def test_an_exception_inside_the_kernel_is_reported_and_the_hook_restored():
     x[7] = 0.5
     assert fg.check(_raises_past_limit, x, 2 * x, args=(2.0,), samples="all").passed
     assert sys.unraisablehook is before
+
+
+def test_an_exception_inside_the_directional_kernel_names_the_direction():
+    x = np.linspace(-1.0, 1.0, 64)
+    x[7] = 2.0 - 1e-9  # any direction that moves theta[7] up by more than 1e-9 raises
+    with pytest.raises(fg.LossError, match=r"parallel kernel.*random direction.*above the limit"):
+        fg.audit(_raises_past_limit, x, 2 * x, args=(2.0,), workers=2)
+    x[7] = 0.5
+    report = fg.audit(_raises_past_limit, x, 2 * x, args=(2.0,), workers=2)
+    assert report.passed and report.suspects.size == 0
