@@ -498,6 +498,12 @@ class Evaluator:
         if self._first_class is None or self._first_class[0] is not self.kernel_f:
             self._first_class = (self.kernel_f,
                                  first_class_loss(self.kernel_f, self.theta, self.args))
+            if self._first_class[1] is None:
+                self.path = "threads" if self.threads > 1 else "serial"
+                self.path_reason = (f"{self._origin()}, but Numba cannot pass it to the kernel "
+                                    f"as a first-class function (it has no compiled version "
+                                    f"for these argument types that returns a number): the "
+                                    f"thread pool calls it")
         return self._first_class[1]
 
     def _origin(self) -> str:

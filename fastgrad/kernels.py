@@ -57,8 +57,7 @@ class FirstClassLoss(types.WrapperAddressProtocol):
     module enters their on-disk cache."""
 
     def __init__(self, f, argtypes: tuple):
-        f.compile(argtypes)  # a no-op when f already ran on these types (check evaluated it)
-        self._result = f.overloads[argtypes]  # keeps the compiled code alive
+        self._result = _overload_for(f, argtypes)  # keeps the compiled code alive
         self._signature = self._result.signature
         self._address = self._result.library.get_pointer_to_function(
             self._result.fndesc.llvm_cfunc_wrapper_name)
@@ -68,6 +67,23 @@ class FirstClassLoss(types.WrapperAddressProtocol):
 
     def signature(self):
         return self._signature
+
+
+def _overload_for(f, argtypes: tuple):
+    """f's compiled version for these argument types: compiled now if f may compile (a no-op
+    when f already ran on them), else the declared signature they convert to (an eagerly
+    compiled f, e.g. @njit("float64(float64[:])"), whose arrays are of any layout)."""
+    if argtypes in f.overloads:
+        return f.overloads[argtypes]
+    if getattr(f, "_can_compile", True):
+        f.compile(argtypes)
+        return f.overloads[argtypes]
+    for declared, result in f.overloads.items():
+        if len(declared) == len(argtypes) and all(
+                f.typingctx.can_convert(ours, theirs) is not None
+                for ours, theirs in zip(argtypes, declared)):
+            return result
+    raise TypeError(f"no compiled version of {f} accepts {argtypes}")
 
 
 def first_class_loss(f, theta: np.ndarray, args: tuple) -> FirstClassLoss | None:

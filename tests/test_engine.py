@@ -273,3 +273,28 @@ def test_an_exception_inside_the_directional_kernel_names_the_direction():
     x[7] = 0.5
     report = fg.audit(_raises_past_limit, x, 2 * x, args=(2.0,), workers=2)
     assert report.passed and report.suspects.size == 0
+
+
+@njit("float64(float64[:], float64[:])")
+def _eager_loss(x, scale):  # compiled at import for arrays of any layout; no other signature
+    return 0.5 * np.sum(scale * x * x)
+
+
+@njit
+def _tuple_loss(x):  # not a number: the kernel cannot call it
+    return np.sum(x * x), 1.0
+
+
+def test_an_eagerly_compiled_loss_runs_in_the_kernel_and_odd_ones_fall_back_clearly():
+    x = np.linspace(-1.0, 1.0, 300)
+    scale = np.arange(1.0, 301.0)
+    report = fg.check(_eager_loss, x, scale * x, args=(scale,), samples="all")
+    assert report.passed and report.path == "jit" and "prange kernel" in report.path_reason
+    wrong = scale * x
+    wrong[5] *= 1.01
+    assert [c.index for c in fg.check(_eager_loss, x, wrong, args=(scale,),
+                                      samples="all").failures] == [5]
+    from fastgrad.kernels import first_class_loss
+
+    assert first_class_loss(_tuple_loss, x, ()) is None
+    assert first_class_loss(_eager_loss, x.astype(np.float32), (scale,)) is None
