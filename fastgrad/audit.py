@@ -558,7 +558,7 @@ def audit(
                 f"budget: expected an int >= 4 loss evaluations (2 at theta, 2 per direction) "
                 f"or None, got {budget!r}")
         budget = int(budget)
-    x, segs, describe, tol_value, tol_reason, first_value, first_eval = start(
+    x, segs, describe, tol_value, tol_reason, first_value, first_copy = start(
         f, theta, args=args, segments=segments, seed=seed, depth=depth, tol=tol, workers=workers)
     n = x.size
     if loss_terms(first_value) is not None:
@@ -573,8 +573,8 @@ def audit(
                          f"check the starting point before its gradient")
     # one bar for the whole audit (the evaluator's per-batch bars stay off)
     ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=False,
-                   describe=describe, first_eval=first_eval[:2], first_copy=first_eval[2])
-    del first_eval  # its copy of theta belongs to the evaluator now (which may let it go)
+                   describe=describe, first_copy=first_copy)
+    del first_copy  # the evaluator's now (which may let it go)
     ev.evaluations += 1
     _check_deterministic(f0, ev.at(x), 0.0, x.dtype)
     g = _gradients(grad, x, args, n, None, segs)[None]

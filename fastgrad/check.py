@@ -5,7 +5,6 @@ segments -> sampling -> steps -> evaluate (kernels) -> accumulate -> report.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -234,8 +233,8 @@ def start(f: Callable, theta, *, args: tuple, segments, seed, depth: int, tol: f
     private flat copy), the segment map, the tolerance, and f at theta (evaluated once, timed,
     with BLAS on the threads the check will give it: see evaluate.theta_blas_limit).
 
-    Returns (x, segments, describe, tol, tol_reason, value of f at theta,
-    (seconds of that evaluation, its BLAS limit, the copy of theta it ran on)).
+    Returns (x, segments, describe, tol, tol_reason, value of f at theta, the copy of theta it
+    ran on: the evaluator's first working copy).
     """
     if not isinstance(args, tuple):
         raise TypeError(f"args: expected a tuple of extra arguments, got {type(args).__name__}")
@@ -251,13 +250,11 @@ def start(f: Callable, theta, *, args: tuple, segments, seed, depth: int, tol: f
     if not callable(f):
         raise TypeError(f"f: expected a callable loss f(theta, *args), got {f!r}")
     resolve_workers(workers)  # a bad value is refused before f runs
-    blas = theta_blas_limit(f, x, args, workers)
+    blas = theta_blas_limit(workers)
     try:
         work = x.copy()
         with blas_limited(blas):
-            began = time.perf_counter()
             first_value = f(work, *args)
-            seconds = time.perf_counter() - began
     except Exception as exc:
         raise LossError(f"f raised at theta: {type(exc).__name__}: {exc}") from exc
     if not np.array_equal(work, x):
@@ -267,7 +264,7 @@ def start(f: Callable, theta, *, args: tuple, segments, seed, depth: int, tol: f
             f"{work[changed]!r}): every later evaluation would start from a changed point and "
             f"the numeric gradient would be wrong. Copy inside f before changing anything "
             f"(theta = theta.copy()). The caller's theta is untouched.")
-    return x, segs, describe, tol_value, tol_reason, first_value, (seconds, blas, work)
+    return x, segs, describe, tol_value, tol_reason, first_value, work
 
 
 def check(
@@ -299,15 +296,14 @@ def check(
         raise ValueError(f"kinks: expected 'detect', 'ignore' or a callable, got {kinks!r}")
     if not (np.isfinite(nondet_tol) and nondet_tol >= 0):
         raise ValueError(f"nondet_tol: expected a non-negative float, got {nondet_tol!r}")
-    x, segs, describe, tol_value, tol_reason, first_value, first_eval = start(
+    x, segs, describe, tol_value, tol_reason, first_value, first_copy = start(
         f, theta, args=args, segments=segments, seed=seed, depth=depth, tol=tol, workers=workers)
     n = x.size
     # the loss at theta, twice: its terms, and a nondeterminism check
     terms = loss_terms(first_value)
     ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=progress,
-                   describe=describe, terms=terms, jit=jit, first_eval=first_eval[:2],
-                   first_copy=first_eval[2])
-    del first_eval  # its copy of theta belongs to the evaluator now (which may let it go)
+                   describe=describe, terms=terms, jit=jit, first_copy=first_copy)
+    del first_copy  # the evaluator's now (which may let it go)
     try:
         f0 = as_loss(first_value, terms, "at theta")
     except LossError as exc:

@@ -117,15 +117,16 @@ class Plan:
     path: str
     reason: str
     t_eval: float  # the evaluation time the plan was measured at
-    calibrated: bool = True  # False: the default of a short check (not reused to skip a calibration)
 
 
 # f -> {problem key: Plan}. A multi-threaded BLAS call leaves OpenBLAS's workers spinning for
-# ~0.1 s after it returns, holding a core the outer threads need: a check that knows its plan
-# makes no BLAS-threaded call at all.
+# ~0.1 s after it returns, holding a core the outer threads need: calibration times BLAS threads
+# only after its outer-thread probe, and a check that knows its plan makes no such call at all.
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # a remembered plan is reused while one evaluation takes within this factor of its time
 PLAN_T_EVAL_FACTOR = 2.0
+# a one-worker plan is remembered only when it beat outer threads by this factor
+PLAN_ONE_WORKER_MARGIN = 1.3
 # calibration runs the BLAS-threads strategy only when BLAS threads made one evaluation at
 # least this much faster than BLAS on one thread (otherwise it cannot beat outer threads)
 BLAS_SPEEDUP_TO_PROBE = 1.4
@@ -157,18 +158,12 @@ def _remember(f, key: tuple, plan: Plan) -> None:
         _PLANS.setdefault(f, {})[key] = plan
 
 
-def theta_blas_limit(f, theta, args=(), workers=None) -> int | None:
-    """BLAS threads for the evaluations at theta before the check runs: 1 when the check will
-    run outer threads or was told workers=1 (an explicit count, or a remembered plan that runs
-    threads), else None (BLAS as the caller has it)."""
-    workers_n = resolve_workers(workers)
-    if workers is not None:
-        return 1  # outer threads get BLAS on one thread; workers=1 is serial all the way down
-    for jit in (True, False):
-        plan = remembered_plan(f, theta, args, workers_n, jit)
-        if plan is not None:
-            return plan.blas_threads
-    return None
+def theta_blas_limit(workers=None) -> int | None:
+    """BLAS threads for the evaluations at theta before the check runs: 1 unless the check runs
+    one worker by default (a one-core machine), where BLAS is left as the caller has it. A
+    check that will run outer threads must not wake BLAS threads first (see _PLANS), and
+    workers=1 is serial all the way down."""
+    return 1 if workers is not None or resolve_workers(None) > 1 else None
 
 
 # a plain numpy loss compiled by jit="auto": f -> Numba dispatcher, or None when Numba refused it
@@ -284,7 +279,6 @@ class Evaluator:
     def __init__(self, f: Callable, theta: np.ndarray, args: tuple = (), *, workers=None,
                  executor: Executor | None = None, progress=None, describe=None,
                  terms: tuple[str, ...] | None = None, jit: bool | str = "auto",
-                 first_eval: tuple[float, int | None] | None = None,
                  first_copy: np.ndarray | None = None):
         if jit not in (True, False, "auto"):
             raise ValueError(f"jit: expected True, False or 'auto', got {jit!r}")
@@ -301,8 +295,6 @@ class Evaluator:
         self.workers_given = workers is not None  # an explicit count is obeyed, not calibrated
         self.jit_option = jit
         self.t_eval: float | None = None  # fastest timed evaluation of f at theta (seconds)
-        # the caller's own evaluation at theta: (seconds, the BLAS limit it ran under)
-        self.first_eval = first_eval
         self.threads = 1 if (executor is None and self.workers == 1) else self.workers
         # None: BLAS left alone. An explicit workers=1 is serial all the way down: BLAS threads
         # would also leave OpenBLAS workers spinning ~0.1 s after the check
@@ -419,14 +411,7 @@ class Evaluator:
             self._try_jit(t_eval)
         elif not self.jit and self.jit_option is True and self.terms is None:
             self._try_jit(None)
-        key = _plan_key(self.theta, self.args, self.workers, self.jit)
         if predicted < CALIBRATE_MIN_SECONDS:
-            if self.executor is None and remembered_plan(self.f, self.theta, self.args,
-                                                         self.workers, self.jit) is None:
-                # not calibrated, but remembered: the next check evaluates at theta with the
-                # BLAS limit of the strategy it will run (see _PLANS)
-                _remember(self.f, key, Plan(self.threads, self.blas_threads, self.path,
-                                            self.path_reason, t_eval, calibrated=False))
             if not self.jit and self.executor is None and t_eval < GIL_BOUND_SECONDS:
                 # a loss this short holds the GIL most of the time: threads only add handoffs
                 self.threads, self.blas_threads = 1, None
@@ -436,7 +421,7 @@ class Evaluator:
             return done
         plan = None if self.executor is not None else remembered_plan(
             self.f, self.theta, self.args, self.workers, self.jit)
-        if plan is not None and plan.calibrated and plan.t_eval / PLAN_T_EVAL_FACTOR <= t_eval <= \
+        if plan is not None and plan.t_eval / PLAN_T_EVAL_FACTOR <= t_eval <= \
                 plan.t_eval * PLAN_T_EVAL_FACTOR:
             self.threads, self.blas_threads, self.path = plan.threads, plan.blas_threads, plan.path
             self.path_reason = f"{plan.reason}; plan remembered from an earlier check of this loss"
@@ -447,18 +432,28 @@ class Evaluator:
             return done
         if self.jit:
             self._warm()
-        # the one-worker strategy gets BLAS threads only when they made one evaluation faster:
-        # otherwise it is the serial strategy (a GIL-bound loss), without waking BLAS threads
-        t_blas = self.first_eval[0] if self.first_eval and self.first_eval[1] is None else None
-        blas_helps = t_blas is not None and t_eval >= BLAS_SPEEDUP_TO_PROBE * t_blas
-        strategies = [(self.workers, 1), (1, None if blas_helps else 1)]
-        rates = []
-        for (threads, blas), size in zip(strategies, (probe, max(1, probe // 4))):
-            # the one-worker probe is short: BLAS threads on a busy machine can be 100x slower
+        # outer threads first, before anything of ours wakes BLAS threads (OpenBLAS's workers
+        # spin for ~0.1 s after a threaded call, holding a core). The caller's own BLAS call
+        # just before the check can have left them spinning: the outer probe runs in two
+        # halves around a serial one and keeps its faster half. Then one evaluation with BLAS
+        # threads says whether they help; the one-worker strategy gets them only if so
+        # (otherwise it is the serial strategy, which a GIL-bound loss wins).
+        def timed(size, threads, blas):
+            nonlocal done
             start = time.perf_counter()
-            self._pairs_range(done, done + size, index, step, f_plus, f_minus, bar, threads, blas)
-            rates.append(size / max(time.perf_counter() - start, 1e-9))
+            self._pairs_range(done, done + size, index, step, f_plus, f_minus, bar, threads,
+                              blas)
             done += size
+            return size / max(time.perf_counter() - start, 1e-9)
+
+        half = max(1, probe // 2)
+        size = max(1, probe // 4)  # short: BLAS threads on a busy machine can be 100x slower
+        outer = timed(half, self.workers, 1)
+        serial = timed(size, 1, 1)
+        outer = max(outer, timed(half, self.workers, 1))
+        blas_helps = t_eval >= BLAS_SPEEDUP_TO_PROBE * self._timed_with_blas_threads()
+        strategies = [(self.workers, 1), (1, None if blas_helps else 1)]
+        rates = [outer, timed(size, 1, None) if blas_helps else serial]
         best = 1 if rates[1] > BLAS_MARGIN * rates[0] else 0
         self.threads, self.blas_threads = strategies[best]
         how = "prange kernel" if self.jit else "thread pool"
@@ -474,10 +469,23 @@ class Evaluator:
         if best == 1:
             self.path = "jit" if self.jit else "serial"
         self.path_reason = f"{self._origin()}: {chosen} ({measured})"
-        if self.executor is None:
-            _remember(self.f, key, Plan(self.threads, self.blas_threads, self.path,
-                                        self.path_reason, t_eval))
+        # a one-worker choice is remembered only when it wins clearly: on a noisy machine a
+        # remembered wrong one would halve the speed of every later check of this loss
+        if self.executor is None and (best == 0 or rates[1] > PLAN_ONE_WORKER_MARGIN * rates[0]):
+            _remember(self.f, _plan_key(self.theta, self.args, self.workers, self.jit),
+                      Plan(self.threads, self.blas_threads, self.path, self.path_reason, t_eval))
         return done
+
+    def _timed_with_blas_threads(self) -> float:
+        """Seconds of one evaluation at theta with BLAS on its own threads (a timing only)."""
+        work = self._borrow()
+        try:
+            with blas_limited(None):
+                start = time.perf_counter()
+                self.kernel_f(work, *self.args)
+                return time.perf_counter() - start
+        finally:
+            self._copies.append(work)
 
     def _warm(self):
         """Load (or compile once, then cache) the coordinate kernel before anything is timed."""

@@ -4,6 +4,7 @@ only; speed is measured by benchmarks/, never asserted here)."""
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -126,7 +127,6 @@ def test_a_calibrated_plan_is_remembered_and_reused_for_the_same_loss(monkeypatc
     rng = np.random.default_rng(3)
     A = rng.standard_normal((8, 20))
     x = rng.standard_normal(20 * 30)
-    assert evaluate.theta_blas_limit(_blas_loss, x, (A,)) is None  # nothing known yet
     first = fg.check(_blas_loss, x, _blas_grad(x, A), args=(A,), samples="all")
     assert first.passed and "calibrated" in first.path_reason
     assert "remembered" not in first.path_reason
@@ -137,8 +137,7 @@ def test_a_calibrated_plan_is_remembered_and_reused_for_the_same_loss(monkeypatc
     assert np.allclose([c.numeric for c in first.coords], [c.numeric for c in second.coords],
                        rtol=1e-12, atol=0.0)
     plan = evaluate.remembered_plan(_blas_loss, x, (A,), evaluate.resolve_workers(None), False)
-    # the evaluations at theta run with the BLAS limit the plan will use
-    assert evaluate.theta_blas_limit(_blas_loss, x, (A,)) == plan.blas_threads
+    assert plan is not None and plan.path == first.path
     # other shapes are another problem: calibrated again
     B = rng.standard_normal((9, 20))
     other = fg.check(_blas_loss, x, _blas_grad(x, B), args=(B,), samples="all")
@@ -146,19 +145,21 @@ def test_a_calibrated_plan_is_remembered_and_reused_for_the_same_loss(monkeypatc
     # an explicit worker count is obeyed, never replaced by a remembered plan
     one = fg.check(_blas_loss, x, _blas_grad(x, A), args=(A,), samples="all", workers=1)
     assert one.path == "serial" and "remembered" not in one.path_reason
-    assert evaluate.theta_blas_limit(_blas_loss, x, (A,), workers=2) == 1
+    # before a check, f at theta never wakes BLAS threads unless one worker is all there is
+    assert evaluate.theta_blas_limit(workers=2) == 1 and evaluate.theta_blas_limit(workers=1) == 1
+    assert evaluate.theta_blas_limit() == (1 if evaluate.resolve_workers(None) > 1 else None)
 
 
 def test_a_remembered_plan_is_not_reused_when_the_loss_got_much_slower(monkeypatch):
     monkeypatch.setattr(evaluate, "CALIBRATE_MIN_SECONDS", 0.0)
     monkeypatch.setattr(evaluate, "_PLANS", type(evaluate._PLANS)())
     x = np.random.default_rng(4).standard_normal(200)
-    fg.check(loop_loss, x, loop_grad(x), samples="all")
     key = evaluate._plan_key(x, (), evaluate.resolve_workers(None), False)
-    plan = evaluate._PLANS[loop_loss][key]
-    # pretend the plan was measured on a loss 100x faster than this one
-    evaluate._PLANS[loop_loss][key] = evaluate.Plan(plan.threads, plan.blas_threads, plan.path,
-                                                    plan.reason, plan.t_eval / 100)
+    start = time.perf_counter()
+    loop_loss(x)
+    t_eval = time.perf_counter() - start
+    # a plan measured on a loss 100x faster than this one
+    evaluate._PLANS[loop_loss] = {key: evaluate.Plan(1, 1, "serial", "made up", t_eval / 100)}
     again = fg.check(loop_loss, x, loop_grad(x), samples="all")
     assert "remembered" not in again.path_reason and "calibrated" in again.path_reason
 
