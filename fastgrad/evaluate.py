@@ -123,8 +123,9 @@ class Plan:
 # ~0.1 s after it returns, holding a core the outer threads need: calibration times BLAS threads
 # only after its outer-thread probe, and a check that knows its plan makes no such call at all.
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# a remembered plan is reused while one evaluation takes within this factor of its time
-PLAN_T_EVAL_FACTOR = 2.0
+# a remembered plan is reused while one evaluation takes within this factor of its time (one
+# timing of a microsecond loss moves by 2x on a busy machine; a different problem moves more)
+PLAN_T_EVAL_FACTOR = 4.0
 # a one-worker plan is remembered only when it beat outer threads by this factor
 PLAN_ONE_WORKER_MARGIN = 1.3
 # calibration runs the BLAS-threads strategy only when BLAS threads made one evaluation at
@@ -397,7 +398,8 @@ class Evaluator:
     # -- calibration: which strategy is faster for this loss, measured on real coordinates -----
     def _calibrate(self, index, step, f_plus, f_minus, bar) -> int:
         """Decide threads/BLAS (and jit="auto") on the first coordinates; returns how many of
-        them were evaluated (their losses are kept: calibration costs no extra evaluation)."""
+        them were evaluated (their losses are kept: calibration adds one timed evaluation at
+        theta with BLAS threads, counted in self.evaluations)."""
         self._planned = True
         k = index.size
         if self.t_eval is None:
@@ -486,6 +488,7 @@ class Evaluator:
                 return time.perf_counter() - start
         finally:
             self._copies.append(work)
+            self.evaluations += 1
 
     def _warm(self):
         """Load (or compile once, then cache) the coordinate kernel before anything is timed."""
