@@ -499,7 +499,7 @@ class Evaluator:
             return
         empty = np.empty(0)
         _centered_losses(loss, np.ascontiguousarray(self.theta), np.empty(0, np.int64), empty,
-                         self.args, empty, empty, np.full(1, -1, dtype=np.int64))
+                         self.args, empty, empty, 1)
 
     def _kernel_loss(self):
         """kernel_f as a first-class function value, or None when Numba cannot pass it that way
@@ -556,9 +556,9 @@ class Evaluator:
     def _pairs_jit(self, index, step, f_plus, f_minus, bar, threads=None):
         from .kernels import _centered_losses
 
-        def run(loss, theta, a, b, current):
+        def run(loss, theta, a, b, n_chunks):
             _centered_losses(loss, theta, index[a:b], step[a:b], self.args, f_plus[a:b],
-                             f_minus[a:b], current)
+                             f_minus[a:b], n_chunks)
 
         def rerun(a, b):
             return _fill_pairs(self.kernel_f, self.theta.copy(), index[a:b], step[a:b],
@@ -594,10 +594,9 @@ class Evaluator:
             theta = np.ascontiguousarray(self.theta)
             for a in range(0, k, batch):
                 b = min(a + batch, k)
-                current = np.full(min(threads, b - a) or 1, -1, dtype=np.int64)
                 with _catching_kernel_errors():
                     seen = len(_KERNEL_ERRORS)
-                    run(loss, theta, a, b, current)
+                    run(loss, theta, a, b, min(threads, b - a) or 1)
                     raised = len(_KERNEL_ERRORS) > seen
                 failure = rerun(a, b) if raised else None
                 if failure is not None:
@@ -706,9 +705,9 @@ class Evaluator:
     def _directions_jit(self, key, lo, hi, step, f_plus, f_minus, bar):
         from .kernels import _directional_losses
 
-        def run(loss, theta, a, b, current):
+        def run(loss, theta, a, b, n_chunks):
             _directional_losses(loss, theta, key[a:b], lo[a:b], hi[a:b], step[a:b], self.args,
-                                f_plus[a:b], f_minus[a:b], current)
+                                f_plus[a:b], f_minus[a:b], n_chunks)
 
         def rerun(a, b):
             failure = _fill_directions(self.kernel_f, self.theta.copy(), self.theta, key[a:b],

@@ -29,26 +29,18 @@ def _centered_pair(f, work, i, step, args):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _centered_losses(f, theta, index, step, args, f_plus, f_minus, current):
-    """Fill f_plus[j], f_minus[j] = f(theta +- step[j] e_index[j]) for all j; f is a
-    FirstClassLoss.
+def _centered_losses(f, theta, index, step, args, f_plus, f_minus, n_chunks):
+    """Fill f_plus[j], f_minus[j] = f(theta +- step[j] e_index[j]) for all j, in n_chunks
+    chunks (one per thread, each with its own working copy); f is a FirstClassLoss.
 
-    ``current`` has one slot per chunk: the position j being evaluated (or -1 when done). An
-    exception inside f does not propagate through a first-class call: numba reports it to
+    An exception inside f does not propagate through a first-class call: numba reports it to
     sys.unraisablehook, where evaluate.py catches it and re-runs the batch to find the coordinate.
     """
-    n_chunks = current.shape[0]
     k = index.shape[0]
     for c in prange(n_chunks):
         work = theta.copy()
-        lo = c * k // n_chunks
-        hi = (c + 1) * k // n_chunks
-        for j in range(lo, hi):
-            current[c] = j
-            fp, fm = _centered_pair(f, work, index[j], step[j], args)
-            f_plus[j] = fp
-            f_minus[j] = fm
-        current[c] = -1
+        for j in range(c * k // n_chunks, (c + 1) * k // n_chunks):
+            f_plus[j], f_minus[j] = _centered_pair(f, work, index[j], step[j], args)
 
 
 class FirstClassLoss(types.WrapperAddressProtocol):
@@ -160,21 +152,14 @@ def _directional_pair(f, work, theta, key, lo, hi, step, args):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _directional_losses(f, theta, key, lo, hi, step, args, f_plus, f_minus, current):
+def _directional_losses(f, theta, key, lo, hi, step, args, f_plus, f_minus, n_chunks):
     """Fill f_plus[j], f_minus[j] = f(theta +- step[j] v_j), v_j supported on [lo[j], hi[j]).
 
-    As ``_centered_losses``: f is a FirstClassLoss, one chunk and one working copy per thread,
-    ``current`` holds the direction each chunk is evaluating (-1 when done).
+    As ``_centered_losses``: f is a FirstClassLoss, n_chunks chunks, one working copy each.
     """
-    n_chunks = current.shape[0]
     k = key.shape[0]
     for c in prange(n_chunks):
         work = theta.copy()
-        first = c * k // n_chunks
-        last = (c + 1) * k // n_chunks
-        for j in range(first, last):
-            current[c] = j
-            fp, fm = _directional_pair(f, work, theta, key[j], lo[j], hi[j], step[j], args)
-            f_plus[j] = fp
-            f_minus[j] = fm
-        current[c] = -1
+        for j in range(c * k // n_chunks, (c + 1) * k // n_chunks):
+            f_plus[j], f_minus[j] = _directional_pair(f, work, theta, key[j], lo[j], hi[j],
+                                                      step[j], args)
