@@ -22,8 +22,7 @@ import tracemalloc
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from fastgrad.audit import audit
-from fastgrad.check import check
+from fastgrad import audit, check
 from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss
 
 PROBABILITY = 0.99

@@ -3,19 +3,20 @@
 
 #include "accumulate.h"
 
-static int8_t band(double rel)
+static int8_t band(double rel, const fg_method *m)
 {
-    if (rel > 1e-2) return FG_VERDICT_WRONG;
-    if (rel > 1e-4) return FG_VERDICT_SUSPECT;
-    if (rel > 1e-7) return FG_VERDICT_OK;
+    if (rel > m->band_wrong) return FG_VERDICT_WRONG;
+    if (rel > m->band_suspect) return FG_VERDICT_SUSPECT;
+    if (rel > m->band_ok) return FG_VERDICT_OK;
     return FG_VERDICT_EXCELLENT;
 }
 
 int64_t fg_coords(int64_t n, const double *analytic, const double *f_plus, const double *f_minus,
-                  double f0, const double *step, double tol, double noise_eps, double noise_abs,
+                  double f0, const double *step, const fg_method *method, double noise_abs,
                   double *numeric, double *rel_error, double *noise, double *kink_score,
                   int8_t *verdict, uint8_t *failed, uint8_t *kink)
 {
+    const double tol = method->tol, noise_eps = method->noise_eps;
     int64_t n_failed = 0;
     for (int64_t i = 0; i < n; i++) {
         const double a = analytic[i], fp = f_plus[i], fm = f_minus[i], h = step[i];
@@ -47,9 +48,9 @@ int64_t fg_coords(int64_t n, const double *analytic, const double *f_plus, const
             verdict[i] = FG_VERDICT_NOISE;
             failed[i] = 0;
         } else {
-            verdict[i] = band(rel);
+            verdict[i] = band(rel, method);
             failed[i] = rel > tol;
-            kink[i] = failed[i] && score >= FG_KINK_EXPLAINS * rel;
+            kink[i] = failed[i] && score >= method->kink_explains * rel;
         }
         n_failed += failed[i];
     }

@@ -5,11 +5,12 @@
 >>> print(report)
 """
 
-from .audit import AuditReport, audit
-from .check import GradientCheckError, NondeterminismError, Problem, assert_gradients, check
-from .evaluate import LossError
+from .checks.coordinates import Problem, assert_gradients, check
+from .checks.directions import audit
+from .errors import GradientCheckError, LossError, NondeterminismError
 from .models import check_layer, check_model
-from .report import CoordRecord, Report, SegmentReport
+from .results.audit_report import AuditReport
+from .results.report import CoordRecord, Report, SegmentReport
 from .segments import Segment, SegmentMap, flatten, unflatten
 
 __version__ = "0.1.0"

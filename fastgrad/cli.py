@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_problem(target: str):
-    from .check import Problem
+    from .checks.coordinates import Problem
 
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
@@ -97,7 +97,7 @@ def _write_json(report, destination: str | None) -> None:
 
 
 def _demo(args) -> int:
-    from .check import check
+    from .checks.coordinates import check
     from .examples import two_layer_problem
 
     for title, bug in (("correct gradient", None), ("planted bug: b1 gradient missing", "bias")):
@@ -125,7 +125,7 @@ def _check(args) -> int:
     if args.audit:
         import inspect
 
-        from .audit import audit
+        from .checks.directions import audit
 
         # a Problem's options are check() options; keep the ones audit() takes too
         accepted = inspect.signature(audit).parameters
@@ -135,7 +135,7 @@ def _check(args) -> int:
         report = audit(problem.f, problem.theta, problem.grad, segments=problem.segments,
                        args=tuple(problem.args), seed=args.seed, **options)
     else:
-        from .check import check
+        from .checks.coordinates import check
 
         if args.samples is not None:
             options["samples"] = args.samples

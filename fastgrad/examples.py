@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .check import Problem
+from .checks.coordinates import Problem
 from .segments import flatten
 
 BUGS = ("bias", "transpose", "reg")

@@ -24,7 +24,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._adapt import core_check
-from .report import Report
+from .results.report import Report
 
 __all__ = ["check"]
 

@@ -27,7 +27,7 @@ from ._adapt import (
     float64_copy,
     numpy_seeded,
 )
-from .report import Report
+from .results.report import Report
 
 __all__ = ["check_layer", "check_model"]
 

@@ -1,6 +1,8 @@
-"""Step sizes, noise floors and failure tolerances: one table, keyed by dtype.
+"""The numbers of the method: step sizes, noise floors, tolerances, verdict bands, re-check
+factors. One table, keyed by dtype where the dtype matters.
 
-Every number the checker uses to decide "is this difference real?" comes from here.
+Every number the checker uses to decide "is this difference real?" comes from here; the C
+accumulator receives the ones it needs as arguments (csrc/accumulate.h, fg_method).
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from .arguments import positive_int
+from .errors import InvalidType, InvalidValue
 
 
 @dataclass(frozen=True)
@@ -37,9 +42,45 @@ DEPTH_EXPONENT = 1.35
 # noise_factor 4: the roundoff of f(x+h) - f(x-h) measured on numpy sums of 1e6 terms
 # (log cosh, |f| ~ 2e6) stays below 0.6 eps (|f+| + |f-|); 32 would hide a 1e-3 error there.
 
+# verdict bands on the relative error (CS231n): > 1e-2 wrong, 1e-4..1e-2 suspect, 1e-7..1e-4 ok
+# (fine with kinks), <= 1e-7 excellent
+BAND_WRONG, BAND_SUSPECT, BAND_OK = 1e-2, 1e-4, 1e-7
+
+# a failing coordinate is a kink candidate when its kink score (the disagreement of the one-sided
+# slopes, csrc/accumulate.h) is at least this fraction of its relative error
+KINK_EXPLAINS = 0.25
+
+# kink re-checks (judge/rechecks.py): a failure whose numeric value moved by at most this
+# fraction of tol between two steps is stable (no kink in between: a real error) ...
+KINK_STABLE_CHANGE = 0.5
+# ... the one-sided slopes (f+ - f0)/h, (f0 - f-)/h carry this multiple of the centered floor ...
+ONE_SIDED_NOISE = 2.0
+# ... and a kink is visible when the slopes differ by more than this many times their noise
+KINK_VISIBLE = 4.0
+
+# a loss compiled by jit="auto" is the same function when it agrees at theta within this
+# (relative, float64): a different summation order is fine
+JIT_AGREEMENT_EPS = 8 * float(np.finfo(np.float64).eps)
+
+# audit: a directional disagreement that changes by more than this fraction of itself between
+# step h and h * RETEST_SHRINK depends on the step (truncation, a kink), not on the gradient
+STEP_DEPENDENCE = 0.5
+RETEST_SHRINK = 0.1
+
 # a kink re-check tries these fractions of the first step in turn (h/10, h/100, h/1000): a kink at
 # distance d is no longer crossed once the step is below d
 KINK_SHRINK = (0.1, 0.01, 0.001)
+
+
+def band_name(rel: float) -> str:
+    """The verdict band of a relative error: wrong, suspect, ok or excellent."""
+    if rel > BAND_WRONG:
+        return "wrong"
+    if rel > BAND_SUSPECT:
+        return "suspect"
+    if rel > BAND_OK:
+        return "ok"
+    return "excellent"
 
 
 def precision_of(dtype) -> Precision:
@@ -47,7 +88,7 @@ def precision_of(dtype) -> Precision:
     try:
         return PRECISIONS[dtype]
     except KeyError:
-        raise TypeError(
+        raise InvalidType(
             f"theta: dtype {dtype} is not supported; use float64 (or float32)"
         ) from None
 
@@ -58,12 +99,16 @@ def tolerance(dtype, depth: int = 1, tol: float | None = None) -> tuple[float, s
     >>> tolerance(np.float64)
     (0.0001, 'float64 default 1e-04 at depth 1')
     """
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth: expected a positive int (number of layers), got {depth!r}")
+    depth = positive_int("depth", depth, meaning=" (number of layers)")
     if tol is not None:
-        tol = float(tol)
+        try:
+            tol = float(tol)
+        except TypeError:
+            raise InvalidType(f"tol: expected a relative error in (0, 1), got {tol!r}") from None
+        except ValueError:
+            raise InvalidValue(f"tol: expected a relative error in (0, 1), got {tol!r}") from None
         if not (0.0 < tol < 1.0):
-            raise ValueError(f"tol: expected a relative error in (0, 1), got {tol!r}")
+            raise InvalidValue(f"tol: expected a relative error in (0, 1), got {tol!r}")
         return tol, f"tol={tol:.0e} given by the caller"
     p = precision_of(dtype)
     value = min(p.max_tol, p.base_tol * float(depth) ** DEPTH_EXPONENT)
@@ -101,15 +146,15 @@ def coordinate_steps(x: np.ndarray, h="auto", dtype=np.float64) -> np.ndarray:
     x = np.asarray(x, dtype=dtype)
     if isinstance(h, str):
         if h != "auto":
-            raise ValueError(f"h: expected a positive float or 'auto', got {h!r}")
+            raise InvalidValue(f"h: expected a positive float or 'auto', got {h!r}")
         raw = p.step_scale * np.maximum(1.0, np.abs(x.astype(np.float64)))
     else:
         try:
             value = float(h)
         except (TypeError, ValueError):
-            raise TypeError(f"h: expected a positive float or 'auto', got {h!r}") from None
+            raise InvalidType(f"h: expected a positive float or 'auto', got {h!r}") from None
         if not (value > 0.0 and np.isfinite(value)):
-            raise ValueError(f"h: expected a positive finite step, got {h!r}")
+            raise InvalidValue(f"h: expected a positive finite step, got {h!r}")
         raw = np.full(x.shape, value)
     raw = raw.astype(dtype)
     exact = ((x + raw) - x).astype(np.float64)

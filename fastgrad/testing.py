@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .check import GradientCheckError, assert_gradients
-from .report import Report
+from .checks.coordinates import assert_gradients
+from .errors import GradientCheckError
+from .results.report import Report
 
 __all__ = [
     "GradientCheckError",

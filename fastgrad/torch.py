@@ -26,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._adapt import ThreadLocalLoss, check_seed, core_check, cotangent_rng
-from .report import Report
+from .results.report import Report
 
 __all__ = ["check_function", "check_module"]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fastgrad import accumulate
+from fastgrad.judge import verdicts as accumulate
 
 from naive import coordinate_stats as naive_coords
 from naive import segment_stats as naive_segments

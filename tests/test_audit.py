@@ -10,9 +10,10 @@ import math
 import numpy as np
 import pytest
 
-from fastgrad.audit import AuditReport, audit
+from fastgrad import AuditReport, audit
+from fastgrad.engine.kernels import direction_dot as _direction_dot
+from fastgrad.engine.kernels import direction_fill as _direction_fill
 from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss
-from fastgrad.kernels import _direction_dot, _direction_fill
 from fastgrad.sampling import direction_key as _direction_key
 
 N = 1_000_000
@@ -93,7 +94,7 @@ def test_direction_values_match_reference_and_are_rademacher_like():
 
 
 def test_directional_losses_match_a_plain_loop():
-    from fastgrad.evaluate import Evaluator
+    from fastgrad.engine.evaluator import Evaluator
 
     x = np.random.default_rng(2).standard_normal(300)
     f = lambda t: float(np.sum(np.sin(t) * t))

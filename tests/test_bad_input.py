@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import fastgrad as fg
-from fastgrad.check import NondeterminismError
-from fastgrad.evaluate import LossError
+from fastgrad.errors import LossError, NondeterminismError
 
 SHAPES = {"W1": (4, 5), "b1": (5,)}
 

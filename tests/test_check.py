@@ -6,7 +6,7 @@ import pytest
 from numba import njit
 
 import fastgrad as fg
-from fastgrad.evaluate import Evaluator
+from fastgrad.engine.evaluator import Evaluator
 from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss, two_layer_loss_jit
 from fastgrad.sampling import sample_coordinates
 from fastgrad.steps import NOISE_PROBE_EVALUATIONS, coordinate_steps

@@ -11,8 +11,10 @@ import pytest
 from numba import njit
 
 import fastgrad as fg
-from fastgrad import evaluate
-from fastgrad.evaluate import Evaluator, blas_limited
+from fastgrad.engine import plan as plans
+from fastgrad.engine import planner as evaluate
+from fastgrad.engine.blas import blas_limited
+from fastgrad.engine.evaluator import Evaluator
 
 
 def loop_loss(x):
@@ -99,13 +101,13 @@ def test_the_noise_probe_does_not_choose_the_strategy_for_the_check(monkeypatch)
     """The 24-evaluation noise probe runs first; the strategy must be chosen on the check's own
     coordinates (the first large batch), not on the probe."""
     seen = []
-    original = Evaluator._calibrate
+    original = evaluate.calibrate
 
     def spy(self, index, step, f_plus, f_minus, bar):
         seen.append(index.size)
         return original(self, index, step, f_plus, f_minus, bar)
 
-    monkeypatch.setattr(Evaluator, "_calibrate", spy)
+    monkeypatch.setattr(evaluate, "calibrate", spy)
     x = np.linspace(-1.0, 1.0, 300)
     fg.check(lambda t: float(np.sum(np.sin(t))), x, np.cos(x), samples="all")
     assert seen == [300]
@@ -126,7 +128,7 @@ def test_a_calibrated_plan_is_remembered_and_reused_for_the_same_loss(monkeypatc
     monkeypatch.setattr(evaluate, "CALIBRATE_MIN_SECONDS", 0.0)  # calibrate even a small check
     # remember whichever strategy wins (a close one-worker win is otherwise not remembered)
     monkeypatch.setattr(evaluate, "PLAN_ONE_WORKER_MARGIN", 0.0)
-    monkeypatch.setattr(evaluate, "_PLANS", type(evaluate._PLANS)())
+    monkeypatch.setattr(plans, "_PLANS", type(plans._PLANS)())
     rng = np.random.default_rng(3)
     A = rng.standard_normal((8, 20))
     x = rng.standard_normal(20 * 30)
@@ -139,7 +141,7 @@ def test_a_calibrated_plan_is_remembered_and_reused_for_the_same_loss(monkeypatc
     assert second.path == first.path
     assert np.allclose([c.numeric for c in first.coords], [c.numeric for c in second.coords],
                        rtol=1e-12, atol=0.0)
-    plan = evaluate.remembered_plan(_blas_loss, x, (A,), evaluate.resolve_workers(None), False)
+    plan = plans.remembered_plan(_blas_loss, x, (A,), evaluate.resolve_workers(None), False)
     assert plan is not None and plan.path == first.path
     # other shapes are another problem: calibrated again
     B = rng.standard_normal((9, 20))
@@ -155,14 +157,14 @@ def test_a_calibrated_plan_is_remembered_and_reused_for_the_same_loss(monkeypatc
 
 def test_a_remembered_plan_is_not_reused_when_the_loss_got_much_slower(monkeypatch):
     monkeypatch.setattr(evaluate, "CALIBRATE_MIN_SECONDS", 0.0)
-    monkeypatch.setattr(evaluate, "_PLANS", type(evaluate._PLANS)())
+    monkeypatch.setattr(plans, "_PLANS", type(plans._PLANS)())
     x = np.random.default_rng(4).standard_normal(200)
-    key = evaluate._plan_key(x, (), evaluate.resolve_workers(None), False)
+    key = plans.plan_key(x, (), evaluate.resolve_workers(None), False)
     start = time.perf_counter()
     loop_loss(x)
     t_eval = time.perf_counter() - start
     # a plan measured on a loss 100x faster than this one
-    evaluate._PLANS[loop_loss] = {key: evaluate.Plan(1, 1, "serial", "made up", t_eval / 100)}
+    plans._PLANS[loop_loss] = {key: plans.Plan("serial", 1, 1, "made up", t_eval / 100)}
     again = fg.check(loop_loss, x, loop_grad(x), samples="all")
     assert "remembered" not in again.path_reason and "calibrated" in again.path_reason
 
@@ -212,14 +214,14 @@ _RUN = '''
 import sys
 import numpy as np
 import fastgrad as fg
-from fastgrad import kernels
+from fastgrad.engine import kernels
 from {name} import {name} as loss
 x = np.linspace(-1.0, 1.0, 200)
 scale = np.arange(1.0, 201.0)
 report = fg.check(loss, x, scale * x, args=(scale,), samples="all")
 assert report.passed and report.path == "jit", report.path
-print(sum(kernels._centered_losses.stats.cache_hits.values()),
-      sum(kernels._centered_losses.stats.cache_misses.values()))
+print(sum(kernels.centered_losses.stats.cache_hits.values()),
+      sum(kernels.centered_losses.stats.cache_misses.values()))
 '''
 
 
@@ -298,7 +300,7 @@ def test_an_eagerly_compiled_loss_runs_in_the_kernel_and_odd_ones_fall_back_clea
     wrong[5] *= 1.01
     assert [c.index for c in fg.check(_eager_loss, x, wrong, args=(scale,),
                                       samples="all").failures] == [5]
-    from fastgrad.kernels import first_class_loss
+    from fastgrad.engine.kernels import first_class_loss
 
     assert first_class_loss(_tuple_loss, x, ()) is None
     assert first_class_loss(_eager_loss, x.astype(np.float32), (scale,)) is None

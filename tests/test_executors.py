@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastgrad.audit import audit
-from fastgrad.check import check
-from fastgrad.evaluate import Evaluator
+from fastgrad import audit, check
+from fastgrad.engine.evaluator import Evaluator
 
 N = 1_000_000
 _rng = np.random.default_rng(7)
@@ -85,14 +84,14 @@ def test_process_pool_same_as_serial(serial, process_pool):
 def test_process_pool_ships_theta_once_per_worker(process_pool):
     x = THETA[:50_000].copy()
     f = separable_small
-    ev = Evaluator(f, x, executor=process_pool)
+    ev = Evaluator(f, x, executor=process_pool, workers=2)
     index = np.arange(0, 50_000, 997)
     step = np.full(index.size, 1e-5)
     first = ev.pairs(index, step)
     for _ in range(3):
         again = ev.pairs(index, step)
         np.testing.assert_array_equal(again[0], first[0])
-    assert ev._executor_width() == 2
+    assert ev.executor_width == 2
     # one copy rides with each of the first `width` tasks; later tasks and calls send none
     assert 1 <= ev.shipments <= 2 + 2
     serial = Evaluator(f, x, workers=1).pairs(index, step)
@@ -123,7 +122,7 @@ def test_dask_local_cluster_same_as_serial(serial):
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        executor = client.get_executor()
+        executor = client  # the Client itself: theta scattered once to every worker
         report = audit(separable_loss, THETA, WRONG, executor=executor)
         assert report.path == "executor"
         assert fingerprint(report) == fingerprint(serial)
@@ -134,4 +133,4 @@ def test_dask_local_cluster_same_as_serial(serial):
         ev.pairs(index, np.full(index.size, 1e-5))
         ev.pairs(index, np.full(index.size, 1e-5))
         assert ev.shipments == 1
-        assert ev._executor_width() == 2
+        assert ev.executor_width == 2

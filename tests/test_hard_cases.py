@@ -11,8 +11,7 @@ import pytest
 from numba import njit
 
 import fastgrad as fg
-from fastgrad.check import NondeterminismError
-from fastgrad.evaluate import LossError
+from fastgrad.errors import LossError, NondeterminismError
 from fastgrad.sampling import sample_coordinates
 from fastgrad.steps import coordinate_steps, tolerance
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import fastgrad as fg
+from fastgrad.judge.noise import NoiseLevel
 from fastgrad.steps import NOISE_AGREEMENT, noise_sigma, pooled_noise_sigma
 
 
@@ -55,8 +56,8 @@ def test_noisy_loss_with_correct_gradient_passes_and_says_why(theta, monkeypatch
     assert quiet.passed and quiet.noise_note == ""
     # without the measurement the same correct gradient fails: the measured floor is what
     # keeps the check from crying wolf
-    check_module = sys.modules["fastgrad.check"]  # fastgrad.check is also the function
-    unmeasured = check_module.NoiseLevel((0.0,), (0.0,), 1.0, "")
+    check_module = sys.modules["fastgrad.checks.coordinates"]
+    unmeasured = NoiseLevel((0.0,), (0.0,), 1.0, "")
     monkeypatch.setattr(check_module, "measure_noise", lambda *a, **k: unmeasured)
     assert not fg.check(noisy_loss, theta, grad_of(theta), samples="all").passed
 

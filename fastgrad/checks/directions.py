@@ -17,36 +17,36 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from . import accumulate
-from .accumulate import NAN, NOISE, VERDICTS
-from .check import (
-    _check_deterministic,
-    _gradients,
-    _recheck_kinks,
-    _recheck_noise,
-    _scaled,
-    measure_noise,
-    start,
+from ..arguments import optional_positive_int
+from ..engine.evaluator import Evaluator
+from ..judge.noise import measure_noise
+from ..judge.rechecks import Judge, scaled
+from ..judge.verdicts import NAN, NOISE, VERDICTS
+from ..progress import Progress
+from ..results.audit_report import (
+    AuditReport,
+    BlockRecord,
+    DirectionRecord,
+    SegmentAudit,
+    SuspectRecord,
 )
-from .evaluate import Evaluator, LossError, as_loss, loss_terms
-from .progress import Progress
-from .report import _columns, json_ready
-from .sampling import direction_key
-from .segments import SegmentMap
-from .steps import (
+from ..sampling import direction_key
+from ..segments import SegmentMap
+from ..steps import (
     KINK_SHRINK,
     NOISE_PROBE_EVALUATIONS,
+    RETEST_SHRINK,
+    STEP_DEPENDENCE,
     coordinate_steps,
-    noise_eps,
     precision_of,
 )
+from .prepare import prepare
 
-__all__ = ["audit", "AuditReport", "SegmentAudit", "DirectionRecord", "SuspectRecord",
-           "BlockRecord"]
+__all__ = ["audit"]
 
 # a range this small is settled by coordinate checks of all its members
 LEAF_SIZE = 4
@@ -58,185 +58,6 @@ DIRECTIONS_PER_TEST = 3
 BLOCK_SAMPLES = 6
 # more disagreeing parts than this at one level: the disagreement is spread over the segment
 MAX_FRONT = 64
-# a disagreeing direction is measured again with its step times this (see _Auditor.evaluate)
-RETEST_SHRINK = 0.1
-
-@dataclass(frozen=True)
-class DirectionRecord:
-    """One random-direction test on the flat range [start, stop)."""
-
-    segment: str  # the segment holding the range ("*" for the whole vector)
-    start: int
-    stop: int
-    analytic: float  # grad . v (over the displacement the loss really saw)
-    numeric: float  # (f(x+hv) - f(x-hv)) / 2h
-    rel_error: float  # |a - n| / max(|a|, |n|)
-    noise: float  # absolute noise floor of |a - n|
-    step: float
-    significant: bool  # |a - n| > noise: the gradient disagrees with the loss on this range
-    phase: str  # global | segments | localize
-
-    @property
-    def disagreement(self) -> float:
-        return abs(self.analytic - self.numeric)
-
-
-@dataclass(frozen=True)
-class SuspectRecord:
-    """A coordinate confirmed wrong by a coordinate check (check's verdict bands)."""
-
-    index: int
-    segment: str
-    local: tuple[int, ...]
-    analytic: float
-    numeric: float
-    rel_error: float
-    verdict: str
-    step: float
-
-    @property
-    def where(self) -> str:
-        return f"{self.segment}[{', '.join(map(str, self.local))}]"
-
-
-@dataclass(frozen=True)
-class BlockRecord:
-    """A contiguous block [start, stop) reported wrong as a whole (sampled coordinates all wrong)."""
-
-    segment: str
-    start: int
-    stop: int
-    first: tuple[int, ...]  # multi-index of the first coordinate of the block
-    last: tuple[int, ...]  # multi-index of the last one
-    sampled: int
-    wrong: int
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
-
-
-@dataclass(frozen=True)
-class SegmentAudit:
-    name: str
-    size: int
-    rel_errors: tuple[float, ...]  # of the segment's own random directions
-    disagreements: tuple[float, ...]  # |a - n| of each
-    noise: tuple[float, ...]  # the floor each was compared with
-    significant: bool  # some direction disagreed beyond the noise floor
-    suspects: int  # individually confirmed wrong coordinates
-    blocks: int  # wrong blocks
-    wrong_in_blocks: int  # coordinates covered by the wrong blocks
-    status: str  # clean | localized | not localized | spread | incomplete
-    passed: bool
-
-    @property
-    def max_rel_error(self) -> float:
-        return max(self.rel_errors) if self.rel_errors else 0.0
-
-
-@dataclass
-class AuditReport:
-    """The outcome of ``fastgrad.audit``; ``str(report)`` is a table, ``to_dict()`` JSON-ready."""
-
-    passed: bool
-    segments: dict[str, SegmentAudit]
-    suspects: np.ndarray  # flat indices localized as wrong (individual ones and whole blocks)
-    suspect_records: list[SuspectRecord]
-    blocks: list[BlockRecord]
-    unresolved: list[tuple[str, int, int]]  # (segment, start, stop) still disagreeing, unsplit
-    evaluations: int
-    budget: int | None
-    complete: bool  # False: the budget ran out before localization finished
-    phases: dict[str, int]  # loss evaluations per phase
-    directions: list[DirectionRecord]
-    tol: float
-    tol_reason: str
-    path: str
-    path_reason: str
-    dtype: str
-    depth: int
-    seed: int
-    loss: float
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def incomplete(self) -> bool:
-        return not self.complete
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    def to_dict(self) -> dict:
-        return json_ready({
-            "passed": self.passed,
-            "complete": self.complete,
-            "evaluations": self.evaluations,
-            "budget": self.budget,
-            "phases": dict(self.phases),
-            "tol": self.tol,
-            "tol_reason": self.tol_reason,
-            "path": self.path,
-            "path_reason": self.path_reason,
-            "dtype": self.dtype,
-            "depth": self.depth,
-            "seed": self.seed,
-            "loss": self.loss,
-            "segments": {n: asdict(s) for n, s in self.segments.items()},
-            "suspect_count": int(self.suspects.size),
-            "suspects": [asdict(r) for r in self.suspect_records],
-            "blocks": [asdict(b) for b in self.blocks],
-            "unresolved": [list(u) for u in self.unresolved],
-            "directions": [asdict(d) for d in self.directions],
-            "notes": list(self.notes),
-        })
-
-    def table(self, worst: int = 12) -> str:
-        status = "PASSED" if self.passed else "FAILED"
-        budget = f" of budget {self.budget}" if self.budget is not None else ""
-        lines = [
-            f"fastgrad audit {status}{'' if self.complete else ' (INCOMPLETE: budget exhausted)'}"
-            f": {len(self.suspect_records)} wrong coordinates, {len(self.blocks)} wrong blocks, "
-            f"{len(self.unresolved)} unresolved ranges",
-            f"  {self.evaluations} loss evaluations{budget} ("
-            + ", ".join(f"{k} {v}" for k, v in self.phases.items())
-            + f"); tolerance {self.tol:.1e} ({self.tol_reason}); {self.path}: {self.path_reason}",
-            "",
-        ]
-        rows = [("segment", "size", "dir.rel.err", "|a-n| / noise", "suspects", "blocks",
-                 "status", "verdict")]
-        for s in self.segments.values():
-            ratio = max((d / n if n > 0 else math.inf) for d, n in zip(s.disagreements, s.noise))
-            rows.append((s.name, str(s.size), f"{s.max_rel_error:.1e}", f"{ratio:.1f}",
-                         str(s.suspects), str(s.blocks), s.status,
-                         "passed" if s.passed else "FAILED"))
-        lines += _columns(rows, "  ")
-        if self.suspect_records:
-            lines += ["", "wrong coordinates:"]
-            rows = [("where", "flat", "analytic", "numeric", "rel.err", "verdict")]
-            for r in sorted(self.suspect_records, key=lambda r: -r.rel_error)[:worst]:
-                rows.append((r.where, str(r.index), f"{r.analytic: .6e}", f"{r.numeric: .6e}",
-                             f"{r.rel_error:.1e}", r.verdict))
-            lines += _columns(rows, "  ")
-            if len(self.suspect_records) > worst:
-                lines.append(f"  ... and {len(self.suspect_records) - worst} more")
-        if self.blocks:
-            lines += ["", "wrong blocks:"]
-            for b in self.blocks:
-                lines.append(f"  {b.segment}[{', '.join(map(str, b.first))}] .. "
-                             f"{b.segment}[{', '.join(map(str, b.last))}] ({b.size} values, "
-                             f"{b.wrong}/{b.sampled} sampled coordinates wrong)")
-        if self.unresolved:
-            lines += ["", "still disagreeing, not localized:"]
-            for name, start, stop in self.unresolved[:worst]:
-                lines.append(f"  {name}: flat [{start}, {stop})")
-        for note in self.notes:
-            lines.append(f"note: {note}")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.table()
-
 
 class _BudgetExhausted(Exception):
     """The evaluation budget ran out: the audit stops and reports what it has localized."""
@@ -257,13 +78,14 @@ class _Part:
 
 
 class _Auditor:
-    def __init__(self, ev: Evaluator, x: np.ndarray, g: np.ndarray, f0: float, segs: SegmentMap,
-                 seed: int, tol: float, budget: int | None, bar: Progress):
-        self.ev, self.x, self.g, self.f0, self.segs = ev, x, g, f0, segs
-        self.seed, self.tol, self.budget = seed, tol, budget
+    def __init__(self, ev: Evaluator, judge: Judge, segs: SegmentMap, seed: int,
+                 budget: int | None, bar: Progress):
+        self.ev, self.judge, self.segs = ev, judge, segs
+        self.x, self.g, self.f0 = judge.x, judge.grads[None], float(judge.f0[0])
+        self.seed, self.tol, self.budget = seed, judge.tol, budget
         self.bar = bar
-        self.eps = noise_eps(x.dtype)
-        self.step_scale = precision_of(x.dtype).step_scale
+        self.eps = judge.eps
+        self.step_scale = precision_of(self.x.dtype).step_scale
         self.next_direction = 0
         self.phases: dict[str, int] = {}
         self.directions: list[DirectionRecord] = []
@@ -286,6 +108,7 @@ class _Auditor:
         self.spend("noise", before)
         self.gain = level.step_gain
         self.noise_abs = level.noise_abs[0]
+        self.judge.noise_abs = level.noise_abs
         if level.note:
             self.notes.append(level.note)
 
@@ -345,13 +168,13 @@ class _Auditor:
             for j, r2 in zip(again, second):
                 r1 = records[j]
                 e1, e2 = r1.analytic - r1.numeric, r2.analytic - r2.numeric
-                if abs(e2 - e1) > 0.5 * abs(e1) + r1.noise + r2.noise:
+                if abs(e2 - e1) > STEP_DEPENDENCE * abs(e1) + r1.noise + r2.noise:
                     records[j] = r2
         self.directions += records
         return records
 
     def measure(self, parts, keys, step, phase) -> list[DirectionRecord]:
-        from .kernels import _direction_dot  # numba compiles on first use, not at import
+        from ..engine.kernels import direction_dot  # numba loads on first use, not at import
 
         x, g = self.x, self.g
         lo = np.array([p.start for p in parts], dtype=np.int64)
@@ -361,7 +184,7 @@ class _Auditor:
         self.spend(phase, before)
         records = []
         for j, p in enumerate(parts):
-            analytic, abs_gd = _direction_dot(g, x, keys[j], int(lo[j]), int(hi[j]),
+            analytic, abs_gd = direction_dot(g, x, keys[j], int(lo[j]), int(hi[j]),
                                               float(step[j]))
             fp, fm, h = float(f_plus[j, 0]), float(f_minus[j, 0]), float(step[j])
             numeric = (fp - fm) / (2.0 * h)
@@ -395,12 +218,12 @@ class _Auditor:
         x, g = self.x, self.g
         step = coordinate_steps(x[index], "auto", x.dtype)
         if self.gain > 1.0:
-            step = _scaled(x[index], step, self.gain, x.dtype)
+            step = scaled(x[index], step, self.gain, x.dtype)
         before = self.ev.evaluations
         fp, fm = self.ev.pairs(index, step, label="audit confirm")
-        s = accumulate.coordinate_stats(g[index], fp[:, 0], fm[:, 0], self.f0, step, self.tol,
-                                        self.eps, self.noise_abs)
-        stats, steps = [s], [step.copy()]
+        stats = self.judge.verdicts(index, step, fp, fm)
+        s = stats[0]
+        steps = step
         noisy = s.verdict == NOISE
         failing = s.failed & (s.verdict != NAN)
         # check()'s re-checks cost at most 2 evaluations per noise coordinate and 2 per failing
@@ -413,11 +236,7 @@ class _Auditor:
                 i = int(index[j])
                 self.unresolved.append((self.segs.locate(i)[0], i, i + 1))
         else:
-            common = (self.ev, x, index, step, {None: g}, [None], stats, steps,
-                      np.array([self.f0]), self.tol, self.eps, (self.noise_abs,))
-            _recheck_noise(*common)
-            _recheck_kinks(*common, "detect", ())
-        steps = steps[0]
+            steps = self.judge.recheck(index, step, stats)[0][0]
         self.spend(phase, before)
         for j in np.flatnonzero(s.failed):
             i = int(index[j])
@@ -545,6 +364,8 @@ def audit(
     workers: int | None = None,
     executor: Executor | None = None,
     progress: bool | None = None,
+    nondet_tol: float = 0.0,
+    jit: bool | str = "auto",
 ) -> AuditReport:
     """Audit every segment with random directions, then localize the wrong coordinates.
 
@@ -552,38 +373,23 @@ def audit(
     >>> report = fg.audit(loss, theta, grad, segments=segs, budget=2000)
     >>> print(report); report.suspects          # flat indices localized as wrong
     """
-    if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 4:
-            raise ValueError(
-                f"budget: expected an int >= 4 loss evaluations (2 at theta, 2 per direction) "
-                f"or None, got {budget!r}")
-        budget = int(budget)
-    x, segs, describe, tol_value, tol_reason, first_value, first_copy = start(
-        f, theta, args=args, segments=segments, seed=seed, depth=depth, tol=tol, workers=workers)
-    n = x.size
-    if loss_terms(first_value) is not None:
-        raise TypeError("f: returned a mapping of loss terms; audit needs one scalar loss "
-                        "(sum the terms, or audit each term with its own f and grad)")
-    try:
-        f0 = as_loss(first_value, None, "at theta")
-    except LossError as exc:
-        raise ValueError(str(exc)) from None
-    if not np.all(np.isfinite(f0)):
-        raise ValueError(f"f: the loss at theta is not finite ({float(f0[0])}); "
-                         f"check the starting point before its gradient")
-    # one bar for the whole audit (the evaluator's per-batch bars stay off)
-    ev = Evaluator(f, x, args, workers=workers, executor=executor, progress=False,
-                   describe=describe, first_copy=first_copy)
-    del first_copy  # the evaluator's now (which may let it go)
-    ev.evaluations += 1
-    _check_deterministic(f0, ev.at(x), 0.0, x.dtype)
-    g = _gradients(grad, x, args, n, None, segs)[None]
+    budget = optional_positive_int(
+        "budget", budget, minimum=4,
+        meaning=" loss evaluations (2 at theta, 2 per direction)")
+    # one bar for the whole audit (the engine's per-batch bars stay off)
+    problem, ev = prepare(f, theta, grad, args=args, segments=segments, seed=seed, depth=depth,
+                          tol=tol, workers=workers, executor=executor, progress=False, jit=jit,
+                          nondet_tol=nondet_tol, terms_allowed=False)
+    segs = problem.segments
+    judge = Judge(ev, problem.x, problem.f0, problem.grads, problem.tol, problem.eps)
+    n = problem.x.size
     expected = budget if budget is not None else int(16 + 6 * len(segs) + 40 * math.log2(n))
     with Progress(total=expected, label="audit", enabled=progress) as bar:
-        auditor = _Auditor(ev, x, g, float(f0[0]), segs, int(seed), tol_value, budget, bar)
+        auditor = _Auditor(ev, judge, segs, problem.seed, budget, bar)
         auditor.phases["theta"] = ev.evaluations
         bar.update(ev.evaluations)
-        return _run(auditor, segs, tol_value, tol_reason, depth, seed)
+        return _run(auditor, segs, problem.tol, problem.tol_reason, problem.depth,
+                    problem.seed)
 
 
 def _run(auditor: _Auditor, segs: SegmentMap, tol_value, tol_reason, depth, seed) -> AuditReport:

@@ -11,18 +11,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .accumulate import HIST_EDGES, VERDICTS
-
-
-def json_ready(x):
-    """x with non-finite floats spelled for JSON (NaN -> None, inf -> "inf"), recursively."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if isinstance(x, dict):
-        return {k: json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_ready(v) for v in x]
-    return x
+from ..judge.verdicts import HIST_EDGES, VERDICTS
+from ..steps import band_name
+from .common import RunInfo, columns, fmt_rel, fmt_value, json_ready
 
 
 @dataclass(frozen=True)
@@ -129,7 +120,7 @@ class SegmentReport:
     max_rel_error: float  # over checked coordinates that are not kink, noise or nan
     passed: bool
     worst: int | None = None  # flat index of the coordinate with max_rel_error
-    histogram: tuple[int, ...] = ()  # counts of log10(rel_error) bins, see accumulate.HIST_EDGES
+    histogram: tuple[int, ...] = ()  # counts of log10(rel_error) bins, see verdicts.HIST_EDGES
     # coordinates re-checked with another step: smaller when the first failed (kink crossings),
     # larger when its disagreement sat inside the roundoff floor ("noise")
     rechecked: int = 0
@@ -142,33 +133,14 @@ class SegmentReport:
         return band_name(self.max_rel_error)
 
 
-def band_name(rel: float) -> str:
-    if rel > 1e-2:
-        return "wrong"
-    if rel > 1e-4:
-        return "suspect"
-    if rel > 1e-7:
-        return "ok"
-    return "excellent"
-
-
-@dataclass
-class Report:
+@dataclass(kw_only=True)
+class Report(RunInfo):
     """The outcome of ``fastgrad.check``; ``str(report)`` is a table, ``to_dict()`` is JSON-ready."""
 
     passed: bool
     max_rel_error: float
     segments: dict[str, SegmentReport]
     coords: Sequence[CoordRecord]  # a list, or CoordRecords (built on first access)
-    evaluations: int
-    tol: float
-    tol_reason: str
-    path: str  # who evaluated the losses: jit | threads | serial | executor
-    path_reason: str
-    dtype: str
-    depth: int
-    seed: int
-    loss: float | dict[str, float]  # f at theta (per term when f returns several)
     terms: dict[str, dict[str, SegmentReport]] = field(default_factory=dict)
     rechecked: int = 0
     # measured roundoff noise of f near theta; None when no coordinate needed it (the probe
@@ -220,7 +192,7 @@ class Report:
         status = "PASSED" if self.passed else "FAILED"
         checked = sum(s.checked for s in self.segments.values())
         lines = [
-            f"fastgrad check {status}: max rel. error {_fmt_rel(self.max_rel_error)} over "
+            f"fastgrad check {status}: max rel. error {fmt_rel(self.max_rel_error)} over "
             f"{checked} coordinates, {len(self.failures)} failed, {self.kinks} kink crossings",
             f"  tolerance {self.tol:.1e} ({self.tol_reason}); {self.evaluations} loss evaluations "
             f"({self.path}: {self.path_reason})",
@@ -243,28 +215,19 @@ class Report:
             rows = [("where", "analytic", "numeric", "rel.err", "verdict")]
             for c in shown:
                 verdict = c.verdict.upper() if c.failed else c.verdict
-                rows.append((c.where, f"{c.analytic: .6e}", f"{c.numeric: .6e}",
-                             _fmt_rel(c.rel_error), verdict + (" (kink)" if c.kink and
+                rows.append((c.where, fmt_value(c.analytic), fmt_value(c.numeric),
+                             fmt_rel(c.rel_error), verdict + (" (kink)" if c.kink and
                                                                c.verdict != "kink" else "")))
-            lines += _columns(rows, indent="  ")
+            lines += columns(rows, indent="  ")
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.table()
 
 
-def _fmt_rel(x: float) -> str:
-    return "nan" if isinstance(x, float) and math.isnan(x) else f"{x:.1e}"
-
-
 def _segment_table(segments) -> list[str]:
     rows = [("segment", "size", "checked", "failed", "kinks", "max rel.err", "verdict")]
     for s in segments:
         rows.append((s.name, str(s.size), str(s.checked), str(s.failed), str(s.kinks),
-                     _fmt_rel(s.max_rel_error), s.verdict))
-    return _columns(rows, indent="  ")
-
-
-def _columns(rows, indent="") -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [indent + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+                     fmt_rel(s.max_rel_error), s.verdict))
+    return columns(rows, indent="  ")

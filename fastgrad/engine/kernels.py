@@ -1,8 +1,8 @@
 """Numba kernels: perturbed losses of many coordinates, in parallel, on per-thread copies.
 
 Three levels, as in stumpy: ``_centered_pair`` (one coordinate, one working copy, no races),
-``_centered_losses`` (the ``prange`` driver: one chunk and one copy of theta per thread) and the
-public dispatcher in ``evaluate.py``. Nothing here allocates per coordinate.
+``centered_losses`` (the ``prange`` driver: one chunk and one copy of theta per thread) and the
+backend in ``backends.py``. Nothing here allocates per coordinate.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ def _centered_pair(f, work, i, step, args):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _centered_losses(f, theta, index, step, args, f_plus, f_minus, n_chunks):
+def centered_losses(f, theta, index, step, args, f_plus, f_minus, n_chunks):
     """Fill f_plus[j], f_minus[j] = f(theta +- step[j] e_index[j]) for all j, in n_chunks
     chunks (one per thread, each with its own working copy); f is a FirstClassLoss.
 
     An exception inside f does not propagate through a first-class call: numba reports it to
-    sys.unraisablehook, where evaluate.py catches it and re-runs the batch to find the coordinate.
+    sys.unraisablehook, where kernel_errors.py collects it and re-runs the batch to find the coordinate.
     """
     k = index.shape[0]
     for c in prange(n_chunks):
@@ -100,7 +100,7 @@ DIRECTION_MIN_MAGNITUDE = 0.25
 
 
 @njit(cache=True, nogil=True)
-def _direction_value(key, i):
+def direction_value(key, i):
     """The entry i of the direction whose key is ``key`` (a uint64)."""
     z = key + np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -114,21 +114,21 @@ def _direction_value(key, i):
 
 
 @njit(cache=True, nogil=True)
-def _direction_fill(key, lo, hi, out):
+def direction_fill(key, lo, hi, out):
     """out[j] = v_{lo + j} for j < hi - lo (one support range of one direction)."""
     for i in range(lo, hi):
-        out[i - lo] = _direction_value(key, i)
+        out[i - lo] = direction_value(key, i)
 
 
 @njit(cache=True, nogil=True)
-def _direction_dot(grad, theta, key, lo, hi, step):
+def direction_dot(grad, theta, key, lo, hi, step):
     """grad . d over [lo, hi), where d_i = (fl(x_i + h v_i) - fl(x_i - h v_i)) / 2h is the
     displacement the loss really sees (rounded to theta's dtype), and sum |grad_i d_i|."""
     point = np.empty(2, dtype=theta.dtype)
     dot = 0.0
     abs_gd = 0.0
     for i in range(lo, hi):
-        v = _direction_value(key, i)
+        v = direction_value(key, i)
         point[0] = theta[i] + step * v
         point[1] = theta[i] - step * v
         gd = grad[i] * ((np.float64(point[0]) - np.float64(point[1])) / (2.0 * step))
@@ -141,10 +141,10 @@ def _direction_dot(grad, theta, key, lo, hi, step):
 def _directional_pair(f, work, theta, key, lo, hi, step, args):
     """f at theta +- step v on [lo, hi) of the working copy; work is restored before returning."""
     for i in range(lo, hi):
-        work[i] = theta[i] + step * _direction_value(key, i)
+        work[i] = theta[i] + step * direction_value(key, i)
     f_plus = f(work, *args)
     for i in range(lo, hi):
-        work[i] = theta[i] - step * _direction_value(key, i)
+        work[i] = theta[i] - step * direction_value(key, i)
     f_minus = f(work, *args)
     for i in range(lo, hi):
         work[i] = theta[i]
@@ -152,10 +152,10 @@ def _directional_pair(f, work, theta, key, lo, hi, step, args):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _directional_losses(f, theta, key, lo, hi, step, args, f_plus, f_minus, n_chunks):
+def directional_losses(f, theta, key, lo, hi, step, args, f_plus, f_minus, n_chunks):
     """Fill f_plus[j], f_minus[j] = f(theta +- step[j] v_j), v_j supported on [lo[j], hi[j]).
 
-    As ``_centered_losses``: f is a FirstClassLoss, n_chunks chunks, one working copy each.
+    As ``centered_losses``: f is a FirstClassLoss, n_chunks chunks, one working copy each.
     """
     k = key.shape[0]
     for c in prange(n_chunks):

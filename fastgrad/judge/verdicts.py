@@ -1,6 +1,7 @@
-"""Thin wrapper over the C accumulator (csrc/accumulate.c): numpy arrays in, numpy arrays out.
+"""Verdicts per coordinate and per segment, computed by the C accumulator (csrc/accumulate.c).
 
-The verdict codes and histogram layout are stated in csrc/accumulate.h.
+The thin wrapper: numpy arrays in, numpy arrays out. The verdict codes and the histogram layout
+are read from csrc/accumulate.h through cffi; the numbers of the method come from steps.py.
 """
 
 from __future__ import annotations
@@ -9,14 +10,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._accumulate import ffi, lib
+from .._accumulate import ffi, lib
+from ..steps import BAND_OK, BAND_SUSPECT, BAND_WRONG, KINK_EXPLAINS
 
 HIST_BINS = int(lib.FG_HIST_BINS)
 # lower edge of each histogram bin, as a power of ten (bin 0 holds everything below 1e-16)
-HIST_EDGES = tuple(range(-16, 1))
+HIST_EDGES = tuple(range(1 - HIST_BINS, 1))
 
-VERDICTS = ("excellent", "ok", "suspect", "wrong", "noise", "nan", "kink")
-EXCELLENT, OK, SUSPECT, WRONG, NOISE, NAN, KINK = range(len(VERDICTS))
+EXCELLENT, OK, SUSPECT, WRONG = (lib.FG_VERDICT_EXCELLENT, lib.FG_VERDICT_OK,
+                                 lib.FG_VERDICT_SUSPECT, lib.FG_VERDICT_WRONG)
+NOISE, NAN, KINK = lib.FG_VERDICT_NOISE, lib.FG_VERDICT_NAN, lib.FG_VERDICT_KINK
+_NAMES = {EXCELLENT: "excellent", OK: "ok", SUSPECT: "suspect", WRONG: "wrong", NOISE: "noise",
+          NAN: "nan", KINK: "kink"}
+# VERDICTS[code] is the verdict's name
+VERDICTS = tuple(_NAMES[code] for code in range(len(_NAMES)))
 
 
 @dataclass
@@ -28,6 +35,17 @@ class CoordStats:
     verdict: np.ndarray  # int8 codes, see VERDICTS
     failed: np.ndarray  # bool
     kink: np.ndarray  # bool: a kink crossing was detected
+
+    def copy(self) -> CoordStats:
+        return CoordStats(*(getattr(self, name).copy() for name in _STAT_FIELDS))
+
+    def take(self, where, other: CoordStats, rows) -> None:
+        """self[where] = other[rows] for every field but kink (the record of a crossing)."""
+        for name in _STAT_FIELDS[:-1]:
+            getattr(self, name)[where] = getattr(other, name)[rows]
+
+
+_STAT_FIELDS = ("numeric", "rel_error", "noise", "kink_score", "verdict", "failed", "kink")
 
 
 @dataclass
@@ -68,6 +86,9 @@ def coordinate_stats(analytic, f_plus, f_minus, f0: float, step, tol: float,
     step, p_h = _in(step, np.float64)
     if not (f_plus.size == f_minus.size == step.size == n):
         raise ValueError("coordinate_stats: analytic, f_plus, f_minus and step differ in size")
+    method = ffi.new("fg_method *", {
+        "tol": float(tol), "noise_eps": float(noise_eps), "band_wrong": BAND_WRONG,
+        "band_suspect": BAND_SUSPECT, "band_ok": BAND_OK, "kink_explains": KINK_EXPLAINS})
     numeric, p_num = _out(n, np.float64)
     rel, p_rel = _out(n, np.float64)
     noise, p_noise = _out(n, np.float64)
@@ -75,8 +96,7 @@ def coordinate_stats(analytic, f_plus, f_minus, f0: float, step, tol: float,
     verdict, p_verdict = _out(n, np.int8)
     failed, p_failed = _out(n, np.uint8)
     kink, p_kink = _out(n, np.uint8)
-    lib.fg_coords(n, p_a, p_fp, p_fm, float(f0), p_h, float(tol), float(noise_eps),
-                  float(noise_abs),
+    lib.fg_coords(n, p_a, p_fp, p_fm, float(f0), p_h, method, float(noise_abs),
                   p_num, p_rel, p_noise, p_score, p_verdict, p_failed, p_kink)
     return CoordStats(numeric, rel, noise, score, verdict, failed.view(bool), kink.view(bool))
 

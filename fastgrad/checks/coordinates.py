@@ -1,0 +1,175 @@
+"""check() and assert_gradients(): centered differences on coordinates sampled from every
+segment, judged coordinate by coordinate.
+
+prepare -> sampling -> steps -> engine (pairs) -> judge (verdicts, re-checks) -> results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import GradientCheckError, InvalidValue
+from ..judge.noise import UNMEASURED, measure_noise
+from ..judge.rechecks import Judge, scaled
+from ..judge.verdicts import segment_stats
+from ..results.report import CoordRecords, Report, SegmentReport
+from ..sampling import sample_coordinates
+from ..segments import SegmentMap
+from ..steps import coordinate_steps
+from .prepare import Prepared, prepare
+
+__all__ = ["check", "assert_gradients", "Problem"]
+
+
+@dataclass
+class Problem:
+    """What ``fastgrad check MODULE:FACTORY`` expects FACTORY() to return.
+
+    ``grad`` is an array, a callable ``grad(theta, *args)``, or True when f returns
+    ``(loss, gradient)``; ``options`` holds more check() options, e.g. ``{"depth": 3}``.
+    """
+
+    f: Callable
+    theta: np.ndarray
+    grad: np.ndarray | Callable | bool
+    segments: SegmentMap | Mapping | None = None
+    args: tuple = ()
+    options: dict = field(default_factory=dict)
+
+
+def check(
+    f: Callable,
+    theta: np.ndarray,
+    grad: np.ndarray | Callable | Mapping | bool,
+    *,
+    args: tuple = (),
+    segments: SegmentMap | Mapping | None = None,
+    samples: int | str | Mapping = 16,
+    h: float | str = "auto",
+    seed: int = 0,
+    depth: int = 1,
+    tol: float | None = None,
+    kinks: str | Callable = "detect",
+    workers: int | None = None,
+    executor: Executor | None = None,
+    progress: bool | None = None,
+    nondet_tol: float = 0.0,
+    jit: bool | str = "auto",
+) -> Report:
+    """Compare the analytic gradient with centered differences on sampled coordinates.
+
+    >>> theta, segs = fg.flatten({"W": W, "b": b})
+    >>> report = fg.check(loss, theta, grad, segments=segs, samples=32)
+    >>> print(report)            # one row per segment, then the worst coordinates
+    """
+    if not (kinks in ("detect", "ignore") or callable(kinks)):
+        raise InvalidValue(f"kinks: expected 'detect', 'ignore' or a callable, got {kinks!r}")
+    problem, ev = prepare(f, theta, grad, args=args, segments=segments, seed=seed, depth=depth,
+                          tol=tol, workers=workers, executor=executor, progress=progress,
+                          jit=jit, nondet_tol=nondet_tol)
+    x = problem.x
+    index = sample_coordinates(problem.segments, samples, seed)
+    step = coordinate_steps(x[index], h, x.dtype)
+    f_plus, f_minus = ev.pairs(index, step)
+    judge = Judge(ev, x, problem.f0, problem.grads, problem.tol, problem.eps, kinks,
+                  problem.args)
+    # first against the roundoff floor assumed from eps; the noise of f is measured only when
+    # a coordinate fails there (a floor only ever excuses a failure, so a pass stands)
+    stats = judge.verdicts(index, step, f_plus, f_minus)
+    noise = UNMEASURED
+    failing = np.zeros(index.size, dtype=bool)
+    for s in stats:
+        failing |= s.failed
+    if failing.any():
+        # along what the check perturbs: one coordinate (the first sampled)
+        noise = measure_noise(ev, x, problem.f0, problem.seed, coordinate=int(index[0]))
+        if h == "auto" and noise.step_gain > 1.0:
+            # f is noisier than assumed: the failing coordinates again, at grown steps
+            bad = np.flatnonzero(failing)
+            step[bad] = scaled(x[index[bad]], step[bad], noise.step_gain, x.dtype)
+            f_plus[bad], f_minus[bad] = ev.pairs(index[bad], step[bad], label="noise re-check")
+        judge.noise_abs = noise.noise_abs
+        stats = judge.verdicts(index, step, f_plus, f_minus)
+    steps, rechecked = judge.recheck(index, step, stats)
+    return _report(problem, ev, index, stats, steps, rechecked, noise)
+
+
+def _report(problem: Prepared, ev, index, stats, steps, rechecked, noise) -> Report:
+    """Per segment, per term (the C accumulator again), then one Report."""
+    segs = problem.segments
+    term_names = list(problem.grads)
+    seg_ids = segs.segment_ids(index)
+    coords: list[dict] = []
+    by_term: dict[str | None, dict[str, SegmentReport]] = {}
+    for m, t in enumerate(term_names):
+        s = stats[m]
+        agg = segment_stats(seg_ids, s.rel_error, s.verdict, s.failed, s.kink, len(segs))
+        by_term[t] = {
+            seg.name: SegmentReport(
+                name=seg.name, size=seg.size, checked=int(agg.checked[p]),
+                failed=int(agg.failed[p]), kinks=int(agg.kinks[p]),
+                max_rel_error=float(agg.max_rel[p]), passed=bool(agg.failed[p] == 0),
+                worst=int(index[agg.argmax[p]]) if agg.argmax[p] >= 0 else None,
+                histogram=tuple(int(v) for v in agg.hist[p]),
+                rechecked=int(np.count_nonzero(rechecked[seg_ids == p])), term=t,
+            )
+            for p, seg in enumerate(segs)
+        }
+        # the records are made when report.coords is read (CoordRecords): cheaper than 2 evals
+        coords.append({"term": t, "index": index, "analytic": problem.grads[t][index],
+                       "numeric": s.numeric, "rel_error": s.rel_error, "kink": s.kink,
+                       "verdict": s.verdict, "step": steps[m], "failed": s.failed,
+                       "noise": s.noise})
+    f0 = problem.f0
+    if problem.terms is None:
+        segments_report = by_term[None]
+        terms_report = {}
+        loss_value: float | dict[str, float] = float(f0[0])
+    else:
+        terms_report = by_term
+        segments_report = _merge_terms(by_term, segs)
+        loss_value = {t: float(v) for t, v in zip(term_names, f0)}
+    eligible = [s.max_rel_error for s in segments_report.values() if s.checked]
+    return Report(
+        passed=all(s.passed for s in segments_report.values()),
+        max_rel_error=float(max(eligible)) if eligible else 0.0,
+        segments=segments_report, coords=CoordRecords(segs, coords), evaluations=ev.evaluations,
+        tol=problem.tol, tol_reason=problem.tol_reason, path=ev.path, path_reason=ev.path_reason,
+        dtype=problem.dtype.name, depth=problem.depth, seed=problem.seed, loss=loss_value,
+        terms=terms_report, rechecked=int(np.count_nonzero(rechecked)),
+        noise_sigma=(None if noise is UNMEASURED else noise.sigma[0] if problem.terms is None
+                     else dict(zip(term_names, noise.sigma))),
+        noise_note=noise.note,
+    )
+
+
+def _merge_terms(by_term, segs) -> dict[str, SegmentReport]:
+    """One row per segment over all loss terms: counts summed, worst error kept."""
+    merged = {}
+    for seg in segs:
+        rows = [by_term[t][seg.name] for t in by_term]
+        worst = max(rows, key=lambda r: r.max_rel_error)
+        merged[seg.name] = SegmentReport(
+            name=seg.name, size=seg.size, checked=rows[0].checked,
+            failed=sum(r.failed for r in rows), kinks=max(r.kinks for r in rows),
+            max_rel_error=worst.max_rel_error, passed=all(r.passed for r in rows),
+            worst=worst.worst,
+            histogram=tuple(int(v) for v in np.sum([r.histogram for r in rows], axis=0)),
+            rechecked=rows[0].rechecked,
+        )
+    return merged
+
+
+def assert_gradients(f: Callable, theta: np.ndarray, grad, **options) -> Report:
+    """Like check(), but raise GradientCheckError (an AssertionError) when the check fails.
+
+    >>> fg.assert_gradients(loss, theta, grad, segments=segs)   # silent when right
+    """
+    report = check(f, theta, grad, **options)
+    if not report.passed:
+        raise GradientCheckError(report)
+    return report

@@ -1,0 +1,226 @@
+"""The Evaluator: f at perturbed points of theta, the one engine object check and audit use.
+
+It holds the Workload (f, theta, args, the working copies, the evaluation count), the current
+Plan and the backends that carry it out. It never writes to the caller's theta: each worker
+perturbs its own copy and restores it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import numpy as np
+
+from ..arguments import one_of
+from ..errors import InvalidType
+from ..progress import Progress
+from . import planner
+from .backends import Backend, ExecutorBackend, KernelBackend, ThreadBackend, Workload, is_dask_client
+from .blas import blas_limited
+from .plan import Plan
+
+_UNSET = object()
+
+
+def is_numba_dispatcher(f) -> bool:
+    try:
+        from numba.core.dispatcher import Dispatcher
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return False
+    return isinstance(f, Dispatcher)
+
+
+class Evaluator:
+    """Evaluates ``f(theta + perturbation, *args)`` for batches of perturbations.
+
+    ``pairs(index, step)``: f at theta +- step[j] e_index[j]; ``directions(key, lo, hi, step)``:
+    f at theta +- step[j] v_j; ``at(x)``: f at one point. ``evaluations`` counts every loss
+    evaluation; ``path`` / ``path_reason`` say which backend ran and why (the Plan).
+    """
+
+    def __init__(self, f: Callable, theta: np.ndarray, args: tuple = (), *, workers=None,
+                 executor=None, progress=None, describe=None,
+                 terms: tuple[str, ...] | None = None, jit: bool | str = "auto",
+                 first_copy: np.ndarray | None = None, spent: int = 0):
+        one_of("jit", jit, (True, False, "auto"))
+        if not callable(f):
+            raise InvalidType(f"f: expected a callable loss f(theta, *args), got {f!r}")
+        if executor is not None and not (isinstance(executor, Executor)
+                                         or is_dask_client(executor)):
+            raise InvalidType(f"executor: expected a concurrent.futures.Executor or a dask "
+                              f"Client, got {type(executor).__name__}")
+        self.work = Workload(f, theta, args, terms, describe or (lambda i: f"theta[{i}]"),
+                             first_copy if executor is None else None)
+        self.work.count(spent)  # evaluations made before the engine existed (f at theta)
+        self.workers = planner.resolve_workers(workers)
+        self.jit_option = jit
+        self.progress = progress
+        self.executor = executor
+        self.t_eval: float | None = None  # fastest timed evaluation of f at theta (seconds)
+        dispatcher = is_numba_dispatcher(f) and terms is None and executor is None \
+            and jit is not False
+        self.kernel_f = f if dispatcher else None  # what the Numba kernel calls
+        self._backends: dict[tuple, Backend] = {}
+        self._kernel_loss = None
+        self._planned = workers is not None or executor is not None or self.workers == 1
+        self.plan: Plan = planner.initial_plan(dispatcher, self.workers, workers is not None,
+                                               executor, self.workers)
+        if dispatcher:
+            self.use_kernel(f, "f is a Numba dispatcher")
+        if executor is not None:
+            # one backend for the whole check: it holds what was shipped to the workers
+            self.plan = Plan("executor", self._executor_backend().workers, None,
+                             f"chunks sent to {type(executor).__name__}")
+
+    # -- what the report shows -------------------------------------------------------------------
+    @property
+    def evaluations(self) -> int:
+        return self.work.evaluations
+
+    @property
+    def path(self) -> str:
+        return self.plan.path
+
+    @property
+    def path_reason(self) -> str:
+        return self.plan.reason
+
+    @property
+    def shipments(self) -> int:
+        """Copies of the problem sent to executor workers (0 without an executor)."""
+        backend = self._backends.get(("executor",))
+        return 0 if backend is None else backend.shipments
+
+    @property
+    def executor_width(self) -> int:
+        """Tasks the executor runs at once (chunking; the problem rides with that many)."""
+        return self._executor_backend().workers
+
+    def origin(self) -> str:
+        """Where the kernel's loss came from, for the path line."""
+        if self.plan.backend != "jit":
+            return "Python callable"
+        if self.kernel_f is self.work.f:
+            return "f is a Numba dispatcher"
+        return self._kernel_origin
+
+    # -- backends --------------------------------------------------------------------------------
+    def use_kernel(self, compiled, origin: str) -> None:
+        """Evaluate with the prange kernel calling ``compiled`` (or fall back, saying why)."""
+        from .kernels import first_class_loss
+
+        loss = first_class_loss(compiled, self.work.theta, self.work.args)
+        self._kernel_origin = origin
+        if loss is None:
+            self.plan = planner.without_kernel(self.plan, origin)
+            return
+        self.kernel_f, self._kernel_loss = compiled, loss
+        self._backends.pop(("jit",), None)
+        blas = 1 if self.workers > 1 or self._planned else self.plan.blas_threads
+        self.plan = Plan("jit", self.plan.workers if self.plan.backend == "jit" else self.workers,
+                         blas, f"{origin}: prange kernel on {self.workers} threads")
+
+    def _executor_backend(self) -> ExecutorBackend:
+        backend = self._backends.get(("executor",))
+        if backend is None:
+            backend = self._backends[("executor",)] = ExecutorBackend(
+                self.work, self.workers, self.executor)
+        return backend
+
+    def backend(self, plan: Plan, workers: int | None = None, blas=_UNSET) -> Backend:
+        """The backend that carries out ``plan`` (with another worker count or BLAS limit)."""
+        workers = plan.workers if workers is None else workers
+        blas = plan.blas_threads if blas is _UNSET else blas
+        if plan.backend == "executor":
+            return self._executor_backend()
+        if plan.backend == "jit":
+            key = ("jit", workers, blas)
+            if key not in self._backends:
+                self._backends[key] = KernelBackend(self.work, workers, blas, self.kernel_f,
+                                                    self._kernel_loss)
+            return self._backends[key]
+        key = ("threads", workers, blas)
+        if key not in self._backends:
+            self._backends[key] = ThreadBackend(self.work, workers, blas)
+        return self._backends[key]
+
+    def warm_kernel(self) -> None:
+        if self.plan.backend == "jit":
+            self.backend(self.plan).warm()
+
+    # -- one point -------------------------------------------------------------------------------
+    def at(self, x: np.ndarray, where: str = "theta") -> np.ndarray:
+        """The loss (per term) at one point, evaluated on a copy (at theta: a working copy)."""
+        values, elapsed = self.work.at(x, where, self.plan.blas_threads)
+        self.t_eval = elapsed if self.t_eval is None else min(self.t_eval, elapsed)
+        return values
+
+    def time_at_theta(self) -> None:
+        """One timed evaluation at theta (the planner's measure of one evaluation)."""
+        self.at(self.work.theta)
+
+    def time_with_blas_threads(self) -> float:
+        """Seconds of one evaluation at theta with BLAS on its own threads (a timing)."""
+        f = self.kernel_f if self.plan.backend == "jit" else self.work.f
+        work = self.work.borrow()
+        try:
+            with blas_limited(None):
+                start = time.perf_counter()
+                f(work, *self.work.args)
+                return time.perf_counter() - start
+        finally:
+            self.work.give_back(work)
+            self.work.count(1)
+
+    # -- coordinate pairs ------------------------------------------------------------------------
+    def pairs(self, index: np.ndarray, step: np.ndarray, label: str = "coordinates",
+              plan: bool = True):
+        """Losses at theta +- step[j] e_index[j]: two arrays of shape (k, terms).
+
+        The first call with ``plan=True`` lets the planner choose the strategy (calibration); a
+        small batch before the real one (the noise probe) passes ``plan=False`` so as not to
+        decide for it.
+        """
+        index = np.ascontiguousarray(index, dtype=np.int64)
+        step = np.ascontiguousarray(step, dtype=np.float64)
+        k = index.size
+        f_plus = np.empty((k, self.work.width))
+        f_minus = np.empty((k, self.work.width))
+        with Progress(total=2 * k, label=label, enabled=self.progress) as bar:
+            done = 0
+            if plan and not self._planned:
+                self._planned = True
+                done = planner.calibrate(self, index, step, f_plus, f_minus, bar)
+            self.run_pairs(done, k, index, step, f_plus, f_minus, bar)
+        return f_plus, f_minus
+
+    def run_pairs(self, lo, hi, index, step, f_plus, f_minus, bar, workers=None, blas=_UNSET):
+        """Coordinates lo:hi with the plan's backend (or the worker count / BLAS limit given)."""
+        if hi <= lo:
+            return
+        if workers is None and self.t_eval is not None and self.plan.backend != "executor" \
+                and 2 * (hi - lo) * self.t_eval < planner.SERIAL_BATCH_SECONDS:
+            workers = 1  # waking threads up costs more than this batch (e.g. a re-check)
+        self.backend(self.plan, workers, blas).pairs(index[lo:hi], step[lo:hi], f_plus[lo:hi],
+                                                     f_minus[lo:hi], bar)
+
+    # -- random directions (audit) ---------------------------------------------------------------
+    def directions(self, key: np.ndarray, lo: np.ndarray, hi: np.ndarray, step: np.ndarray,
+                   label: str = "directions"):
+        """Losses at theta +- step[j] v_j, where v_j is the direction ``key[j]`` (kernels.py)
+        supported on the flat range [lo[j], hi[j]): two arrays of shape (k, terms).
+
+        The directions are generated where they are used; no n x k matrix is ever built.
+        """
+        key = np.ascontiguousarray(key, dtype=np.uint64)
+        lo = np.ascontiguousarray(lo, dtype=np.int64)
+        hi = np.ascontiguousarray(hi, dtype=np.int64)
+        step = np.ascontiguousarray(step, dtype=np.float64)
+        k = key.size
+        f_plus = np.empty((k, self.work.width))
+        f_minus = np.empty((k, self.work.width))
+        with Progress(total=2 * k, label=label, enabled=self.progress) as bar:
+            self.backend(self.plan).directions(key, lo, hi, step, f_plus, f_minus, bar)
+        return f_plus, f_minus

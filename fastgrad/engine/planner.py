@@ -1,0 +1,217 @@
+"""The planner: the one place that chooses a Plan (plan.py) for a check.
+
+Strategy, one level of threads at a time: ``workers`` threads (the Numba ``prange`` kernel for a
+Numba loss, the thread pool otherwise) with BLAS limited to one thread inside them, or one worker
+with BLAS on its own threads. With ``workers=None`` the first large batch calibrates: it runs a
+few real coordinates under each strategy and keeps the faster one (nothing is evaluated twice).
+``jit="auto"`` may compile a plain numpy loss with Numba when that is faster; a loss Numba cannot
+compile stays on the thread pool, silently. An explicit ``workers`` or an executor is obeyed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..arguments import optional_positive_int
+from ..steps import JIT_AGREEMENT_EPS
+from .plan import Plan, plan_key, remember, remembered_plan
+
+if TYPE_CHECKING:
+    from .evaluator import Evaluator
+
+# a remembered plan is reused while one evaluation takes within this factor of its time (one
+# timing of a microsecond loss moves by 2x on a busy machine; a different problem moves more)
+PLAN_T_EVAL_FACTOR = 4.0
+# a one-worker plan is remembered only when it beat outer threads by this factor
+PLAN_ONE_WORKER_MARGIN = 1.3
+# calibration runs the BLAS-threads strategy only when BLAS threads made one evaluation at
+# least this much faster than BLAS on one thread (otherwise it cannot beat outer threads)
+BLAS_SPEEDUP_TO_PROBE = 1.4
+# jit="auto" tries to compile only when the Python path is predicted to take this long (seconds):
+# compiling costs ~0.1-2 s, so a short check never pays for it
+AUTO_JIT_MIN_SECONDS = 1.0
+# the calibration compares strategies on this much wall time of real coordinates each
+CALIBRATION_SECONDS = 0.05
+# BLAS threads (one outer worker) must beat outer threads by this factor to be chosen: the
+# measurement is noisy on a shared machine, and outer threads are the right guess for most losses
+BLAS_MARGIN = 1.15
+# a batch of evaluations shorter than this (seconds, serially) runs on one thread
+SERIAL_BATCH_SECONDS = 0.002
+# below this predicted time (seconds) the first strategy is used without calibrating
+CALIBRATE_MIN_SECONDS = 0.15
+# ... except that a Python loss faster than this (seconds) runs serially: it is GIL-bound, and on
+# the small two-layer net (23 us) two threads took 0.084 s where one took 0.065 s
+GIL_BOUND_SECONDS = 50e-6
+
+
+def resolve_workers(workers) -> int:
+    """The number of workers: ``workers``, or every core this process may run on."""
+    workers = optional_positive_int("workers", workers)
+    if workers is None:
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else (os.cpu_count() or 1))
+    return workers
+
+
+def theta_blas_limit(workers=None) -> int | None:
+    """BLAS threads for the evaluations at theta before the check runs: 1 unless the check runs
+    one worker by default (a one-core machine), where BLAS is left as the caller has it. A
+    check that will run outer threads must not wake BLAS threads first (see plan._PLANS), and
+    workers=1 is serial all the way down."""
+    return 1 if workers is not None or resolve_workers(None) > 1 else None
+
+
+def initial_plan(is_dispatcher: bool, workers: int, workers_given: bool, executor,
+                 executor_width: int) -> Plan:
+    """The plan before anything is measured."""
+    if executor is not None:
+        return Plan("executor", executor_width, None,
+                    f"chunks sent to {type(executor).__name__} ({executor_width} at once)")
+    # an explicit workers=1 is serial all the way down: BLAS threads would also leave OpenBLAS
+    # workers spinning ~0.1 s after the check
+    blas = 1 if workers > 1 or workers_given else None
+    if is_dispatcher:
+        return Plan("jit", workers, blas,
+                    f"f is a Numba dispatcher: prange kernel on {workers} threads")
+    if workers == 1:
+        return Plan("serial", 1, blas, "workers=1: strictly serial (BLAS on one thread too)")
+    return Plan("threads", workers, blas, f"Python callable: thread pool of {workers} workers")
+
+
+def without_kernel(plan: Plan, origin: str) -> Plan:
+    """The plan when Numba cannot pass the loss to the kernel as a first-class function."""
+    return Plan("threads" if plan.workers > 1 else "serial", plan.workers, plan.blas_threads,
+                f"{origin}, but Numba cannot pass it to the kernel as a first-class function "
+                f"(it has no compiled version for these argument types that returns a number): "
+                f"the thread pool calls it")
+
+
+def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
+    """Decide threads/BLAS (and jit="auto") on the first coordinates; returns how many of them
+    were evaluated (their losses are kept: calibration adds one timed evaluation at theta with
+    BLAS threads, counted in the evaluations)."""
+    k = index.size
+    if ev.t_eval is None:
+        ev.time_at_theta()
+    t_eval = max(ev.t_eval, 1e-7)
+    predicted = 2 * k * t_eval / ev.workers
+    plain = ev.plan.backend != "jit" and ev.work.terms is None
+    if plain and ev.jit_option == "auto" and predicted >= AUTO_JIT_MIN_SECONDS:
+        try_jit(ev, t_eval)
+    elif plain and ev.jit_option is True:
+        try_jit(ev, None)
+    jit = ev.plan.backend == "jit"
+    if predicted < CALIBRATE_MIN_SECONDS:
+        if not jit and t_eval < GIL_BOUND_SECONDS:
+            # a loss this short holds the GIL most of the time: threads only add handoffs
+            ev.plan = Plan("serial", 1, None,
+                           f"Python callable: serial (one evaluation takes {t_eval * 1e6:.0f} "
+                           f"us: threads would contend for the GIL)", t_eval)
+        return 0
+    plan = remembered_plan(ev.work.f, ev.work.theta, ev.work.args, ev.workers, jit)
+    if plan is not None and plan.t_eval / PLAN_T_EVAL_FACTOR <= t_eval <= \
+            plan.t_eval * PLAN_T_EVAL_FACTOR:
+        ev.plan = plan.because(f"{plan.reason}; plan remembered from an earlier check of this loss")
+        return 0
+    # each strategy gets the same number of coordinates, about CALIBRATION_SECONDS of work
+    probe = int(np.clip(CALIBRATION_SECONDS / (2 * t_eval), 2, k // 8)) * ev.workers
+    if 2 * probe > k // 2:
+        return 0
+    ev.warm_kernel()
+    # outer threads first, before anything of ours wakes BLAS threads (OpenBLAS's workers spin
+    # for ~0.1 s after a threaded call, holding a core). The caller's own BLAS call just before
+    # the check can have left them spinning: the outer probe runs in two halves around a serial
+    # one and keeps its faster half. Then one evaluation with BLAS threads says whether they
+    # help; the one-worker strategy gets them only if so (otherwise it is the serial strategy,
+    # which a GIL-bound loss wins).
+    done = 0
+
+    def timed(size, workers, blas):
+        nonlocal done
+        start = time.perf_counter()
+        ev.run_pairs(done, done + size, index, step, f_plus, f_minus, bar, workers, blas)
+        done += size
+        return size / max(time.perf_counter() - start, 1e-9)
+
+    half = max(1, probe // 2)
+    size = max(1, probe // 4)  # short: BLAS threads on a busy machine can be 100x slower
+    outer = timed(half, ev.workers, 1)
+    serial = timed(size, 1, 1)
+    outer = max(outer, timed(half, ev.workers, 1))
+    blas_helps = t_eval >= BLAS_SPEEDUP_TO_PROBE * ev.time_with_blas_threads()
+    rates = [outer, timed(size, 1, None) if blas_helps else serial]
+    best = 1 if rates[1] > BLAS_MARGIN * rates[0] else 0
+    how = "prange kernel" if jit else "thread pool"
+    one = "1 thread x BLAS threads" if blas_helps else "1 thread"
+    if best == 0:
+        chosen = f"{how} on {ev.workers} threads, BLAS limited to 1 thread"
+        backend, workers, blas = ("jit" if jit else "threads"), ev.workers, 1
+    elif blas_helps:
+        chosen = "one worker (no outer threads), BLAS left on its own threads"
+        backend, workers, blas = ("jit" if jit else "serial"), 1, None
+    else:
+        chosen = "one worker (outer threads were slower)"
+        backend, workers, blas = ("jit" if jit else "serial"), 1, 1
+    measured = (f"calibrated: {rates[0]:.3g} coords/s on {ev.workers} threads x 1 BLAS "
+                f"thread vs {rates[1]:.3g} coords/s on {one}")
+    ev.plan = Plan(backend, workers, blas, f"{ev.origin()}: {chosen} ({measured})", t_eval)
+    # a one-worker choice is remembered only when it wins clearly: on a noisy machine a
+    # remembered wrong one would halve the speed of every later check of this loss
+    if best == 0 or rates[1] > PLAN_ONE_WORKER_MARGIN * rates[0]:
+        remember(ev.work.f, plan_key(ev.work.theta, ev.work.args, ev.workers, jit), ev.plan)
+    return done
+
+
+def try_jit(ev: Evaluator, t_eval) -> None:
+    """Compile a plain loss with Numba; keep it when it agrees at theta and is faster."""
+    compiled = compiled_loss(ev.work.f)
+    if compiled is None:
+        return
+    theta = np.ascontiguousarray(ev.work.theta)
+    args = ev.work.args
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Numba's performance hints are not the user's
+            value = float(compiled(theta.copy(), *args))
+        reference = float(np.asarray(ev.work.f(theta.copy(), *args)))
+        best = np.inf
+        for _ in range(3):
+            start = time.perf_counter()
+            compiled(theta, *args)
+            best = min(best, time.perf_counter() - start)
+    except Exception:  # Numba could not compile or run it: the thread pool, silently
+        return
+    # the compiled loss must be the same function: a different summation order is fine
+    if not abs(value - reference) <= JIT_AGREEMENT_EPS * max(1.0, abs(reference)):
+        return
+    if t_eval is not None and best * 1.1 >= t_eval:
+        return  # numpy's vectorised math is faster (e.g. transcendental ufuncs)
+    why = (f"{best * 1e6:.3g} us per evaluation vs {t_eval * 1e6:.3g} us in Python"
+           if t_eval is not None else "jit=True")
+    ev.use_kernel(compiled, f"jit='auto' compiled f with Numba ({why})")
+
+
+# a plain loss compiled by jit="auto" is kept on the function itself (a cycle f -> dispatcher ->
+# f that the garbage collector frees with f); a loss without a __dict__ is compiled every time
+_COMPILED_ATTRIBUTE = "__fastgrad_njit__"
+
+
+def compiled_loss(f):
+    """Numba's njit of a plain Python loss, or None when Numba refuses it (kept with f)."""
+    cache = getattr(f, "__dict__", None)
+    if cache is not None and _COMPILED_ATTRIBUTE in cache:
+        return cache[_COMPILED_ATTRIBUTE]
+    try:
+        import numba
+
+        compiled = numba.njit(nogil=True)(f)
+    except Exception:
+        compiled = None
+    if cache is not None:
+        cache[_COMPILED_ATTRIBUTE] = compiled
+    return compiled

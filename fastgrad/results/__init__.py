@@ -1,0 +1,1 @@
+"""Results: Report and AuditReport, their records, the tables and to_dict()."""

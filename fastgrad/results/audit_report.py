@@ -1,0 +1,180 @@
+"""AuditReport and its records: what an audit found, as data, a table and a dict."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .common import RunInfo, columns, counted, fmt_value, json_ready
+
+
+@dataclass(frozen=True)
+class DirectionRecord:
+    """One random-direction test on the flat range [start, stop)."""
+
+    segment: str  # the segment holding the range ("*" for the whole vector)
+    start: int
+    stop: int
+    analytic: float  # grad . v (over the displacement the loss really saw)
+    numeric: float  # (f(x+hv) - f(x-hv)) / 2h
+    rel_error: float  # |a - n| / max(|a|, |n|)
+    noise: float  # absolute noise floor of |a - n|
+    step: float
+    significant: bool  # |a - n| > noise: the gradient disagrees with the loss on this range
+    phase: str  # global | segments | localize
+
+    @property
+    def disagreement(self) -> float:
+        return abs(self.analytic - self.numeric)
+
+
+@dataclass(frozen=True)
+class SuspectRecord:
+    """A coordinate confirmed wrong by a coordinate check (check's verdict bands)."""
+
+    index: int
+    segment: str
+    local: tuple[int, ...]
+    analytic: float
+    numeric: float
+    rel_error: float
+    verdict: str
+    step: float
+
+    @property
+    def where(self) -> str:
+        return f"{self.segment}[{', '.join(map(str, self.local))}]"
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    """A contiguous block [start, stop) reported wrong as a whole (sampled coordinates all wrong)."""
+
+    segment: str
+    start: int
+    stop: int
+    first: tuple[int, ...]  # multi-index of the first coordinate of the block
+    last: tuple[int, ...]  # multi-index of the last one
+    sampled: int
+    wrong: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class SegmentAudit:
+    name: str
+    size: int
+    rel_errors: tuple[float, ...]  # of the segment's own random directions
+    disagreements: tuple[float, ...]  # |a - n| of each
+    noise: tuple[float, ...]  # the floor each was compared with
+    significant: bool  # some direction disagreed beyond the noise floor
+    suspects: int  # individually confirmed wrong coordinates
+    blocks: int  # wrong blocks
+    wrong_in_blocks: int  # coordinates covered by the wrong blocks
+    status: str  # clean | localized | not localized | spread | incomplete
+    passed: bool
+
+    @property
+    def max_rel_error(self) -> float:
+        return max(self.rel_errors) if self.rel_errors else 0.0
+
+
+@dataclass(kw_only=True)
+class AuditReport(RunInfo):
+    """The outcome of ``fastgrad.audit``; ``str(report)`` is a table, ``to_dict()`` JSON-ready."""
+
+    passed: bool
+    segments: dict[str, SegmentAudit]
+    suspects: np.ndarray  # flat indices localized as wrong (individual ones and whole blocks)
+    suspect_records: list[SuspectRecord]
+    blocks: list[BlockRecord]
+    unresolved: list[tuple[str, int, int]]  # (segment, start, stop) still disagreeing, unsplit
+    evaluations: int
+    budget: int | None
+    complete: bool  # False: the budget ran out before localization finished
+    phases: dict[str, int]  # loss evaluations per phase
+    directions: list[DirectionRecord]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def incomplete(self) -> bool:
+        return not self.complete
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict:
+        return json_ready({
+            "passed": self.passed,
+            "complete": self.complete,
+            "evaluations": self.evaluations,
+            "budget": self.budget,
+            "phases": dict(self.phases),
+            "tol": self.tol,
+            "tol_reason": self.tol_reason,
+            "path": self.path,
+            "path_reason": self.path_reason,
+            "dtype": self.dtype,
+            "depth": self.depth,
+            "seed": self.seed,
+            "loss": self.loss,
+            "segments": {n: asdict(s) for n, s in self.segments.items()},
+            "suspect_count": int(self.suspects.size),
+            "suspects": [asdict(r) for r in self.suspect_records],
+            "blocks": [asdict(b) for b in self.blocks],
+            "unresolved": [list(u) for u in self.unresolved],
+            "directions": [asdict(d) for d in self.directions],
+            "notes": list(self.notes),
+        })
+
+    def table(self, worst: int = 12) -> str:
+        status = "PASSED" if self.passed else "FAILED"
+        budget = f" of budget {self.budget}" if self.budget is not None else ""
+        lines = [
+            f"fastgrad audit {status}{'' if self.complete else ' (INCOMPLETE: budget exhausted)'}"
+            f": {counted(len(self.suspect_records), 'wrong coordinate')}, "
+            f"{counted(len(self.blocks), 'wrong block')}, "
+            f"{counted(len(self.unresolved), 'unresolved range')}",
+            f"  {self.evaluations} loss evaluations{budget} ("
+            + ", ".join(f"{k} {v}" for k, v in self.phases.items())
+            + f"); tolerance {self.tol:.1e} ({self.tol_reason}); {self.path}: {self.path_reason}",
+            "",
+        ]
+        rows = [("segment", "size", "dir.rel.err", "|a-n| / noise", "suspects", "blocks",
+                 "status", "verdict")]
+        for s in self.segments.values():
+            ratio = max((d / n if n > 0 else math.inf) for d, n in zip(s.disagreements, s.noise))
+            rows.append((s.name, str(s.size), f"{s.max_rel_error:.1e}", f"{ratio:.1f}",
+                         str(s.suspects), str(s.blocks), s.status,
+                         "passed" if s.passed else "FAILED"))
+        lines += columns(rows, "  ")
+        if self.suspect_records:
+            lines += ["", "wrong coordinates:"]
+            rows = [("where", "flat", "analytic", "numeric", "rel.err", "verdict")]
+            for r in sorted(self.suspect_records, key=lambda r: -r.rel_error)[:worst]:
+                rows.append((r.where, str(r.index), fmt_value(r.analytic), fmt_value(r.numeric),
+                             f"{r.rel_error:.1e}", r.verdict))
+            lines += columns(rows, "  ")
+            if len(self.suspect_records) > worst:
+                lines.append(f"  ... and {len(self.suspect_records) - worst} more")
+        if self.blocks:
+            lines += ["", "wrong blocks:"]
+            for b in self.blocks:
+                lines.append(f"  {b.segment}[{', '.join(map(str, b.first))}] .. "
+                             f"{b.segment}[{', '.join(map(str, b.last))}] ({b.size} values, "
+                             f"{b.wrong}/{b.sampled} sampled coordinates wrong)")
+        if self.unresolved:
+            lines += ["", "still disagreeing, not localized:"]
+            for name, start, stop in self.unresolved[:worst]:
+                lines.append(f"  {name}: flat [{start}, {stop})")
+        for note in self.notes:
+            lines.append(f"note: {note}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
