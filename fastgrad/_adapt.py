@@ -91,14 +91,20 @@ class ThreadLocalLoss:
             return float(self.evaluate(state, theta))
 
     def pin_randomness(self, theta: np.ndarray) -> None:
-        """Evaluate twice at theta; if the values differ, pin the RNG per evaluation."""
+        """Evaluate twice at theta; if the values differ, pin the RNG per evaluation.
+
+        Raises ``fastgrad.NondeterminismError`` (a ``ValueError``) when the values still differ
+        with the RNG pinned: the randomness is not the framework's global RNG.
+        """
         first, second = self(theta), self(theta)
         if same_value(first, second):
             return
         self.seeded = True
         first, second = self(theta), self(theta)
         if not same_value(first, second):
-            raise ValueError(
+            import fastgrad  # not at import time: the adapters import before the core does
+
+            raise fastgrad.NondeterminismError(
                 f"{self.framework} returns different values for the same parameters "
                 f"({first!r} then {second!r}) even with the random seed fixed before each "
                 "evaluation: switch off the randomness (dropout, augmentation, sampling) or "
