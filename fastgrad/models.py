@@ -169,8 +169,9 @@ def check_model(
         a gradient of the wrong shape, the loss is not a real scalar, ``seed`` is not a
         non-negative int, or an option is refused by ``fastgrad.check``.
     fastgrad.NondeterminismError
-        When the loss differs between two evaluations at the same parameters even with numpy's
-        global RNG re-seeded (a ``default_rng()`` created inside the loss).
+        When the loss differs by more than ``nondet_tol`` between two evaluations at the same
+        parameters even with numpy's global RNG re-seeded (a ``default_rng()`` created inside
+        the loss).
     fastgrad.LossError
         When the loss raises during the check's evaluations. An exception in the first calls,
         before the check starts, propagates as is.
@@ -210,7 +211,7 @@ def check_model(
     loss = _ModelLoss(template, loss_and_grads, data, shapes, seed)
     theta = np.concatenate([v.ravel() for v in initial.values()])
     with numpy_seeded(seed):  # leaves the caller's global RNG as it was
-        loss.pin_randomness(theta)
+        loss.pin_randomness(theta, check_options)
         grad = loss.analytic(theta)
         return core_check(loss, theta, grad, segments=shapes, **_serial_by_default(check_options))
 
@@ -351,8 +352,8 @@ def check_layer(
         gradients or one of the wrong shape, ``out`` changes shape between calls, ``seed`` is
         not a non-negative int, or an option is refused by ``fastgrad.check``.
     fastgrad.NondeterminismError
-        When ``forward`` differs between two calls at the same inputs even with numpy's global
-        RNG re-seeded.
+        When ``forward`` differs by more than ``nondet_tol`` between two calls at the same inputs
+        even with numpy's global RNG re-seeded.
     fastgrad.LossError
         When ``forward`` raises during the check's evaluations. An exception in the first calls,
         before the check starts, propagates as is.
@@ -387,7 +388,7 @@ def check_layer(
     loss = _LayerLoss(forward, backward, tuple(args), checked, shapes, seed)
     theta = np.concatenate([args[position].ravel() for position in checked.values()])
     with numpy_seeded(seed):  # leaves the caller's global RNG as it was
-        loss.pin_randomness(theta)
+        loss.pin_randomness(theta, check_options)
         grad = loss.analytic(theta, len(checked))
         return core_check(loss, theta, grad, segments=shapes, **_serial_by_default(check_options))
 

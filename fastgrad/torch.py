@@ -286,7 +286,7 @@ def _run(loss: _TorchLoss, check_options: dict):
     theta = np.concatenate([v.reshape(-1).numpy() for v in loss.initial.values()])
     # The first evaluations (main thread) fix the cotangents from the output shapes and tell
     # whether the loss is random, before any worker thread runs.
-    loss.pin_randomness(theta)
+    loss.pin_randomness(theta, check_options)
     grad = loss.analytic(theta)
     segments = {name: shape for name, (_, _, shape) in loss.slices.items()}
     return core_check(loss, theta, grad, segments=segments, **check_options)
@@ -362,8 +362,9 @@ def check_module(
         without ``loss_fn``, ``loss_fn`` returns a tensor of more than one value or a complex
         one, ``seed`` is not a non-negative int, or an option is refused by ``fastgrad.check``.
     fastgrad.NondeterminismError
-        When the loss differs between two evaluations at the same parameters even with torch's
-        RNG re-seeded (randomness from numpy or an unseeded generator inside the module).
+        When the loss differs by more than ``nondet_tol`` between two evaluations at the same
+        parameters even with torch's RNG re-seeded (randomness from numpy or an unseeded
+        generator inside the module).
     fastgrad.LossError
         When ``module`` or ``loss_fn`` raises during the check's evaluations (the message names
         the coordinate, or says "at theta"). An exception in the first forward passes, before the
@@ -453,8 +454,8 @@ def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any) 
         no floating tensor or changes its output shapes between evaluations, ``seed`` is not a
         non-negative int, or an option is refused by ``fastgrad.check``.
     fastgrad.NondeterminismError
-        When ``fn`` differs between two evaluations at the same tensors even with torch's RNG
-        re-seeded.
+        When ``fn`` differs by more than ``nondet_tol`` between two evaluations at the same
+        tensors even with torch's RNG re-seeded.
     fastgrad.LossError
         When ``fn`` raises during the check's evaluations (the message names the coordinate, or
         says "at theta"). An exception in the first calls, before the check starts, propagates

@@ -47,6 +47,26 @@ def test_torch_function_random_beyond_torch_rng_is_nondeterminism():
         fastgrad.torch.check_function(noisy, torch.ones(3, requires_grad=True))
 
 
+def test_tiny_randomness_within_nondet_tol_is_accepted_by_the_adapters():
+    def forward(x):
+        jitter = 1 + 1e-13 * np.random.default_rng().random()  # no re-seeding reaches it
+        return x * x * jitter, x
+
+    def backward(dout, x):
+        return 2 * x * dout
+
+    x = np.linspace(0.5, 1.5, 6)
+    assert fastgrad.check_layer(forward, backward, x, nondet_tol=1e-9).passed
+    with pytest.raises(fastgrad.NondeterminismError):
+        fastgrad.check_layer(forward, backward, x)
+    torch = pytest.importorskip("torch")
+    fg_torch = importlib.import_module("fastgrad.torch")
+
+    report = fg_torch.check_function(
+        lambda t: forward(t)[0], torch.tensor(x, requires_grad=True), nondet_tol=1e-9)
+    assert report.passed
+
+
 def test_torch_function_raising_at_a_perturbed_point_is_a_loss_error():
     torch = pytest.importorskip("torch")
     import fastgrad.torch
