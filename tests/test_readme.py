@@ -202,6 +202,11 @@ def test_numpy_layer_example(run_block):
     assert "PASSED" in out and all(f"\n  {name} " in out for name in ("x", "w", "b"))
 
 
+def test_numpy_model_example(run_block):
+    out = run_block(_block("fastgrad.check_model(")).out
+    assert "PASSED" in out and "\n  W " in out and "\n  b " in out
+
+
 def test_audit_example(run_block):
     out = run_block(_block("fg.audit(")).out
     assert "12345" in out and "150000" in out
