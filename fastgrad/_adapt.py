@@ -39,8 +39,11 @@ def cotangent_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), 0x6661_7374])
 
 
-def same_value(a: float, b: float) -> bool:
-    return a == b or (math.isnan(a) and math.isnan(b))
+def same_value(a: float, b: float, nondet_tol: float = 0.0) -> bool:
+    """Equal, both NaN, or apart by at most ``nondet_tol * max(1, |a|)`` (check's ``nondet_tol``)."""
+    if a == b or (math.isnan(a) and math.isnan(b)):
+        return True
+    return abs(a - b) <= nondet_tol * max(1.0, abs(a))
 
 
 class ThreadLocalLoss:
@@ -90,15 +93,25 @@ class ThreadLocalLoss:
         with self.pinned():
             return float(self.evaluate(state, theta))
 
-    def pin_randomness(self, theta: np.ndarray) -> None:
-        """Evaluate twice at theta; if the values differ, pin the RNG per evaluation."""
+    def pin_randomness(self, theta: np.ndarray, check_options: dict) -> None:
+        """Evaluate twice at theta; if the values differ, pin the RNG per evaluation.
+
+        Raises ``fastgrad.NondeterminismError`` (a ``ValueError``) when the values still differ
+        with the RNG pinned, by more than the check's ``nondet_tol``: the randomness is not the
+        framework's global RNG.
+        """
         first, second = self(theta), self(theta)
         if same_value(first, second):
             return
         self.seeded = True
         first, second = self(theta), self(theta)
-        if not same_value(first, second):
-            raise ValueError(
+        nondet_tol = check_options.get("nondet_tol", 0.0)
+        if isinstance(nondet_tol, bool) or not isinstance(nondet_tol, (int, float, np.floating)):
+            nondet_tol = 0.0  # fastgrad.check refuses it by name, if it gets that far
+        if not same_value(first, second, max(float(nondet_tol), 0.0)):
+            import fastgrad  # not at import time: the adapters import before the core does
+
+            raise fastgrad.NondeterminismError(
                 f"{self.framework} returns different values for the same parameters "
                 f"({first!r} then {second!r}) even with the random seed fixed before each "
                 "evaluation: switch off the randomness (dropout, augmentation, sampling) or "

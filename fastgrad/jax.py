@@ -2,10 +2,14 @@
 
 >>> import jax.numpy as jnp, fastgrad.jax
 >>> params, x = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}, jnp.ones((4, 3))
->>> fastgrad.jax.check(lambda p, x: jnp.sum(jnp.tanh(x @ p["w"] + p["b"])), params, x)
+>>> fastgrad.jax.check(lambda p, x: jnp.sum(jnp.tanh(x @ p["w"] + p["b"])), params, x).passed
+True
 
-64-bit mode is switched on only around fastgrad's own calls (``jax.enable_x64``, a thread-local
-context), so the caller's JAX configuration is left as it was.
+``check`` returns a ``fastgrad.Report`` whose segments are the pytree's leaves, and takes the
+options of ``fastgrad.check``. 64-bit mode is switched on only around fastgrad's own calls
+(``jax.enable_x64``, a thread-local context), so the caller's JAX configuration is left as it
+was. Importing this module without JAX installed raises an ``ImportError`` that says how to
+install it (``pip install fastgrad[jax]``).
 """
 
 from __future__ import annotations
@@ -46,7 +50,19 @@ def _key_name(entry: Any) -> str:
 
 
 def path_name(path: tuple) -> str:
-    """A pytree key path as a segment name: ``("layers", 0, "w")`` -> ``"layers/0/w"``."""
+    """A pytree key path as a segment name: ``("layers", 0, "w")`` -> ``"layers/0/w"``.
+
+    Parameters
+    ----------
+    path : tuple
+        A key path from ``jax.tree_util.tree_flatten_with_path`` (dict keys, sequence indices,
+        attribute names).
+
+    Returns
+    -------
+    str
+        The keys joined with "/"; ``"params"`` for the empty path (a bare array).
+    """
     return "/".join(_key_name(entry) for entry in path) or "params"
 
 
@@ -69,16 +85,48 @@ class _JaxLoss:
 def check(f: Callable[..., Any], params: Any, *args: Any, **check_options: Any) -> Report:
     """Check ``jax.grad`` of ``f(params, *args)`` with respect to the pytree ``params``.
 
+    Segments are the floating-point leaves of ``params``, named by their key paths joined with
+    "/" (``"layers/0/w"``; a bare array is ``"params"``); integer and empty leaves are held
+    constant. The loss and its gradient are jitted and evaluated in 64-bit mode on float64
+    leaves, whatever dtype the leaves had; the caller's ``params`` are not modified.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(params, *args)`` returning a real scalar; traceable by ``jax.jit`` and ``jax.grad``.
+    params : pytree
+        Dicts, lists, tuples (or registered pytree nodes) of arrays and numbers: the point at
+        which the gradient is checked.
+    *args : any
+        Passed to ``f`` unchanged: as jit arguments when they are all arrays or numbers,
+        otherwise closed over (held constant, not checked).
+    **check_options
+        Every option of ``fastgrad.check`` is forwarded to it (``samples``, ``seed``,
+        ``depth``, ``tol``, ``workers``, ...: see ``help(fastgrad.check)``).
+
+    Returns
+    -------
+    fastgrad.Report
+        The check's report, one segment per floating leaf.
+
+    Raises
+    ------
+    TypeError
+        When ``f`` is not callable or a leaf is complex.
+    ValueError
+        When ``params`` has no leaves or no floating-point leaf, two leaves get the same name,
+        ``f`` returns a non-scalar or complex value, or an option is refused by
+        ``fastgrad.check``.
+    fastgrad.LossError
+        When the jitted loss raises during the check's evaluations. Errors while tracing ``f``
+        (shape mismatches, untraceable Python) propagate as JAX raises them.
+
+    Examples
+    --------
     >>> params = {"layers": [{"w": jnp.ones((3, 3)) / 3}], "scale": 2.0}
     >>> loss = lambda p, x: p["scale"] * jnp.sum(jax.nn.gelu(x @ p["layers"][0]["w"]) ** 2)
     >>> fastgrad.jax.check(loss, params, jnp.ones((5, 3))).segments["layers/0/w"].passed
-
-    Segments are the floating-point leaves of ``params``, named by their key paths joined with
-    "/" (``"layers/0/w"``; a bare array is ``"params"``); integer leaves are held constant. The
-    loss and its gradient are jitted and evaluated in 64-bit mode on float64 leaves, whatever
-    dtype the leaves had. ``args`` are passed through unchanged (as jit arguments when they are
-    all arrays or numbers, otherwise closed over). ``check_options`` are those of
-    ``fastgrad.check``.
+    True
     """
     if not callable(f):
         raise TypeError(f"f: expected a callable f(params, *args), got {f!r}")

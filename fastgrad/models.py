@@ -6,8 +6,9 @@
 
 ``check_model`` is for a model object with a ``params`` dict (name -> array) and a method that
 returns ``(loss, grads)`` with ``grads`` keyed like ``params``; ``check_layer`` is for a layer's
-``forward``/``backward`` pair with an upstream gradient. Both evaluate float64 copies (one per
-worker thread); the caller's model, its ``params`` and the caller's arrays are never modified.
+``forward``/``backward`` pair with an upstream gradient. Both return a ``fastgrad.Report``, take
+the options of ``fastgrad.check`` and evaluate float64 copies (one per worker thread); the
+caller's model, its ``params`` and the caller's arrays are never modified.
 """
 
 from __future__ import annotations
@@ -123,19 +124,63 @@ def check_model(
 ) -> Report:
     """Check the gradients a numpy model returns against centered differences of its loss.
 
-    >>> model = TwoLayerNet(input_dim=5, hidden_dim=4, num_classes=3)
-    >>> report = fastgrad.check_model(model, X=X, y=y)          # calls model.loss(X, y)
-    >>> report.segments["W1"].passed
-
-    ``model.params`` is a dict name -> array; ``loss_and_grads(model, *data) -> (loss, grads)``,
-    with ``data`` = ``(X, y)`` (only the ones given), defaults to ``model.loss(*data)``; ``grads``
-    must have an entry for every checked parameter. Segments are the parameters in ``params``
-    order (``params=[...]`` restricts the check to some names). Losses are evaluated on deep
-    copies of the model whose ``params`` are float64 working arrays, so ``model`` and
+    Segments are the model's parameters, named as in ``model.params``. Losses are evaluated on
+    deep copies of the model whose ``params`` are float64 working arrays, so ``model`` and
     ``model.params`` are never modified; give the model ``dtype=np.float64`` if it casts its
     parameters or data. Random losses (dropout) are made deterministic by re-seeding numpy's
-    global RNG from ``seed`` before each evaluation. ``check_options`` are those of
-    ``fastgrad.check``; ``workers`` defaults to 1 (numpy already uses BLAS threads).
+    global RNG from ``seed`` before each evaluation; the caller's RNG state is restored.
+
+    Parameters
+    ----------
+    model : object
+        Has a non-empty ``params`` dict (name -> real array) and, unless ``loss_and_grads`` is
+        given, a method ``loss(*data) -> (loss, grads)``, with ``grads`` a dict keyed like
+        ``params`` (the CS231n ``TwoLayerNet``/``FullyConnectedNet`` convention). Must be
+        deep-copyable.
+    loss_and_grads : callable, optional
+        ``loss_and_grads(model, *data) -> (loss, grads)``; by default ``model.loss(*data)``.
+        ``grads`` must have an entry for every checked parameter, of its shape.
+    X : array_like, optional
+        The first data argument (``data = (X, y)``, only the ones given).
+    y : array_like, optional
+        The second data argument (labels).
+    params : list of str, optional
+        The names to check, in this order; by default all of ``model.params``.
+    **check_options
+        Every option of ``fastgrad.check`` is forwarded to it (``samples``, ``seed``,
+        ``depth``, ``tol``, ``workers``, ...: see ``help(fastgrad.check)``). ``seed`` also
+        seeds numpy's global RNG for random losses (dropout). ``workers`` defaults to 1 here
+        (numpy already uses BLAS threads); with more, each worker thread evaluates its own copy.
+
+    Returns
+    -------
+    fastgrad.Report
+        The check's report, one segment per checked parameter.
+
+    Raises
+    ------
+    TypeError
+        When ``model`` has no non-empty ``params`` dict, has no ``loss`` method and no
+        ``loss_and_grads`` is given, cannot be deep-copied, or a parameter is complex or not
+        numeric; when ``loss_and_grads`` is not callable, does not return ``(loss, grads)``, or
+        its ``grads`` is not a dict or holds a complex gradient.
+    ValueError
+        When a name in ``params`` is not in ``model.params``, ``grads`` lacks a parameter or has
+        a gradient of the wrong shape, the loss is not a real scalar, ``seed`` is not a
+        non-negative int, or an option is refused by ``fastgrad.check``.
+    fastgrad.NondeterminismError
+        When the loss differs by more than ``nondet_tol`` between two evaluations at the same
+        parameters even with numpy's global RNG re-seeded (a ``default_rng()`` created inside
+        the loss).
+    fastgrad.LossError
+        When the loss raises during the check's evaluations. An exception in the first calls,
+        before the check starts, propagates as is.
+
+    Examples
+    --------
+    >>> model = TwoLayerNet(input_dim=5, hidden_dim=4, num_classes=3)   # CS231n assignment 2
+    >>> report = fastgrad.check_model(model, X=X, y=y)                  # calls model.loss(X, y)
+    >>> report.segments["W1"].passed
     """
     values = getattr(model, "params", None)
     if not isinstance(values, Mapping) or not values:
@@ -166,7 +211,7 @@ def check_model(
     loss = _ModelLoss(template, loss_and_grads, data, shapes, seed)
     theta = np.concatenate([v.ravel() for v in initial.values()])
     with numpy_seeded(seed):  # leaves the caller's global RNG as it was
-        loss.pin_randomness(theta)
+        loss.pin_randomness(theta, check_options)
         grad = loss.analytic(theta)
         return core_check(loss, theta, grad, segments=shapes, **_serial_by_default(check_options))
 
@@ -265,19 +310,59 @@ def check_layer(
 ) -> Report:
     """Check a layer's ``backward`` against centered differences of its ``forward``.
 
-    >>> x, w, b = np.random.randn(4, 5), np.random.randn(5, 3), np.random.randn(3)
-    >>> report = fastgrad.check_layer(affine_forward, affine_backward, x, w, b)
-    >>> report.segments["w"].passed
-
     Calling convention (CS231n): ``out, cache = forward(*inputs)`` and
-    ``grads = backward(dout, cache)``, where ``grads`` has one gradient per floating-point
-    ndarray input, in order (``dx, dw, db = affine_backward(dout, cache)``; a single array when
-    there is one, as in ``dx = relu_backward(dout, cache)``). Other inputs (``bn_param``,
-    ``conv_param`` dicts, integer labels) are passed through and not checked; a fresh copy of
-    them is given to every call, so running statistics never drift and the caller's dicts stay
-    as they were. The checked loss is ``sum(out * dout)`` with a fixed standard-normal upstream
-    gradient ``dout`` drawn from the check's ``seed``. Segments are named after ``forward``'s
-    parameters (``"x"``, ``"w"``, ``"b"``), or ``"arg0"``, ``"arg1"``, ... for ``*args``.
+    ``grads = backward(dout, cache)``. The checked loss is ``sum(out * dout)`` with a fixed
+    standard-normal upstream gradient ``dout`` drawn from the check's ``seed``. Segments are the
+    floating-point ndarray inputs, named after ``forward``'s parameters (``"x"``, ``"w"``,
+    ``"b"``), or ``"arg0"``, ``"arg1"``, ... for ``*args``.
+
+    Parameters
+    ----------
+    forward : callable
+        ``forward(*inputs) -> (out, cache)``, ``out`` a floating-point array of a fixed shape.
+    backward : callable
+        ``backward(dout, cache)`` returning one gradient per floating-point ndarray input, in
+        order (``dx, dw, db = affine_backward(dout, cache)``), or a single array when there is
+        one (``dx = relu_backward(dout, cache)``).
+    *inputs : numpy.ndarray or any
+        The arguments of ``forward``. Floating-point ndarrays are checked (as float64 copies);
+        anything else (``bn_param``/``conv_param`` dicts, integer labels) is passed through,
+        a fresh deep copy to every call, so running statistics never drift and the caller's
+        dicts stay as they were.
+    **check_options
+        Every option of ``fastgrad.check`` is forwarded to it (``samples``, ``seed``,
+        ``depth``, ``tol``, ``workers``, ...: see ``help(fastgrad.check)``). ``seed`` also
+        seeds numpy's global RNG for random losses (dropout masks drawn in ``forward``).
+        ``workers`` defaults to 1 here (numpy already uses BLAS threads); with more, each worker
+        thread evaluates its own copy.
+
+    Returns
+    -------
+    fastgrad.Report
+        The check's report, one segment per floating-point ndarray input.
+
+    Raises
+    ------
+    TypeError
+        When ``forward`` or ``backward`` is not callable, an input array is complex,
+        ``forward`` does not return ``(out, cache)`` or its ``out`` is not floating-point, or a
+        gradient is complex.
+    ValueError
+        When no input is a floating-point ndarray, ``backward`` returns the wrong number of
+        gradients or one of the wrong shape, ``out`` changes shape between calls, ``seed`` is
+        not a non-negative int, or an option is refused by ``fastgrad.check``.
+    fastgrad.NondeterminismError
+        When ``forward`` differs by more than ``nondet_tol`` between two calls at the same inputs
+        even with numpy's global RNG re-seeded.
+    fastgrad.LossError
+        When ``forward`` raises during the check's evaluations. An exception in the first calls,
+        before the check starts, propagates as is.
+
+    Examples
+    --------
+    >>> x, w, b = np.random.randn(4, 5), np.random.randn(5, 3), np.random.randn(3)
+    >>> report = fastgrad.check_layer(affine_forward, affine_backward, x, w, b)   # CS231n layers
+    >>> report.segments["w"].passed
     """
     if not callable(forward):
         raise TypeError(f"forward: expected a callable, got {forward!r}")
@@ -303,7 +388,7 @@ def check_layer(
     loss = _LayerLoss(forward, backward, tuple(args), checked, shapes, seed)
     theta = np.concatenate([args[position].ravel() for position in checked.values()])
     with numpy_seeded(seed):  # leaves the caller's global RNG as it was
-        loss.pin_randomness(theta)
+        loss.pin_randomness(theta, check_options)
         grad = loss.analytic(theta, len(checked))
         return core_check(loss, theta, grad, segments=shapes, **_serial_by_default(check_options))
 

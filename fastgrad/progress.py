@@ -5,13 +5,38 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from typing import TextIO
 
 # with progress=None the bar appears only on a terminal, and only once a check has run this long
 AUTO_DELAY_SECONDS = 2.0
 
 
 class Progress:
-    def __init__(self, total: int, label: str = "evaluations", enabled=None, stream=None):
+    """A progress bar over a known number of loss evaluations; a context manager.
+
+    Used by the evaluators behind ``fastgrad.check`` and ``fastgrad.audit`` (their ``progress=``
+    option); thread-safe, so worker threads may report their evaluations.
+
+    Parameters
+    ----------
+    total : int
+        The number of evaluations expected.
+    label : str, default "evaluations"
+        The text in front of the bar.
+    enabled : bool or None
+        True/False force the bar on or off; None shows it only when ``stream`` is a terminal,
+        and only once the check has run for ``AUTO_DELAY_SECONDS``.
+    stream : file-like, optional
+        Where to draw; default ``sys.stderr``.
+
+    Examples
+    --------
+    >>> with Progress(total=10, label="check", enabled=True) as bar:
+    ...     bar.update(10)
+    """
+
+    def __init__(self, total: int, label: str = "evaluations", enabled: bool | None = None,
+                 stream: TextIO | None = None):
         self.total = int(total)
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
@@ -43,6 +68,13 @@ class Progress:
             self.stream.flush()
 
     def update(self, n: int) -> None:
+        """Count ``n`` more evaluations done and redraw (at most every 0.1 s).
+
+        Parameters
+        ----------
+        n : int
+            Evaluations finished since the last update.
+        """
         with self._lock:
             self.done += n
             if not self.enabled:

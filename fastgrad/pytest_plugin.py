@@ -8,15 +8,25 @@ coordinates) instead of a traceback through fastgrad's kernels:
     tests/test_layers.py:42: gradient check failed in 'b1' (16 of 16 checked failed)
     fastgrad check FAILED: max rel. error 1.0e+00 over 64 coordinates, 16 failed, ...
 
-``--fastgrad-traceback`` restores pytest's usual traceback; ``-p no:fastgrad`` turns the plugin
-off. The plugin does not import fastgrad (nor numba) at pytest start-up: it only looks at
-exceptions raised after fastgrad was imported by the tests.
+Options (``pytest --help`` lists them under "fastgrad gradient checks"):
+
+``--fastgrad-traceback``
+    Show pytest's usual traceback for a failed gradient check instead of the report table.
+``-p no:fastgrad``
+    pytest's own switch: do not load the plugin at all.
+
+Only failures whose exception is a ``fastgrad.GradientCheckError`` (what
+``fastgrad.assert_gradients`` and the ``fastgrad.testing`` assertions raise) are rewritten; any
+other failure, and a passing test, is reported as pytest reports it. The plugin does not import
+fastgrad (nor numba) at pytest start-up: it only looks at exceptions raised after fastgrad was
+imported by the tests.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +34,13 @@ import pytest
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register ``--fastgrad-traceback`` in the option group "fastgrad gradient checks".
+
+    Parameters
+    ----------
+    parser : pytest.Parser
+        pytest's command-line parser.
+    """
     group = parser.getgroup("fastgrad", "fastgrad gradient checks")
     group.addoption(
         "--fastgrad-traceback",
@@ -51,7 +68,21 @@ class _Crash:
 
 
 class GradientCheckFailure:
-    """The failure representation of a test that failed a gradient check."""
+    """The failure representation (``report.longrepr``) of a test that failed a gradient check.
+
+    Parameters
+    ----------
+    path : str
+        The test file, relative to pytest's root directory.
+    lineno : int
+        The 1-based line of the statement that ran the check.
+    statement : str
+        That statement's source ("" when the source is not available).
+    summary : str
+        One line naming the failing segments, for ``-ra`` and JUnit XML.
+    table : str
+        The report table (``str(report)``).
+    """
 
     def __init__(self, path: str, lineno: int, statement: str, summary: str, table: str):
         self.reprcrash = _Crash(path, lineno, summary)
@@ -59,6 +90,13 @@ class GradientCheckFailure:
         self.table = table
 
     def toterminal(self, tw: Any) -> None:
+        """Write the statement, the table and the location line to pytest's terminal writer.
+
+        Parameters
+        ----------
+        tw : _pytest._io.TerminalWriter
+            pytest's terminal writer (its ``line(text, red=..., bold=...)`` is used).
+        """
         if self.statement:
             tw.line(f"    {self.statement}")
         tw.line("")
@@ -107,7 +145,23 @@ def _test_frame(item: pytest.Item, excinfo: pytest.ExceptionInfo) -> tuple[str, 
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Generator[None, Any, None]:
+    """Replace the traceback of a failed gradient check by its report table.
+
+    Parameters
+    ----------
+    item : pytest.Item
+        The test.
+    call : pytest.CallInfo
+        The phase's outcome; only a ``fastgrad.GradientCheckError`` in a failing phase is
+        rewritten, and nothing is with ``--fastgrad-traceback``.
+
+    Yields
+    ------
+    None
+        Once, while pytest builds the report, whose ``longrepr`` becomes a
+        ``GradientCheckFailure``.
+    """
     outcome = yield
     report = outcome.get_result()
     excinfo = call.excinfo

@@ -1,4 +1,12 @@
-"""One flat parameter vector plus a map of named segments (API section 1)."""
+"""One flat parameter vector plus a map of named segments (API section 1).
+
+>>> theta, segs = fastgrad.flatten({"W": np.ones((2, 3)), "b": np.zeros(3)})
+>>> segs.locate(7)
+('b', (1,))
+
+``Segment`` is one named slice, ``SegmentMap`` the validated, ordered map of them, and
+``flatten``/``unflatten`` go from named arrays to one float64 vector and back.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,27 @@ import numpy as np
 
 
 class Segment(NamedTuple):
-    """A named, contiguous slice ``[start, stop)`` of the flat vector with its original shape."""
+    """A named, contiguous slice ``[start, stop)`` of the flat vector with its original shape.
+
+    A plain named tuple: it is validated when a ``SegmentMap`` is built from it.
+
+    Parameters
+    ----------
+    name : str
+        The segment's name, as the report shows it (``"W1"``, ``"0.weight"``).
+    start : int
+        Flat index of its first value.
+    stop : int
+        Flat index one past its last value.
+    shape : tuple of int
+        The original shape; its product equals ``stop - start``.
+
+    Examples
+    --------
+    >>> seg = Segment("b1", 2048, 2080, (32,))
+    >>> seg.size
+    32
+    """
 
     name: str
     start: int
@@ -19,6 +47,7 @@ class Segment(NamedTuple):
 
     @property
     def size(self) -> int:
+        """Number of values in the segment, ``stop - start``."""
         return self.stop - self.start
 
 
@@ -37,11 +66,31 @@ def _as_shape(name: str, shape) -> tuple[int, ...]:
 class SegmentMap:
     """Ordered, contiguous, non-overlapping segments that cover a flat vector.
 
-    >>> segs = SegmentMap.from_shapes({"W1": (4, 3), "b1": (3,)})
-    >>> segs.names, segs.size
-    (('W1', 'b1'), 15)
-    >>> segs.locate(13)
-    ('b1', (1,))
+    ``segs[name]`` is the ``Segment`` of that name (a ``KeyError`` lists the names when there is
+    none), ``name in segs`` tests for one, iterating yields the segments in order and ``len`` is
+    their number. Maps are immutable, hashable and equal when their segments are.
+
+    Parameters
+    ----------
+    segments : iterable of Segment
+        The segments in flat order, starting at 0 with no gap or overlap; plain 4-tuples
+        ``(name, start, stop, shape)`` are accepted. Whether the map covers a given vector is
+        checked where the vector is known (``check_size``, ``fastgrad.check``).
+
+    Raises
+    ------
+    TypeError
+        When an entry is not a ``Segment`` (or 4-tuple), or a shape is not a tuple of ints.
+    ValueError
+        Naming the segment, when there is none, a name is empty or repeated, a size is not
+        positive, a segment overlaps the previous one or leaves a gap before it, or its shape does
+        not hold ``stop - start`` values.
+
+    Examples
+    --------
+    >>> segs = SegmentMap([Segment("W1", 0, 12, (4, 3)), Segment("b1", 12, 15, (3,))])
+    >>> segs.names, segs.size, segs.locate(13)
+    (('W1', 'b1'), 15, ('b1', (1,)))
     """
 
     def __init__(self, segments: Iterable[Segment]):
@@ -93,7 +142,25 @@ class SegmentMap:
 
     @classmethod
     def from_shapes(cls, shapes: Mapping[str, tuple[int, ...] | int]) -> SegmentMap:
-        """Build a map from ``{name: shape}`` in insertion order."""
+        """Build a map from ``{name: shape}``, the segments laid out in insertion order.
+
+        Parameters
+        ----------
+        shapes : mapping of str to tuple of int or int
+            Segment name -> shape; an int ``n`` means the shape ``(n,)``.
+
+        Returns
+        -------
+        SegmentMap
+            Segments starting at 0, each right after the previous one.
+
+        Raises
+        ------
+        TypeError
+            When ``shapes`` is not a mapping or a shape is not a tuple of ints.
+        ValueError
+            When a shape has a negative dimension or holds no values, or a name is empty.
+        """
         if not isinstance(shapes, Mapping):
             raise TypeError(f"shapes: expected a mapping name -> shape, got {type(shapes).__name__}")
         segs, start = [], 0
@@ -106,10 +173,12 @@ class SegmentMap:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The segment names, in flat order."""
         return tuple(seg.name for seg in self._segments)
 
     @property
     def size(self) -> int:
+        """Total number of values the map covers (the length of the flat vector)."""
         return self._segments[-1].stop
 
     def __getitem__(self, name: str) -> Segment:
@@ -138,11 +207,41 @@ class SegmentMap:
         return f"SegmentMap({inner}; size={self.size})"
 
     def segment_ids(self, flat_indices: np.ndarray) -> np.ndarray:
-        """Position (0-based, in map order) of the segment holding each flat index."""
+        """The position (0-based, in map order) of the segment holding each flat index.
+
+        Parameters
+        ----------
+        flat_indices : numpy.ndarray of int
+            Flat indices, assumed to lie in ``0 .. size - 1`` (not checked: this is the
+            vectorized path of ``locate``).
+
+        Returns
+        -------
+        numpy.ndarray of int64
+            One segment position per index, same shape as ``flat_indices``.
+        """
         return np.searchsorted(self._starts, flat_indices, side="right").astype(np.int64) - 1
 
     def locate(self, i: int) -> tuple[str, tuple[int, ...]]:
-        """Flat index -> (segment name, multi-index inside that segment)."""
+        """Where a flat index lies: the segment's name and the multi-index inside it.
+
+        Parameters
+        ----------
+        i : int
+            A flat index, ``0 <= i < size``.
+
+        Returns
+        -------
+        tuple of (str, tuple of int)
+            ``(name, index)``, e.g. ``("W1", (4, 0))``; ``index`` is ``()`` for a 0-d segment.
+
+        Raises
+        ------
+        TypeError
+            When ``i`` is not an int.
+        IndexError
+            When ``i`` is outside ``0 .. size - 1``.
+        """
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
             raise TypeError(f"locate: index must be an int, got {i!r}")
         i = int(i)
@@ -153,6 +252,20 @@ class SegmentMap:
         return seg.name, tuple(int(j) for j in local)
 
     def check_size(self, n: int, argument: str = "theta") -> None:
+        """Refuse a vector of ``n`` values that the map does not cover exactly.
+
+        Parameters
+        ----------
+        n : int
+            The vector's number of values.
+        argument : str, default "theta"
+            The argument's name, for the message.
+
+        Raises
+        ------
+        ValueError
+            When ``n != size``, naming ``argument`` and both sizes.
+        """
         if n != self.size:
             raise ValueError(
                 f"{argument}: has {n} values but the segment map covers {self.size} "
@@ -161,7 +274,10 @@ class SegmentMap:
 
 
 def as_segment_map(segments, n: int) -> SegmentMap:
-    """Accept None (one segment 'theta'), a SegmentMap or {name: shape}; check it covers n values."""
+    """Accept None (one segment 'theta'), a SegmentMap or {name: shape}; check it covers n values.
+
+    Raises ``TypeError`` for anything else and ``ValueError`` when the map does not cover ``n``.
+    """
     if segments is None:
         return SegmentMap([Segment("theta", 0, n, (n,))])
     if isinstance(segments, SegmentMap):
@@ -180,6 +296,28 @@ def as_segment_map(segments, n: int) -> SegmentMap:
 def flatten(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, SegmentMap]:
     """Concatenate named arrays into one float64 vector (a copy) and the map to undo it.
 
+    Parameters
+    ----------
+    arrays : mapping of str to array_like
+        Name -> real numeric (or bool) array, in the order the vector should hold them.
+        Scalars become 0-d segments of one value.
+
+    Returns
+    -------
+    theta : numpy.ndarray of float64
+        A new 1-D vector; changing it never changes ``arrays``.
+    segments : SegmentMap
+        One segment per name, with the array's shape.
+
+    Raises
+    ------
+    TypeError
+        When ``arrays`` is not a non-empty mapping, or an array is complex or not numeric.
+    ValueError
+        When an array is empty (a segment needs at least one value).
+
+    Examples
+    --------
     >>> theta, segs = flatten({"W": np.ones((2, 3)), "b": np.zeros(3)})
     >>> theta.shape, segs["b"]
     ((9,), Segment(name='b', start=6, stop=9, shape=(3,)))
@@ -201,14 +339,42 @@ def flatten(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, SegmentMap]:
 
 
 def unflatten(theta: np.ndarray, segments: SegmentMap) -> dict[str, np.ndarray]:
-    """Split a flat vector back into ``{name: array}`` with the original shapes (views of theta).
+    """Split a flat vector back into ``{name: array}`` with the original shapes.
 
-    >>> params = unflatten(theta, segs)
-    >>> params["W"].shape
+    Parameters
+    ----------
+    theta : array_like
+        A 1-D vector of ``segments.size`` values. When it is a numpy array the results are views
+        of it (writing into them writes into ``theta``); otherwise of a new array.
+    segments : SegmentMap or mapping of str to tuple of int
+        The map (``flatten``'s second result), or ``{name: shape}`` as for
+        ``SegmentMap.from_shapes``.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Name -> array of the segment's shape, in map order.
+
+    Raises
+    ------
+    TypeError
+        When ``segments`` is neither a ``SegmentMap`` nor a mapping.
+    ValueError
+        When ``theta`` is not 1-D or its size differs from the map's.
+
+    Examples
+    --------
+    >>> theta, segs = flatten({"W": np.ones((2, 3)), "b": np.zeros(3)})
+    >>> unflatten(theta, segs)["W"].shape
     (2, 3)
     """
+    if not isinstance(segments, (SegmentMap, Mapping)):
+        raise TypeError(
+            f"segments: expected a SegmentMap or a {{name: shape}} mapping, "
+            f"got {type(segments).__name__}"
+        )
     theta = np.asarray(theta)
     if theta.ndim != 1:
         raise ValueError(f"theta: expected a flat 1-D vector, got shape {theta.shape}")
-    segments.check_size(theta.size)
+    segments = as_segment_map(segments, theta.size)
     return {seg.name: theta[seg.start : seg.stop].reshape(seg.shape) for seg in segments}

@@ -7,8 +7,10 @@
 ``GradientCheckError`` is an ``AssertionError`` whose message is the report table and whose
 ``.report`` is the ``Report``; with the fastgrad pytest plugin (installed with the package) a
 failing test shows that table instead of a traceback through fastgrad's internals. Every
-function returns the report when the check passes. The framework adapters are imported on first
-use, so this module never imports torch or jax by itself.
+function returns the report when the check passes, and takes the same arguments as the check it
+wraps. ``assert_module``/``assert_function`` need PyTorch and ``assert_jax`` needs JAX: the
+adapters are imported on first use (an ``ImportError`` saying how to install the extra when the
+framework is missing), so importing this module never imports torch or jax.
 """
 
 from __future__ import annotations
@@ -33,10 +35,34 @@ __all__ = [
 
 
 def assert_passed(report: Report) -> Report:
-    """Raise ``GradientCheckError`` unless ``report.passed``; return the report.
+    """Raise unless ``report.passed``; return the report.
 
-    >>> report = fastgrad.check(loss, theta, grad)
-    >>> assert_passed(report)
+    For a report computed elsewhere (``fastgrad.check``, an adapter, a saved problem).
+
+    Parameters
+    ----------
+    report : fastgrad.Report
+        A check's report.
+
+    Returns
+    -------
+    fastgrad.Report
+        ``report`` itself, when it passed.
+
+    Raises
+    ------
+    fastgrad.GradientCheckError
+        When the check does not pass: an ``AssertionError`` whose message is the report table
+        and whose ``.report`` is the report.
+    TypeError
+        When ``report`` is not a ``fastgrad.Report``.
+
+    Examples
+    --------
+    >>> theta, grad = np.array([1.0, 2.0]), np.array([2.0, 4.0])
+    >>> report = fastgrad.check(lambda t: float(t @ t), theta, grad)
+    >>> assert_passed(report).passed
+    True
     """
     if not isinstance(report, Report):
         raise TypeError(f"report: expected a fastgrad Report, got {type(report).__name__}")
@@ -46,10 +72,41 @@ def assert_passed(report: Report) -> Report:
 
 
 def assert_module(module: Any, loss_fn: Callable | None, *inputs: Any, **check_options: Any) -> Report:
-    """``fastgrad.torch.check_module`` that raises when the check fails.
+    """``fastgrad.torch.check_module``, raising when the check does not pass.
 
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model; see ``fastgrad.torch.check_module``.
+    loss_fn : callable or None
+        ``loss_fn(output)`` (or ``loss_fn(output, target)``) returning a scalar; ``None``
+        contracts the output with a fixed random cotangent.
+    *inputs : tensor or any
+        The arguments of ``module``; those that require grad are checked too.
+    **check_options
+        ``target=`` and the options of ``fastgrad.check`` (``samples``, ``seed``, ``depth``,
+        ``tol``, ...), forwarded with the other arguments to ``fastgrad.torch.check_module``.
+
+    Returns
+    -------
+    fastgrad.Report
+        The report of the passing check.
+
+    Raises
+    ------
+    fastgrad.GradientCheckError
+        When the check does not pass: an ``AssertionError`` whose message is the report table
+        and whose ``.report`` is the report.
+    ImportError
+        When PyTorch is not installed.
+    TypeError, ValueError, fastgrad.NondeterminismError, fastgrad.LossError
+        As ``fastgrad.torch.check_module`` raises them, for bad arguments or a failing loss.
+
+    Examples
+    --------
     >>> net = torch.nn.Linear(3, 2)
-    >>> assert_module(net, lambda out: out.pow(2).sum(), torch.randn(4, 3))
+    >>> assert_module(net, lambda out: out.pow(2).sum(), torch.randn(4, 3)).passed
+    True
     """
     from . import torch as fg_torch
 
@@ -57,10 +114,39 @@ def assert_module(module: Any, loss_fn: Callable | None, *inputs: Any, **check_o
 
 
 def assert_function(fn: Callable, *tensors: Any, **check_options: Any) -> Report:
-    """``fastgrad.torch.check_function`` that raises when the check fails.
+    """``fastgrad.torch.check_function``, raising when the check does not pass.
 
+    Parameters
+    ----------
+    fn : callable
+        ``fn(*tensors)`` returning a tensor or a tuple/list/dict of tensors, e.g. a custom
+        ``torch.autograd.Function``'s ``apply``.
+    *tensors : tensor or any
+        The arguments of ``fn``; floating tensors with ``requires_grad=True`` are checked.
+    **check_options
+        The options of ``fastgrad.check`` (``samples``, ``seed``, ``depth``, ``tol``, ...),
+        forwarded with the other arguments to ``fastgrad.torch.check_function``.
+
+    Returns
+    -------
+    fastgrad.Report
+        The report of the passing check.
+
+    Raises
+    ------
+    fastgrad.GradientCheckError
+        When the check does not pass: an ``AssertionError`` whose message is the report table
+        and whose ``.report`` is the report.
+    ImportError
+        When PyTorch is not installed.
+    TypeError, ValueError, fastgrad.NondeterminismError, fastgrad.LossError
+        As ``fastgrad.torch.check_function`` raises them.
+
+    Examples
+    --------
     >>> x = torch.randn(3, 4, requires_grad=True)
-    >>> assert_function(MyFunction.apply, x)
+    >>> assert_function(torch.tanh, x).passed
+    True
     """
     from . import torch as fg_torch
 
@@ -68,10 +154,40 @@ def assert_function(fn: Callable, *tensors: Any, **check_options: Any) -> Report
 
 
 def assert_jax(f: Callable, params: Any, *args: Any, **check_options: Any) -> Report:
-    """``fastgrad.jax.check`` that raises when the check fails.
+    """``fastgrad.jax.check``, raising when the check does not pass.
 
+    Parameters
+    ----------
+    f : callable
+        ``f(params, *args)`` returning a real scalar.
+    params : pytree
+        The point at which the gradient is checked; its floating leaves are the segments.
+    *args : any
+        Passed to ``f`` unchanged.
+    **check_options
+        The options of ``fastgrad.check`` (``samples``, ``seed``, ``depth``, ``tol``, ...),
+        forwarded with the other arguments to ``fastgrad.jax.check``.
+
+    Returns
+    -------
+    fastgrad.Report
+        The report of the passing check.
+
+    Raises
+    ------
+    fastgrad.GradientCheckError
+        When the check does not pass: an ``AssertionError`` whose message is the report table
+        and whose ``.report`` is the report.
+    ImportError
+        When JAX is not installed.
+    TypeError, ValueError, fastgrad.LossError
+        As ``fastgrad.jax.check`` raises them.
+
+    Examples
+    --------
     >>> params = {"w": jnp.ones((3, 2))}
-    >>> assert_jax(lambda p, x: jnp.sum(jnp.tanh(x @ p["w"])), params, jnp.ones((4, 3)))
+    >>> assert_jax(lambda p, x: jnp.sum(jnp.tanh(x @ p["w"])), params, jnp.ones((4, 3))).passed
+    True
     """
     from . import jax as fg_jax
 
@@ -79,9 +195,35 @@ def assert_jax(f: Callable, params: Any, *args: Any, **check_options: Any) -> Re
 
 
 def assert_model(model: Any, loss_and_grads: Callable | None = None, **options: Any) -> Report:
-    """``fastgrad.models.check_model`` that raises when the check fails.
+    """``fastgrad.check_model``, raising when the check does not pass.
 
-    >>> model = TwoLayerNet(input_dim=5, hidden_dim=4, num_classes=3)
+    Parameters
+    ----------
+    model : object
+        Has a ``params`` dict and, unless ``loss_and_grads`` is given, ``loss(*data) ->
+        (loss, grads)``; see ``fastgrad.check_model``.
+    loss_and_grads : callable, optional
+        ``loss_and_grads(model, *data) -> (loss, grads)``; by default ``model.loss(*data)``.
+    **options
+        ``X=``, ``y=``, ``params=`` and the options of ``fastgrad.check``, forwarded to
+        ``fastgrad.check_model``.
+
+    Returns
+    -------
+    fastgrad.Report
+        The report of the passing check.
+
+    Raises
+    ------
+    fastgrad.GradientCheckError
+        When the check does not pass: an ``AssertionError`` whose message is the report table
+        and whose ``.report`` is the report.
+    TypeError, ValueError, fastgrad.NondeterminismError, fastgrad.LossError
+        As ``fastgrad.check_model`` raises them.
+
+    Examples
+    --------
+    >>> model = TwoLayerNet(input_dim=5, hidden_dim=4, num_classes=3)   # CS231n assignment 2
     >>> assert_model(model, X=X, y=y)
     """
     from .models import check_model
@@ -90,10 +232,37 @@ def assert_model(model: Any, loss_and_grads: Callable | None = None, **options: 
 
 
 def assert_layer(forward: Callable, backward: Callable, *inputs: Any, **check_options: Any) -> Report:
-    """``fastgrad.models.check_layer`` that raises when the check fails.
+    """``fastgrad.check_layer``, raising when the check does not pass.
 
+    Parameters
+    ----------
+    forward : callable
+        ``forward(*inputs) -> (out, cache)``.
+    backward : callable
+        ``backward(dout, cache)`` returning one gradient per floating-point ndarray input.
+    *inputs : numpy.ndarray or any
+        The arguments of ``forward``; floating-point ndarrays are checked.
+    **check_options
+        The options of ``fastgrad.check`` (``samples``, ``seed``, ``depth``, ``tol``, ...),
+        forwarded with the other arguments to ``fastgrad.check_layer``.
+
+    Returns
+    -------
+    fastgrad.Report
+        The report of the passing check.
+
+    Raises
+    ------
+    fastgrad.GradientCheckError
+        When the check does not pass: an ``AssertionError`` whose message is the report table
+        and whose ``.report`` is the report.
+    TypeError, ValueError, fastgrad.NondeterminismError, fastgrad.LossError
+        As ``fastgrad.check_layer`` raises them.
+
+    Examples
+    --------
     >>> x, w, b = np.random.randn(4, 5), np.random.randn(5, 3), np.random.randn(3)
-    >>> assert_layer(affine_forward, affine_backward, x, w, b)
+    >>> assert_layer(affine_forward, affine_backward, x, w, b)          # CS231n layers
     """
     from .models import check_layer
 

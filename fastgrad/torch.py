@@ -5,8 +5,13 @@
 >>> fastgrad.torch.check_module(net, lambda out: out.pow(2).sum(), torch.randn(5, 4)).passed
 True
 
-Everything runs on float64 CPU copies: the caller's module (its parameters, their ``.grad``, its
-buffers and its train/eval mode), its tensors and torch's global RNG state are left untouched.
+``check_module`` checks a module's parameters (and inputs that require grad) through a scalar
+loss; ``check_function`` checks any differentiable function of tensors, such as a custom
+``torch.autograd.Function``'s ``apply``. Both return a ``fastgrad.Report`` and take the options
+of ``fastgrad.check``. Everything runs on float64 CPU copies: the caller's module (its
+parameters, their ``.grad``, its buffers and its train/eval mode), its tensors and torch's global
+RNG state are left untouched. Importing this module without PyTorch installed raises an
+``ImportError`` that says how to install it (``pip install fastgrad[torch]``).
 """
 
 from __future__ import annotations
@@ -281,7 +286,7 @@ def _run(loss: _TorchLoss, check_options: dict):
     theta = np.concatenate([v.reshape(-1).numpy() for v in loss.initial.values()])
     # The first evaluations (main thread) fix the cotangents from the output shapes and tell
     # whether the loss is random, before any worker thread runs.
-    loss.pin_randomness(theta)
+    loss.pin_randomness(theta, check_options)
     grad = loss.analytic(theta)
     segments = {name: shape for name, (_, _, shape) in loss.slices.items()}
     return core_check(loss, theta, grad, segments=segments, **check_options)
@@ -306,23 +311,71 @@ def check_module(
 ) -> Report:
     """Check autograd's gradient of ``loss_fn(module(*inputs))`` against centered differences.
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
-    >>> x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
-    >>> fastgrad.torch.check_module(net, lambda out: torch.nn.functional.cross_entropy(out, y), x)
-
     Segments are the module's trainable parameters, named as ``named_parameters()`` names them
     (``"0.weight"``), followed by one segment per input tensor that requires grad (``"input0"``;
     ``"input1.0"`` for the first tensor of a tuple argument such as an LSTM's ``(h0, c0)``).
-    ``loss_fn`` receives the float64 output (and ``target`` when given: ``loss_fn(output,
-    target)``, so a loss module such as ``nn.CrossEntropyLoss(weight=w)`` can be passed as is;
-    it is copied to float64 too) and returns a scalar; ``None`` contracts the output with a
-    fixed random cotangent drawn from the check's seed. Everything is evaluated on
-    float64 CPU copies of the module (one per worker thread), in the module's current train/eval
-    mode; buffers such as BatchNorm running statistics are restored before every evaluation, and
-    when the loss is random (dropout in train mode) torch's RNG is re-seeded from ``seed`` before
-    every evaluation, so the same dropout mask is used throughout. ``check_options`` are those of
-    ``fastgrad.check`` (``samples``, ``seed``, ``depth``, ``tol``, ...); ``workers`` defaults
-    to 1 here (torch parallelizes inside its ops); with more, each thread has its own copy.
+    Everything is evaluated on float64 CPU copies of the module (one per worker thread), in the
+    module's current train/eval mode; buffers such as BatchNorm running statistics are restored
+    before every evaluation, and when the loss is random (dropout in train mode) torch's RNG is
+    re-seeded from ``seed`` before every evaluation, so the same dropout mask is used throughout.
+    The caller's module, its ``.grad``, its mode, its tensors and torch's RNG are untouched.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model. Parameters with ``requires_grad=False`` and empty ones are not checked; the
+        module must be deep-copyable.
+    loss_fn : callable or None
+        ``loss_fn(output)``, or ``loss_fn(output, target)`` when ``target`` is given, returning a
+        scalar (a one-element tensor or a number); ``output`` is the float64 output of
+        ``module(*inputs)``. A loss module such as ``nn.CrossEntropyLoss(weight=w)`` can be passed
+        as is (it is copied to float64 too). ``None``: the output's floating tensors are
+        contracted with a fixed standard-normal cotangent drawn from ``seed``.
+    *inputs : tensor or any
+        The positional arguments of ``module``; tensors may be nested in tuples, lists and dicts.
+        Floating tensors are passed as float64 copies, and those with ``requires_grad=True`` are
+        checked too; anything else is passed through.
+    target : tensor or any, optional
+        The second argument of ``loss_fn`` (labels, regression targets); floating tensors are
+        passed as float64 copies. Needs a ``loss_fn``.
+    **check_options
+        Every option of ``fastgrad.check`` is forwarded to it (``samples``, ``seed``,
+        ``depth``, ``tol``, ``workers``, ...: see ``help(fastgrad.check)``). ``seed`` also
+        draws the random cotangent and seeds torch's RNG when the loss is random. ``workers``
+        defaults to 1 here: torch parallelizes inside its ops; with more, each worker thread
+        evaluates its own copy.
+
+    Returns
+    -------
+    fastgrad.Report
+        The check's report (``report.passed``, ``report.segments["0.weight"]``, ``print(report)``
+        for the table).
+
+    Raises
+    ------
+    TypeError
+        When ``module`` is not a ``torch.nn.Module`` or cannot be deep-copied, ``loss_fn`` is
+        neither callable nor None, a parameter or input is complex, or ``loss_fn`` returns
+        something that is not a scalar number.
+    ValueError
+        When there is nothing to check (no parameter or input requires grad), ``target`` is given
+        without ``loss_fn``, ``loss_fn`` returns a tensor of more than one value or a complex
+        one, ``seed`` is not a non-negative int, or an option is refused by ``fastgrad.check``.
+    fastgrad.NondeterminismError
+        When the loss differs by more than ``nondet_tol`` between two evaluations at the same
+        parameters even with torch's RNG re-seeded (randomness from numpy or an unseeded
+        generator inside the module).
+    fastgrad.LossError
+        When ``module`` or ``loss_fn`` raises during the check's evaluations (the message names
+        the coordinate, or says "at theta"). An exception in the first forward passes, before the
+        check starts, propagates as is.
+
+    Examples
+    --------
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    >>> fastgrad.torch.check_module(net, torch.nn.CrossEntropyLoss(), x, target=y).passed
+    True
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
@@ -365,17 +418,54 @@ def check_module(
 def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any) -> Report:
     """Check the gradient of ``sum(fn(*tensors) * c)`` for a fixed random cotangent ``c``.
 
-    >>> x = torch.randn(3, 4, requires_grad=True)
-    >>> w = torch.randn(4, 2, requires_grad=True)
-    >>> fastgrad.torch.check_function(lambda x, w: torch.tanh(x @ w), x, w).passed
+    This is the check for a custom ``torch.autograd.Function``: ``check_function(MyFn.apply, x,
+    w)`` compares its ``backward`` with centered differences of its ``forward``. The gradient is
+    taken with respect to every floating tensor argument that requires grad; segments are named
+    by position: ``"arg0"``, ``"arg1"``, ... (``"arg2.0"`` inside a tuple or list argument).
+    ``fn`` is called on float64 CPU copies; the caller's tensors and torch's RNG are untouched.
 
-    The gradient is taken with respect to every floating tensor argument that requires grad;
-    segments are named by position: ``"arg0"``, ``"arg1"``, ... (``"arg2.0"`` inside a tuple or
-    list argument). Other arguments are passed through (floating tensors as float64 copies).
-    ``fn`` may return a tensor or a tuple/list/dict of tensors; ``c`` is drawn from the check's
-    ``seed`` (standard normal, one per floating output). This is the check for a custom
-    ``torch.autograd.Function``: ``check_function(MyFn.apply, x, w)``. ``check_options`` are
-    those of ``fastgrad.check``; ``workers`` defaults to 1, as in ``check_module``.
+    Parameters
+    ----------
+    fn : callable
+        ``fn(*tensors)`` returning a tensor or a tuple/list/dict of tensors; its floating
+        outputs are contracted with ``c`` (standard normal, drawn from ``seed``, one per output).
+    *tensors : tensor or any
+        The arguments of ``fn``, possibly nested in tuples, lists and dicts. Floating tensors
+        with ``requires_grad=True`` are checked; other floating tensors are passed as float64
+        copies and anything else as is.
+    **check_options
+        Every option of ``fastgrad.check`` is forwarded to it (``samples``, ``seed``,
+        ``depth``, ``tol``, ``workers``, ...: see ``help(fastgrad.check)``). ``seed`` also
+        draws the random cotangent and seeds torch's RNG when the loss is random. ``workers``
+        defaults to 1 here: torch parallelizes inside its ops; with more, each worker thread
+        evaluates its own copy.
+
+    Returns
+    -------
+    fastgrad.Report
+        The check's report, one segment per checked tensor.
+
+    Raises
+    ------
+    TypeError
+        When ``fn`` is not callable or a tensor is complex.
+    ValueError
+        When no floating tensor requires grad (the message lists the arguments), ``fn`` returns
+        no floating tensor or changes its output shapes between evaluations, ``seed`` is not a
+        non-negative int, or an option is refused by ``fastgrad.check``.
+    fastgrad.NondeterminismError
+        When ``fn`` differs by more than ``nondet_tol`` between two evaluations at the same
+        tensors even with torch's RNG re-seeded.
+    fastgrad.LossError
+        When ``fn`` raises during the check's evaluations (the message names the coordinate, or
+        says "at theta"). An exception in the first calls, before the check starts, propagates
+        as is.
+
+    Examples
+    --------
+    >>> x, w = torch.randn(3, 4, requires_grad=True), torch.randn(4, 2, requires_grad=True)
+    >>> fastgrad.torch.check_function(lambda x, w: torch.tanh(x @ w), x, w).passed
+    True
     """
     if not callable(fn):
         raise TypeError(f"fn: expected a callable, got {fn!r}")
