@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -268,3 +269,47 @@ def test_logging_a_step_is_cheap():
         mon.log_update(theta, update)
     per_step = (time.perf_counter() - start) / 5
     assert per_step < 0.25, per_step  # ~2 ms unloaded: one pass over 1.3M numbers
+
+
+def quadratic(theta):
+    return 0.5 * float(theta @ theta)
+
+
+def test_records_made_after_log_epoch_belong_to_that_epoch():
+    mon = TrainingMonitor()
+    W = np.random.default_rng(0).standard_normal((64, 4))
+    theta = np.linspace(-1.0, 1.0, 6)
+    for epoch in range(3):
+        for step in range(epoch * 4, epoch * 4 + 4):
+            mon.log_loss(step, 2.0 / (step + 1))
+        if epoch == 2:  # mid-epoch: the epoch being run
+            mon.log_filters(W, (8, 8))
+            mon.gradcheck(quadratic, theta, lambda t: t.copy(), force=True)
+        mon.log_epoch(epoch, train_acc=0.5)
+        mon.log_filters(W, (8, 8))  # after log_epoch(epoch): the state at its end
+        mon.gradcheck(quadratic, theta, lambda t: t.copy(), force=True)
+    assert [f["epoch"] for f in mon.filters()] == [0, 1, 2, 2]
+    assert [g["epoch"] for g in mon.gradchecks()] == [0, 1, 2, 2]
+    mon.log_loss(12, 0.1)
+    mon.log_filters(W, (8, 8))
+    assert mon.filters()[-1]["epoch"] == 3
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_non_finite_values_read_back_as_they_were_logged(bad, tmp_path):
+    mon = TrainingMonitor(segments={"W": (2, 2)})
+    for step, loss in enumerate([2.3, 2.0, 1.5, bad]):
+        mon.log_loss(step, loss)
+    mon.log_update(np.ones(4), np.full(4, bad))
+    mon.log_epoch(0, train_acc=0.5, val_loss=bad)
+    mon.save(tmp_path / "run.jsonl")
+    for line in (tmp_path / "run.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is not strict JSON"))
+    loaded = TrainingMonitor.load(tmp_path / "run.jsonl")
+    np.testing.assert_array_equal(loaded.losses()[1], mon.losses()[1])  # inf stays inf
+    np.testing.assert_array_equal(loaded.update_ratios()[1]["W"], mon.update_ratios()[1]["W"])
+    assert str(loaded.epochs()[0]["val_loss"]) == str(bad)
+    assert loaded.epochs()[0]["val_acc"] is None  # not given: still None
+    (live,), (read,) = mon.diagnose(), loaded.diagnose()
+    assert live.to_dict() == read.to_dict()
+    assert f"the loss became {bad} at step 3" in read.message

@@ -14,7 +14,7 @@ from numba import njit
 
 from .filters import filter_smoothness, filters_as_images
 from .histograms import DEFAULT_BINS, HistogramAccumulator, as_rows
-from .log import FORMAT_VERSION, append_records, as_floats, jsonable, read_records
+from .log import FORMAT_VERSION, append_records, as_floats, jsonable, read_float, read_records
 
 KINDS = ("activations", "gradients")
 #: The warm-up is over once the recent loss is this much (relative) below the first losses.
@@ -287,7 +287,7 @@ class TrainingMonitor:
         score = filter_smoothness(W, image_shape)
         self._filters.append({
             "layer": layer,
-            "epoch": self._open_epoch(),
+            "epoch": self._record_epoch(),
             "step": self._steps[-1] if self._steps else None,
             "image_shape": list(int(s) for s in image_shape),
             "smoothness": score,
@@ -339,9 +339,12 @@ class TrainingMonitor:
         report = fastgrad.check(f, theta, grad, **check_options)
         record = {
             "step": step,
-            "epoch": self._open_epoch(),
+            "epoch": self._record_epoch(),
             "passed": bool(report.passed),
             "max_rel_error": float(report.max_rel_error),
+            # read from the report (it counts them): what the many_kinks finding rests on
+            "checked": {name: int(seg.checked) for name, seg in report.segments.items()},
+            "kinks": {name: int(seg.kinks) for name, seg in report.segments.items()},
             "table": str(report),
         }
         try:
@@ -353,7 +356,21 @@ class TrainingMonitor:
 
     # ------------------------------------------------------------------ reading back
     def _open_epoch(self) -> int:
+        """The epoch being logged now: the one after the last ``log_epoch``."""
         return self._epochs[-1]["epoch"] + 1 if self._epochs else 0
+
+    def _record_epoch(self) -> int:
+        """The epoch a gradient check or filter record describes.
+
+        Right after ``log_epoch(k)`` (no loss logged since) it is ``k``: the state at the end of
+        epoch k; once the next epoch's losses arrive it is that epoch.
+        """
+        if not self._epochs:
+            return 0
+        last = self._epochs[-1]
+        if self._steps and self._steps[-1] != last["step"]:
+            return last["epoch"] + 1
+        return last["epoch"]
 
     @property
     def layers(self) -> list[str]:
@@ -554,7 +571,8 @@ class TrainingMonitor:
                 for series in mon._ratios.values():
                     series.extend([math.nan] * (len(mon._update_steps) - len(series)))
             elif kind == "epoch":
-                mon._epochs.append(r)
+                # metrics spelled "inf"/"nan" are numbers; None is an accuracy not given
+                mon._epochs.append({k: v if v is None else read_float(v) for k, v in r.items()})
             elif kind == "hist":
                 key = (r["kind"], r["layer"])
                 if key[1] not in mon._layers:
@@ -565,8 +583,10 @@ class TrainingMonitor:
                 else:
                     mon._hists.setdefault(key, []).append(r)
             elif kind == "gradcheck":
+                r["max_rel_error"] = read_float(r["max_rel_error"])
                 mon._gradchecks.append(r)
             elif kind == "filters":
+                r["smoothness"] = read_float(r["smoothness"])
                 mon._filters.append(r)
         # the epoch still open when the log was written: kept as a finished summary
         for key, r in partial_tail.items():
