@@ -331,3 +331,51 @@ except ImportError as error:
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "pip install fastgrad[plot]" in result.stdout
+
+
+def test_fastgrad_monitor_takes_the_monitors_own_arguments(runs, tmp_path, capsys):
+    from fastgrad.cli import main as fastgrad_main
+
+    log = tmp_path / "run.jsonl"
+    runs["low"].monitor.save(log)
+    assert fastgrad_main(["monitor", str(log), "--json", "--no-plots"]) == 0
+    assert "lr_too_low" in [f["kind"] for f in json.loads(capsys.readouterr().out)]
+    pytest.importorskip("matplotlib")
+    # the same default folder as python -m fastgrad.monitor.cli: next to the log
+    assert fastgrad_main(["monitor", str(log), "--dpi", "50"]) == 0
+    assert (tmp_path / "run-plots" / "loss.png").exists()
+    assert fastgrad_main(["monitor", str(log), "--no-plots", "--dpi", "x"]) == 2
+
+
+def test_strict_fails_on_an_error_finding(runs, tmp_path, capsys):
+    from fastgrad.cli import main as fastgrad_main
+
+    high, good = tmp_path / "high.jsonl", tmp_path / "good.jsonl"
+    runs["high"].monitor.save(high)  # lr_too_high and dead_units: severity "error"
+    runs["good"].monitor.save(good)
+    assert "error" in [f.severity for f in runs["high"].monitor.diagnose()]
+    assert fastgrad_main(["monitor", str(high), "--no-plots"]) == 0
+    assert fastgrad_main(["monitor", str(high), "--no-plots", "--strict"]) == 1
+    assert monitor_main([str(high), "--no-plots", "--strict"]) == 1
+    assert fastgrad_main(["monitor", str(good), "--no-plots", "--strict"]) == 0
+    low = tmp_path / "low.jsonl"  # warnings and info only: not a failure, even with --strict
+    runs["low"].monitor.save(low)
+    assert "error" not in {f.severity for f in runs["low"].monitor.diagnose()}
+    assert fastgrad_main(["monitor", str(low), "--no-plots", "--strict"]) == 0
+    result = subprocess.run([sys.executable, "-m", "fastgrad.cli", "monitor", str(high),
+                             "--no-plots", "--strict"], capture_output=True, text=True,
+                            timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 1, result.stderr
+    assert "lr_too_high [error]" in result.stdout
+
+
+def test_cli_on_a_saved_log_says_what_diagnose_said_in_process(tmp_path, capsys):
+    mon = TrainingMonitor()
+    for step, loss in enumerate([2.3, 2.0, 9.0, float("inf")]):
+        mon.log_loss(step, loss)
+    (live,) = mon.diagnose()
+    assert "the loss became inf at step 3" in live.message
+    mon.save(tmp_path / "run.jsonl")
+    assert monitor_main([str(tmp_path / "run.jsonl"), "--json", "--no-plots"]) == 0
+    (read,) = json.loads(capsys.readouterr().out)
+    assert read == live.to_dict()
