@@ -379,3 +379,29 @@ def test_cli_on_a_saved_log_says_what_diagnose_said_in_process(tmp_path, capsys)
     assert monitor_main([str(tmp_path / "run.jsonl"), "--json", "--no-plots"]) == 0
     (read,) = json.loads(capsys.readouterr().out)
     assert read == live.to_dict()
+
+
+def test_a_gradcheck_crossing_many_kinks_suggests_fewer_data_points(tmp_path):
+    from fastgrad.monitor.demo import init_params, load_digits_split
+
+    # ReLU units right at their kink: a 1e-4 init puts every pre-activation near 0
+    theta, segments = init_params(weight_scale=1e-4)
+    X, y = load_digits_split()[:2]
+    mon = TrainingMonitor(segments=segments)
+    mon.log_loss(0, 2.3)
+    report = mon.gradcheck(digits_loss, theta, digits_grad, args=(X[:256], y[:256]), force=True)
+    crossed = sum(c.kink for c in report.coords)
+    assert crossed > 0.1 * len(report.coords)  # the check itself says so
+    finding = by_kind(mon.diagnose(), "many_kinks")
+    assert finding.severity == "warning"
+    assert "fewer data points" in finding.message and "kinks=" in finding.message
+    assert (finding.evidence["kinks"], finding.evidence["checked"]) == (crossed, len(report.coords))
+    assert finding.evidence["fraction"] == pytest.approx(crossed / len(report.coords), rel=1e-3)
+    assert set(finding.evidence["kinks_per_segment"]) <= {"W1", "b1"}  # the ReLU layer's inputs
+    mon.save(tmp_path / "kinks.jsonl")
+    assert by_kind(TrainingMonitor.load(tmp_path / "kinks.jsonl").diagnose(),
+                   "many_kinks").to_dict() == finding.to_dict()
+    # the advice works: two data points, far fewer kinks, no finding
+    report = mon.gradcheck(digits_loss, theta, digits_grad, args=(X[:2], y[:2]), force=True)
+    assert sum(c.kink for c in report.coords) <= 0.1 * len(report.coords)
+    assert "many_kinks" not in kinds(mon.diagnose())
