@@ -283,7 +283,7 @@ def test_cli_writes_pngs_that_open_as_images(runs, tmp_path, capsys):
         assert data[:8] == PNG_SIGNATURE
         width, height = struct.unpack(">II", data[16:24])
         image = matplotlib_image.imread(outdir / name)
-        assert image.shape[:2] == (height, width) and width > 100 and height > 100
+        assert image.shape[:2] == (height, width) and width >= 640 and height >= 300, name
         assert np.ptp(image[..., :3]) > 0  # not a blank canvas
 
 
@@ -405,3 +405,70 @@ def test_a_gradcheck_crossing_many_kinks_suggests_fewer_data_points(tmp_path):
     report = mon.gradcheck(digits_loss, theta, digits_grad, args=(X[:2], y[:2]), force=True)
     assert sum(c.kink for c in report.coords) <= 0.1 * len(report.coords)
     assert "many_kinks" not in kinds(mon.diagnose())
+
+
+def drawn(fig):
+    """The figure rendered (Agg), so that text and legend positions are final."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    return fig
+
+
+def overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_every_view_has_labelled_axes_and_legends_beside_the_data(runs):
+    pytest.importorskip("matplotlib")
+    from fastgrad.monitor.plots import VIEWS
+
+    for run in ("good", "tanh_bad"):
+        for name, draw in VIEWS:
+            fig = drawn(draw(runs[run].monitor))
+            assert fig.get_figwidth() * 100 >= 640, name  # at the default 100 dpi
+            axes = [ax for ax in fig.axes if ax.axison]
+            for ax in axes:
+                assert ax.get_xlabel() and ax.get_ylabel(), (name, ax.get_title())
+                assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 9, name
+            legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + fig.legends
+            assert legends or name == "filters.png", name
+            for legend in legends:
+                for ax in axes:
+                    assert not overlaps(legend.get_window_extent(), ax.get_window_extent()), name
+
+
+def test_saturation_share_is_said_in_words(runs):
+    pytest.importorskip("matplotlib")
+    from fastgrad.monitor.plots import histogram_figure
+
+    mon = runs["tanh_bad"].monitor
+    hidden = mon.histograms("activations")["hidden"][-1]
+    title = histogram_figure(mon, "activations").axes[0].get_title()
+    assert title.startswith("layer hidden\n")
+    share = f"{100 * hidden['saturated_fraction']:.0f}%"
+    assert f"saturated (|value| >= 0.99): {share}" in title
+    assert f"epoch {hidden['epoch']}:" in title
+
+
+def test_a_failed_gradient_check_is_marked_on_the_loss_curve_at_its_step():
+    pytest.importorskip("matplotlib")
+    from fastgrad.monitor.plots import loss_figure
+
+    mon = TrainingMonitor()
+    theta = np.linspace(-1.0, 1.0, 6)
+    for step in range(40):
+        mon.log_loss(step, 2.0 / (1 + step))
+        if step in (9, 19, 29, 39):
+            mon.log_epoch(step // 10)
+        if step == 19:
+            mon.gradcheck(lambda t: 0.5 * float(t @ t), theta, lambda t: t.copy())
+        if step == 29:  # a wrong gradient: twice the true one
+            mon.gradcheck(lambda t: 0.5 * float(t @ t), theta, lambda t: 2 * t)
+    assert [g["passed"] for g in mon.gradchecks()] == [True, False]
+    ax = loss_figure(mon).axes[0]
+    marks = {c.get_label(): c.get_offsets() for c in ax.collections}
+    # epoch 2 ends at step 29: 3 epochs trained
+    np.testing.assert_allclose(marks["gradient check FAILED"], [[3.0, 2.0 / 30]])
+    np.testing.assert_allclose(marks["gradient check passed"], [[2.0, 2.0 / 20]])
+    assert any(np.allclose(line.get_xdata(), 3.0) for line in ax.get_lines())  # the step's line
