@@ -3,8 +3,8 @@
 One file per view: ``loss.png``, ``accuracy.png``, ``update_ratios.png``, ``activations.png``,
 ``gradients.png`` and ``filters.png``; a view without data is skipped.  Each view is drawn by a
 ``*_figure(mon)`` function (see ``VIEWS``) that returns a matplotlib Figure, or None when the run
-has no data for it; ``plot_all`` saves them.  At the default 100 dpi the PNGs are 700-840 px wide,
-fonts are 10-13 pt, and legends sit beside or below the axes, never over the data.
+has no data for it; ``plot_all`` saves them.  At the default 100 dpi the PNGs are 700-900 px wide,
+fonts are 10-13 pt, and legends sit beside the axes, never over the data.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def _layer_notes(kind: str, last: dict, magnitudes: bool) -> list[str]:
 def histogram_figure(mon, kind: str):
     """``activations.png`` / ``gradients.png``: per-layer histograms for a few epochs.
 
-    At least 8 inches wide (two layers per row); None when nothing of ``kind`` was logged.
+    At least 9 inches wide with two layers (two per row); None when nothing of ``kind`` was logged.
     ``kind`` is "activations" or "gradients".
     """
     layers = {layer: _pick_epochs(entries) for layer, entries in mon.histograms(kind).items()}
@@ -238,8 +238,8 @@ def histogram_figure(mon, kind: str):
     count = len(layers)
     columns = min(count, 2)
     rows = math.ceil(count / columns)
-    fig = _figure(3.6 * rows + 0.9, width=max(WIDTH, 4.2 * columns))
-    # one color per epoch label across layers, explained once in a legend below the panels
+    fig = _figure(3.4 * rows + 1.0, width=max(WIDTH, 3.8 * columns + 1.4))
+    # one color per epoch label across layers, explained once in a legend beside the panels
     labels: dict[str, str] = {}
     for entries in layers.values():
         for entry in entries:
@@ -272,8 +272,10 @@ def histogram_figure(mon, kind: str):
         # the numbers go in the title, above the axes: nothing is drawn over the bars
         ax.set_title(f"layer {layer}\n" + "\n".join(notes), fontsize=SMALL + 1)
     ordered = [label for label in labels if label in handles]
-    fig.legend([handles[label] for label in ordered], ordered, loc="outside lower center",
-               ncol=min(len(ordered), 4), fontsize=SMALL, frameon=False)
+    # beside the first row's last panel (the legend's "outside" placement needs matplotlib 3.7)
+    fig.axes[min(columns, count) - 1].legend(
+        [handles[label] for label in ordered], ordered, loc="upper left",
+        bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=SMALL, frameon=False)
     fig.suptitle("Activations per layer" if kind == "activations" else "Gradients per layer",
                  fontsize=FONT + 2)
     return fig
@@ -324,7 +326,7 @@ def plot_all(mon, outdir: str | os.PathLike, dpi: int = DEFAULT_DPI) -> list[str
     outdir : str or os.PathLike
         Folder for the PNGs; created if missing.
     dpi : int
-        Resolution: at the default 100 every PNG is 700-840 px wide.
+        Resolution: at the default 100 every PNG is 700-900 px wide.
 
     Returns
     -------
