@@ -18,6 +18,8 @@ import pytest
 
 pytest.importorskip("sklearn")
 
+from monitor_support import run_without  # noqa: E402
+
 from fastgrad.monitor import Finding, TrainingMonitor, filter_grid, filter_smoothness  # noqa: E402
 from fastgrad.monitor.cli import main as monitor_main  # noqa: E402
 from fastgrad.monitor.demo import GOOD_LR, digits_grad, digits_loss, train_digits  # noqa: E402
@@ -312,13 +314,7 @@ def test_plot_returns_paths(runs, tmp_path):
 
 
 def test_import_without_matplotlib_and_a_clear_error_on_plot(tmp_path):
-    code = f"""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError("blocked for the test")
-sys.meta_path.insert(0, Block())
+    out = run_without("matplotlib", f"""
 import fastgrad.monitor
 mon = fastgrad.monitor.TrainingMonitor()
 mon.log_loss(0, 1.0)
@@ -326,11 +322,8 @@ try:
     mon.plot({str(tmp_path)!r})
 except ImportError as error:
     print("ImportError:", error)
-"""
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "pip install fastgrad[plot]" in result.stdout
+""")
+    assert "pip install fastgrad[plot]" in out
 
 
 def test_fastgrad_monitor_takes_the_monitors_own_arguments(runs, tmp_path, capsys):

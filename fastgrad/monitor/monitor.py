@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import math
 import numbers
 import os
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from .filters import filter_smoothness, filters_as_images
+from .filters import filter_grid, filter_smoothness, filters_as_images
 from .histograms import DEFAULT_BINS, HistogramAccumulator, as_rows
 from .log import FORMAT_VERSION, append_records, as_floats, jsonable, read_float, read_records
 
@@ -127,9 +128,16 @@ class TrainingMonitor:
     []
     """
 
-    def __init__(self, segments: Any = None, *, bins: int = DEFAULT_BINS) -> None:
+    def __init__(self, segments: Any = None, *, bins: int = DEFAULT_BINS,
+                 tensorboard: str | os.PathLike | None = None) -> None:
         if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 4 or bins % 4:
             raise ValueError(f"bins: expected a positive multiple of 4, got {bins!r}")
+        self._tb = None
+        if tensorboard is not None:
+            from .tensorboard import TensorBoardWriter
+
+            self._tb = TensorBoardWriter(tensorboard)
+            atexit.register(self._tb.close)  # events still queued when the program ends
         self.segments = segments
         self.bins = int(bins)
         self._segments = _segment_table(segments)
@@ -157,6 +165,8 @@ class TrainingMonitor:
         """
         self._steps.append(_check_int(step, "step"))
         self._losses.append(_check_real(loss, "loss"))
+        if self._tb is not None:
+            self._tb.scalar("loss", self._losses[-1], self._steps[-1])
 
     def log_epoch(self, epoch: int, train_acc: float | None = None, val_acc: float | None = None,
                   **metrics: float) -> None:
@@ -179,10 +189,19 @@ class TrainingMonitor:
                 raise ValueError(f"{key}: reserved name, cannot be passed as an extra metric")
             record[key] = _check_real(value, key)
         self._epochs.append(record)
-        for (kind, layer), acc in self._open.items():
-            self._hists.setdefault((kind, layer), []).append(
-                {"kind": kind, "layer": layer, "epoch": record["epoch"], **acc.summary()})
+        closed = [{"kind": kind, "layer": layer, "epoch": record["epoch"], **acc.summary()}
+                  for (kind, layer), acc in self._open.items()]
+        for summary in closed:
+            self._hists.setdefault((summary["kind"], summary["layer"]), []).append(summary)
         self._open.clear()
+        if self._tb is not None:
+            step = record["epoch"] if record["step"] is None else record["step"]
+            self._tb.scalar("accuracy/train", record["train_acc"], step)
+            self._tb.scalar("accuracy/val", record["val_acc"], step)
+            for key in metrics:
+                self._tb.scalar(f"metrics/{key}", record[key], step)
+            for summary in closed:
+                self._tb.histogram(f"{summary['kind']}/{summary['layer']}", summary, step)
 
     def log_update(self, theta: np.ndarray | Mapping, update: np.ndarray | Mapping) -> None:
         """Record ``||update|| / ||weights||`` per segment (aim: about 1e-3).
@@ -233,6 +252,9 @@ class TrainingMonitor:
         for series in self._ratios.values():  # a segment missing from this update
             if len(series) < count + 1:
                 series.append(math.nan)
+        if self._tb is not None:
+            for name in ratios:
+                self._tb.scalar(f"update_ratio/{name}", self._ratios[name][-1], step)
 
     def log_activations(self, layer: str, values: np.ndarray) -> None:
         """Add a batch of a layer's outputs (last axis = units) to this epoch's histogram.
@@ -293,6 +315,10 @@ class TrainingMonitor:
             "smoothness": score,
             "weights": np.round(images.reshape(len(images), -1), 6),
         })
+        if self._tb is not None:
+            record = self._filters[-1]
+            self._tb.image(f"filters/{layer}", filter_grid(W, image_shape),
+                           record["epoch"] if record["step"] is None else record["step"])
         return score
 
     # ------------------------------------------------------------------ gradient checks
@@ -352,6 +378,10 @@ class TrainingMonitor:
         except Exception as error:  # the summary above is what diagnose needs
             record["report"] = {"error": f"to_dict failed: {error}"}
         self._gradchecks.append(record)
+        if self._tb is not None:
+            at = 0 if step is None else step
+            self._tb.scalar("gradcheck/max_rel_error", record["max_rel_error"], at)
+            self._tb.scalar("gradcheck/passed", float(record["passed"]), at)
         return report
 
     # ------------------------------------------------------------------ reading back
@@ -528,7 +558,41 @@ class TrainingMonitor:
         records, cursor = self._records(self._saved if same else {})
         append_records(target, records, fresh=not same)
         self._save_path, self._saved = target, cursor
+        self._write_findings()
+        if self._tb is not None:
+            self._tb.flush()
         return target
+
+    # ------------------------------------------------------------------ TensorBoard
+    def _write_findings(self) -> None:
+        if self._tb is None:
+            return
+        findings = self.diagnose()
+        text = "\n".join(f"- **{f.kind}** [{f.severity}]: {f.message}" for f in findings)
+        self._tb.text("findings", text or "no findings: nothing looks wrong",
+                      self._steps[-1] if self._steps else 0)
+
+    def close(self) -> None:
+        """Write the findings to TensorBoard and close its event file (no-op without one).
+
+        The log file needs no closing: ``save`` writes it completely each time.  Called at
+        program exit and by ``with TrainingMonitor(...) as mon:``.
+
+        Examples
+        --------
+        >>> mon = TrainingMonitor(tensorboard="runs/digits")
+        >>> mon.log_loss(0, 2.3)
+        >>> mon.close()                  # TensorBoard now shows the loss and the findings
+        """
+        if self._tb is not None:
+            self._write_findings()
+            self._tb.close()
+
+    def __enter__(self) -> TrainingMonitor:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainingMonitor:
