@@ -313,3 +313,32 @@ def test_non_finite_values_read_back_as_they_were_logged(bad, tmp_path):
     (live,), (read,) = mon.diagnose(), loaded.diagnose()
     assert live.to_dict() == read.to_dict()
     assert f"the loss became {bad} at step 3" in read.message
+
+
+def _public_monitor_api():
+    from fastgrad.monitor import cli, filter_grid, filter_smoothness
+
+    methods = ["log_loss", "log_epoch", "log_update", "log_activations", "log_gradients",
+               "log_filters", "gradcheck", "diagnose", "save", "load", "plot", "close"]
+    return ([TrainingMonitor] + [getattr(TrainingMonitor, name) for name in methods]
+            + [filter_grid, filter_smoothness, cli.main, cli.run, cli.configure_parser])
+
+
+@pytest.mark.parametrize("obj", _public_monitor_api(), ids=lambda obj: obj.__qualname__)
+def test_public_monitor_api_has_numpy_style_docstrings(obj):
+    import inspect
+
+    doc = inspect.getdoc(obj)
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    signature = inspect.signature(target)
+    params = [name for name in signature.parameters if name not in ("self", "cls")]
+    sections = {line for line in doc.splitlines() if line and set(line) == {"-"}}
+    assert sections, f"{obj.__qualname__}: no numpy-style sections"
+    if params:
+        assert "Parameters\n----------" in doc, obj.__qualname__
+        for name in params:
+            assert name in doc.split("Parameters\n----------")[1], (obj.__qualname__, name)
+    returns = signature.return_annotation
+    if not inspect.isclass(obj) and returns not in ("None", None, inspect.Signature.empty):
+        assert "Returns\n-------" in doc, obj.__qualname__
+    assert "Examples\n--------" in doc, obj.__qualname__

@@ -120,8 +120,34 @@ class TrainingMonitor:
 
     Everything is kept as small summaries (per-step scalars, per-layer per-epoch histograms),
     never as copies of parameters or activations.  ``save`` appends to a JSON Lines log that can
-    be read with ``load`` (or ``fastgrad monitor LOG``) while training goes on.
+    be read with ``load`` (or ``fastgrad monitor LOG``) while training goes on; ``diagnose``
+    turns the numbers into findings and ``plot`` into PNGs.
 
+    Parameters
+    ----------
+    segments : SegmentMap or dict of {str: tuple of int}, optional
+        The layout of the flat parameter vector (e.g. ``{"W1": (64, 32), "b1": (32,)}``), for
+        per-segment update ratios and gradient checks.  Without it ``log_update`` reports one
+        ratio, "theta".
+    bins : int
+        Histogram bins per layer and epoch, a positive multiple of 4 (default 48).
+    tensorboard : str or os.PathLike, optional
+        Also write TensorBoard event files into this folder (loss, accuracies, update ratios,
+        histograms, the filter grid, the findings); needs ``pip install "fastgrad[tensorboard]"``.
+        Closed by ``close()``, at the end of a ``with`` block, or at program exit.
+
+    Raises
+    ------
+    ValueError
+        ``bins`` is not a positive multiple of 4, a segment has no elements, or ``tensorboard``
+        is a file.
+    TypeError
+        ``segments`` is neither a SegmentMap nor a dict, or ``tensorboard`` is not a path.
+    ImportError
+        ``tensorboard`` is given and tensorboardX is not installed.
+
+    Examples
+    --------
     >>> mon = TrainingMonitor(segments={"W1": (64, 32), "b1": (32,)})
     >>> mon.log_loss(0, 2.30); mon.log_epoch(0, train_acc=0.12, val_acc=0.11)
     >>> mon.diagnose()
@@ -159,6 +185,20 @@ class TrainingMonitor:
     def log_loss(self, step: int, loss: float) -> None:
         """Record the training loss of one iteration (NaN/inf are kept: they mean divergence).
 
+        Parameters
+        ----------
+        step : int
+            The iteration number (the x axis of the loss plot).
+        loss : float
+            The training loss of that iteration's batch (a size-1 array is accepted).
+
+        Raises
+        ------
+        TypeError
+            ``step`` is not an int or ``loss`` is not a real number.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor()
         >>> for step, loss in enumerate([2.3, 2.1, 1.9]):
         ...     mon.log_loss(step, loss)
@@ -172,8 +212,30 @@ class TrainingMonitor:
                   **metrics: float) -> None:
         """Close an epoch: record accuracies (fractions in [0, 1]) and any other metrics.
 
-        Histograms logged since the previous ``log_epoch`` are filed under ``epoch``.
+        Histograms logged since the previous ``log_epoch`` are filed under ``epoch``; filters and
+        gradient checks logged right after this call (before the next loss) are labelled
+        ``epoch`` too: they show the state at its end.
 
+        Parameters
+        ----------
+        epoch : int
+            The epoch just finished (0 for the first, if you count from 0).
+        train_acc, val_acc : float, optional
+            Training and validation accuracy as fractions in [0, 1].
+        **metrics : float
+            Any other per-epoch numbers (e.g. ``val_loss=0.35``); kept in the log and plotted
+            in TensorBoard as ``metrics/NAME``.
+
+        Raises
+        ------
+        TypeError
+            ``epoch`` is not an int, or an accuracy or metric is not a real number.
+        ValueError
+            An accuracy is outside [0, 1] (percentages?), or a metric reuses a reserved name
+            (epoch, step, train_acc, val_acc).
+
+        Examples
+        --------
         >>> mon = TrainingMonitor()
         >>> mon.log_loss(0, 2.3)
         >>> mon.log_epoch(0, train_acc=0.91, val_acc=0.88, val_loss=0.35)
@@ -206,10 +268,25 @@ class TrainingMonitor:
     def log_update(self, theta: np.ndarray | Mapping, update: np.ndarray | Mapping) -> None:
         """Record ``||update|| / ||weights||`` per segment (aim: about 1e-3).
 
-        ``update`` is the step actually applied (for SGD ``-lr * grad``), ``theta`` the
-        parameters it is applied to.  Either flat vectors laid out by ``segments`` (one segment
-        "theta" when the monitor has none) or two dicts {name: array}.  Nothing is copied.
+        Parameters
+        ----------
+        theta : numpy.ndarray or dict of {str: numpy.ndarray}
+            The parameters the update is applied to: a flat vector laid out by ``segments`` (one
+            segment "theta" when the monitor has none), or a dict of arrays.  Not copied, not
+            modified.
+        update : numpy.ndarray or dict of {str: numpy.ndarray}
+            The step actually applied (for SGD ``-lr * grad``), in the same form as ``theta``.
 
+        Raises
+        ------
+        TypeError
+            One is a dict and the other an array, or an array is not numeric.
+        ValueError
+            The sizes differ, the dict keys differ, or ``theta``'s size does not match the
+            segment map.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor(segments={"W": (3,), "b": (1,)})
         >>> theta = np.array([1.0, 2.0, 2.0, 0.5]); update = -0.01 * np.ones(4)
         >>> mon.log_update(theta, update)
@@ -259,6 +336,22 @@ class TrainingMonitor:
     def log_activations(self, layer: str, values: np.ndarray) -> None:
         """Add a batch of a layer's outputs (last axis = units) to this epoch's histogram.
 
+        Parameters
+        ----------
+        layer : str
+            The layer's name; log layers in forward order (input side first).
+        values : numpy.ndarray
+            Its outputs for one batch, e.g. (batch, units); only summarized, never kept.
+
+        Raises
+        ------
+        TypeError
+            ``layer`` is not a non-empty str or ``values`` is not numeric.
+        ValueError
+            ``values`` is empty, or its number of units differs from earlier in the epoch.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor()
         >>> hidden = np.tanh(np.random.randn(32, 64))        # (batch, units)
         >>> mon.log_activations("hidden1", hidden)
@@ -271,6 +364,22 @@ class TrainingMonitor:
         Log layers in forward order (input side first) the first time, or log activations
         first: the order of first appearance is what "vanishing towards the input" refers to.
 
+        Parameters
+        ----------
+        layer : str
+            The layer's name (the same as for its activations).
+        values : numpy.ndarray
+            The gradients for one batch, e.g. (batch, units); only summarized, never kept.
+
+        Raises
+        ------
+        TypeError
+            ``layer`` is not a non-empty str or ``values`` is not numeric.
+        ValueError
+            ``values`` is empty, or its number of units differs from earlier in the epoch.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor()
         >>> mon.log_gradients("hidden1", 1e-3 * np.random.randn(32, 64))
         >>> mon.histograms("gradients")["hidden1"][-1]["count"]
@@ -297,8 +406,33 @@ class TrainingMonitor:
         """Record the first layer's weights as images and return their smoothness score.
 
         Meant for once an epoch; ``diagnose`` reports ``noisy_filters`` from the latest score and
-        ``plot`` draws the latest weights as a grid (see ``filter_grid`` for layouts of ``W``).
+        ``plot`` draws the latest weights as a grid.
 
+        Parameters
+        ----------
+        W : numpy.ndarray
+            First-layer weights: ``(D, F)`` one filter per column, ``(F, D)`` or
+            ``(F, *image_shape)`` (see ``filter_grid``).  Copied as rounded images; not modified.
+        image_shape : sequence of int
+            ``(h, w)`` or ``(h, w, c)`` of one input image.
+        layer : str
+            The name shown on the plot (default "W1").
+
+        Returns
+        -------
+        float
+            The filters' smoothness (``filter_smoothness``): ~1 smooth, ~0 noise.
+
+        Raises
+        ------
+        TypeError
+            ``layer`` is not a non-empty str, ``W`` is not numeric or ``image_shape`` is not a
+            sequence of ints.
+        ValueError
+            ``W``'s shape does not fit ``image_shape``.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor()
         >>> score = mon.log_filters(np.random.randn(64, 16), image_shape=(8, 8))
         >>> score < 0.2
@@ -344,9 +478,42 @@ class TrainingMonitor:
         """Run ``fastgrad.check`` once the warm-up is over and record its summary in the log.
 
         Before the loss has started to fall (see ``warmed_up``) nothing is run: a
-        ``RuntimeWarning`` says so and None is returned (``force=True`` checks anyway).  The
-        monitor's segments are used unless ``segments=`` is passed.
+        ``RuntimeWarning`` says so and None is returned.  The record (step, epoch, passed, max
+        relative error, per-segment checked and kink counts, the table and the report) is what
+        ``diagnose`` reads: ``gradcheck_failed`` and ``many_kinks``.
 
+        Parameters
+        ----------
+        f : callable
+            The loss, ``f(theta, *args) -> float``.
+        theta : numpy.ndarray
+            Flat parameters to check at; not modified.
+        grad : callable or numpy.ndarray
+            The analytic gradient, ``grad(theta, *args)``, or its value at ``theta``.
+        force : bool
+            Check even before the warm-up is over.
+        **check_options
+            Passed to ``fastgrad.check`` (``args=``, ``samples=``, ``kinks=``, ...); the
+            monitor's ``segments`` unless ``segments=`` is given.  Use a few data points in
+            ``args``: fewer data points, fewer kinks.
+
+        Returns
+        -------
+        fastgrad.Report or None
+            The check's report, or None when it was skipped.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As ``fastgrad.check`` for bad ``f``, ``theta``, ``grad`` or options.
+
+        Warns
+        -----
+        RuntimeWarning
+            The check was skipped: the loss has not started to fall yet.
+
+        Examples
+        --------
         >>> mon.log_loss(step, loss)        # in the loop; once an epoch:
         >>> report = mon.gradcheck(loss_fn, theta, grad_fn, args=(X[:4], y[:4]))
         >>> report is None or report.passed
@@ -486,6 +653,15 @@ class TrainingMonitor:
     def diagnose(self) -> list:
         """Findings about the run so far, a failed gradient check first, then by severity.
 
+        Returns
+        -------
+        list of Finding
+            Each with ``kind`` (e.g. ``lr_too_high``, ``many_kinks``), ``severity`` ("error",
+            "warning" or "info"), ``message`` and ``evidence`` (the numbers it rests on).  The
+            same findings come from the saved log (``load(...).diagnose()``).
+
+        Examples
+        --------
         >>> mon = TrainingMonitor(); mon.log_loss(0, 2.3); mon.log_loss(1, float("inf"))
         >>> print(mon.diagnose()[0])
         lr_too_high [error]: the loss became inf at step 1: training diverged; ...
@@ -497,6 +673,27 @@ class TrainingMonitor:
     def plot(self, outdir: str | os.PathLike) -> list[str]:
         """Write PNG plots of the run into ``outdir`` (created); needs matplotlib.
 
+        Parameters
+        ----------
+        outdir : str or os.PathLike
+            Folder for ``loss.png``, ``accuracy.png``, ``update_ratios.png``,
+            ``activations.png``, ``gradients.png`` and ``filters.png`` (views without data are
+            skipped).  The PNGs are 700-900 px wide.
+
+        Returns
+        -------
+        list of str
+            The paths written.
+
+        Raises
+        ------
+        ImportError
+            matplotlib is not installed (``pip install "fastgrad[plot]"``).
+        ValueError
+            ``outdir`` exists and is not a folder.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor(); mon.log_loss(0, 2.3); mon.log_epoch(0, train_acc=0.2)
         >>> [os.path.basename(p) for p in mon.plot("out/")]
         ['loss.png', 'accuracy.png']
@@ -544,6 +741,29 @@ class TrainingMonitor:
     def save(self, path: str | os.PathLike) -> str:
         """Write the log as JSON Lines; saving again to the same path appends only what is new.
 
+        Non-finite numbers are written as "inf", "-inf" and "nan" (strict JSON), so the loaded
+        log gives the same findings.  With ``tensorboard=`` the findings are also written there
+        and the event file is flushed.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The log file; another path than the last one starts a new file.
+
+        Returns
+        -------
+        str
+            ``path`` as a str.
+
+        Raises
+        ------
+        TypeError
+            ``path`` is not a file path.
+        OSError
+            The file cannot be written.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor(); mon.log_loss(0, 2.3); mon.log_epoch(0, train_acc=0.2)
         >>> mon.save("run.jsonl")        # call it every epoch: readers see the run grow
         'run.jsonl'
@@ -576,7 +796,8 @@ class TrainingMonitor:
         """Write the findings to TensorBoard and close its event file (no-op without one).
 
         The log file needs no closing: ``save`` writes it completely each time.  Called at
-        program exit and by ``with TrainingMonitor(...) as mon:``.
+        program exit and by ``with TrainingMonitor(...) as mon:``; logging after ``close``
+        opens a new event file.
 
         Examples
         --------
@@ -598,6 +819,29 @@ class TrainingMonitor:
     def load(cls, path: str | os.PathLike) -> TrainingMonitor:
         """Read a log written by ``save`` (possibly still being written by a running job).
 
+        Needs neither matplotlib nor tensorboardX; the monitor returned writes no TensorBoard
+        events.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A log written by ``save``; a torn last line (a writer still busy) is skipped.
+
+        Returns
+        -------
+        TrainingMonitor
+            A monitor holding the logged run (``diagnose``, ``plot``, ``save`` work on it).
+
+        Raises
+        ------
+        FileNotFoundError
+            ``path`` does not exist.
+        ValueError
+            ``path`` is empty, not JSON Lines, not a fastgrad monitor log, or written by a newer
+            fastgrad.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor.load("run.jsonl")   # e.g. written by the example of save
         >>> mon.epochs()[0]["train_acc"]
         0.2
