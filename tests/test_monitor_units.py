@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -254,7 +253,10 @@ def test_unit_count_must_stay_the_same_within_an_epoch():
         TrainingMonitor(bins=10)
 
 
-def test_logging_a_step_is_cheap():
+def test_logging_a_step_copies_nothing():
+    """The monitor keeps summaries, not arrays: logging allocates a tiny share of the input."""
+    import tracemalloc
+
     rng = np.random.default_rng(0)
     values = rng.standard_normal((256, 1024))
     theta = rng.standard_normal(1_000_000)
@@ -263,12 +265,16 @@ def test_logging_a_step_is_cheap():
     mon.log_activations("h", values)  # compile / load the kernels
     mon.log_gradients("h", values)
     mon.log_update(theta, update)
-    start = time.perf_counter()
-    for _ in range(5):
-        mon.log_activations("h", values)
-        mon.log_update(theta, update)
-    per_step = (time.perf_counter() - start) / 5
-    assert per_step < 0.25, per_step  # ~2 ms unloaded: one pass over 1.3M numbers
+    tracemalloc.start()
+    try:
+        for _ in range(5):
+            mon.log_activations("h", values)
+            mon.log_gradients("h", values)
+            mon.log_update(theta, update)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.05 * min(values.nbytes, theta.nbytes), peak  # 2 MB and 8 MB inputs
 
 
 def quadratic(theta):
