@@ -348,3 +348,16 @@ def test_public_monitor_api_has_numpy_style_docstrings(obj):
     if not inspect.isclass(obj) and returns not in ("None", None, inspect.Signature.empty):
         assert "Returns\n-------" in doc, obj.__qualname__
     assert "Examples\n--------" in doc, obj.__qualname__
+
+
+def test_version_1_logs_with_null_for_non_finite_still_load(tmp_path):
+    path = tmp_path / "v1.jsonl"
+    path.write_text('{"type":"meta","format":"fastgrad.monitor","version":1,"bins":48,'
+                    '"layers":[],"segments":null}\n'
+                    '{"type":"loss","step":[0,1,2],"loss":[2.3,2.0,null]}\n')
+    mon = TrainingMonitor.load(path)
+    np.testing.assert_array_equal(mon.losses()[1], [2.3, 2.0, math.nan])
+    assert "the loss became nan at step 2" in mon.diagnose()[0].message
+    path.write_text('{"type":"meta","format":"fastgrad.monitor","version":99}\n')
+    with pytest.raises(ValueError, match="version 99"):
+        TrainingMonitor.load(path)

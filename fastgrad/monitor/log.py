@@ -9,7 +9,8 @@ Record types (field ``"type"``):
 - ``hist``       ``kind`` (activations|gradients), ``layer``, ``epoch``, ``partial``, statistics
                  and histogram (see ``histograms.HistogramAccumulator.summary``); a later record of
                  the same kind and layer supersedes a ``partial`` one
-- ``gradcheck``  ``step``, ``epoch``, ``passed``, ``max_rel_error``, ``table``, ``report``
+- ``gradcheck``  ``step``, ``epoch``, ``passed``, ``max_rel_error``, ``checked`` and ``kinks``
+                 ({segment: count}, from the report), ``table``, ``report``
 - ``filters``    ``layer``, ``epoch``, ``image_shape``, ``smoothness``, ``weights`` (F x D)
 
 Non-finite floats are written as the strings ``"nan"``, ``"inf"`` and ``"-inf"`` (strict JSON has
@@ -26,7 +27,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-FORMAT_VERSION = 1
+#: 2: non-finite numbers spelled "nan"/"inf"/"-inf" (1 wrote null); version 1 logs still load.
+FORMAT_VERSION = 2
 
 #: How non-finite floats are spelled in the log (strict JSON has no NaN or Infinity).
 NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
