@@ -22,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from fastgrad.monitor.demo import GOOD_LR, train_digits  # noqa: E402
+from fastgrad.monitor.plots import DEFAULT_DPI  # noqa: E402
 
 SCENARIOS = {
     "good learning rate (0.1)": dict(lr=GOOD_LR, epochs=8),
@@ -80,7 +81,8 @@ def print_findings() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outdir", default=os.path.join(os.path.dirname(HERE), "docs", "img"))
-    parser.add_argument("--dpi", type=int, default=80)
+    parser.add_argument("--dpi", type=int, default=DEFAULT_DPI,
+                        help=f"resolution (default {DEFAULT_DPI}: the plots are 700-800 px wide)")
     parser.add_argument("--findings", action="store_true",
                         help="also print the findings of each scenario")
     args = parser.parse_args()

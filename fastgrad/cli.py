@@ -56,9 +56,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="audit with directional checks + localization instead of sampling")
     chk.add_argument("--budget", type=int, default=None, help="max loss evaluations (--audit)")
 
-    mon = sub.add_parser("monitor", help="training diagnostics from a log: plots + findings")
-    mon.add_argument("log", help="LOG.jsonl written by fastgrad.monitor.TrainingMonitor")
-    mon.add_argument("-o", "--out", default="fastgrad-monitor", help="directory for the plots")
+    from .monitor.cli import configure_parser as configure_monitor  # the monitor owns its arguments
+
+    configure_monitor(sub.add_parser(
+        "monitor", help="training diagnostics from a log: plots + findings",
+        description="Training diagnostics from a monitor log: findings in words and PNG plots."))
     return parser
 
 
@@ -149,9 +151,9 @@ def _check(args) -> int:
 
 
 def _monitor(args) -> int:
-    from .monitor.cli import main as monitor_main
+    from .monitor.cli import run as monitor_run
 
-    return monitor_main([args.log, "-o", args.out])
+    return monitor_run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,8 @@ import pytest
 
 pytest.importorskip("sklearn")
 
+from monitor_support import run_without  # noqa: E402
+
 from fastgrad.monitor import Finding, TrainingMonitor, filter_grid, filter_smoothness  # noqa: E402
 from fastgrad.monitor.cli import main as monitor_main  # noqa: E402
 from fastgrad.monitor.demo import GOOD_LR, digits_grad, digits_loss, train_digits  # noqa: E402
@@ -220,7 +222,7 @@ def test_save_load_round_trip(runs, tmp_path):
         path = tmp_path / f"{name}.jsonl"
         mon.save(path)
         for line in path.read_text().splitlines():
-            json.loads(line)  # strict JSON: NaN written as null
+            json.loads(line, parse_constant=lambda name: pytest.fail(f"{name}: not strict JSON"))
         assert_same_run(mon, TrainingMonitor.load(path))
 
 
@@ -283,7 +285,7 @@ def test_cli_writes_pngs_that_open_as_images(runs, tmp_path, capsys):
         assert data[:8] == PNG_SIGNATURE
         width, height = struct.unpack(">II", data[16:24])
         image = matplotlib_image.imread(outdir / name)
-        assert image.shape[:2] == (height, width) and width > 100 and height > 100
+        assert image.shape[:2] == (height, width) and width >= 640 and height >= 300, name
         assert np.ptp(image[..., :3]) > 0  # not a blank canvas
 
 
@@ -312,13 +314,7 @@ def test_plot_returns_paths(runs, tmp_path):
 
 
 def test_import_without_matplotlib_and_a_clear_error_on_plot(tmp_path):
-    code = f"""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError("blocked for the test")
-sys.meta_path.insert(0, Block())
+    out = run_without("matplotlib", f"""
 import fastgrad.monitor
 mon = fastgrad.monitor.TrainingMonitor()
 mon.log_loss(0, 1.0)
@@ -326,8 +322,146 @@ try:
     mon.plot({str(tmp_path)!r})
 except ImportError as error:
     print("ImportError:", error)
-"""
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "pip install fastgrad[plot]" in result.stdout
+""")
+    assert "pip install fastgrad[plot]" in out
+
+
+def test_fastgrad_monitor_takes_the_monitors_own_arguments(runs, tmp_path, capsys):
+    from fastgrad.cli import main as fastgrad_main
+
+    log = tmp_path / "run.jsonl"
+    runs["low"].monitor.save(log)
+    assert fastgrad_main(["monitor", str(log), "--json", "--no-plots"]) == 0
+    assert "lr_too_low" in [f["kind"] for f in json.loads(capsys.readouterr().out)]
+    pytest.importorskip("matplotlib")
+    # the same default folder as python -m fastgrad.monitor.cli: next to the log
+    assert fastgrad_main(["monitor", str(log), "--dpi", "50"]) == 0
+    assert (tmp_path / "run-plots" / "loss.png").exists()
+    assert fastgrad_main(["monitor", str(log), "--no-plots", "--dpi", "x"]) == 2
+
+
+def test_strict_fails_on_an_error_finding(runs, tmp_path, capsys):
+    from fastgrad.cli import main as fastgrad_main
+
+    high, good = tmp_path / "high.jsonl", tmp_path / "good.jsonl"
+    runs["high"].monitor.save(high)  # lr_too_high and dead_units: severity "error"
+    runs["good"].monitor.save(good)
+    assert "error" in [f.severity for f in runs["high"].monitor.diagnose()]
+    assert fastgrad_main(["monitor", str(high), "--no-plots"]) == 0
+    assert fastgrad_main(["monitor", str(high), "--no-plots", "--strict"]) == 1
+    assert monitor_main([str(high), "--no-plots", "--strict"]) == 1
+    assert fastgrad_main(["monitor", str(good), "--no-plots", "--strict"]) == 0
+    low = tmp_path / "low.jsonl"  # warnings and info only: not a failure, even with --strict
+    runs["low"].monitor.save(low)
+    assert "error" not in {f.severity for f in runs["low"].monitor.diagnose()}
+    assert fastgrad_main(["monitor", str(low), "--no-plots", "--strict"]) == 0
+    result = subprocess.run([sys.executable, "-m", "fastgrad.cli", "monitor", str(high),
+                             "--no-plots", "--strict"], capture_output=True, text=True,
+                            timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 1, result.stderr
+    assert "lr_too_high [error]" in result.stdout
+
+
+def test_cli_on_a_saved_log_says_what_diagnose_said_in_process(tmp_path, capsys):
+    mon = TrainingMonitor()
+    for step, loss in enumerate([2.3, 2.0, 9.0, float("inf")]):
+        mon.log_loss(step, loss)
+    (live,) = mon.diagnose()
+    assert "the loss became inf at step 3" in live.message
+    mon.save(tmp_path / "run.jsonl")
+    assert monitor_main([str(tmp_path / "run.jsonl"), "--json", "--no-plots"]) == 0
+    (read,) = json.loads(capsys.readouterr().out)
+    assert read == live.to_dict()
+
+
+def test_a_gradcheck_crossing_many_kinks_suggests_fewer_data_points(tmp_path):
+    from fastgrad.monitor.demo import init_params, load_digits_split
+
+    # ReLU units right at their kink: a 1e-4 init puts every pre-activation near 0
+    theta, segments = init_params(weight_scale=1e-4)
+    X, y = load_digits_split()[:2]
+    mon = TrainingMonitor(segments=segments)
+    mon.log_loss(0, 2.3)
+    report = mon.gradcheck(digits_loss, theta, digits_grad, args=(X[:256], y[:256]), force=True)
+    crossed = sum(c.kink for c in report.coords)
+    assert crossed > 0.1 * len(report.coords)  # the check itself says so
+    finding = by_kind(mon.diagnose(), "many_kinks")
+    assert finding.severity == "warning"
+    assert "fewer data points" in finding.message and "kinks=" in finding.message
+    assert (finding.evidence["kinks"], finding.evidence["checked"]) == (crossed, len(report.coords))
+    assert finding.evidence["fraction"] == pytest.approx(crossed / len(report.coords), rel=1e-3)
+    assert set(finding.evidence["kinks_per_segment"]) <= {"W1", "b1"}  # the ReLU layer's inputs
+    mon.save(tmp_path / "kinks.jsonl")
+    assert by_kind(TrainingMonitor.load(tmp_path / "kinks.jsonl").diagnose(),
+                   "many_kinks").to_dict() == finding.to_dict()
+    # the advice works: two data points, far fewer kinks, no finding
+    report = mon.gradcheck(digits_loss, theta, digits_grad, args=(X[:2], y[:2]), force=True)
+    assert sum(c.kink for c in report.coords) <= 0.1 * len(report.coords)
+    assert "many_kinks" not in kinds(mon.diagnose())
+
+
+def drawn(fig):
+    """The figure rendered (Agg), so that text and legend positions are final."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    return fig
+
+
+def overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_every_view_has_labelled_axes_and_legends_beside_the_data(runs):
+    pytest.importorskip("matplotlib")
+    from fastgrad.monitor.plots import VIEWS
+
+    for run in ("good", "tanh_bad"):
+        for name, draw in VIEWS:
+            fig = drawn(draw(runs[run].monitor))
+            assert fig.get_figwidth() * 100 >= 640, name  # at the default 100 dpi
+            axes = [ax for ax in fig.axes if ax.axison]
+            for ax in axes:
+                assert ax.get_xlabel() and ax.get_ylabel(), (name, ax.get_title())
+                assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 9, name
+            legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + fig.legends
+            assert legends or name == "filters.png", name
+            for legend in legends:
+                for ax in axes:
+                    assert not overlaps(legend.get_window_extent(), ax.get_window_extent()), name
+
+
+def test_saturation_share_is_said_in_words(runs):
+    pytest.importorskip("matplotlib")
+    from fastgrad.monitor.plots import histogram_figure
+
+    mon = runs["tanh_bad"].monitor
+    hidden = mon.histograms("activations")["hidden"][-1]
+    title = histogram_figure(mon, "activations").axes[0].get_title()
+    assert title.startswith("layer hidden\n")
+    share = f"{100 * hidden['saturated_fraction']:.0f}%"
+    assert f"saturated (|value| >= 0.99): {share}" in title
+    assert f"epoch {hidden['epoch']}:" in title
+
+
+def test_a_failed_gradient_check_is_marked_on_the_loss_curve_at_its_step():
+    pytest.importorskip("matplotlib")
+    from fastgrad.monitor.plots import loss_figure
+
+    mon = TrainingMonitor()
+    theta = np.linspace(-1.0, 1.0, 6)
+    for step in range(40):
+        mon.log_loss(step, 2.0 / (1 + step))
+        if step in (9, 19, 29, 39):
+            mon.log_epoch(step // 10)
+        if step == 19:
+            mon.gradcheck(lambda t: 0.5 * float(t @ t), theta, lambda t: t.copy())
+        if step == 29:  # a wrong gradient: twice the true one
+            mon.gradcheck(lambda t: 0.5 * float(t @ t), theta, lambda t: 2 * t)
+    assert [g["passed"] for g in mon.gradchecks()] == [True, False]
+    ax = loss_figure(mon).axes[0]
+    marks = {c.get_label(): c.get_offsets() for c in ax.collections}
+    # epoch 2 ends at step 29: 3 epochs trained
+    np.testing.assert_allclose(marks["gradient check FAILED"], [[3.0, 2.0 / 30]])
+    np.testing.assert_allclose(marks["gradient check passed"], [[2.0, 2.0 / 20]])
+    assert any(np.allclose(line.get_xdata(), 3.0) for line in ax.get_lines())  # the step's line

@@ -4,8 +4,9 @@
 >>> mon = TrainingMonitor(segments={"W1": (64, 32), "b1": (32,)})
 >>> mon.log_loss(0, 2.3); findings = mon.diagnose()
 
-``import fastgrad.monitor`` needs neither matplotlib nor scikit-learn; ``plot`` needs the plot
-extra (``pip install fastgrad[plot]``).
+``import fastgrad.monitor`` needs neither matplotlib, scikit-learn nor tensorboardX; ``plot``
+needs the plot extra (``pip install fastgrad[plot]``), ``TrainingMonitor(tensorboard=DIR)`` the
+tensorboard extra (``pip install "fastgrad[tensorboard]"``).
 """
 
 from .diagnose import Finding

@@ -46,6 +46,9 @@ SATURATED_SHARE = 0.5
 #: Share of units whose output was 0 for every sample of the epoch ("as much as 40% of your
 #: network can be dead" is where CS231n draws the line).
 DEAD_SHARE = 0.4
+#: A gradient check whose coordinates crossed kinks more often than this is hard to trust: the
+#: CS231n notes' advice is fewer data points (fewer data points, fewer kinks).
+KINK_SHARE = 0.1
 #: Gradient RMS of the input-side layer over the output-side layer's.
 VANISHING_RATIO, EXPLODING_RATIO = 1e-2, 1e2
 
@@ -356,7 +359,43 @@ def _gradcheck_findings(mon) -> list[Finding]:
          "failed_segments": failed, "checks": len(checks)})]
 
 
-RULES = (_gradcheck_findings, _loss_findings, _accuracy_findings, _update_findings,
+def _kink_counts(record: dict) -> tuple[dict[str, int], dict[str, int]]:
+    """({segment: kinks}, {segment: checked}) of a gradcheck record, as the report counted them.
+
+    Logs written before the record carried the counts have them in the report's segments.
+    """
+    if "kinks" in record and "checked" in record:
+        return dict(record["kinks"]), dict(record["checked"])
+    segments = (record.get("report") or {}).get("segments") or {}
+    rows = {name: seg for name, seg in segments.items()
+            if isinstance(seg, dict) and "kinks" in seg and "checked" in seg}
+    return ({name: int(seg["kinks"]) for name, seg in rows.items()},
+            {name: int(seg["checked"]) for name, seg in rows.items()})
+
+
+def _kink_findings(mon) -> list[Finding]:
+    checks = mon.gradchecks()
+    if not checks:
+        return []
+    last = checks[-1]
+    kinks, checked = _kink_counts(last)
+    total_kinks, total_checked = sum(kinks.values()), sum(checked.values())
+    if total_checked == 0 or total_kinks <= KINK_SHARE * total_checked:
+        return []
+    share = total_kinks / total_checked
+    return [Finding(
+        "many_kinks", "warning",
+        f"the gradient check at step {last['step']} crossed kinks at {total_kinks} of "
+        f"{total_checked} coordinates ({100 * share:.0f}%): its verdict rests on re-checks with "
+        f"smaller steps; check with fewer data points (fewer data points, fewer kinks: e.g. "
+        f"args=(X[:4], y[:4])), or pass kinks= a function returning the active-set signature "
+        f"(e.g. a hash of the ReLU mask)",
+        {"step": last["step"], "epoch": last["epoch"], "fraction": _r(share),
+         "kinks": total_kinks, "checked": total_checked, "threshold": KINK_SHARE,
+         "kinks_per_segment": {name: n for name, n in kinks.items() if n}})]
+
+
+RULES = (_gradcheck_findings, _kink_findings, _loss_findings, _accuracy_findings, _update_findings,
          _activation_findings, _gradient_findings, _filter_findings)
 
 

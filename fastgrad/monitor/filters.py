@@ -67,8 +67,33 @@ def filter_smoothness(W: np.ndarray, image_shape: Sequence[int]) -> float:
 
     Per filter, ``1 - mean((neighbour difference)**2) / (2 * variance)`` over horizontal and
     vertical neighbours: independent noise pixels give 0, because E[(a - b)**2] = 2 var.
-    Constant filters carry no pattern and are left out (NaN when all are constant).
+    Constant filters carry no pattern and are left out.
 
+    Parameters
+    ----------
+    W : array_like
+        First-layer weights, one filter per column ``(D, F)`` (CS231n's layout), per row
+        ``(F, D)``, or ``(F, *image_shape)``; ``D`` is the number of pixels times channels.
+        Not modified.
+    image_shape : sequence of int
+        ``(h, w)`` or ``(h, w, c)`` of one input image.
+
+    Returns
+    -------
+    float
+        The mean score over the non-constant filters; NaN when all are constant.  Trained
+        first-layer filters score well above ``NOISY_FILTER_THRESHOLD``, noise near 0.
+
+    Raises
+    ------
+    TypeError
+        ``W`` is not numeric, or ``image_shape`` is not a sequence of ints.
+    ValueError
+        ``image_shape`` is not (h, w) or (h, w, c) with 1 or 3 channels, ``W``'s shape does not
+        fit it (the message names both), or ``W`` holds no filter.
+
+    Examples
+    --------
     >>> rng = np.random.default_rng(0)
     >>> abs(filter_smoothness(rng.standard_normal((64, 100)), (8, 8))) < 0.05   # noise
     True
@@ -106,10 +131,38 @@ def filter_grid(W: np.ndarray, image_shape: Sequence[int], *, columns: int | Non
                 padding: int = 1, pad_value: float = 1.0) -> np.ndarray:
     """First-layer weights as one image: filters side by side, each scaled to [0, 1].
 
-    Returns a 2-D array for gray images (``image_shape`` (h, w) or (h, w, 1)) and an
-    (H, W, 3) array for color ones; padding pixels are ``pad_value``.  See the module docstring
-    for the accepted layouts of ``W``.
+    Parameters
+    ----------
+    W : array_like
+        First-layer weights, one filter per column ``(D, F)`` (CS231n's layout), per row
+        ``(F, D)``, or ``(F, *image_shape)``; ``D`` is the number of pixels times channels.
+        Not modified.
+    image_shape : sequence of int
+        ``(h, w)`` or ``(h, w, c)`` of one input image.
+    columns : int, optional
+        Filters per row (default: a square-ish grid, ``ceil(sqrt(F))``).
+    padding : int
+        Pixels between and around the filters (default 1).
+    pad_value : float
+        Value of the padding pixels (default 1.0: white).
 
+    Returns
+    -------
+    numpy.ndarray
+        A new 2-D array for grey images (``image_shape`` (h, w) or (h, w, 1)), an (H, W, 3) array
+        for colour ones; each filter is scaled to [0, 1] on its own.
+
+    Raises
+    ------
+    TypeError
+        ``W`` is not numeric, or ``image_shape`` is not a sequence of ints.
+    ValueError
+        ``image_shape`` is not (h, w) or (h, w, c) with 1 or 3 channels, ``W``'s shape does not
+        fit it (the message names both), ``W`` holds no filter, ``padding`` is negative or
+        ``columns`` is not a positive int.
+
+    Examples
+    --------
     >>> W1 = np.random.randn(64, 32)            # 32 hidden units over 8x8 digit images
     >>> filter_grid(W1, image_shape=(8, 8)).shape
     (55, 55)

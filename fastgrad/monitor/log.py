@@ -9,11 +9,13 @@ Record types (field ``"type"``):
 - ``hist``       ``kind`` (activations|gradients), ``layer``, ``epoch``, ``partial``, statistics
                  and histogram (see ``histograms.HistogramAccumulator.summary``); a later record of
                  the same kind and layer supersedes a ``partial`` one
-- ``gradcheck``  ``step``, ``epoch``, ``passed``, ``max_rel_error``, ``table``, ``report``
+- ``gradcheck``  ``step``, ``epoch``, ``passed``, ``max_rel_error``, ``checked`` and ``kinks``
+                 ({segment: count}, from the report), ``table``, ``report``
 - ``filters``    ``layer``, ``epoch``, ``image_shape``, ``smoothness``, ``weights`` (F x D)
 
-Non-finite floats are written as ``null`` (strict JSON) and read back as NaN where a number is
-expected.
+Non-finite floats are written as the strings ``"nan"``, ``"inf"`` and ``"-inf"`` (strict JSON has
+no such numbers) and decoded on load, so a loaded log says what the running monitor said;
+``null`` (older logs, or "no value") reads back as NaN where a number is expected.
 """
 
 from __future__ import annotations
@@ -25,11 +27,43 @@ from collections.abc import Iterator
 
 import numpy as np
 
-FORMAT_VERSION = 1
+#: 2: non-finite numbers spelled "nan"/"inf"/"-inf" (1 wrote null); version 1 logs still load.
+FORMAT_VERSION = 2
+
+#: How non-finite floats are spelled in the log (strict JSON has no NaN or Infinity).
+NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def spell_float(value: float) -> float | str:
+    """``value`` if finite, else its spelling in the log: "nan", "inf" or "-inf".
+
+    >>> spell_float(float("-inf")), spell_float(0.5)
+    ('-inf', 0.5)
+    """
+    if math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def read_float(value):
+    """The float a log value spells ("nan"/"inf"/"-inf" decoded, null as NaN); others unchanged.
+
+    >>> read_float("inf"), read_float(None), read_float(2)
+    (inf, nan, 2)
+    """
+    if value is None:
+        return math.nan
+    if isinstance(value, str):
+        return NONFINITE.get(value, value)
+    return value
 
 
 def jsonable(value):
-    """``value`` with numpy scalars/arrays turned into Python ones and non-finite floats into None."""
+    """``value`` with numpy scalars/arrays turned into Python ones and non-finite floats spelled.
+
+    >>> jsonable({"loss": np.float32(np.inf), "steps": np.arange(2)})
+    {'loss': 'inf', 'steps': [0, 1]}
+    """
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -41,16 +75,19 @@ def jsonable(value):
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
+        return spell_float(float(value))
     if value is None or isinstance(value, str):
         return value
     return str(value)
 
 
 def as_floats(values) -> np.ndarray:
-    """A float64 array from a JSON list where null means NaN."""
-    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+    """A float64 array from a JSON list of numbers, spelled non-finite values and nulls (NaN).
+
+    >>> as_floats([1.0, "inf", None])
+    array([ 1., inf, nan])
+    """
+    return np.array([read_float(v) for v in values], dtype=np.float64)
 
 
 def append_records(path: str | os.PathLike, records: list[dict], *, fresh: bool) -> None:

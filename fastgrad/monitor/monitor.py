@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import math
 import numbers
 import os
@@ -12,9 +13,9 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from .filters import filter_smoothness, filters_as_images
+from .filters import filter_grid, filter_smoothness, filters_as_images
 from .histograms import DEFAULT_BINS, HistogramAccumulator, as_rows
-from .log import FORMAT_VERSION, append_records, as_floats, jsonable, read_records
+from .log import FORMAT_VERSION, append_records, as_floats, jsonable, read_float, read_records
 
 KINDS = ("activations", "gradients")
 #: The warm-up is over once the recent loss is this much (relative) below the first losses.
@@ -119,17 +120,50 @@ class TrainingMonitor:
 
     Everything is kept as small summaries (per-step scalars, per-layer per-epoch histograms),
     never as copies of parameters or activations.  ``save`` appends to a JSON Lines log that can
-    be read with ``load`` (or ``fastgrad monitor LOG``) while training goes on.
+    be read with ``load`` (or ``fastgrad monitor LOG``) while training goes on; ``diagnose``
+    turns the numbers into findings and ``plot`` into PNGs.
 
+    Parameters
+    ----------
+    segments : SegmentMap or dict of {str: tuple of int}, optional
+        The layout of the flat parameter vector (e.g. ``{"W1": (64, 32), "b1": (32,)}``), for
+        per-segment update ratios and gradient checks.  Without it ``log_update`` reports one
+        ratio, "theta".
+    bins : int
+        Histogram bins per layer and epoch, a positive multiple of 4 (default 48).
+    tensorboard : str or os.PathLike, optional
+        Also write TensorBoard event files into this folder (loss, accuracies, update ratios,
+        histograms, the filter grid, the findings); needs ``pip install "fastgrad[tensorboard]"``.
+        Closed by ``close()``, at the end of a ``with`` block, or at program exit.
+
+    Raises
+    ------
+    ValueError
+        ``bins`` is not a positive multiple of 4, a segment has no elements, or ``tensorboard``
+        is a file.
+    TypeError
+        ``segments`` is neither a SegmentMap nor a dict, or ``tensorboard`` is not a path.
+    ImportError
+        ``tensorboard`` is given and tensorboardX is not installed.
+
+    Examples
+    --------
     >>> mon = TrainingMonitor(segments={"W1": (64, 32), "b1": (32,)})
     >>> mon.log_loss(0, 2.30); mon.log_epoch(0, train_acc=0.12, val_acc=0.11)
     >>> mon.diagnose()
     []
     """
 
-    def __init__(self, segments: Any = None, *, bins: int = DEFAULT_BINS) -> None:
+    def __init__(self, segments: Any = None, *, bins: int = DEFAULT_BINS,
+                 tensorboard: str | os.PathLike | None = None) -> None:
         if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 4 or bins % 4:
             raise ValueError(f"bins: expected a positive multiple of 4, got {bins!r}")
+        self._tb = None
+        if tensorboard is not None:
+            from .tensorboard import TensorBoardWriter
+
+            self._tb = TensorBoardWriter(tensorboard)
+            atexit.register(self._tb.close)  # events still queued when the program ends
         self.segments = segments
         self.bins = int(bins)
         self._segments = _segment_table(segments)
@@ -151,19 +185,57 @@ class TrainingMonitor:
     def log_loss(self, step: int, loss: float) -> None:
         """Record the training loss of one iteration (NaN/inf are kept: they mean divergence).
 
+        Parameters
+        ----------
+        step : int
+            The iteration number (the x axis of the loss plot).
+        loss : float
+            The training loss of that iteration's batch (a size-1 array is accepted).
+
+        Raises
+        ------
+        TypeError
+            ``step`` is not an int or ``loss`` is not a real number.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor()
         >>> for step, loss in enumerate([2.3, 2.1, 1.9]):
         ...     mon.log_loss(step, loss)
         """
         self._steps.append(_check_int(step, "step"))
         self._losses.append(_check_real(loss, "loss"))
+        if self._tb is not None:
+            self._tb.scalar("loss", self._losses[-1], self._steps[-1])
 
     def log_epoch(self, epoch: int, train_acc: float | None = None, val_acc: float | None = None,
                   **metrics: float) -> None:
         """Close an epoch: record accuracies (fractions in [0, 1]) and any other metrics.
 
-        Histograms logged since the previous ``log_epoch`` are filed under ``epoch``.
+        Histograms logged since the previous ``log_epoch`` are filed under ``epoch``; filters and
+        gradient checks logged right after this call (before the next loss) are labelled
+        ``epoch`` too: they show the state at its end.
 
+        Parameters
+        ----------
+        epoch : int
+            The epoch just finished (0 for the first, if you count from 0).
+        train_acc, val_acc : float, optional
+            Training and validation accuracy as fractions in [0, 1].
+        **metrics : float
+            Any other per-epoch numbers (e.g. ``val_loss=0.35``); kept in the log and plotted
+            in TensorBoard as ``metrics/NAME``.
+
+        Raises
+        ------
+        TypeError
+            ``epoch`` is not an int, or an accuracy or metric is not a real number.
+        ValueError
+            An accuracy is outside [0, 1] (percentages?), or a metric reuses a reserved name
+            (epoch, step, train_acc, val_acc).
+
+        Examples
+        --------
         >>> mon = TrainingMonitor()
         >>> mon.log_loss(0, 2.3)
         >>> mon.log_epoch(0, train_acc=0.91, val_acc=0.88, val_loss=0.35)
@@ -179,18 +251,42 @@ class TrainingMonitor:
                 raise ValueError(f"{key}: reserved name, cannot be passed as an extra metric")
             record[key] = _check_real(value, key)
         self._epochs.append(record)
-        for (kind, layer), acc in self._open.items():
-            self._hists.setdefault((kind, layer), []).append(
-                {"kind": kind, "layer": layer, "epoch": record["epoch"], **acc.summary()})
+        closed = [{"kind": kind, "layer": layer, "epoch": record["epoch"], **acc.summary()}
+                  for (kind, layer), acc in self._open.items()]
+        for summary in closed:
+            self._hists.setdefault((summary["kind"], summary["layer"]), []).append(summary)
         self._open.clear()
+        if self._tb is not None:
+            step = record["epoch"] if record["step"] is None else record["step"]
+            self._tb.scalar("accuracy/train", record["train_acc"], step)
+            self._tb.scalar("accuracy/val", record["val_acc"], step)
+            for key in metrics:
+                self._tb.scalar(f"metrics/{key}", record[key], step)
+            for summary in closed:
+                self._tb.histogram(f"{summary['kind']}/{summary['layer']}", summary, step)
 
     def log_update(self, theta: np.ndarray | Mapping, update: np.ndarray | Mapping) -> None:
         """Record ``||update|| / ||weights||`` per segment (aim: about 1e-3).
 
-        ``update`` is the step actually applied (for SGD ``-lr * grad``), ``theta`` the
-        parameters it is applied to.  Either flat vectors laid out by ``segments`` (one segment
-        "theta" when the monitor has none) or two dicts {name: array}.  Nothing is copied.
+        Parameters
+        ----------
+        theta : numpy.ndarray or dict of {str: numpy.ndarray}
+            The parameters the update is applied to: a flat vector laid out by ``segments`` (one
+            segment "theta" when the monitor has none), or a dict of arrays.  Not copied, not
+            modified.
+        update : numpy.ndarray or dict of {str: numpy.ndarray}
+            The step actually applied (for SGD ``-lr * grad``), in the same form as ``theta``.
 
+        Raises
+        ------
+        TypeError
+            One is a dict and the other an array, or an array is not numeric.
+        ValueError
+            The sizes differ, the dict keys differ, or ``theta``'s size does not match the
+            segment map.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor(segments={"W": (3,), "b": (1,)})
         >>> theta = np.array([1.0, 2.0, 2.0, 0.5]); update = -0.01 * np.ones(4)
         >>> mon.log_update(theta, update)
@@ -233,10 +329,29 @@ class TrainingMonitor:
         for series in self._ratios.values():  # a segment missing from this update
             if len(series) < count + 1:
                 series.append(math.nan)
+        if self._tb is not None:
+            for name in ratios:
+                self._tb.scalar(f"update_ratio/{name}", self._ratios[name][-1], step)
 
     def log_activations(self, layer: str, values: np.ndarray) -> None:
         """Add a batch of a layer's outputs (last axis = units) to this epoch's histogram.
 
+        Parameters
+        ----------
+        layer : str
+            The layer's name; log layers in forward order (input side first).
+        values : numpy.ndarray
+            Its outputs for one batch, e.g. (batch, units); only summarized, never kept.
+
+        Raises
+        ------
+        TypeError
+            ``layer`` is not a non-empty str or ``values`` is not numeric.
+        ValueError
+            ``values`` is empty, or its number of units differs from earlier in the epoch.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor()
         >>> hidden = np.tanh(np.random.randn(32, 64))        # (batch, units)
         >>> mon.log_activations("hidden1", hidden)
@@ -249,6 +364,22 @@ class TrainingMonitor:
         Log layers in forward order (input side first) the first time, or log activations
         first: the order of first appearance is what "vanishing towards the input" refers to.
 
+        Parameters
+        ----------
+        layer : str
+            The layer's name (the same as for its activations).
+        values : numpy.ndarray
+            The gradients for one batch, e.g. (batch, units); only summarized, never kept.
+
+        Raises
+        ------
+        TypeError
+            ``layer`` is not a non-empty str or ``values`` is not numeric.
+        ValueError
+            ``values`` is empty, or its number of units differs from earlier in the epoch.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor()
         >>> mon.log_gradients("hidden1", 1e-3 * np.random.randn(32, 64))
         >>> mon.histograms("gradients")["hidden1"][-1]["count"]
@@ -275,8 +406,33 @@ class TrainingMonitor:
         """Record the first layer's weights as images and return their smoothness score.
 
         Meant for once an epoch; ``diagnose`` reports ``noisy_filters`` from the latest score and
-        ``plot`` draws the latest weights as a grid (see ``filter_grid`` for layouts of ``W``).
+        ``plot`` draws the latest weights as a grid.
 
+        Parameters
+        ----------
+        W : numpy.ndarray
+            First-layer weights: ``(D, F)`` one filter per column, ``(F, D)`` or
+            ``(F, *image_shape)`` (see ``filter_grid``).  Copied as rounded images; not modified.
+        image_shape : sequence of int
+            ``(h, w)`` or ``(h, w, c)`` of one input image.
+        layer : str
+            The name shown on the plot (default "W1").
+
+        Returns
+        -------
+        float
+            The filters' smoothness (``filter_smoothness``): ~1 smooth, ~0 noise.
+
+        Raises
+        ------
+        TypeError
+            ``layer`` is not a non-empty str, ``W`` is not numeric or ``image_shape`` is not a
+            sequence of ints.
+        ValueError
+            ``W``'s shape does not fit ``image_shape``.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor()
         >>> score = mon.log_filters(np.random.randn(64, 16), image_shape=(8, 8))
         >>> score < 0.2
@@ -287,12 +443,16 @@ class TrainingMonitor:
         score = filter_smoothness(W, image_shape)
         self._filters.append({
             "layer": layer,
-            "epoch": self._open_epoch(),
+            "epoch": self._record_epoch(),
             "step": self._steps[-1] if self._steps else None,
             "image_shape": list(int(s) for s in image_shape),
             "smoothness": score,
             "weights": np.round(images.reshape(len(images), -1), 6),
         })
+        if self._tb is not None:
+            record = self._filters[-1]
+            self._tb.image(f"filters/{layer}", filter_grid(W, image_shape),
+                           record["epoch"] if record["step"] is None else record["step"])
         return score
 
     # ------------------------------------------------------------------ gradient checks
@@ -318,9 +478,42 @@ class TrainingMonitor:
         """Run ``fastgrad.check`` once the warm-up is over and record its summary in the log.
 
         Before the loss has started to fall (see ``warmed_up``) nothing is run: a
-        ``RuntimeWarning`` says so and None is returned (``force=True`` checks anyway).  The
-        monitor's segments are used unless ``segments=`` is passed.
+        ``RuntimeWarning`` says so and None is returned.  The record (step, epoch, passed, max
+        relative error, per-segment checked and kink counts, the table and the report) is what
+        ``diagnose`` reads: ``gradcheck_failed`` and ``many_kinks``.
 
+        Parameters
+        ----------
+        f : callable
+            The loss, ``f(theta, *args) -> float``.
+        theta : numpy.ndarray
+            Flat parameters to check at; not modified.
+        grad : callable or numpy.ndarray
+            The analytic gradient, ``grad(theta, *args)``, or its value at ``theta``.
+        force : bool
+            Check even before the warm-up is over.
+        **check_options
+            Passed to ``fastgrad.check`` (``args=``, ``samples=``, ``kinks=``, ...); the
+            monitor's ``segments`` unless ``segments=`` is given.  Use a few data points in
+            ``args``: fewer data points, fewer kinks.
+
+        Returns
+        -------
+        fastgrad.Report or None
+            The check's report, or None when it was skipped.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As ``fastgrad.check`` for bad ``f``, ``theta``, ``grad`` or options.
+
+        Warns
+        -----
+        RuntimeWarning
+            The check was skipped: the loss has not started to fall yet.
+
+        Examples
+        --------
         >>> mon.log_loss(step, loss)        # in the loop; once an epoch:
         >>> report = mon.gradcheck(loss_fn, theta, grad_fn, args=(X[:4], y[:4]))
         >>> report is None or report.passed
@@ -339,9 +532,12 @@ class TrainingMonitor:
         report = fastgrad.check(f, theta, grad, **check_options)
         record = {
             "step": step,
-            "epoch": self._open_epoch(),
+            "epoch": self._record_epoch(),
             "passed": bool(report.passed),
             "max_rel_error": float(report.max_rel_error),
+            # read from the report (it counts them): what the many_kinks finding rests on
+            "checked": {name: int(seg.checked) for name, seg in report.segments.items()},
+            "kinks": {name: int(seg.kinks) for name, seg in report.segments.items()},
             "table": str(report),
         }
         try:
@@ -349,11 +545,29 @@ class TrainingMonitor:
         except Exception as error:  # the summary above is what diagnose needs
             record["report"] = {"error": f"to_dict failed: {error}"}
         self._gradchecks.append(record)
+        if self._tb is not None:
+            at = 0 if step is None else step
+            self._tb.scalar("gradcheck/max_rel_error", record["max_rel_error"], at)
+            self._tb.scalar("gradcheck/passed", float(record["passed"]), at)
         return report
 
     # ------------------------------------------------------------------ reading back
     def _open_epoch(self) -> int:
+        """The epoch being logged now: the one after the last ``log_epoch``."""
         return self._epochs[-1]["epoch"] + 1 if self._epochs else 0
+
+    def _record_epoch(self) -> int:
+        """The epoch a gradient check or filter record describes.
+
+        Right after ``log_epoch(k)`` (no loss logged since) it is ``k``: the state at the end of
+        epoch k; once the next epoch's losses arrive it is that epoch.
+        """
+        if not self._epochs:
+            return 0
+        last = self._epochs[-1]
+        if self._steps and self._steps[-1] != last["step"]:
+            return last["epoch"] + 1
+        return last["epoch"]
 
     @property
     def layers(self) -> list[str]:
@@ -439,6 +653,15 @@ class TrainingMonitor:
     def diagnose(self) -> list:
         """Findings about the run so far, a failed gradient check first, then by severity.
 
+        Returns
+        -------
+        list of Finding
+            Each with ``kind`` (e.g. ``lr_too_high``, ``many_kinks``), ``severity`` ("error",
+            "warning" or "info"), ``message`` and ``evidence`` (the numbers it rests on).  The
+            same findings come from the saved log (``load(...).diagnose()``).
+
+        Examples
+        --------
         >>> mon = TrainingMonitor(); mon.log_loss(0, 2.3); mon.log_loss(1, float("inf"))
         >>> print(mon.diagnose()[0])
         lr_too_high [error]: the loss became inf at step 1: training diverged; ...
@@ -450,6 +673,27 @@ class TrainingMonitor:
     def plot(self, outdir: str | os.PathLike) -> list[str]:
         """Write PNG plots of the run into ``outdir`` (created); needs matplotlib.
 
+        Parameters
+        ----------
+        outdir : str or os.PathLike
+            Folder for ``loss.png``, ``accuracy.png``, ``update_ratios.png``,
+            ``activations.png``, ``gradients.png`` and ``filters.png`` (views without data are
+            skipped).  The PNGs are 700-900 px wide.
+
+        Returns
+        -------
+        list of str
+            The paths written.
+
+        Raises
+        ------
+        ImportError
+            matplotlib is not installed (``pip install "fastgrad[plot]"``).
+        ValueError
+            ``outdir`` exists and is not a folder.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor(); mon.log_loss(0, 2.3); mon.log_epoch(0, train_acc=0.2)
         >>> [os.path.basename(p) for p in mon.plot("out/")]
         ['loss.png', 'accuracy.png']
@@ -497,6 +741,29 @@ class TrainingMonitor:
     def save(self, path: str | os.PathLike) -> str:
         """Write the log as JSON Lines; saving again to the same path appends only what is new.
 
+        Non-finite numbers are written as "inf", "-inf" and "nan" (strict JSON), so the loaded
+        log gives the same findings.  With ``tensorboard=`` the findings are also written there
+        and the event file is flushed.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The log file; another path than the last one starts a new file.
+
+        Returns
+        -------
+        str
+            ``path`` as a str.
+
+        Raises
+        ------
+        TypeError
+            ``path`` is not a file path.
+        OSError
+            The file cannot be written.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor(); mon.log_loss(0, 2.3); mon.log_epoch(0, train_acc=0.2)
         >>> mon.save("run.jsonl")        # call it every epoch: readers see the run grow
         'run.jsonl'
@@ -511,12 +778,70 @@ class TrainingMonitor:
         records, cursor = self._records(self._saved if same else {})
         append_records(target, records, fresh=not same)
         self._save_path, self._saved = target, cursor
+        self._write_findings()
+        if self._tb is not None:
+            self._tb.flush()
         return target
+
+    # ------------------------------------------------------------------ TensorBoard
+    def _write_findings(self) -> None:
+        if self._tb is None:
+            return
+        findings = self.diagnose()
+        text = "\n".join(f"- **{f.kind}** [{f.severity}]: {f.message}" for f in findings)
+        self._tb.text("findings", text or "no findings: nothing looks wrong",
+                      self._steps[-1] if self._steps else 0)
+
+    def close(self) -> None:
+        """Write the findings to TensorBoard and close its event file (no-op without one).
+
+        The log file needs no closing: ``save`` writes it completely each time.  Called at
+        program exit and by ``with TrainingMonitor(...) as mon:``; logging after ``close``
+        opens a new event file.
+
+        Examples
+        --------
+        >>> mon = TrainingMonitor(tensorboard="runs/digits")
+        >>> mon.log_loss(0, 2.3)
+        >>> mon.close()                  # TensorBoard now shows the loss and the findings
+        """
+        if self._tb is not None:
+            self._write_findings()
+            self._tb.close()
+
+    def __enter__(self) -> TrainingMonitor:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainingMonitor:
         """Read a log written by ``save`` (possibly still being written by a running job).
 
+        Needs neither matplotlib nor tensorboardX; the monitor returned writes no TensorBoard
+        events.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A log written by ``save``; a torn last line (a writer still busy) is skipped.
+
+        Returns
+        -------
+        TrainingMonitor
+            A monitor holding the logged run (``diagnose``, ``plot``, ``save`` work on it).
+
+        Raises
+        ------
+        FileNotFoundError
+            ``path`` does not exist.
+        ValueError
+            ``path`` is empty, not JSON Lines, not a fastgrad monitor log, or written by a newer
+            fastgrad.
+
+        Examples
+        --------
         >>> mon = TrainingMonitor.load("run.jsonl")   # e.g. written by the example of save
         >>> mon.epochs()[0]["train_acc"]
         0.2
@@ -554,7 +879,8 @@ class TrainingMonitor:
                 for series in mon._ratios.values():
                     series.extend([math.nan] * (len(mon._update_steps) - len(series)))
             elif kind == "epoch":
-                mon._epochs.append(r)
+                # metrics spelled "inf"/"nan" are numbers; None is an accuracy not given
+                mon._epochs.append({k: v if v is None else read_float(v) for k, v in r.items()})
             elif kind == "hist":
                 key = (r["kind"], r["layer"])
                 if key[1] not in mon._layers:
@@ -565,8 +891,10 @@ class TrainingMonitor:
                 else:
                     mon._hists.setdefault(key, []).append(r)
             elif kind == "gradcheck":
+                r["max_rel_error"] = read_float(r["max_rel_error"])
                 mon._gradchecks.append(r)
             elif kind == "filters":
+                r["smoothness"] = read_float(r["smoothness"])
                 mon._filters.append(r)
         # the epoch still open when the log was written: kept as a finished summary
         for key, r in partial_tail.items():
