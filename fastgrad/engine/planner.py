@@ -10,9 +10,12 @@ compile stays on the thread pool, silently. An explicit ``workers`` or an execut
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+import types
 import warnings
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -172,17 +175,18 @@ def try_jit(ev: Evaluator, t_eval) -> None:
     compiled = compiled_loss(ev.work.f)
     if compiled is None:
         return
-    theta = np.ascontiguousarray(ev.work.theta)
+    # a writable copy: a read-only array is another type to Numba, and another compilation
+    work = np.array(ev.work.theta, copy=True)
     args = ev.work.args
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Numba's performance hints are not the user's
-            value = float(compiled(theta.copy(), *args))
-        reference = float(np.asarray(ev.work.f(theta.copy(), *args)))
+            value = float(compiled(work, *args))
+        reference = float(np.asarray(ev.work.f(work.copy(), *args)))
         best = np.inf
         for _ in range(3):
             start = time.perf_counter()
-            compiled(theta, *args)
+            compiled(work, *args)
             best = min(best, time.perf_counter() - start)
     except Exception:  # Numba could not compile or run it: the thread pool, silently
         return
@@ -196,22 +200,29 @@ def try_jit(ev: Evaluator, t_eval) -> None:
     ev.use_kernel(compiled, f"jit='auto' compiled f with Numba ({why})")
 
 
-# a plain loss compiled by jit="auto" is kept on the function itself (a cycle f -> dispatcher ->
-# f that the garbage collector frees with f); a loss without a __dict__ is compiled every time
-_COMPILED_ATTRIBUTE = "__fastgrad_njit__"
+# a plain loss compiled by jit="auto", per function: weakly keyed, and the compiled version is
+# made from a twin of f (same code, globals and closure cells) so that it does not hold f itself:
+# when the user drops f, its compiled version goes too. (Numba's dispatcher does not take part in
+# garbage collection of cycles, so f -> dispatcher -> f would never be freed.)
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def compiled_loss(f):
-    """Numba's njit of a plain Python loss, or None when Numba refuses it (kept with f)."""
-    cache = getattr(f, "__dict__", None)
-    if cache is not None and _COMPILED_ATTRIBUTE in cache:
-        return cache[_COMPILED_ATTRIBUTE]
-    try:
-        import numba
+    """Numba's njit of a plain Python function, or None when Numba refuses it (cached per f)."""
+    with contextlib.suppress(KeyError, TypeError):  # not seen yet, or f cannot be a weak key
+        return _COMPILED[f]
+    compiled = None
+    if isinstance(f, types.FunctionType):
+        twin = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__,
+                                  f.__closure__)
+        twin.__kwdefaults__, twin.__qualname__ = f.__kwdefaults__, f.__qualname__
+        twin.__module__ = f.__module__
+        try:
+            import numba
 
-        compiled = numba.njit(nogil=True)(f)
-    except Exception:
-        compiled = None
-    if cache is not None:
-        cache[_COMPILED_ATTRIBUTE] = compiled
+            compiled = numba.njit(nogil=True)(twin)
+        except Exception:
+            compiled = None
+    with contextlib.suppress(TypeError):
+        _COMPILED[f] = compiled
     return compiled
