@@ -5,6 +5,9 @@
 >>> print(report)
 """
 
+# first, before anything imports numba: fastgrad's kernels are cached in a per-user folder,
+# never in the installed package
+from . import _numba_cache  # noqa: F401
 from .audit import AuditReport, audit
 from .check import GradientCheckError, NondeterminismError, Problem, assert_gradients, check
 from .evaluate import LossError
