@@ -38,7 +38,7 @@ def _run(code, capsys):
 def test_torch_example(capsys):
     import pytest
 
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason='the torch example needs torch: pip install -e ".[test,torch]"')
     out = _run(_block("import torch"), capsys)
     assert "PASSED" in out and "0.weight" in out and "2.bias" in out
 
@@ -46,7 +46,7 @@ def test_torch_example(capsys):
 def test_jax_example(capsys):
     import pytest
 
-    pytest.importorskip("jax")
+    pytest.importorskip("jax", reason='the jax example needs jax: pip install -e ".[test,jax]"')
     out = _run(_block("import jax"), capsys)
     assert "PASSED" in out and "layers/0/w" in out
 
