@@ -5,6 +5,9 @@
 >>> print(report)
 """
 
+# first, before anything imports numba: fastgrad's kernels are cached in a per-user folder,
+# never in the installed package
+from . import _numba_cache  # noqa: F401
 from .checks.coordinates import Problem, assert_gradients, check
 from .checks.directions import audit
 from .errors import GradientCheckError, LossError, NondeterminismError

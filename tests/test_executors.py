@@ -117,7 +117,8 @@ def test_check_with_a_process_pool_same_as_serial(process_pool):
 
 @pytest.mark.slow
 def test_dask_local_cluster_same_as_serial(serial):
-    distributed = pytest.importorskip("distributed")
+    distributed = pytest.importorskip(
+        "distributed", reason='the Dask executor test needs dask.distributed: pip install -e ".[test,dask]"')
     # processes=False: the worker runs in this process, its comms are in-process (loopback)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                   dashboard_address=None) as cluster, \

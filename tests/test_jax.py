@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
+jax = pytest.importorskip("jax", reason='the jax adapter needs jax: pip install -e ".[test,jax]"')
 
 import jax.numpy as jnp  # noqa: E402
 

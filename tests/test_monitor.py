@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
+pytest.importorskip("sklearn", reason='the training runs need scikit-learn: pip install -e ".[test]"')
 
 from monitor_support import run_without  # noqa: E402
 
@@ -267,10 +267,11 @@ def test_load_rejects_what_is_not_a_monitor_log(tmp_path):
 
 # ---------------------------------------------------------------- command line
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PLOT_REASON = 'plots need matplotlib: pip install -e ".[test]" or ".[plot]"'
 
 
 def test_cli_writes_pngs_that_open_as_images(runs, tmp_path, capsys):
-    matplotlib_image = pytest.importorskip("matplotlib.image")
+    matplotlib_image = pytest.importorskip("matplotlib.image", reason=PLOT_REASON)
     log = tmp_path / "run.jsonl"
     runs["high"].monitor.save(log)
     outdir = tmp_path / "plots"
@@ -306,7 +307,7 @@ def test_cli_json_and_bad_input(runs, tmp_path, capsys):
 
 
 def test_plot_returns_paths(runs, tmp_path):
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason=PLOT_REASON)
     paths = runs["good"].monitor.plot(tmp_path / "out")
     assert [os.path.basename(p) for p in paths][:3] == ["loss.png", "accuracy.png",
                                                       "update_ratios.png"]

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason='the torch adapter needs torch: pip install -e ".[test,torch]"')
 
 import fastgrad  # noqa: E402
 import fastgrad.torch as fgt  # noqa: E402
