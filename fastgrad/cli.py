@@ -1,6 +1,7 @@
 """The ``fastgrad`` command: demo, check MODULE:FACTORY, monitor LOG.jsonl.
 
-Exit status: 0 passed, 1 a gradient check failed, 2 bad usage or input.
+Exit status: 0 passed, 1 a gradient check failed, 2 bad usage or input (an argument, the loss
+raising or returning something unusable), 70 an internal error of fastgrad (a traceback to report).
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ import argparse
 import importlib
 import json
 import sys
+import traceback
 from pathlib import Path
 
+from .errors import InputError, LossError
+
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: not "the gradient is wrong", not the user's input
 
 
 class UsageError(Exception):
@@ -168,9 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"fastgrad: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, TypeError) as exc:
+    except InputError as exc:
         print(f"fastgrad: bad input: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except LossError as exc:
+        print(f"fastgrad: the loss failed: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception:  # a bug in fastgrad (or in a library under it): not the user's input
+        traceback.print_exc()
+        print("fastgrad: internal error (the traceback above is worth an issue)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

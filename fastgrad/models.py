@@ -27,19 +27,12 @@ from ._adapt import (
     cotangent_rng,
     float64_copy,
     numpy_seeded,
+    serial_by_default,
 )
 from .results.report import Report
+from .segments import SegmentMap
 
 __all__ = ["check_layer", "check_model"]
-
-
-def _slices(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, int, tuple[int, ...]]]:
-    slices, start = {}, 0
-    for name, shape in shapes.items():
-        size = int(np.prod(shape, dtype=np.int64))
-        slices[name] = (start, start + size, shape)
-        start += size
-    return slices
 
 
 class _NumpyLoss(ThreadLocalLoss):
@@ -47,7 +40,7 @@ class _NumpyLoss(ThreadLocalLoss):
 
     def __init__(self, shapes: Mapping[str, tuple[int, ...]], seed: int):
         super().__init__(seed)
-        self.slices = _slices(shapes)
+        self.slices = SegmentMap.from_shapes(shapes).slices()
         self.size = sum(b - a for a, b, _ in self.slices.values())
 
     def rng_context(self):
@@ -213,7 +206,7 @@ def check_model(
     with numpy_seeded(seed):  # leaves the caller's global RNG as it was
         loss.pin_randomness(theta, check_options)
         grad = loss.analytic(theta)
-        return core_check(loss, theta, grad, segments=shapes, **_serial_by_default(check_options))
+        return core_check(loss, theta, grad, segments=shapes, **serial_by_default(check_options))
 
 
 # ---------------------------------------------------------------- check_layer
@@ -390,16 +383,10 @@ def check_layer(
     with numpy_seeded(seed):  # leaves the caller's global RNG as it was
         loss.pin_randomness(theta, check_options)
         grad = loss.analytic(theta, len(checked))
-        return core_check(loss, theta, grad, segments=shapes, **_serial_by_default(check_options))
+        return core_check(loss, theta, grad, segments=shapes, **serial_by_default(check_options))
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _serial_by_default(check_options: dict) -> dict:
-    # Measured on 2 cores: small numpy ops hold the GIL and large ones already run on BLAS
-    # threads, so one worker beats a thread pool; workers=k > 1 still works (a copy per thread).
-    return {"workers": 1, **check_options}
 
 
 def _scalar(value: Any, what: str) -> float:

@@ -171,6 +171,21 @@ class SegmentMap:
             start += size
         return cls(segs)
 
+    def slices(self) -> dict[str, tuple[int, int, tuple[int, ...]]]:
+        """Every segment as ``name -> (start, stop, shape)``, in flat order.
+
+        Returns
+        -------
+        dict of str to (int, int, tuple of int)
+            The flat range and the shape of each segment.
+
+        Examples
+        --------
+        >>> fg.SegmentMap.from_shapes({"W": (2, 3), "b": (3,)}).slices()
+        {'W': (0, 6, (2, 3)), 'b': (6, 9, (3,))}
+        """
+        return {seg.name: (seg.start, seg.stop, seg.shape) for seg in self._segments}
+
     @property
     def names(self) -> tuple[str, ...]:
         """The segment names, in flat order."""

@@ -30,8 +30,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "fastgrad.torch needs PyTorch, which is not installed: pip install fastgrad[torch]"
     ) from exc
 
-from ._adapt import ThreadLocalLoss, check_seed, core_check, cotangent_rng
+from ._adapt import ThreadLocalLoss, check_seed, core_check, cotangent_rng, serial_by_default
 from .results.report import Report
+from .segments import SegmentMap
 
 __all__ = ["check_function", "check_module"]
 
@@ -145,12 +146,9 @@ class _TorchLoss(ThreadLocalLoss):
     def __init__(self, initial: dict[str, torch.Tensor], seed: int):
         super().__init__(seed)
         self.initial = initial  # segment name -> float64 value at theta
-        self.slices: dict[str, tuple[int, int, tuple[int, ...]]] = {}
-        start = 0
-        for name, value in initial.items():
-            self.slices[name] = (start, start + value.numel(), tuple(value.shape))
-            start += value.numel()
-        self.size = start
+        self.slices = SegmentMap.from_shapes(
+            {name: tuple(value.shape) for name, value in initial.items()}).slices()
+        self.size = sum(value.numel() for value in initial.values())
         self.cotangents: list[torch.Tensor] | None = None  # set when the output is contracted
 
     def rng_context(self) -> contextlib.AbstractContextManager:
@@ -292,13 +290,6 @@ def _run(loss: _TorchLoss, check_options: dict):
     return core_check(loss, theta, grad, segments=segments, **check_options)
 
 
-def _serial_by_default(check_options: dict) -> dict:
-    # Measured on 2 cores: torch already spreads large ops over its own threads, and on small
-    # ones the GIL-bound dispatch makes a thread pool slower than one worker. workers=k > 1
-    # still works: every worker thread evaluates its own copy.
-    return {"workers": 1, **check_options}
-
-
 # ---------------------------------------------------------------- public API
 
 
@@ -412,7 +403,7 @@ def check_module(
         raise ValueError("target: given, but loss_fn is None; pass the loss_fn(output, target)")
     loss = _ModuleLoss(template, loss_fn, targets, args, params, initial, seed)
     with torch.random.fork_rng(devices=[]):
-        return _run(loss, _serial_by_default(check_options))
+        return _run(loss, serial_by_default(check_options))
 
 
 def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any) -> Report:
@@ -483,4 +474,4 @@ def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any) 
         )
     loss = _FunctionLoss(fn, args, seed)
     with torch.random.fork_rng(devices=[]):
-        return _run(loss, _serial_by_default(check_options))
+        return _run(loss, serial_by_default(check_options))

@@ -70,3 +70,31 @@ def test_check_audit_finds_the_missing_bias_gradient_within_budget(problems, cap
     assert data["evaluations"] <= 300
     assert data["segments"]["b1"]["passed"] is False
     assert all(data["segments"][name]["passed"] for name in ("W1", "W2", "b2"))
+
+
+def test_a_bug_inside_fastgrad_is_not_reported_as_bad_input(tmp_path, monkeypatch, capsys):
+    """Only bad input exits 2; an exception from fastgrad's own code is an internal error
+    (exit 70, with its traceback), never mistaken for the user's mistake or a failed check."""
+    import fastgrad.checks.coordinates as coordinates
+
+    def broken(*args, **kwargs):
+        raise TypeError("an internal bug")
+
+    monkeypatch.setattr(coordinates, "sample_coordinates", broken)
+    assert main(["demo"]) == 70
+    err = capsys.readouterr().err
+    assert "an internal bug" in err and "Traceback" in err and "bad input" not in err
+
+
+def test_bad_input_from_a_problem_exits_2(tmp_path, monkeypatch, capsys):
+    (tmp_path / "badproblems.py").write_text(
+        "import numpy as np\nimport fastgrad as fg\n"
+        "def wrong_size():\n"
+        "    return fg.Problem(lambda t: float(t @ t), np.ones(3), np.ones(4))\n"
+        "def raising():\n"
+        "    return fg.Problem(lambda t: 1 / 0, np.ones(3), np.ones(3))\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "badproblems:wrong_size"]) == 2
+    assert "grad: has 4 values" in capsys.readouterr().err
+    assert main(["check", "badproblems:raising"]) == 2
+    assert "ZeroDivisionError" in capsys.readouterr().err

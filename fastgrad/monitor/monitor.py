@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from ..segments import SegmentMap
 from .filters import filter_grid, filter_smoothness, filters_as_images
 from .histograms import DEFAULT_BINS, HistogramAccumulator, as_rows
 from .log import FORMAT_VERSION, append_records, as_floats, jsonable, read_float, read_records
@@ -49,15 +50,7 @@ def _segment_table(segments) -> list[tuple[str, int, int, tuple[int, ...]]]:
         return []
     table = []
     if isinstance(segments, Mapping):
-        start = 0
-        for name, shape in segments.items():
-            shape = (int(shape),) if isinstance(shape, numbers.Integral) else tuple(shape)
-            size = math.prod(shape)
-            if size < 1:
-                raise ValueError(f"segments: segment {name!r} has non-positive size {shape}")
-            table.append((str(name), start, start + size, shape))
-            start += size
-        return table
+        segments = SegmentMap.from_shapes(segments)  # refuses empty or negative shapes
     try:
         items = list(segments)
     except TypeError:
