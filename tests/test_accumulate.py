@@ -5,6 +5,7 @@ import pytest
 
 from fastgrad.judge import verdicts as accumulate
 
+from naive import HIST_BINS, log10_histogram
 from naive import coordinate_stats as naive_coords
 from naive import segment_stats as naive_segments
 
@@ -69,6 +70,21 @@ def test_segment_stats_match_reference(seed):
         np.testing.assert_array_equal(got, want)
     assert fast.checked[4] == 0 and fast.argmax[4] == -1
     assert fast.hist.sum() == np.count_nonzero(~np.isnan(c.rel_error))
+
+
+def test_log10_histogram_bin_edges_match_reference():
+    """The FG_HIST_BINS rule at its edges: below 1e-16 (zero too), each decade closed on the
+    left, 1 and above in the last bin, NaN not binned."""
+    rel = np.array([0.0, 5e-324, 9.9e-17, 1e-16, 1.5e-16, 1e-15, 3e-9, 1e-8, 0.0999, 0.1,
+                    np.nextafter(1.0, 0.0), 1.0, 7.0, np.inf, np.nan])
+    n = rel.size
+    fast = accumulate.segment_stats(np.zeros(n, int), rel, np.zeros(n, np.int8),
+                                    np.zeros(n, bool), np.zeros(n, bool), 1)
+    want = log10_histogram(rel)
+    np.testing.assert_array_equal(fast.hist[0], want)
+    assert want.size == HIST_BINS and want.sum() == n - 1
+    assert want[0] == 3 and want[1] == 2 and want[2] == 1 and want[-1] == 3
+    assert want[16] == 2 and want[15] == 1  # [0.1, 1) and [0.01, 0.1)
 
 
 def test_max_ties_take_the_first_position():

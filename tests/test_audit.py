@@ -16,6 +16,8 @@ from fastgrad.engine.kernels import direction_fill as _direction_fill
 from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss
 from fastgrad.sampling import direction_key as _direction_key
 
+from naive import naive_direction
+
 N = 1_000_000
 _rng = np.random.default_rng(1)
 A = _rng.uniform(0.5, 2.0, N)
@@ -64,19 +66,6 @@ def limit(k, n=N):
 
 
 # -- the direction generator against a plain-Python reference ------------------------------------
-def naive_direction(key, lo, hi):
-    mask = (1 << 64) - 1
-    out = []
-    for i in range(lo, hi):
-        z = (int(key) + i * 0x9E3779B97F4A7C15) & mask
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-        z ^= z >> 31
-        magnitude = 0.25 + 0.75 * ((z >> 11) / 2.0 ** 53)
-        out.append(-magnitude if z & 1 else magnitude)
-    return np.array(out)
-
-
 def test_direction_values_match_reference_and_are_rademacher_like():
     key = _direction_key(3, 7)
     v = np.empty(5000)

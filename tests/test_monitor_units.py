@@ -16,21 +16,9 @@ from fastgrad.monitor.diagnose import loss_trend
 from fastgrad.monitor.filters import filter_smoothness_scores
 from fastgrad.monitor.histograms import HistogramAccumulator
 
+from naive import naive_summary
+
 BINS = 48
-
-
-def naive_summary(batches: list[np.ndarray], lo: float, hi: float) -> dict:
-    """The obviously-correct reference: concatenate everything, then ask numpy."""
-    values = np.concatenate([b.reshape(-1) for b in batches])
-    finite = values[np.isfinite(values)]
-    rows = np.concatenate([b.reshape(-1, b.shape[-1]) for b in batches])
-    counts, _ = np.histogram(finite, bins=BINS, range=(lo, hi))
-    return {
-        "count": values.size, "finite": finite.size, "min": finite.min(), "max": finite.max(),
-        "mean": finite.mean(), "std": finite.std(), "zero_fraction": np.mean(finite == 0),
-        "saturated_fraction": np.mean(np.abs(finite) >= 0.99),
-        "dead_unit_fraction": np.mean(np.all(rows == 0, axis=0)), "counts": counts,
-    }
 
 
 magnitudes = st.floats(min_value=-6, max_value=6)
@@ -67,7 +55,7 @@ def test_one_pass_histogram_matches_numpy(batches):
     for batch, original in zip(batches, originals, strict=True):
         np.testing.assert_array_equal(batch, original)  # read, never written
     lo, hi = summary["range"]
-    ref = naive_summary(batches, lo, hi)
+    ref = naive_summary(batches, lo, hi, BINS)
     assert summary["count"] == ref["count"] and summary["finite"] == ref["finite"]
     assert sum(summary["counts"]) == ref["finite"]
     assert summary["min"] == ref["min"] and summary["max"] == ref["max"]
