@@ -157,7 +157,8 @@ def coordinate_steps(x: np.ndarray, h="auto", dtype=np.float64) -> np.ndarray:
             raise InvalidValue(f"h: expected a positive finite step, got {h!r}")
         raw = np.full(x.shape, value)
     raw = raw.astype(dtype)
-    exact = ((x + raw) - x).astype(np.float64)
+    # the difference in float64: in float32, fl(x + h) - x of a tiny x is not a float32 number
+    exact = (x + raw).astype(np.float64) - x.astype(np.float64)
     # a step below the spacing of x rounds to 0: keep the spacing instead
     spacing = np.spacing(np.abs(x)).astype(np.float64)
     return np.where(exact > 0, exact, np.maximum(spacing, raw.astype(np.float64)))
