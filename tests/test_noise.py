@@ -7,7 +7,6 @@ import pytest
 
 import fastgrad as fg
 from fastgrad.judge.noise import NoiseLevel
-from fastgrad.steps import NOISE_AGREEMENT, noise_sigma, pooled_noise_sigma
 
 
 def jitter(t, level):
@@ -29,21 +28,6 @@ def noisy_loss(t):
 
 def grad_of(t):
     return np.cos(t) + t
-
-
-def test_noise_estimate_on_known_noise():
-    rng = np.random.default_rng(1)
-    estimates = [noise_sigma(5.0 + 0.1 * np.arange(13.0) + rng.standard_normal(13) * 1e-6)
-                 for _ in range(400)]
-    assert 0.8e-6 < np.median(estimates) < 1.2e-6
-    assert noise_sigma(np.arange(13.0) ** 2) == 0.0  # a parabola has no 3rd difference
-    # two estimates of the same noise agree within NOISE_AGREEMENT nearly always
-    pairs = np.array(estimates).reshape(200, 2)
-    assert np.mean(pairs.max(1) <= NOISE_AGREEMENT * pairs.min(1)) > 0.95
-    # a kink inside the stencils grows with the spacing: not noise, nothing is raised
-    assert pooled_noise_sigma([1e-8, 1e-9]) == 0.0
-    assert pooled_noise_sigma([1e-3, 1e-9]) == 0.0
-    assert pooled_noise_sigma([2e-9, 1e-9]) > 1e-9
 
 
 def test_noisy_loss_with_correct_gradient_passes_and_says_why(theta, monkeypatch):
