@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 import fastgrad as fg
-from fastgrad.sampling import sample_coordinates
 
 
 def test_from_shapes_names_sizes_and_locate():
@@ -50,25 +49,3 @@ def test_map_that_does_not_match_theta_is_refused():
     segs = fg.SegmentMap.from_shapes({"W": (3, 3), "b": (3,)})
     with pytest.raises(ValueError, match="theta.*11.*12"):
         fg.check(lambda t: float(t @ t), np.zeros(11), np.zeros(11), segments=segs)
-
-
-def test_every_segment_is_sampled_even_a_tiny_bias_in_a_huge_vector():
-    segs = fg.SegmentMap.from_shapes({"W": (1000, 1000), "b": (10,), "c": (1,)})
-    idx = sample_coordinates(segs, samples=16, seed=3)
-    ids = segs.segment_ids(idx)
-    assert np.bincount(ids).tolist() == [16, 10, 1]
-    assert len(set(idx.tolist())) == len(idx), "distinct coordinates"
-    # reproducible from the seed; another seed, other coordinates
-    np.testing.assert_array_equal(idx, sample_coordinates(segs, samples=16, seed=3))
-    assert not np.array_equal(idx, sample_coordinates(segs, samples=16, seed=4))
-
-
-def test_samples_per_segment_mapping_and_all():
-    segs = fg.SegmentMap.from_shapes({"W": (20, 5), "b": (5,)})
-    idx = sample_coordinates(segs, samples={"W": 7}, seed=0)
-    assert np.bincount(segs.segment_ids(idx)).tolist() == [7, 5]
-    assert sample_coordinates(segs, samples="all").tolist() == list(range(105))
-    with pytest.raises(ValueError, match="'nope'"):
-        sample_coordinates(segs, samples={"nope": 3})
-    with pytest.raises(ValueError, match="samples"):
-        sample_coordinates(segs, samples=0)
