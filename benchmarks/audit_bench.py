@@ -23,6 +23,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from fastgrad import audit, check
+from fastgrad.example_problems import plant
 from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss
 
 PROBABILITY = 0.99
@@ -45,18 +46,16 @@ def network(n: int, seed: int = 0):
     return two_layer_loss, theta, two_layer_grad(theta, *args), args, segs
 
 
-def plant(grad, seed=1):
-    rng = np.random.default_rng(seed)
-    i = int(rng.integers(grad.size))
-    wrong = grad.copy()
-    wrong[i] += 0.01 * float(np.sqrt(np.mean(grad ** 2)))
-    return wrong, i
+def plant_one(grad, seed=1):
+    """One wrong coordinate, off by 1% of the gradient's RMS: (wrong gradient, its index)."""
+    wrong, index = plant(grad, 1, seed, float(np.sqrt(np.mean(grad ** 2))))
+    return wrong, int(index[0])
 
 
 def bench_problem(name, build, n, sample, workers):
     f, theta, grad, args, segs = build(n)
     n = theta.size
-    wrong, planted = plant(grad)
+    wrong, planted = plant_one(grad)
     t = time.perf_counter()
     report = audit(f, theta, wrong, args=args, segments=segs, workers=workers)
     audit_s = time.perf_counter() - t
@@ -84,7 +83,7 @@ def bench_problem(name, build, n, sample, workers):
 
 def bench_memory(n, workers):
     f, theta, grad, args, _ = separable(n, seed=3)
-    wrong, planted = plant(grad)
+    wrong, planted = plant_one(grad)
     del grad
     theta_mb = theta.nbytes / 2**20
     tracemalloc.start()

@@ -1,19 +1,14 @@
 """The issue-3 table: for each hard case, kink crossings counted, coordinates re-checked, verdict
-and loss evaluations, measured with the current code on the problems of tests/test_hard_cases.py.
+and loss evaluations, measured with the current code on the problems of fastgrad.example_problems
+(those of tests/test_hard_cases.py).
 
     python benchmarks/hard_cases_table.py
 """
 
-import sys
-from pathlib import Path
-
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-import test_hard_cases as hc  # noqa: E402
-
-import fastgrad as fg  # noqa: E402
+import fastgrad as fg
+from fastgrad import example_problems as hc
 
 
 def row(case, report, term=None):

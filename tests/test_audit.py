@@ -13,6 +13,7 @@ import pytest
 from fastgrad import AuditReport, audit
 from fastgrad.engine.kernels import direction_dot as _direction_dot
 from fastgrad.engine.kernels import direction_fill as _direction_fill
+from fastgrad.example_problems import plant
 from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss
 from fastgrad.sampling import direction_key as _direction_key
 
@@ -49,16 +50,6 @@ def _one_blas_thread():
         return
     with threadpool_limits(1):
         yield
-
-
-def plant(grad, k, seed, scale, lo=0, hi=None):
-    """k wrong coordinates in [lo, hi), each off by 1% of the gradient's scale."""
-    rng = np.random.default_rng(seed)
-    hi = grad.size if hi is None else hi
-    index = np.sort(rng.choice(np.arange(lo, hi), size=k, replace=False))
-    wrong = grad.copy()
-    wrong[index] += 0.01 * scale * rng.choice([-1.0, 1.0], size=k)
-    return wrong, index
 
 
 def limit(k, n=N):

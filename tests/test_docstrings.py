@@ -43,7 +43,7 @@ DOCUMENTED = [
     "fastgrad.testing.assert_layer",
 ]
 
-# Helpers outside the public API (pytest's hooks, the built-in example problem, the progress
+# Helpers outside the public API (pytest's hooks, the built-in example problems, the progress
 # bar): Parameters and Returns as above, no Raises or Examples required. The plugin's
 # user-facing part is its options, checked against its module docstring below.
 HELPERS = [
@@ -55,6 +55,21 @@ HELPERS = [
     "fastgrad.examples.two_layer_grad",
     "fastgrad.examples.two_layer_problem",
     "fastgrad.examples.buggy_two_layer_problem",
+    "fastgrad.example_problems.relu_parts",
+    "fastgrad.example_problems.relu_loss",
+    "fastgrad.example_problems.relu_grad",
+    "fastgrad.example_problems.relu_mask_signature",
+    "fastgrad.example_problems.relu_problem",
+    "fastgrad.example_problems.near_kink_count",
+    "fastgrad.example_problems.svm_loss",
+    "fastgrad.example_problems.svm_grad",
+    "fastgrad.example_problems.svm_problem",
+    "fastgrad.example_problems.pool_forward",
+    "fastgrad.example_problems.pool_loss",
+    "fastgrad.example_problems.pool_grad",
+    "fastgrad.example_problems.pool_problem",
+    "fastgrad.example_problems.logcosh_loss",
+    "fastgrad.example_problems.plant",
     "fastgrad.progress.Progress",
 ]
 

@@ -12,6 +12,23 @@ from numba import njit
 
 import fastgrad as fg
 from fastgrad.errors import LossError, NondeterminismError
+from fastgrad.example_problems import (
+    POOL_SHAPES,
+    RELU_SHAPES,
+    SVM_SHAPES,
+    logcosh_loss,
+    near_kink_count,
+    pool_grad,
+    pool_loss,
+    pool_problem,
+    relu_grad,
+    relu_loss,
+    relu_mask_signature,
+    relu_problem,
+    svm_grad,
+    svm_loss,
+    svm_problem,
+)
 from fastgrad.sampling import sample_coordinates
 from fastgrad.steps import coordinate_steps, tolerance
 
@@ -26,69 +43,6 @@ def kink_total(report):
 
 
 # -- a ReLU network with many pre-activations placed within h of zero ----------------------------
-
-RELU_SHAPES = {"W1": (6, 12), "b1": (12,), "W2": (12, 3), "b2": (3,)}
-
-
-def relu_parts(theta):
-    p = fg.unflatten(theta, fg.SegmentMap.from_shapes(RELU_SHAPES))
-    return p["W1"], p["b1"], p["W2"], p["b2"]
-
-
-def relu_loss(theta, X, y):
-    W1, b1, W2, b2 = relu_parts(theta)
-    hidden = np.maximum(X @ W1 + b1, 0.0)
-    scores = hidden @ W2 + b2
-    scores = scores - scores.max(axis=1, keepdims=True)
-    logp = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
-    return -logp[np.arange(X.shape[0]), y].mean()
-
-
-def relu_grad(theta, X, y):
-    W1, b1, W2, b2 = relu_parts(theta)
-    pre = X @ W1 + b1
-    hidden = np.maximum(pre, 0.0)
-    scores = hidden @ W2 + b2
-    p = np.exp(scores - scores.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    p[np.arange(X.shape[0]), y] -= 1.0
-    p /= X.shape[0]
-    dhidden = (p @ W2.T) * (pre > 0)
-    return np.concatenate([(X.T @ dhidden).ravel(), dhidden.sum(0), (hidden.T @ p).ravel(),
-                           p.sum(0)])
-
-
-def relu_mask_signature(theta, X, y):
-    W1, b1, _, _ = relu_parts(theta)
-    return hash(((X @ W1 + b1) > 0).tobytes())
-
-
-def relu_problem(seed=0, dead=0):
-    """Pre-activations of sample 0 (and sample 1 for half the units) sit within +-h of zero."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((8, 6))
-    y = rng.integers(0, 3, size=8)
-    W1 = rng.standard_normal((6, 12)) / np.sqrt(6)
-    b1 = np.zeros(12)
-    h = coordinate_steps(np.zeros(1))[0]
-    b1 = -(X[0] @ W1) + rng.uniform(-0.8, 0.8, 12) * h
-    # half of the units also get a near-zero pre-activation for sample 1: W1 column shifted along X1
-    for j in range(6):
-        gap = X[1] @ W1[:, j] + b1[j] - rng.uniform(-0.8, 0.8) * h
-        direction = X[1] - (X[1] @ X[0]) / (X[0] @ X[0]) * X[0]  # keeps sample 0 where it is
-        W1[:, j] -= gap * direction / (direction @ X[1])
-    if dead:
-        b1[-dead:] = -50.0  # dead units: their gradient is exactly zero
-    theta, _ = fg.flatten({"W1": W1, "b1": b1, "W2": rng.standard_normal((12, 3)),
-                           "b2": rng.standard_normal(3) * 0.1})
-    return theta, (X, y)
-
-
-def near_kink_count(theta, X):
-    W1, b1, _, _ = relu_parts(theta)
-    pre = X @ W1 + b1
-    return int(np.sum(np.abs(pre) < coordinate_steps(np.zeros(1))[0]))
-
 
 def test_relu_correct_gradient_passes_with_kinks_counted():
     theta, args = relu_problem()
@@ -191,45 +145,6 @@ def test_dead_relu_units_and_near_zero_gradients_do_not_fail():
 
 # -- multiclass SVM (hinge) with margins on the hinge ---------------------------------------------
 
-SVM_SHAPES = {"W": (5, 4), "b": (4,)}
-
-
-def svm_loss(theta, X, y, reg):
-    W = theta[:20].reshape(5, 4)
-    b = theta[20:]
-    s = X @ W + b
-    margins = np.maximum(0.0, s - s[np.arange(len(y)), y][:, None] + 1.0)
-    margins[np.arange(len(y)), y] = 0.0
-    return margins.sum() / len(y) + reg * np.sum(W * W)
-
-
-def svm_grad(theta, X, y, reg):
-    W = theta[:20].reshape(5, 4)
-    b = theta[20:]
-    s = X @ W + b
-    active = (s - s[np.arange(len(y)), y][:, None] + 1.0 > 0).astype(float)
-    active[np.arange(len(y)), y] = 0.0
-    active[np.arange(len(y)), y] = -active.sum(axis=1)
-    ds = active / len(y)
-    return np.concatenate([(X.T @ ds + 2 * reg * W).ravel(), ds.sum(0)])
-
-
-def svm_problem():
-    rng = np.random.default_rng(5)
-    X = rng.standard_normal((10, 5))
-    y = rng.integers(0, 4, size=10)
-    W = rng.standard_normal((5, 4)) * 0.5
-    h = coordinate_steps(np.zeros(1))[0]
-    s0 = X[0] @ W
-    b = np.zeros(4)
-    # sample 0: every wrong class sits on its margin, within +-h
-    for c in range(4):
-        if c != y[0]:
-            b[c] = -(s0[c] - s0[y[0]] + 1.0) + rng.uniform(-0.8, 0.8) * h
-    theta, _ = fg.flatten({"W": W, "b": b})
-    return theta, (X, y.astype(np.int64), 0.1)
-
-
 def test_svm_hinge_correct_passes_with_kinks_counted():
     theta, args = svm_problem()
     report = fg.check(svm_loss, theta, svm_grad(theta, *args), args=args, segments=SVM_SHAPES,
@@ -256,49 +171,6 @@ def test_svm_hinge_wrong_gradient_fails_in_that_layer(layer):
 
 # -- max pooling with ties within h ---------------------------------------------------------------
 
-POOL_SHAPES = {"W": (4, 8), "c": (8,), "V": (4, 3)}
-
-
-def pool_forward(theta, X):
-    W = theta[:32].reshape(4, 8)
-    c = theta[32:40]
-    V = theta[40:].reshape(4, 3)
-    z = X @ W + c  # (N, 8): four pools of two
-    pooled = z.reshape(-1, 4, 2).max(axis=2)
-    return W, c, V, z, pooled
-
-
-def pool_loss(theta, X, y):
-    *_, V, _, pooled = pool_forward(theta, X)
-    scores = np.tanh(pooled) @ V
-    return 0.5 * np.sum((scores - y) ** 2) / len(X)
-
-
-def pool_grad(theta, X, y):
-    W, c, V, z, pooled = pool_forward(theta, X)
-    t = np.tanh(pooled)
-    ds = (t @ V - y) / len(X)
-    dpooled = (ds @ V.T) * (1 - t * t)
-    pairs = z.reshape(-1, 4, 2)
-    first = pairs[:, :, 0] >= pairs[:, :, 1]  # ties go to the first: a valid one-sided choice
-    dz = np.stack([dpooled * first, dpooled * ~first], axis=2).reshape(-1, 8)
-    return np.concatenate([(X.T @ dz).ravel(), dz.sum(0), (t.T @ ds).ravel()])
-
-
-def pool_problem():
-    rng = np.random.default_rng(7)
-    X = rng.standard_normal((6, 4))
-    y = rng.standard_normal((6, 3))
-    W = rng.standard_normal((4, 8))
-    h = coordinate_steps(np.zeros(1))[0]
-    z0 = X[0] @ W
-    c = np.zeros(8)
-    for p in range(4):  # sample 0: the two entries of every pool tie to within h
-        c[2 * p + 1] = z0[2 * p] - z0[2 * p + 1] + rng.uniform(-0.8, 0.8) * h
-    theta, _ = fg.flatten({"W": W, "c": c, "V": rng.standard_normal((4, 3))})
-    return theta, (X, y)
-
-
 def test_max_pool_correct_passes_with_kinks_counted():
     theta, args = pool_problem()
     report = fg.check(pool_loss, theta, pool_grad(theta, *args), args=args,
@@ -320,10 +192,6 @@ def test_max_pool_wrong_gradient_fails_in_that_layer(layer):
 
 
 # -- the separable n = 1e6 case: true gradient near 0 where |f| is large --------------------------
-
-
-def logcosh_loss(x):
-    return np.sum(np.log(np.cosh(x)) + 0.1 * x * x)
 
 
 def test_logcosh_million_noise_floor_both_ways():
