@@ -23,20 +23,24 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from fastgrad import audit, check
-from fastgrad.example_problems import plant
+from fastgrad.example_problems import (
+    plant,
+    weighted_logcosh,
+    weighted_logcosh_data,
+    weighted_logcosh_grad,
+)
 from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss
 
 PROBABILITY = 0.99
 
 
 def separable(n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    a, c, theta = rng.uniform(0.5, 2.0, n), rng.standard_normal(n), rng.standard_normal(n)
+    a, c, theta = weighted_logcosh_data(n, seed)
 
     def loss(x):
-        return float(np.sum(a * np.log(np.cosh(x)) + c * x))
+        return weighted_logcosh(x, a, c)
 
-    return loss, theta, a * np.tanh(theta) + c, (), None
+    return loss, theta, weighted_logcosh_grad(theta, a, c), (), None
 
 
 def network(n: int, seed: int = 0):

@@ -16,6 +16,7 @@ True
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from .segments import SegmentMap, flatten, unflatten
 from .steps import coordinate_steps
@@ -360,6 +361,74 @@ def logcosh_loss(x: np.ndarray) -> float:
         The loss.
     """
     return np.sum(np.log(np.cosh(x)) + 0.1 * x * x)
+
+
+# -- a weighted separable loss at any n (the audit's problem) -----------------------------------
+
+
+def weighted_logcosh_data(n: int, seed: int | np.random.Generator = 0) -> tuple:
+    """Weights and a point for ``weighted_logcosh``: a ~ U(0.5, 2), c and theta ~ N(0, 1).
+
+    Parameters
+    ----------
+    n : int
+        The number of parameters.
+    seed : int or numpy.random.Generator, default 0
+        Seed of ``numpy.random.default_rng``, or a generator to draw from (it then moves on).
+
+    Returns
+    -------
+    a, c, theta : numpy.ndarray
+        Drawn in this order, n values each.
+    """
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(0.5, 2.0, n)
+    c = rng.standard_normal(n)
+    theta = rng.standard_normal(n)
+    return a, c, theta
+
+
+def weighted_logcosh(theta: np.ndarray, a: np.ndarray, c: np.ndarray) -> float:
+    """sum a_i log cosh(x_i) + c_i x_i: ~3 ms per evaluation at n = 10^6.
+
+    Parameters
+    ----------
+    theta : numpy.ndarray
+        The point, n values.
+    a, c : numpy.ndarray
+        The weights of ``weighted_logcosh_data``.
+
+    Returns
+    -------
+    float
+        The loss.
+    """
+    return float(np.sum(a * np.log(np.cosh(theta)) + c * theta))
+
+
+@njit(cache=True, nogil=True)
+def weighted_logcosh_jit(theta, a, c):
+    """``weighted_logcosh`` compiled by Numba, one coordinate at a time."""
+    total = 0.0
+    for i in range(theta.size):
+        total += a[i] * np.log(np.cosh(theta[i])) + c[i] * theta[i]
+    return total
+
+
+def weighted_logcosh_grad(theta: np.ndarray, a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """The gradient of ``weighted_logcosh``: a tanh(theta) + c.
+
+    Parameters
+    ----------
+    theta, a, c : numpy.ndarray
+        As for ``weighted_logcosh``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The gradient, n values.
+    """
+    return a * np.tanh(theta) + c
 
 
 # -- planting errors -----------------------------------------------------------------------------

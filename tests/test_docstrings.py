@@ -70,6 +70,9 @@ HELPERS = [
     "fastgrad.example_problems.pool_problem",
     "fastgrad.example_problems.logcosh_loss",
     "fastgrad.example_problems.plant",
+    "fastgrad.example_problems.weighted_logcosh_data",
+    "fastgrad.example_problems.weighted_logcosh",
+    "fastgrad.example_problems.weighted_logcosh_grad",
     "fastgrad.progress.Progress",
 ]
 

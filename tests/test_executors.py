@@ -6,17 +6,20 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
-from numba import njit
 
 from fastgrad import audit, check
 from fastgrad.engine.evaluator import Evaluator
+from fastgrad.example_problems import (
+    weighted_logcosh,
+    weighted_logcosh_data,
+    weighted_logcosh_grad,
+)
+from fastgrad.example_problems import weighted_logcosh_jit as separable_loss_jit
 
 N = 1_000_000
 _rng = np.random.default_rng(7)
-A = _rng.uniform(0.5, 2.0, N)
-C = _rng.standard_normal(N)
-THETA = _rng.standard_normal(N)
-GRAD = A * np.tanh(THETA) + C
+A, C, THETA = weighted_logcosh_data(N, _rng)
+GRAD = weighted_logcosh_grad(THETA, A, C)
 SCALE = float(np.sqrt(np.mean(GRAD ** 2)))
 PLANTED = np.sort(_rng.choice(N, size=3, replace=False))
 WRONG = GRAD.copy()
@@ -24,15 +27,7 @@ WRONG[PLANTED] += 0.01 * SCALE * np.array([1.0, -1.0, 1.0])
 
 
 def separable_loss(theta):
-    return float(np.sum(A * np.log(np.cosh(theta)) + C * theta))
-
-
-@njit(cache=True, nogil=True)
-def separable_loss_jit(theta, a, c):
-    total = 0.0
-    for i in range(theta.size):
-        total += a[i] * np.log(np.cosh(theta[i])) + c[i] * theta[i]
-    return total
+    return weighted_logcosh(theta, A, C)
 
 
 def fingerprint(report):
