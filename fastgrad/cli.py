@@ -1,6 +1,7 @@
 """The ``fastgrad`` command: demo, check MODULE:FACTORY, monitor LOG.jsonl.
 
-Exit status: 0 passed, 1 a gradient check failed, 2 bad usage or input.
+Exit status: 0 passed, 1 a gradient check failed, 2 bad usage or input, 3 inconclusive (the
+measured noise of f left coordinates or directions unjudgeable).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-EXIT_PASSED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 
 
 class UsageError(Exception):
@@ -34,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastgrad",
         description="Is this analytic gradient right? Fast, truthful numerical gradient checks.",
-        epilog="exit status: 0 passed, 1 a gradient check failed, 2 bad usage or input",
+        epilog=("exit status: 0 passed, 1 a gradient check failed, 2 bad usage or input, "
+                "3 inconclusive"),
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -147,7 +149,8 @@ def _check(args) -> int:
     if args.json != "-":
         print(report)
     _write_json(report, args.json)
-    return EXIT_PASSED if report.passed else EXIT_FAILED
+    return {"passed": EXIT_PASSED, "inconclusive": EXIT_INCONCLUSIVE}.get(report.status,
+                                                                         EXIT_FAILED)
 
 
 def _monitor(args) -> int:
