@@ -218,3 +218,27 @@ def test_every_kind_of_report_is_json_serializable():
                          ("audit", audit)]:
         data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
         assert data["status"] == expected[name], (name, str(report))
+
+
+def test_the_counts_of_every_row_add_up():
+    """judged + noise + nan + inconclusive + kink verdicts = checked, in every row and header."""
+    theta = np.linspace(-0.9, 0.9, 12)
+    theta[5] = 1.0 - 1e-9
+    on_kink = np.array([1.0, 1.0, 0.3])
+    reports = [
+        fg.check(nan_at_one_point, theta, 2 * theta, samples="all"),
+        fg.check(noisy_loss, theta, correct_grad(theta), args=(1e-3,), samples="all"),
+        fg.check(lambda t: max(t[0], t[1]) + t[2] ** 2, on_kink, np.array([1.0, 0.0, 0.6]),
+                 samples="all"),
+        fg.check(terms_loss, theta[:10], {"data": np.cos(theta[:10]), "reg": 0.2 * theta[:10]},
+                 samples="all"),
+    ]
+    for report in reports:
+        rows = [s for rows in report.terms.values() for s in rows.values()] or \
+            list(report.segments.values())
+        for s in rows:
+            assert s.judged + s.noise + s.nan + s.inconclusive + s.on_kink == s.checked, s
+        assert report.judged == sum(c.verdict in ("excellent", "ok", "suspect", "wrong")
+                                    for c in report.coords)
+    assert reports[2].segments["theta"].on_kink == 2 and reports[2].judged == 1
+    assert "over 1 judged of 3 coordinates (" in str(reports[2]) and "2 kink)" in str(reports[2])

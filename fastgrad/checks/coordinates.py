@@ -264,6 +264,7 @@ def _merge_terms(by_term, segs) -> dict[str, SegmentReport]:
             histogram=tuple(int(v) for v in np.sum([r.histogram for r in rows], axis=0)),
             rechecked=rows[0].rechecked, noise=sum(r.noise for r in rows),
             nan=sum(r.nan for r in rows), inconclusive=sum(r.inconclusive for r in rows),
+            on_kink=sum(r.on_kink for r in rows), judged=sum(r.judged for r in rows),
             max_rel_error_all=max_all(r.max_rel_error_all for r in rows),
         )
     return merged

@@ -24,6 +24,8 @@ NOISE, NAN, KINK = lib.FG_VERDICT_NOISE, lib.FG_VERDICT_NAN, lib.FG_VERDICT_KINK
 INCONCLUSIVE = lib.FG_VERDICT_INCONCLUSIVE
 _NAMES = {EXCELLENT: "excellent", OK: "ok", SUSPECT: "suspect", WRONG: "wrong", NOISE: "noise",
           NAN: "nan", KINK: "kink", INCONCLUSIVE: "inconclusive"}
+# the verdicts of a relative error's band: the coordinates a max relative error is taken over
+BANDS = (EXCELLENT, OK, SUSPECT, WRONG)
 # VERDICTS[code] is the verdict's name
 VERDICTS = tuple(_NAMES[code] for code in range(len(_NAMES)))
 

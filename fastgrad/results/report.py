@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..judge.verdicts import HIST_EDGES, INCONCLUSIVE, NAN, NOISE, VERDICTS
+from ..judge.verdicts import BANDS, HIST_EDGES, INCONCLUSIVE, KINK, NAN, NOISE, VERDICTS
 from ..steps import KINK_FRACTION_NOTE, band_name
 from .common import RunInfo, columns, fmt_rel, fmt_value, json_ready
 
@@ -180,6 +180,11 @@ class SegmentReport:
         Coordinates where f was not finite at a perturbed point (each one fails).
     inconclusive : int
         Coordinates the measured noise of f leaves unjudgeable.
+    on_kink : int
+        Coordinates excused as sitting on a kink (verdict "kink").
+    judged : int
+        Coordinates ``max_rel_error`` is taken over (a verdict band: excellent, ok, suspect or
+        wrong).
     max_rel_error_all : float
         The largest relative error over every checked coordinate, excused or not (NaN when a
         coordinate is nan).
@@ -206,6 +211,8 @@ class SegmentReport:
     noise: int = 0
     nan: int = 0
     inconclusive: int = 0
+    on_kink: int = 0  # verdict "kink": excused as sitting on a kink
+    judged: int = 0  # coordinates max_rel_error is taken over
     max_rel_error_all: float = 0.0  # over every checked coordinate (nan when one is nan)
 
     @property
@@ -220,9 +227,7 @@ class SegmentReport:
     @property
     def unjudged(self) -> str:
         """'2 noise, 1 nan': the coordinates max_rel_error leaves out ('' when none)."""
-        parts = [f"{n} {what}" for n, what in ((self.noise, "noise"), (self.nan, "nan"),
-                                               (self.inconclusive, "inconclusive")) if n]
-        return ", ".join(parts)
+        return unjudged_counts(self.noise, self.nan, self.inconclusive, self.on_kink)
 
 
 @dataclass
@@ -232,12 +237,15 @@ class Unjudged:
     noise: np.ndarray
     nan: np.ndarray
     inconclusive: np.ndarray
+    on_kink: np.ndarray
+    judged: np.ndarray
     max_all: np.ndarray
 
     @classmethod
     def count(cls, segment, rel_error, verdict, n_segments: int) -> Unjudged:
-        """Counts per segment id of "noise", "nan" and "inconclusive" verdicts, and the largest
-        relative error over every coordinate (NaN where one is NaN)."""
+        """Counts per segment id of "noise", "nan" and "inconclusive" verdicts and of the judged
+        coordinates (the ones with a verdict band), and the largest relative error over every
+        coordinate (NaN where one is NaN)."""
         segment, verdict = np.asarray(segment), np.asarray(verdict)
 
         def per_segment(code):
@@ -249,13 +257,23 @@ class Unjudged:
         np.maximum.at(largest, segment[finite], rel[finite])
         nan = per_segment(NAN)
         largest[nan > 0] = np.nan
-        return cls(per_segment(NOISE), nan, per_segment(INCONCLUSIVE), largest)
+        banded = np.isin(verdict, BANDS)
+        judged = np.bincount(segment[banded], minlength=n_segments)
+        return cls(per_segment(NOISE), nan, per_segment(INCONCLUSIVE), per_segment(KINK), judged,
+                   largest)
 
     def row(self, p: int) -> dict:
         """The SegmentReport fields of segment id ``p``."""
         return {"noise": int(self.noise[p]), "nan": int(self.nan[p]),
-                "inconclusive": int(self.inconclusive[p]),
+                "inconclusive": int(self.inconclusive[p]), "on_kink": int(self.on_kink[p]),
+                "judged": int(self.judged[p]),
                 "max_rel_error_all": float(self.max_all[p])}
+
+
+def unjudged_counts(noise: int, nan: int, inconclusive: int, on_kink: int) -> str:
+    """'2 noise, 1 nan': the coordinates a max relative error leaves out ('' when none)."""
+    return ", ".join(f"{n} {what}" for n, what in (
+        (noise, "noise"), (nan, "nan"), (inconclusive, "inconclusive"), (on_kink, "kink")) if n)
 
 
 def max_all(values) -> float:
@@ -386,6 +404,11 @@ class Report(RunInfo):
         """Coordinates the measured noise of f leaves unjudgeable."""
         return sum(s.inconclusive for s in self._rows())
 
+    @property
+    def judged(self) -> int:
+        """Coordinates max_rel_error is taken over (once per loss term, with terms)."""
+        return sum(s.judged for s in self._rows())
+
     def _rows(self) -> list[SegmentReport]:
         """The per-term rows when f returns several terms (a term's own counts), else the
         segment rows."""
@@ -416,6 +439,7 @@ class Report(RunInfo):
             "max_rel_error": self.max_rel_error,
             "max_rel_error_all": self.max_rel_error_all,
             "checked": self.checked,
+            "judged": self.judged,
             "noise": self.noise,
             "nan": self.nan,
             "inconclusive": self.inconclusive,
@@ -450,24 +474,24 @@ class Report(RunInfo):
             e.g. ``fastgrad check FAILED: max rel. error 8.2e-11 over 57 judged of 58
             coordinates (nan over all: 1 nan), 1 failed, 0 kink crossings``.
         """
-        checked = self.checked
-        unjudged = ", ".join(f"{n} {what}" for n, what in (
-            (self.noise, "noise"), (self.nan, "nan"), (self.inconclusive, "inconclusive")) if n)
-        judged = checked - self.noise - self.nan - self.inconclusive - self._excused_kinks()
+        rows = self._rows()
+        unjudged = unjudged_counts(*(sum(getattr(s, name) for s in rows)
+                                     for name in ("noise", "nan", "inconclusive", "on_kink")))
+        judged = self.judged
+        # with loss terms every coordinate is judged once per term
+        total = sum(s.checked for s in rows)
+        terms = f" x {len(self.terms)} loss terms" if self.terms else ""
         if not unjudged:
-            error = f"max rel. error {fmt_rel(self.max_rel_error)} over {checked} coordinates"
+            error = f"max rel. error {fmt_rel(self.max_rel_error)} over {self.checked} coordinates"
         elif judged > 0:
             error = (f"max rel. error {fmt_rel(self.max_rel_error)} over {judged} judged of "
-                     f"{checked} coordinates ({fmt_rel(self.max_rel_error_all)} over all: "
+                     f"{total} coordinates{terms} ({fmt_rel(self.max_rel_error_all)} over all: "
                      f"{unjudged})")
         else:
-            error = (f"no coordinate judged of {checked} (max rel. error "
+            error = (f"no coordinate judged of {total}{terms} (max rel. error "
                      f"{fmt_rel(self.max_rel_error_all)} over all: {unjudged})")
         return (f"fastgrad check {self.status.upper()}: {error}, {len(self.failures)} failed, "
                 f"{self.kinks} kink crossings")
-
-    def _excused_kinks(self) -> int:
-        return sum(1 for c in self.coords if c.verdict == "kink") if self.kinks else 0
 
     def table(self, worst: int = 8) -> str:
         """The report as text: a header, one row per segment, then the worst coordinates.
