@@ -148,6 +148,10 @@ def _locations(segments, index: np.ndarray) -> list[tuple[str, tuple[int, ...]]]
 class SegmentReport:
     """One segment's row of a check: ``report.segments[name]``.
 
+    With loss terms, ``report.terms[term][name]`` holds each term's row and
+    ``report.segments[name]`` their merge: its counts (failed, noise, nan, inconclusive,
+    on_kink, judged) are summed over the terms.
+
     Attributes
     ----------
     name : str
