@@ -241,4 +241,12 @@ def test_the_counts_of_every_row_add_up():
         assert report.judged == sum(c.verdict in ("excellent", "ok", "suspect", "wrong")
                                     for c in report.coords)
     assert reports[2].segments["theta"].on_kink == 2 and reports[2].judged == 1
+    # a segment whose every coordinate was excused is "not judged", not "excellent" at 0.0
+    segs = {"big": (2,), "tiny": (2,)}
+    loss = lambda t: float(1e12 * (t[0] ** 2 + t[1] ** 2) + 1e-9 * (t[2] + t[3]))  # noqa: E731
+    theta = np.array([1.0, 2.0, 0.5, 0.5])
+    report = fg.check(loss, theta, np.array([2e12, 4e12, 1e-9, 1e-9]), segments=segs,
+                      samples="all")
+    tiny = report.segments["tiny"]
+    assert tiny.judged == 0 and tiny.noise == 2 and tiny.verdict == "not judged", str(report)
     assert "over 1 judged of 3 coordinates (" in str(reports[2]) and "2 kink)" in str(reports[2])

@@ -221,11 +221,14 @@ class SegmentReport:
 
     @property
     def verdict(self) -> str:
-        """FAILED, INCONCLUSIVE, or the band of max_rel_error (excellent, ok, suspect)."""
+        """FAILED, INCONCLUSIVE, the band of max_rel_error (excellent, ok, suspect), or "not
+        judged" when every coordinate was excused (noise, kink): 0.0 would read "excellent"."""
         if self.failed:
             return "FAILED"
         if self.inconclusive:
             return "INCONCLUSIVE"
+        if self.checked and not self.judged and self.unjudged:
+            return "not judged"
         return band_name(self.max_rel_error)
 
     @property
