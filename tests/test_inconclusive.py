@@ -86,6 +86,33 @@ def test_inner_solver_noise_of_1e10_still_gets_real_verdicts(theta):
     assert wrong.inconclusive == 0 and wrong.kinks == 0
 
 
+def cubic_roots(t, tol):
+    """z with z^3 + z = t, by bisection to an absolute tolerance: an inner solver."""
+    lo, hi = np.full(t.shape, -10.0), np.full(t.shape, 10.0)
+    while np.max(hi - lo) > tol:
+        mid = 0.5 * (lo + hi)
+        above = mid ** 3 + mid > t
+        hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def solver_loss(t):
+    z = cubic_roots(t, 1e-10)
+    return float(np.sum(z * z) + 0.5 * t @ t)
+
+
+def test_a_real_inner_solver_at_1e10_gets_real_verdicts():
+    theta = 2.0 * np.random.default_rng(0).standard_normal(120)
+    z = cubic_roots(theta, 1e-14)
+    grad = 2 * z / (3 * z * z + 1) + theta  # dz/dt = 1 / (3 z^2 + 1)
+    report = fg.check(solver_loss, theta, grad, segments=SHAPES, samples="all")
+    assert report.status == "passed" and report.judged == 120, str(report)
+    grad[100:] *= 1.01
+    wrong = fg.check(solver_loss, theta, grad, segments=SHAPES, samples="all")
+    assert wrong.status == "failed" and wrong.inconclusive == 0
+    assert sorted(c.index for c in wrong.failures) == list(range(100, 120))
+
+
 def test_noisy_smooth_loss_reports_no_kink_crossings(theta):
     # a smooth loss with a wrong gradient: the kink re-check runs on every coordinate, and the
     # noise at its smaller steps must not read as changes of slope
