@@ -73,7 +73,7 @@ def segment_stats(segment, rel_error, verdict, failed, kink, n_segments):
             else:
                 b = min(max(int(np.floor(np.log10(rel))) + 17, 1), 16)
             hist[s, b] += 1
-        if verdict[i] in (4, 5, 6):
+        if verdict[i] in (4, 5, 6, 7):  # noise, nan, kink, inconclusive
             continue
         if argmax[s] < 0 or rel > max_rel[s]:
             max_rel[s] = rel
