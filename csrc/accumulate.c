@@ -90,7 +90,8 @@ int fg_segments(int64_t n, const int64_t *segment, const double *rel_error, cons
         failed_count[s] += failed[i] != 0;
         kinks[s] += kink[i] != 0;
         if (!isnan(rel)) hist[s * FG_HIST_BINS + hist_bin(rel)]++;
-        if (v == FG_VERDICT_NOISE || v == FG_VERDICT_NAN || v == FG_VERDICT_KINK) continue;
+        if (v == FG_VERDICT_NOISE || v == FG_VERDICT_NAN || v == FG_VERDICT_KINK
+            || v == FG_VERDICT_INCONCLUSIVE) continue;
         if (argmax[s] < 0 || rel > max_rel[s]) {
             max_rel[s] = rel;
             argmax[s] = i;

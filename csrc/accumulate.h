@@ -15,6 +15,9 @@
  *          to the loss values plus an absolute part (measured noise), divided by the step.
  *   NAN:   f+ or f- is not finite (the coordinate fails).
  *   KINK:  set only by the caller, after a re-check could not resolve a kink crossing.
+ *   INCONCLUSIVE: set only by the caller, when the measured noise of f leaves the numeric
+ *          derivative uncertain by more than tol at every step tried (neither a pass nor a
+ *          failure; fg_segments treats it like NOISE).
  *
  * Kink score: the one-sided slopes s+ = (f+ - f0)/h and s- = (f0 - f-)/h disagree by
  *   |s+ - s-| / (|s+| + |s-| + noise floor).
@@ -35,6 +38,7 @@
 #define FG_VERDICT_NOISE 4
 #define FG_VERDICT_NAN 5
 #define FG_VERDICT_KINK 6
+#define FG_VERDICT_INCONCLUSIVE 7
 
 /* The numbers of the method for one call of fg_coords. */
 typedef struct {
@@ -67,7 +71,7 @@ int64_t fg_coords(int64_t n, const double *analytic, const double *f_plus, const
  * Per segment s < n_segments, over the coordinates i < n with segment[i] == s:
  *   checked[s], failed[s] (sum of failed[i]), kinks[s] (sum of kink[i]),
  *   max_rel[s] and argmax[s] (position i of the first maximum; -1 and 0.0 when none) over the
- *   coordinates whose verdict is not NOISE, NAN or KINK, and hist[s * FG_HIST_BINS + b].
+ *   coordinates whose verdict is not NOISE, NAN, KINK or INCONCLUSIVE, and hist[s * FG_HIST_BINS + b].
  * The outputs are overwritten, not accumulated into. Returns -1 if a segment id is out of range
  * (outputs then undefined), else 0.
  */

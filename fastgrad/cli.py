@@ -1,7 +1,8 @@
 """The ``fastgrad`` command: demo, check MODULE:FACTORY, monitor LOG.jsonl.
 
 Exit status: 0 passed, 1 a gradient check failed, 2 bad usage or input (an argument, the loss
-raising or returning something unusable), 70 an internal error of fastgrad (a traceback to report).
+raising or returning something unusable), 3 inconclusive (the measured noise of f left coordinates
+or directions unjudgeable), 70 an internal error of fastgrad (a traceback to report).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from .errors import InputError, LossError
 
-EXIT_PASSED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: not "the gradient is wrong", not the user's input
 
 
@@ -39,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastgrad",
         description="Is this analytic gradient right? Fast, truthful numerical gradient checks.",
-        epilog="exit status: 0 passed, 1 a gradient check failed, 2 bad usage or input",
+        epilog=("exit status: 0 passed, 1 a gradient check failed, 2 bad usage or input, "
+                "3 inconclusive"),
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -152,7 +154,8 @@ def _check(args) -> int:
     if args.json != "-":
         print(report)
     _write_json(report, args.json)
-    return EXIT_PASSED if report.passed else EXIT_FAILED
+    return {"passed": EXIT_PASSED, "inconclusive": EXIT_INCONCLUSIVE}.get(report.status,
+                                                                         EXIT_FAILED)
 
 
 def _monitor(args) -> int:

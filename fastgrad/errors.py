@@ -22,7 +22,22 @@ class InvalidType(InputError, TypeError):
 class LossError(RuntimeError):
     """The loss raised (or returned something unusable) at a perturbed point.
 
-    ``index`` is the flat index of the coordinate being evaluated, when one was.
+    The message names the coordinate (``W1[4, 0] (flat index 99)``) and the original
+    exception, which is chained as ``__cause__``.
+
+    Parameters
+    ----------
+    message : str
+        What went wrong, and where.
+    index : int or None
+        The flat index of the coordinate being evaluated, when one was (``.index``).
+
+    Examples
+    --------
+    >>> try:
+    ...     fg.check(loss, theta, grad)
+    ... except fg.LossError as error:
+    ...     print(error.index, error)   # 99 f raised while evaluating W1[4, 0] (flat index 99): ...
     """
 
     def __init__(self, message: str, index: int | None = None):
@@ -35,13 +50,45 @@ class LossValueError(LossError, InvalidValue):
 
 
 class NondeterminismError(InvalidValue):
-    """The loss gave two different values at the same theta (dropout, augmentation, a seed)."""
+    """The loss gave two different values at the same theta (dropout, augmentation, a seed).
+
+    A ``ValueError``: the message gives both values, the likely causes and the fix (fix the
+    seed inside f, or ``nondet_tol=`` for a known tiny level).
+
+    Parameters
+    ----------
+    message : str
+        The two values, the likely causes and the fix.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng()
+    >>> fg.check(lambda t: float(t @ t) + rng.normal(), theta, 2 * theta)
+    Traceback (most recent call last):
+    fastgrad.errors.NondeterminismError: f: two evaluations at the same theta gave ...
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
 
 
 class GradientCheckError(AssertionError):
-    """Raised by ``assert_gradients`` when a check does not pass.
+    """Raised by ``assert_gradients`` when a check does not pass (failed or inconclusive).
 
-    The message is the report's table; ``.report`` holds the Report.
+    An ``AssertionError``, so a test suite reports it as a failed assertion. The message is
+    the report's table; ``.report`` holds the Report (or AuditReport).
+
+    Parameters
+    ----------
+    report : Report or AuditReport
+        The check that did not pass.
+
+    Examples
+    --------
+    >>> try:
+    ...     fg.assert_gradients(loss, theta, grad, segments=segs)
+    ... except fg.GradientCheckError as error:
+    ...     print(error.report.status, [c.where for c in error.report.failures])
     """
 
     def __init__(self, report):

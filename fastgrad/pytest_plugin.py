@@ -116,6 +116,11 @@ def _summary(report: Any) -> str:
     """``gradient check failed in 'b1' (3 of 16 checked failed), 'W2' (1 of 16 checked failed)``."""
     segments = getattr(report, "segments", {}) or {}
     failed = [s for s in segments.values() if not s.passed]
+    if getattr(report, "status", "failed") == "inconclusive":
+        # nothing failed: the noise of f left coordinates unjudgeable
+        return "gradient check inconclusive in " + ", ".join(
+            f"{s.name!r} ({getattr(s, 'inconclusive', '?')} of {getattr(s, 'checked', '?')} "
+            f"checked inconclusive)" for s in failed)
     if not failed:
         return "gradient check failed"
     return "gradient check failed in " + ", ".join(

@@ -58,6 +58,10 @@ ONE_SIDED_NOISE = 2.0
 # ... and a kink is visible when the slopes differ by more than this many times their noise
 KINK_VISIBLE = 4.0
 
+# when more than this fraction of a check's coordinates cross kinks, the report suggests fewer
+# data points (fewer kinks, CS231n) or kinks= an active-set signature
+KINK_FRACTION_NOTE = 0.1
+
 # a loss compiled by jit="auto" is the same function when it agrees at theta within this
 # (relative, float64): a different summation order is fine
 JIT_AGREEMENT_EPS = 8 * float(np.finfo(np.float64).eps)

@@ -70,7 +70,7 @@ def segment_stats(segment, rel_error, verdict, failed, kink, n_segments):
         rel = rel_error[i]
         if not np.isnan(rel):
             hist[s, hist_bin(rel)] += 1
-        if verdict[i] in (4, 5, 6):
+        if verdict[i] in (4, 5, 6, 7):  # noise, nan, kink, inconclusive
             continue
         if argmax[s] < 0 or rel > max_rel[s]:
             max_rel[s] = rel

@@ -61,15 +61,21 @@ def test_segment_stats_match_reference(seed):
     c = accumulate.coordinate_stats(analytic, f_plus, f_minus, f0, h, 1e-4, 1e-14)
     verdict = c.verdict.copy()
     verdict[30:40] = accumulate.KINK  # as the driver marks excused kinks
+    # as the judge marks coordinates the measured noise leaves unjudgeable (large errors among
+    # them: they must not reach max_rel)
+    verdict[40:50] = accumulate.INCONCLUSIVE
+    rel = c.rel_error.copy()
+    rel[40:50] = 5.0
     segment = np.sort(rng.integers(0, 6, 400))
     segment[segment == 4] = 3  # an empty segment: zeros and argmax -1
-    fast = accumulate.segment_stats(segment, c.rel_error, verdict, c.failed, c.kink, 6)
-    slow = naive_segments(segment, c.rel_error, verdict, c.failed, c.kink, 6)
+    fast = accumulate.segment_stats(segment, rel, verdict, c.failed, c.kink, 6)
+    slow = naive_segments(segment, rel, verdict, c.failed, c.kink, 6)
     for got, want in zip((fast.checked, fast.failed, fast.kinks, fast.max_rel, fast.argmax,
                           fast.hist), slow):
         np.testing.assert_array_equal(got, want)
     assert fast.checked[4] == 0 and fast.argmax[4] == -1
-    assert fast.hist.sum() == np.count_nonzero(~np.isnan(c.rel_error))
+    assert fast.hist.sum() == np.count_nonzero(~np.isnan(rel))
+    assert np.all(fast.max_rel < 5.0)  # inconclusive coordinates never reach max_rel
 
 
 def test_log10_histogram_bin_edges_match_reference():

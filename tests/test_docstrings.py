@@ -6,7 +6,7 @@ defines):
 - a docstring;
 - a ``Parameters`` section that names every parameter of the signature (``*inputs`` and
   ``**check_options`` too) and nothing else, when there are parameters (a class documents its
-  constructor's);
+  constructor's; a dataclass may name its fields in an ``Attributes`` section instead);
 - a ``Returns`` (or ``Yields``) section when the return annotation is not ``None``; a public
   function must have a return annotation;
 - for the names in DOCUMENTED (not their methods, not HELPERS): an ``Examples`` section with
@@ -18,6 +18,7 @@ ON_OTHER_BRANCHES, so a new public name cannot go undocumented unnoticed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import re
@@ -41,6 +42,17 @@ DOCUMENTED = [
     "fastgrad.testing.assert_jax",
     "fastgrad.testing.assert_model",
     "fastgrad.testing.assert_layer",
+    "fastgrad.check",
+    "fastgrad.assert_gradients",
+    "fastgrad.audit",
+    "fastgrad.Problem",
+    "fastgrad.Report",
+    "fastgrad.SegmentReport",
+    "fastgrad.CoordRecord",
+    "fastgrad.AuditReport",
+    "fastgrad.GradientCheckError",
+    "fastgrad.NondeterminismError",
+    "fastgrad.LossError",
 ]
 
 # Helpers outside the public API (pytest's hooks, the built-in example problems, the progress
@@ -79,17 +91,6 @@ HELPERS = [
 # Public names whose docstrings are being written on other branches: move a name from here to
 # DOCUMENTED once its docstring follows the rules.
 ON_OTHER_BRANCHES = [
-    "fastgrad.check",
-    "fastgrad.assert_gradients",
-    "fastgrad.audit",
-    "fastgrad.Problem",
-    "fastgrad.Report",
-    "fastgrad.SegmentReport",
-    "fastgrad.CoordRecord",
-    "fastgrad.AuditReport",
-    "fastgrad.GradientCheckError",
-    "fastgrad.NondeterminismError",
-    "fastgrad.LossError",
     "fastgrad.monitor.TrainingMonitor",
     "fastgrad.monitor.Finding",
     "fastgrad.monitor.filter_grid",
@@ -161,11 +162,14 @@ def _problems(where: str, obj, top_level: bool) -> list[str]:
     sections = _sections(doc)
     signature = inspect.signature(obj)
     parameters = [p for p in signature.parameters if p not in ("self", "cls")]
+    # a dataclass documents its fields (its constructor's parameters) as Attributes
+    title = ("Attributes" if dataclasses.is_dataclass(obj) and "Parameters" not in sections
+             else "Parameters")
     if parameters:
-        if "Parameters" not in sections:
+        if title not in sections:
             problems.append(f"{where}: no Parameters section for {parameters}")
         else:
-            documented = _documented_parameters(sections["Parameters"])
+            documented = _documented_parameters(sections[title])
             missing = [p for p in parameters if p not in documented]
             extra = [p for p in documented if p not in parameters]
             if missing:

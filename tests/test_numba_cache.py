@@ -22,7 +22,7 @@ CHECK_SCRIPT = textwrap.dedent("""
         import numba  # the user imported numba before fastgrad
     import numpy as np
     import fastgrad as fg
-    from fastgrad.kernels import _centered_losses
+    from fastgrad.engine.kernels import centered_losses as _centered_losses
     from user_loss import loss, user_cached
 
     theta = np.linspace(-1.0, 1.0, 6)
@@ -135,7 +135,7 @@ def modules_with_cached_kernels():
 @pytest.mark.parametrize("case", ["writable", "unwritable"])
 def test_every_cached_kernel_points_outside_the_package(tmp_path, case):
     modules = modules_with_cached_kernels()
-    assert {"fastgrad.kernels", "fastgrad.examples", "fastgrad.monitor.monitor"} <= set(modules)
+    assert {"fastgrad.engine.kernels", "fastgrad.examples", "fastgrad.monitor.monitor"} <= set(modules)
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     env["PYTHONPATH"] = str(PACKAGE.parent)
     if case == "writable":

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..errors import GradientCheckError, InvalidValue
-from ..judge.noise import UNMEASURED, measure_noise
+from ..judge.noise import UNMEASURED, inconclusive_note, measure_noise
 from ..judge.rechecks import Judge, scaled
 from ..judge.verdicts import segment_stats
-from ..results.report import CoordRecords, Report, SegmentReport
+from ..results.report import (
+    CoordRecords,
+    Report,
+    SegmentReport,
+    Unjudged,
+    max_all,
+    overall_status,
+)
 from ..sampling import sample_coordinates
 from ..segments import SegmentMap
 from ..steps import coordinate_steps
@@ -29,8 +36,27 @@ __all__ = ["check", "assert_gradients", "Problem"]
 class Problem:
     """What ``fastgrad check MODULE:FACTORY`` expects FACTORY() to return.
 
-    ``grad`` is an array, a callable ``grad(theta, *args)``, or True when f returns
-    ``(loss, gradient)``; ``options`` holds more check() options, e.g. ``{"depth": 3}``.
+    Attributes
+    ----------
+    f : callable
+        The loss, ``f(theta, *args)``.
+    theta : numpy.ndarray
+        The flat parameter vector.
+    grad : numpy.ndarray, callable or bool
+        The analytic gradient, a callable ``grad(theta, *args)``, or True when f returns
+        ``(loss, gradient)``.
+    segments : SegmentMap, mapping or None
+        The segment map (or ``{name: shape}``).
+    args : tuple
+        Extra arguments of f.
+    options : dict
+        More check() options, e.g. ``{"depth": 3, "samples": "all"}``.
+
+    Examples
+    --------
+    >>> def my_problem():                  # in mymodule.py; then: fastgrad check mymodule:my_problem
+    ...     theta, segs = fg.flatten({"W": W, "b": b})
+    ...     return fg.Problem(loss, theta, grad, segments=segs, args=(X, y))
     """
 
     f: Callable
@@ -62,6 +88,70 @@ def check(
 ) -> Report:
     """Compare the analytic gradient with centered differences on sampled coordinates.
 
+    ``samples`` coordinates of every segment are checked with ``(f(x+h) - f(x-h)) / 2h``; a
+    coordinate fails when its relative error ``|a - n| / max(|a|, |n|)`` exceeds ``tol``.
+    Kink crossings are re-checked with smaller steps, disagreements within the noise of f with
+    larger ones; where the measured noise of f leaves the numeric derivative uncertain by more
+    than ``tol`` at every step tried, the coordinate is "inconclusive" and the check does not
+    pass. ``theta`` and ``grad`` are never modified.
+
+    Parameters
+    ----------
+    f : callable
+        The loss, ``f(theta, *args) -> float`` (or a dict of loss terms, or ``(loss,
+        gradient)`` with ``grad=True``). A Numba ``@njit`` function runs in parallel kernels.
+    theta : numpy.ndarray
+        The flat parameter vector (float64 or float32).
+    grad : numpy.ndarray, callable, mapping or bool
+        The analytic gradient at theta, ``grad(theta, *args)``, one gradient per loss term, or
+        True when f returns ``(loss, gradient)``.
+    args : tuple
+        Extra arguments of f.
+    segments : SegmentMap, mapping or None
+        The segment map or ``{name: shape}``; None: one segment "theta".
+    samples : int, str or mapping
+        Coordinates per segment: an int, ``{name: int}`` or "all".
+    h : float or str
+        The step; "auto": ``eps^(1/3) * max(1, |x_i|)``, exactly representable.
+    seed : int
+        Which coordinates are sampled depends only on seed, segments and samples.
+    depth : int
+        Network depth: the default tolerance grows with it.
+    tol : float or None
+        The failure threshold on the relative error; None: from dtype and depth.
+    kinks : str or callable
+        "detect", "ignore", or ``kinks(theta, *args) -> int``, an active-set signature.
+    workers : int or None
+        Parallel workers; None: all cores.
+    executor : concurrent.futures.Executor or None
+        Shard the evaluations over this executor (e.g. a Dask client's).
+    progress : bool or None
+        A progress bar; None: only on long checks in a terminal.
+    nondet_tol : float
+        The relative difference between two evaluations at theta that is accepted.
+    jit : bool or str
+        "auto": compile a plain numpy loss with Numba when that gives the same values.
+
+    Returns
+    -------
+    Report
+        ``report.status`` ("passed", "failed", "inconclusive"), ``report.passed``, the rows in
+        ``report.segments``, every coordinate in ``report.coords``; ``print(report)``.
+
+    Raises
+    ------
+    ValueError
+        Bad input, naming the argument: NaN in theta or grad, a size mismatch, a bad segment
+        map, a non-finite loss at theta (``fastgrad.errors.InvalidValue``).
+    TypeError
+        An argument of the wrong type (``fastgrad.errors.InvalidType``).
+    NondeterminismError
+        f gave two different values at theta.
+    LossError
+        f raised at a perturbed point (the message names the coordinate).
+
+    Examples
+    --------
     >>> theta, segs = fg.flatten({"W": W, "b": b})
     >>> report = fg.check(loss, theta, grad, segments=segs, samples=32)
     >>> print(report)            # one row per segment, then the worst coordinates
@@ -94,11 +184,20 @@ def check(
             f_plus[bad], f_minus[bad] = ev.pairs(index[bad], step[bad], label="noise re-check")
         judge.noise_abs = noise.noise_abs
         stats = judge.verdicts(index, step, f_plus, f_minus)
+        still = np.zeros(index.size, dtype=bool)
+        for s in stats:
+            still |= s.failed
+        if not (failing & ~still).any():
+            # the measured noise excused nothing: not worth a line of the report
+            noise = replace(noise, note="")
     steps, rechecked = judge.recheck(index, step, stats)
-    return _report(problem, ev, index, stats, steps, rechecked, noise)
+    unsure = judge.mark_inconclusive(index, stats, steps, problem.segments.segment_ids(index))
+    note = inconclusive_note(noise, int(np.count_nonzero(unsure))) if unsure.any() else ""
+    return _report(problem, ev, index, stats, steps, rechecked, noise, note)
 
 
-def _report(problem: Prepared, ev, index, stats, steps, rechecked, noise) -> Report:
+def _report(problem: Prepared, ev, index, stats, steps, rechecked, noise,
+            inconclusive: str) -> Report:
     """Per segment, per term (the C accumulator again), then one Report."""
     segs = problem.segments
     term_names = list(problem.grads)
@@ -108,14 +207,17 @@ def _report(problem: Prepared, ev, index, stats, steps, rechecked, noise) -> Rep
     for m, t in enumerate(term_names):
         s = stats[m]
         agg = segment_stats(seg_ids, s.rel_error, s.verdict, s.failed, s.kink, len(segs))
+        unjudged = Unjudged.count(seg_ids, s.rel_error, s.verdict, len(segs))
         by_term[t] = {
             seg.name: SegmentReport(
                 name=seg.name, size=seg.size, checked=int(agg.checked[p]),
                 failed=int(agg.failed[p]), kinks=int(agg.kinks[p]),
-                max_rel_error=float(agg.max_rel[p]), passed=bool(agg.failed[p] == 0),
+                max_rel_error=float(agg.max_rel[p]),
+                passed=bool(agg.failed[p] == 0 and unjudged.inconclusive[p] == 0),
                 worst=int(index[agg.argmax[p]]) if agg.argmax[p] >= 0 else None,
                 histogram=tuple(int(v) for v in agg.hist[p]),
                 rechecked=int(np.count_nonzero(rechecked[seg_ids == p])), term=t,
+                **unjudged.row(p),
             )
             for p, seg in enumerate(segs)
         }
@@ -135,15 +237,16 @@ def _report(problem: Prepared, ev, index, stats, steps, rechecked, noise) -> Rep
         loss_value = {t: float(v) for t, v in zip(term_names, f0)}
     eligible = [s.max_rel_error for s in segments_report.values() if s.checked]
     return Report(
-        passed=all(s.passed for s in segments_report.values()),
+        status=overall_status(segments_report.values()),
         max_rel_error=float(max(eligible)) if eligible else 0.0,
+        max_rel_error_all=max_all(s.max_rel_error_all for s in segments_report.values()),
         segments=segments_report, coords=CoordRecords(segs, coords), evaluations=ev.evaluations,
         tol=problem.tol, tol_reason=problem.tol_reason, path=ev.path, path_reason=ev.path_reason,
         dtype=problem.dtype.name, depth=problem.depth, seed=problem.seed, loss=loss_value,
         terms=terms_report, rechecked=int(np.count_nonzero(rechecked)),
         noise_sigma=(None if noise is UNMEASURED else noise.sigma[0] if problem.terms is None
                      else dict(zip(term_names, noise.sigma))),
-        noise_note=noise.note,
+        noise_note=noise.note, inconclusive_note=inconclusive,
     )
 
 
@@ -159,14 +262,46 @@ def _merge_terms(by_term, segs) -> dict[str, SegmentReport]:
             max_rel_error=worst.max_rel_error, passed=all(r.passed for r in rows),
             worst=worst.worst,
             histogram=tuple(int(v) for v in np.sum([r.histogram for r in rows], axis=0)),
-            rechecked=rows[0].rechecked,
+            rechecked=rows[0].rechecked, noise=sum(r.noise for r in rows),
+            nan=sum(r.nan for r in rows), inconclusive=sum(r.inconclusive for r in rows),
+            on_kink=sum(r.on_kink for r in rows), judged=sum(r.judged for r in rows),
+            max_rel_error_all=max_all(r.max_rel_error_all for r in rows),
         )
     return merged
 
 
-def assert_gradients(f: Callable, theta: np.ndarray, grad, **options) -> Report:
-    """Like check(), but raise GradientCheckError (an AssertionError) when the check fails.
+def assert_gradients(f: Callable, theta: np.ndarray,
+                     grad: np.ndarray | Callable | Mapping | bool, **options) -> Report:
+    """Like check(), but raise GradientCheckError (an AssertionError) unless the check passed.
 
+    An inconclusive check (the noise of f hides the answer) raises too.
+
+    Parameters
+    ----------
+    f : callable
+        The loss, as for check().
+    theta : numpy.ndarray
+        The flat parameter vector.
+    grad : numpy.ndarray, callable, mapping or bool
+        The analytic gradient, as for check().
+    **options
+        Any other check() option (segments, samples, tol, ...).
+
+    Returns
+    -------
+    Report
+        The passing report.
+
+    Raises
+    ------
+    GradientCheckError
+        The check failed or was inconclusive; the message is the report's table and
+        ``.report`` holds it.
+    ValueError, TypeError, NondeterminismError, LossError
+        As check().
+
+    Examples
+    --------
     >>> fg.assert_gradients(loss, theta, grad, segments=segs)   # silent when right
     """
     report = check(f, theta, grad, **options)

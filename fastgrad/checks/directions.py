@@ -23,7 +23,7 @@ import numpy as np
 
 from ..arguments import optional_positive_int
 from ..engine.evaluator import Evaluator
-from ..judge.noise import measure_noise
+from ..judge.noise import UNMEASURED, inconclusive_note, measure_noise
 from ..judge.rechecks import Judge, scaled
 from ..judge.verdicts import NAN, NOISE, VERDICTS
 from ..progress import Progress
@@ -33,6 +33,7 @@ from ..results.audit_report import (
     DirectionRecord,
     SegmentAudit,
     SuspectRecord,
+    audit_status,
 )
 from ..sampling import direction_key
 from ..segments import SegmentMap
@@ -97,6 +98,7 @@ class _Auditor:
         self.spread: set[int] = set()  # segments whose disagreement is spread out
         self.gain = 1.0  # steps grow by this when f is noisier than check() assumes
         self.noise_abs = 0.0  # absolute noise of f(x+h) - f(x-h) that every floor adds
+        self.level = UNMEASURED  # the measured noise of f
 
     def measure_noise(self) -> None:
         """The noise of f itself, measured as check() does (check.measure_noise): a loop summing
@@ -109,6 +111,7 @@ class _Auditor:
         self.gain = level.step_gain
         self.noise_abs = level.noise_abs[0]
         self.judge.noise_abs = level.noise_abs
+        self.level = level
         if level.note:
             self.notes.append(level.note)
 
@@ -369,6 +372,62 @@ def audit(
 ) -> AuditReport:
     """Audit every segment with random directions, then localize the wrong coordinates.
 
+    Each segment is tested with ``(f(x+hv) - f(x-hv)) / 2h`` against ``grad . v`` for random
+    directions v, judged against the noise floor; a disagreeing segment is split in halves
+    (group testing) until the wrong coordinates or blocks are found and confirmed by check()'s
+    own verdicts. A segment whose directions the measured noise of f leaves uncertain by more
+    than ``tol`` is "inconclusive" and the audit does not pass.
+
+    Parameters
+    ----------
+    f : callable
+        The loss, ``f(theta, *args) -> float``.
+    theta : numpy.ndarray
+        The flat parameter vector.
+    grad : numpy.ndarray or callable
+        The analytic gradient at theta, or ``grad(theta, *args)``.
+    args : tuple
+        Extra arguments of f.
+    segments : SegmentMap, mapping or None
+        The segment map or ``{name: shape}``; None: one segment "theta".
+    budget : int or None
+        The most loss evaluations to spend (at least 4); None: as many as localization needs.
+    seed : int
+        The seed of the random directions.
+    depth : int
+        Network depth: the tolerance grows with it.
+    tol : float or None
+        A coordinate's failure threshold on the relative error; None: from dtype and depth.
+    workers : int or None
+        Parallel workers; None: all cores.
+    executor : concurrent.futures.Executor or None
+        Shard the evaluations over this executor.
+    progress : bool or None
+        A progress bar; None: only on long audits in a terminal.
+    nondet_tol : float
+        The relative difference between two evaluations at theta that is accepted.
+    jit : bool or str
+        "auto": compile a plain numpy loss with Numba when that gives the same values.
+
+    Returns
+    -------
+    AuditReport
+        ``report.status``, ``report.suspects`` (flat indices), ``report.blocks``, per-segment
+        rows; ``print(report)``.
+
+    Raises
+    ------
+    ValueError
+        Bad input, naming the argument (``fastgrad.errors.InvalidValue``).
+    TypeError
+        An argument of the wrong type (``fastgrad.errors.InvalidType``).
+    NondeterminismError
+        f gave two different values at theta.
+    LossError
+        f raised at a perturbed point.
+
+    Examples
+    --------
     >>> theta, segs = fg.flatten({"W1": W1, "b1": b1, "W2": W2, "b2": b2})
     >>> report = fg.audit(loss, theta, grad, segments=segs, budget=2000)
     >>> print(report); report.suspects          # flat indices localized as wrong
@@ -458,10 +517,13 @@ def _report(auditor: _Auditor, segs, seg_records, significant, tol, tol_reason, 
             status = "localized"
         elif significant[p]:
             status = "not localized"  # disagreed, but no coordinate fails the tolerance
+        elif all(auditor.judge.direction_unjudgeable(r.analytic, r.numeric, r.step)
+                 for r in recs):
+            status = "inconclusive"  # the measured noise of f hides any error beyond tol
         else:
             status = "clean"
         worst_rel = max((r.rel_error for r in recs), default=0.0)
-        passed = (not n_sus and not blocks and status != "incomplete"
+        passed = (not n_sus and not blocks and status not in ("incomplete", "inconclusive")
                   and not (status == "spread" and worst_rel > tol))
         segments[seg.name] = SegmentAudit(
             name=seg.name, size=seg.size, rel_errors=tuple(r.rel_error for r in recs),
@@ -475,10 +537,13 @@ def _report(auditor: _Auditor, segs, seg_records, significant, tol, tol_reason, 
                 f"segment {s.name!r}: its directions disagreed beyond the noise floor, but no "
                 f"coordinate it was narrowed to fails the tolerance (errors below tol, a kink or "
                 f"truncation on that direction)")
+    unsure = sum(s.status == "inconclusive" for s in segments.values())
+    if unsure:
+        auditor.notes.append(inconclusive_note(auditor.level, unsure, "segment"))
     records = sorted(auditor.suspects.values(), key=lambda r: r.index)
     phases = {k: v for k, v in auditor.phases.items() if v}
     return AuditReport(
-        passed=all(s.passed for s in segments.values()) and auditor.complete,
+        status=audit_status(segments.values(), auditor.complete),
         segments=segments, suspects=suspects, suspect_records=records,
         blocks=list(auditor.blocks), unresolved=list(auditor.unresolved),
         evaluations=ev.evaluations, budget=auditor.budget, complete=auditor.complete,

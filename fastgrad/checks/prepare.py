@@ -58,8 +58,13 @@ class Prepared:
 
     def describe(self, i: int) -> str:
         """``W1[4, 0] (flat index 99)``."""
-        name, local = self.segments.locate(int(i))
-        return f"{name}[{', '.join(map(str, local))}] (flat index {i})"
+        return describe_index(self.segments, i)
+
+
+def describe_index(segments: SegmentMap, i: int) -> str:
+    """A flat index as a person reads it: ``W1[4, 0] (flat index 99)``."""
+    name, local = segments.locate(int(i))
+    return f"{name}[{', '.join(map(str, local))}] (flat index {i})"
 
 
 def flat_theta(theta) -> np.ndarray:
@@ -165,8 +170,7 @@ def prepare(f: Callable, theta, grad, *, args: tuple, segments, seed, depth, tol
     segs = as_segment_map(segments, x.size)
 
     def describe(i: int) -> str:
-        name, local = segs.locate(int(i))
-        return f"{name}[{', '.join(map(str, local))}] (flat index {i})"
+        return describe_index(segs, i)
 
     bad = _first_nonfinite(x)
     if bad is not None:

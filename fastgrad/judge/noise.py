@@ -29,10 +29,24 @@ class NoiseLevel:
     noise_abs: tuple[float, ...]  # absolute noise of f(x+h) - f(x-h) the floor adds, per term
     step_gain: float  # automatic steps are multiplied by this (1.0: f is as quiet as assumed)
     note: str  # one sentence for the report; empty when nothing was raised
+    # the largest sigma over eps max(1, |f|): how much noisier f is than the floor assumes
+    excess: float = 0.0
 
 
 # the noise of f was not measured: no coordinate failed at the floor assumed from eps
 UNMEASURED = NoiseLevel((), (), 1.0, "")
+
+
+def inconclusive_note(level: NoiseLevel, count: int, noun: str = "coordinate") -> str:
+    """Why a check could not judge ``count`` coordinates (or segments: ``noun``), for the
+    report's header."""
+    what = noun if count == 1 else noun + "s"
+    return (f"INCONCLUSIVE: {count} {what} cannot be judged: the measured noise of f (sigma "
+            f"{max(level.sigma):.1e}, {level.excess:.1e} x eps*|f|) leaves the numeric derivative "
+            f"uncertain by more than the tolerance at every step tried. Likely causes: a "
+            f"thread-unsafe loss (state or scratch buffers shared between evaluations: try "
+            f"workers=1), dropout or other randomness inside f, an inner solver's tolerance "
+            f"(tighten it).")
 
 
 def measure_noise(ev, x: np.ndarray, f0: np.ndarray, seed: int,
@@ -75,9 +89,10 @@ def measure_noise(ev, x: np.ndarray, f0: np.ndarray, seed: int,
         sigmas.append(sigma)
         levels.append(level)
         gain = max(gain, term_gain)
+    assumed = precision_of(x.dtype).eps * max(1.0, float(np.max(np.abs(f0))))
     note = ""
     if gain > 1.0:
         note = (f"f is noisier than assumed (measured noise sigma {max(sigmas):.1e} against "
-                f"eps max(1, |f|) = {precision_of(x.dtype).eps * max(1.0, float(np.max(np.abs(f0)))):.1e}): "
-                f"noise floors raised to match, automatic steps grown {gain:.1f}x")
-    return NoiseLevel(tuple(sigmas), tuple(levels), gain, note)
+                f"eps max(1, |f|) = {assumed:.1e}): noise floors raised to match, automatic "
+                f"steps grown {gain:.1f}x")
+    return NoiseLevel(tuple(sigmas), tuple(levels), gain, note, max(sigmas) / assumed)

@@ -17,7 +17,7 @@ from ..steps import (
     ONE_SIDED_NOISE,
     noise_growth,
 )
-from .verdicts import KINK, NAN, NOISE, CoordStats, coordinate_stats
+from .verdicts import INCONCLUSIVE, KINK, NAN, NOISE, CoordStats, coordinate_stats
 
 
 def scaled(x, step, factor, dtype):
@@ -25,6 +25,14 @@ def scaled(x, step, factor, dtype):
     raw = step * factor
     exact = ((x + raw.astype(dtype)) - x).astype(np.float64)
     return np.where(exact > 0, exact, raw)
+
+
+def slopes_differ(f_plus, f_minus, f0, step, noise) -> np.ndarray:
+    """Do the one-sided slopes (f+ - f0)/h and (f0 - f-)/h differ beyond their noise (each
+    carries ONE_SIDED_NOISE times the centered floor ``noise``)? A kink is a real change of
+    slope; noise makes the slopes differ too, by about the floor."""
+    gap = np.abs((f_plus - f0) / step - (f0 - f_minus) / step)
+    return gap > KINK_VISIBLE * ONE_SIDED_NOISE * noise
 
 
 class Judge:
@@ -89,6 +97,41 @@ class Judge:
             stats[m].take(where, sub, take)
             steps[m][where] = large[rows][take]
         return mask
+
+    def mark_inconclusive(self, index, stats, steps, groups) -> np.ndarray:
+        """Turn "noise" into "inconclusive" where the excuse is not plausible; returns the mask.
+
+        A measured noise floor excuses a disagreement only when it is small beside the
+        gradient. Where the measured part of the floor alone, noise_abs / 2h, exceeds tol times
+        the gradient (the larger of |a| and |n|, or the RMS of the analytic values of the
+        coordinate's ``groups`` entry, its segment, where the gradient itself is about zero),
+        the numeric derivative is uncertain by more than the tolerance: neither a pass nor
+        evidence of a bug. ``steps`` are the steps of the values shown: the largest tried (a
+        "noise" coordinate is re-checked at a larger step, never a smaller one), so the floor
+        was at least as large at every other step tried. The floor assumed from eps is
+        roundoff, not measured: its "noise" stays noise.
+        """
+        marked = np.zeros(index.size, dtype=bool)
+        counts = np.bincount(groups)
+        for m, t in enumerate(self.terms):
+            s, measured = stats[m], float(self.noise_abs[m])
+            rows = np.flatnonzero(s.verdict == NOISE)
+            if measured <= 0.0 or rows.size == 0:
+                continue
+            a = self.grads[t][index]
+            rms = np.sqrt(np.bincount(groups, a * a, minlength=counts.size)
+                          / np.maximum(counts, 1))[groups]
+            scale = np.maximum(np.maximum(np.abs(a), np.abs(s.numeric)), rms)[rows]
+            uncertain = measured / (2.0 * steps[m][rows]) > self.tol * scale
+            s.verdict[rows[uncertain]] = INCONCLUSIVE
+            marked[rows[uncertain]] = True
+        return marked
+
+    def direction_unjudgeable(self, analytic: float, numeric: float, step: float) -> bool:
+        """Audit's rule of mark_inconclusive for one directional derivative: the measured noise
+        alone, noise_abs / 2h, exceeds tol times the derivative (the larger of |a| and |n|)."""
+        measured = float(self.noise_abs[0]) if self.noise_abs else 0.0
+        return measured / (2.0 * step) > self.tol * max(abs(analytic), abs(numeric))
 
     def signature_changes(self, index, step) -> np.ndarray:
         """With kinks=callable: does the active-set signature differ at x+h or x-h from x?"""
@@ -157,6 +200,9 @@ class Judge:
                     continue
                 where = todo[rows]
                 sub = self._one(m, index[where], fp[rows, m], fm[rows, m], small[rows])
+                # a kink candidate only where the one-sided slopes differ beyond their noise
+                sub.kink &= slopes_differ(fp[rows, m], fm[rows, m], f0[m], small[rows],
+                                          sub.noise)
                 prev = previous[m]
                 if clear is not None:
                     take = clear[rows]
@@ -175,7 +221,9 @@ class Judge:
                                  & (change <= KINK_STABLE_CHANGE * tol * scale + sub.noise
                                     + prev.noise[where]))
                     s = stats[m]
-                    s.kink[where[take]] = True
+                    # a crossing only where the slope changed beyond the noise of both values
+                    moved = change > sub.noise + prev.noise[where]
+                    s.kink[where[take & moved]] = True
                     if level > 0:
                         s.kink[where[keep_prev]] = True
                 stats[m].take(where[take], sub, take)
@@ -201,13 +249,14 @@ class Judge:
             slack = tol * np.maximum(np.abs(lo), np.abs(hi)) + one_sided_noise
             a = self.grads[t][index[left]]
             # the kink must stand out of the roundoff, or the slopes say nothing about it
-            visible = hi - lo > KINK_VISIBLE * one_sided_noise
+            visible = slopes_differ(fp, fm, f0[m], h, sub.noise[keep])
             subgradient = visible & (a >= lo - slack) & (a <= hi + slack)
             excused = left[subgradient]
             stats[m].take(excused, sub, np.flatnonzero(keep)[subgradient])
             stats[m].verdict[excused] = KINK
             stats[m].failed[excused] = False
-            stats[m].kink[left] = True
+            # a crossing only where the slopes differ beyond their noise, not noise itself
+            stats[m].kink[left[visible]] = True
             steps[m][excused] = h[subgradient]
             # not a subgradient: the first step's failure stands
         return candidate

@@ -20,8 +20,12 @@ HIST_EDGES = tuple(range(1 - HIST_BINS, 1))
 EXCELLENT, OK, SUSPECT, WRONG = (lib.FG_VERDICT_EXCELLENT, lib.FG_VERDICT_OK,
                                  lib.FG_VERDICT_SUSPECT, lib.FG_VERDICT_WRONG)
 NOISE, NAN, KINK = lib.FG_VERDICT_NOISE, lib.FG_VERDICT_NAN, lib.FG_VERDICT_KINK
+# set by the judge (rechecks.Judge.mark_inconclusive), never by fg_coords
+INCONCLUSIVE = lib.FG_VERDICT_INCONCLUSIVE
 _NAMES = {EXCELLENT: "excellent", OK: "ok", SUSPECT: "suspect", WRONG: "wrong", NOISE: "noise",
-          NAN: "nan", KINK: "kink"}
+          NAN: "nan", KINK: "kink", INCONCLUSIVE: "inconclusive"}
+# the verdicts of a relative error's band: the coordinates a max relative error is taken over
+BANDS = (EXCELLENT, OK, SUSPECT, WRONG)
 # VERDICTS[code] is the verdict's name
 VERDICTS = tuple(_NAMES[code] for code in range(len(_NAMES)))
 

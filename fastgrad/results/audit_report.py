@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .common import RunInfo, columns, counted, fmt_value, json_ready
+from .common import RunInfo, columns, counted, fmt_rel, fmt_value, json_ready
 
 
 @dataclass(frozen=True)
@@ -76,19 +76,86 @@ class SegmentAudit:
     suspects: int  # individually confirmed wrong coordinates
     blocks: int  # wrong blocks
     wrong_in_blocks: int  # coordinates covered by the wrong blocks
-    status: str  # clean | localized | not localized | spread | incomplete
+    status: str  # clean | localized | not localized | spread | incomplete | inconclusive
     passed: bool
 
     @property
     def max_rel_error(self) -> float:
+        if any(math.isnan(r) for r in self.rel_errors):
+            return math.nan  # f was not finite along a direction
         return max(self.rel_errors) if self.rel_errors else 0.0
+
+
+def audit_status(segments, complete: bool) -> str:
+    """'failed' when a segment failed on its own evidence (wrong coordinates or blocks, a spread
+    disagreement), else 'inconclusive' when one could not be judged (the measured noise of f,
+    or the budget ran out), else 'passed'."""
+    segments = list(segments)
+    if any(s.suspects or s.blocks or (not s.passed and s.status == "spread")
+           for s in segments):
+        return "failed"
+    if not complete or any(not s.passed for s in segments):
+        return "inconclusive"
+    return "passed"
 
 
 @dataclass(kw_only=True)
 class AuditReport(RunInfo):
-    """The outcome of ``fastgrad.audit``; ``str(report)`` is a table, ``to_dict()`` JSON-ready."""
+    """The outcome of ``fastgrad.audit``; ``str(report)`` is a table, ``to_dict()`` JSON-ready.
 
-    passed: bool
+    Attributes
+    ----------
+    evaluations : int
+        Loss evaluations spent (never more than ``budget``, when given).
+    tol : float
+        The failure threshold on a coordinate's relative error (check()'s).
+    tol_reason : str
+        Where ``tol`` came from.
+    path : str
+        Who evaluated the losses.
+    path_reason : str
+        Why that path.
+    dtype : str
+        The dtype of theta.
+    depth : int
+        The network depth the tolerance assumes.
+    seed : int
+        The seed of the random directions.
+    loss : float
+        f at theta.
+    status : str
+        "passed"; "failed" (wrong coordinates, wrong blocks or a spread disagreement); or
+        "inconclusive" (nothing found wrong, but a segment could not be judged: the measured
+        noise of f hides any error beyond the tolerance, or the budget ran out).
+    segments : dict of str to SegmentAudit
+        Per segment: its directional errors, status and verdict.
+    suspects : numpy.ndarray
+        Flat indices localized as wrong (individual ones and whole blocks).
+    suspect_records : list of SuspectRecord
+        The individually confirmed wrong coordinates.
+    blocks : list of BlockRecord
+        Contiguous blocks reported wrong as a whole.
+    unresolved : list of tuple
+        (segment, start, stop) ranges still disagreeing when localization stopped.
+    budget : int or None
+        The evaluation budget.
+    complete : bool
+        False when the budget ran out before localization finished.
+    phases : dict of str to int
+        Loss evaluations per phase.
+    directions : list of DirectionRecord
+        Every directional test.
+    notes : list of str
+        Sentences for the reader (inconclusive segments, narrowed disagreements).
+
+    Examples
+    --------
+    >>> report = fg.audit(loss, theta, grad, segments={"W": (400, 400), "b": (400,)})
+    >>> report.status, report.suspects                    # ('failed', array([12345]))
+    >>> json.dumps(report.to_dict())
+    """
+
+    status: str
     segments: dict[str, SegmentAudit]
     suspects: np.ndarray  # flat indices localized as wrong (individual ones and whole blocks)
     suspect_records: list[SuspectRecord]
@@ -102,14 +169,28 @@ class AuditReport(RunInfo):
     notes: list[str] = field(default_factory=list)
 
     @property
+    def passed(self) -> bool:
+        """True only when status is "passed"."""
+        return self.status == "passed"
+
+    @property
     def incomplete(self) -> bool:
+        """The budget ran out before localization finished."""
         return not self.complete
 
     def __bool__(self) -> bool:
         return self.passed
 
     def to_dict(self) -> dict:
+        """The report as plain JSON types (NaN as None, infinities as "inf"/"-inf").
+
+        Returns
+        -------
+        dict
+            Every field, the segment rows and the records; ``json.dumps`` takes it.
+        """
         return json_ready({
+            "status": self.status,
             "passed": self.passed,
             "complete": self.complete,
             "evaluations": self.evaluations,
@@ -133,7 +214,19 @@ class AuditReport(RunInfo):
         })
 
     def table(self, worst: int = 12) -> str:
-        status = "PASSED" if self.passed else "FAILED"
+        """The audit as text: a header, one row per segment, then what was localized.
+
+        Parameters
+        ----------
+        worst : int
+            How many wrong coordinates and unresolved ranges to list (the rest are counted).
+
+        Returns
+        -------
+        str
+            The table ``str(report)`` prints.
+        """
+        status = self.status.upper()
         budget = f" of budget {self.budget}" if self.budget is not None else ""
         lines = [
             f"fastgrad audit {status}{'' if self.complete else ' (INCOMPLETE: budget exhausted)'}"
@@ -148,17 +241,19 @@ class AuditReport(RunInfo):
         rows = [("segment", "size", "dir.rel.err", "|a-n| / noise", "suspects", "blocks",
                  "status", "verdict")]
         for s in self.segments.values():
-            ratio = max((d / n if n > 0 else math.inf) for d, n in zip(s.disagreements, s.noise))
-            rows.append((s.name, str(s.size), f"{s.max_rel_error:.1e}", f"{ratio:.1f}",
+            ratio = max(((d / n if n > 0 else math.inf) for d, n in zip(s.disagreements, s.noise)),
+                        default=0.0)
+            rows.append((s.name, str(s.size), fmt_rel(s.max_rel_error), f"{ratio:.1f}",
                          str(s.suspects), str(s.blocks), s.status,
-                         "passed" if s.passed else "FAILED"))
+                         "passed" if s.passed else s.status.upper()
+                         if s.status in ("inconclusive", "incomplete") else "FAILED"))
         lines += columns(rows, "  ")
         if self.suspect_records:
             lines += ["", "wrong coordinates:"]
             rows = [("where", "flat", "analytic", "numeric", "rel.err", "verdict")]
             for r in sorted(self.suspect_records, key=lambda r: -r.rel_error)[:worst]:
                 rows.append((r.where, str(r.index), fmt_value(r.analytic), fmt_value(r.numeric),
-                             f"{r.rel_error:.1e}", r.verdict))
+                             fmt_rel(r.rel_error), r.verdict))
             lines += columns(rows, "  ")
             if len(self.suspect_records) > worst:
                 lines.append(f"  ... and {len(self.suspect_records) - worst} more")
@@ -172,6 +267,8 @@ class AuditReport(RunInfo):
             lines += ["", "still disagreeing, not localized:"]
             for name, start, stop in self.unresolved[:worst]:
                 lines.append(f"  {name}: flat [{start}, {stop})")
+            if len(self.unresolved) > worst:
+                lines.append(f"  ... and {len(self.unresolved) - worst} more")
         for note in self.notes:
             lines.append(f"note: {note}")
         return "\n".join(lines)

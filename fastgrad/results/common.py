@@ -41,10 +41,22 @@ def json_ready(x):
     return x
 
 
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return cell.strip() in ("nan", "inf", "-inf")
+    return True
+
+
 def columns(rows, indent="") -> list[str]:
-    """Rows of cells as aligned text columns."""
+    """Rows of cells (the first row: the header) as aligned text columns; a column whose cells
+    are all numbers is right-aligned, header included, so that signs and exponents line up."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [indent + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    right = [all(_is_number(r[i]) for r in rows[1:]) and len(rows) > 1
+             for i in range(len(widths))]
+    return [indent + "  ".join(cell.rjust(w) if r_ else cell.ljust(w)
+                               for cell, w, r_ in zip(r, widths, right)).rstrip() for r in rows]
 
 
 def fmt_rel(x: float) -> str:
