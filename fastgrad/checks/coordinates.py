@@ -59,6 +59,7 @@ def check(
     progress: bool | None = None,
     nondet_tol: float = 0.0,
     jit: bool | str = "auto",
+    backend: str | None = None,
 ) -> Report:
     """Compare the analytic gradient with centered differences on sampled coordinates.
 
@@ -70,7 +71,7 @@ def check(
         raise InvalidValue(f"kinks: expected 'detect', 'ignore' or a callable, got {kinks!r}")
     problem, ev = prepare(f, theta, grad, args=args, segments=segments, seed=seed, depth=depth,
                           tol=tol, workers=workers, executor=executor, progress=progress,
-                          jit=jit, nondet_tol=nondet_tol)
+                          jit=jit, nondet_tol=nondet_tol, backend=backend)
     x = problem.x
     index = sample_coordinates(problem.segments, samples, seed)
     step = coordinate_steps(x[index], h, x.dtype)
