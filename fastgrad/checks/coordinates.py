@@ -85,6 +85,10 @@ def check(
     failing = np.zeros(index.size, dtype=bool)
     for s in stats:
         failing |= s.failed
+    if ev.confirm_serially(index, step, f_plus, f_minus, failing):
+        # threads changed f's values (a loss that is not thread-safe): judged again
+        stats = judge.verdicts(index, step, f_plus, f_minus)
+        failing[:] = np.any([s.failed for s in stats], axis=0)
     if failing.any():
         # along what the check perturbs: one coordinate (the first sampled)
         noise = measure_noise(ev, x, problem.f0, problem.seed, coordinate=int(index[0]))

@@ -78,6 +78,7 @@ class Evaluator:
             and jit is not False and backend in (None, "kernel")
         self.forced = backend
         self._threads_verified = False  # the thread-safety guard ran in this check
+        self._threads_ran = False  # threads evaluated a Python loss in this check
         # the guard's serial duplicates: not in ``evaluations`` (the method's own count, which
         # an audit's budget bounds and which must not depend on who evaluated)
         self.guard_evaluations = 0
@@ -248,7 +249,9 @@ class Evaluator:
 
         The first call with ``plan=True`` lets the planner choose the strategy (calibration); a
         small batch before the real one (the noise probe) passes ``plan=False`` so as not to
-        decide for it.
+        decide for it; such a batch also runs serially in this thread: the noise probe evaluates
+        one coordinate again and again, and must measure f's own noise, not what threads do to
+        a loss that is not thread-safe.
         """
         index = np.ascontiguousarray(index, dtype=np.int64)
         step = np.ascontiguousarray(step, dtype=np.float64)
@@ -260,8 +263,34 @@ class Evaluator:
             if plan and not self._planned:
                 self._planned = True
                 done = planner.calibrate(self, index, step, f_plus, f_minus, bar)
-            self.run_pairs(done, k, index, step, f_plus, f_minus, bar)
+            self.run_pairs(done, k, index, step, f_plus, f_minus, bar,
+                           workers=None if plan else 1)
         return f_plus, f_minus
+
+    def confirm_serially(self, index, step, f_plus, f_minus, suspect) -> bool:
+        """The suspect coordinates (those that would fail), when threads evaluated a Python
+        loss, evaluated again serially: the guard's first batch can miss a loss that is not
+        thread-safe, and such a loss must not fail a correct gradient. Any bitwise difference
+        refuses threads (as the guard does) and every coordinate is evaluated again with the new
+        plan, in place. Returns True when the values were replaced."""
+        if not self._threads_ran or not np.any(suspect):
+            return False
+        rows = np.flatnonzero(suspect)
+        serial_plus, serial_minus = np.empty((rows.size, self.work.width)), \
+            np.empty((rows.size, self.work.width))
+        self.backend(self.plan, 1, 1).pairs(index[rows], step[rows], serial_plus, serial_minus,
+                                            _NO_BAR)
+        self.guard_evaluations += 2 * rows.size
+        self.work.count(-2 * rows.size)
+        threaded_plus, threaded_minus = f_plus[rows], f_minus[rows]
+        self._compare(threaded_plus, threaded_minus, serial_plus, serial_minus,
+                      lambda j: self.work.describe(int(index[rows[j]])))
+        if self.threads_refused() is None:
+            return False
+        with Progress(total=2 * index.size, label="serial re-check",
+                      enabled=self.progress) as bar:
+            self.run_pairs(0, index.size, index, step, f_plus, f_minus, bar)
+        return True
 
     def run_pairs(self, lo, hi, index, step, f_plus, f_minus, bar, workers=None, blas=_UNSET,
                   plan: Plan | None = None):
@@ -278,6 +307,7 @@ class Evaluator:
             if lo >= hi:
                 return
             backend = self.backend(self.plan, workers, blas)
+        self._threads_ran |= isinstance(backend, ThreadBackend) and backend.workers > 1
         backend.pairs(index[lo:hi], step[lo:hi], f_plus[lo:hi], f_minus[lo:hi], bar)
 
     # -- the thread-safety guard -----------------------------------------------------------------

@@ -140,13 +140,11 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
         try_jit(ev, None)
     jit = ev.plan.backend == "jit"
     if predicted < CALIBRATE_MIN_SECONDS:
-        if not jit and (t_eval < GIL_BOUND_SECONDS or ev.threads_refused()):
+        if ev.plan.backend == "threads" and t_eval < GIL_BOUND_SECONDS:
             # a loss this short holds the GIL most of the time: threads only add handoffs
             ev.plan = Plan("serial", 1, None,
                            f"Python callable: serial (one evaluation takes {t_eval * 1e6:.0f} "
-                           f"us: threads would contend for the GIL)"
-                           if not ev.threads_refused() else f"{ev.threads_refused()}: serial",
-                           t_eval)
+                           f"us: threads would contend for the GIL)", t_eval)
         return 0
     plan = remembered_plan(ev.work.f, ev.work.theta, ev.work.args, ev.workers, jit)
     if plan is not None and plan.t_eval / PLAN_T_EVAL_FACTOR <= t_eval <= \
@@ -200,6 +198,8 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
         chosen = ("one worker (outer threads were slower)" if threads_ok
                   else f"one worker ({ev.threads_refused()})")
         backend, workers, blas = ("jit" if jit else "serial"), 1, 1
+    if not threads_ok:
+        chosen = f"{chosen}; {ev.threads_refused()}"
     measured = (f"calibrated: {rates[0]:.3g} coords/s on {ev.workers} threads x 1 BLAS "
                 f"thread vs {rates[1]:.3g} coords/s on {one}" if threads_ok else
                 f"calibrated: {rates[1]:.3g} coords/s on {one}")

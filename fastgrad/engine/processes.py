@@ -23,6 +23,7 @@ import uuid
 import weakref
 from collections import OrderedDict
 from multiprocessing import shared_memory
+from multiprocessing.util import Finalize
 
 import numpy as np
 
@@ -56,6 +57,9 @@ def process_pool(workers: int):
             _POOL_SIZE = workers
             if old is not None:
                 old.shutdown(wait=False)
+            # multiprocessing joins its children at exit (a forked child of the user's running
+            # a check does it before os._exit): the idle workers are stopped first, not awaited
+            Finalize(None, stop_pool, exitpriority=10)
         return _POOL
 
 
