@@ -163,6 +163,14 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -181,9 +189,7 @@ def test_ctrl_c_during_a_process_check_leaves_no_worker_running():
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(workers) < 2 and proc.poll() is None:
         time.sleep(0.2)
-        workers = {p for p in _descendants(proc.pid)
-                   if b"loky" in open(f"/proc/{p}/cmdline", "rb").read()} if _alive(proc.pid) \
-            else set()
+        workers = {p for p in _descendants(proc.pid) if b"resource_tracker" not in _cmdline(p)}
     assert len(workers) >= 2, "the worker processes never started"
     time.sleep(1.0)  # the check is now evaluating in the workers
     everything = _descendants(proc.pid)

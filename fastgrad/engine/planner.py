@@ -21,7 +21,7 @@ from ..arguments import optional_positive_int
 from ..errors import InvalidType
 from ..steps import JIT_AGREEMENT_EPS
 from .plan import Plan, plan_key, remember, remembered_plan
-from .processes import pool_alive, start_workers
+from .processes import FORK, pool_alive, start_workers
 
 if TYPE_CHECKING:
     from .evaluator import Evaluator
@@ -48,10 +48,10 @@ CALIBRATE_MIN_SECONDS = 0.15
 # the small two-layer net (23 us) two threads took 0.084 s where one took 0.065 s
 GIL_BOUND_SECONDS = 50e-6
 # worker processes are tried when the rest of the check would take this long serially (seconds):
-# with the pool already running / when it must start first (~0.3-0.5 s on 2 cores, overlapped
-# with serial evaluations of real coordinates)
+# with the pool already running / when it must start first (forked workers: ~0.02-0.1 s; loky's
+# fork+exec: ~0.3-0.5 s on 2 cores; either overlapped with serial evaluations of coordinates)
 PROCESS_WARM_SECONDS = 0.1
-PROCESS_COLD_SECONDS = 0.6
+PROCESS_COLD_SECONDS = 0.15 if FORK else 0.6
 # processes must beat the best in-process strategy by this factor to be chosen
 PROCESS_MARGIN = 1.1
 
@@ -139,7 +139,10 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
     elif plain and ev.jit_option is True:
         try_jit(ev, None)
     jit = ev.plan.backend == "jit"
-    if predicted < CALIBRATE_MIN_SECONDS:
+    # worker processes can pay off only with enough work left for their start-up
+    maybe_processes = not jit and ev.workers > 1 and 2 * k * t_eval >= (
+        PROCESS_WARM_SECONDS if pool_alive(ev.workers) else PROCESS_COLD_SECONDS)
+    if predicted < CALIBRATE_MIN_SECONDS and not maybe_processes:
         if ev.plan.backend == "threads" and t_eval < GIL_BOUND_SECONDS:
             # a loss this short holds the GIL most of the time: threads only add handoffs
             ev.plan = Plan("serial", 1, None,

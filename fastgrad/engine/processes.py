@@ -1,27 +1,33 @@
 """The process backend: persistent worker processes for GIL-bound and thread-unsafe Python losses.
 
-- One pool of worker processes per process (loky's ProcessPoolExecutor: workers started by
-  fork+exec, so a pool works from any thread and from a forked child), kept across checks (its
-  start-up is paid once, by the first check that uses it), rebuilt after a fork or when a check
-  asks for more workers; idle workers exit on their own after ``IDLE_SECONDS``.
+- One pool of worker processes per process, kept across checks (its start-up is paid once, by the
+  first check that uses it) and rebuilt after a fork or when a check asks for more workers. On
+  Linux the workers are forked (the standard library's ProcessPoolExecutor, "fork" context): they
+  start in milliseconds with numpy and fastgrad already imported; a forked child of a process with
+  a pool builds its own. Elsewhere loky's executor starts them (fork+exec, a few tenths of a
+  second), and idle ones exit after ``IDLE_SECONDS``.
 - Per check, one shared-memory block holds theta and the problem (f, args, terms) pickled with
   cloudpickle (closures, lambdas, bound methods): a worker reads it once, caches it under the
   check's token, and every task then carries only its chunk of coordinates. The block is unlinked
   when the check's engine goes away, on error and on Ctrl-C.
 - Each worker evaluates on its own working copy with the same serial loop as the other backends
-  (loops.py): the values are bitwise those of a serial evaluation.
-- Ctrl-C (or any exception) while the results are awaited kills the workers: none outlives it.
+  (loops.py), BLAS on one thread: the values are bitwise those of a serial evaluation.
+- Ctrl-C (or any exception) while the results are awaited kills the workers: none outlives it;
+  at exit the pool is stopped before multiprocessing joins its children.
 """
 
 from __future__ import annotations
 
 import mmap
+import multiprocessing
 import os
 import pickle
+import sys
 import threading
 import uuid
 import weakref
 from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import shared_memory
 from multiprocessing.util import Finalize
 
@@ -29,34 +35,61 @@ import numpy as np
 
 from ..errors import InvalidType
 from .backends import ChunkedBackend, Workload, chunk_bounds
-from .blas import blas_limited
 from .loops import fill_directions, fill_pairs
 
-# idle worker processes exit after this many seconds (the next check that needs them restarts them)
+# idle worker processes started by loky exit after this many seconds (the next check restarts them)
 IDLE_SECONDS = 300
 # chunks per worker: a few keep the workers balanced when evaluations differ in cost
 CHUNKS_PER_WORKER = {"pairs": 4, "directions": 2}
+# forked workers where fork is the platform's safe default
+FORK = sys.platform.startswith("linux")
 
 _POOL_LOCK = threading.Lock()
 _POOL = None
 _POOL_SIZE = 0
 _POOL_PID = os.getpid()
+_FORKED: list = []  # the forked pool's worker processes (multiprocessing.Process)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (one of our workers, or the user's) starts without a pool and with a
+    fresh lock: the parent may have held it while forking."""
+    global _POOL_LOCK, _POOL, _POOL_SIZE, _POOL_PID
+    _POOL_LOCK, _POOL, _POOL_SIZE, _POOL_PID = threading.Lock(), None, 0, os.getpid()
+    _FORKED.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _new_pool(workers: int):
+    """A pool of ``workers`` processes, started now."""
+    if FORK:
+        before = set(multiprocessing.active_children())
+        pool = ProcessPoolExecutor(max_workers=workers,
+                                   mp_context=multiprocessing.get_context("fork"))
+        pool.submit(int).result()  # with fork, the first task starts every worker
+        _FORKED[:] = [p for p in multiprocessing.active_children() if p not in before]
+        return pool
+    from loky import ProcessPoolExecutor as LokyExecutor
+
+    return LokyExecutor(max_workers=workers, timeout=IDLE_SECONDS)
 
 
 def process_pool(workers: int):
     """The process-wide pool, with at least ``workers`` worker processes."""
     global _POOL, _POOL_SIZE, _POOL_PID
-    from loky import ProcessPoolExecutor
-
     with _POOL_LOCK:
         if _POOL_PID != os.getpid():  # a forked child: the parent's pool is not ours to use
             _POOL, _POOL_SIZE, _POOL_PID = None, 0, os.getpid()
+            _FORKED.clear()
         if _POOL is None or _POOL_SIZE < workers:
-            old = _POOL
-            _POOL = ProcessPoolExecutor(max_workers=workers, timeout=IDLE_SECONDS)
+            old, old_workers = _POOL, list(_FORKED)
+            _POOL = _new_pool(workers)
             _POOL_SIZE = workers
             if old is not None:
-                old.shutdown(wait=False)
+                _stop(old, old_workers, wait=False)
             # multiprocessing joins its children at exit (a forked child of the user's running
             # a check does it before os._exit): the idle workers are stopped first, not awaited
             Finalize(None, stop_pool, exitpriority=10)
@@ -68,20 +101,31 @@ def pool_alive(workers: int) -> bool:
     return _POOL is not None and _POOL_PID == os.getpid() and _POOL_SIZE >= workers
 
 
+def _stop(pool, forked: list, wait: bool) -> None:
+    if forked:
+        for p in forked:
+            p.kill()
+        pool.shutdown(wait=wait, cancel_futures=True)
+    else:
+        pool.shutdown(wait=wait, kill_workers=True)
+
+
 def stop_pool() -> None:
-    """Kill the worker processes now (Ctrl-C during a check; tests)."""
+    """Kill the worker processes now (Ctrl-C during a check; exit; tests)."""
     global _POOL, _POOL_SIZE
     with _POOL_LOCK:
         pool, _POOL, _POOL_SIZE = _POOL, None, 0
+        forked = list(_FORKED)
+        _FORKED.clear()
         mine = _POOL_PID == os.getpid()
     if pool is not None and mine:
-        pool.shutdown(wait=True, kill_workers=True)
+        _stop(pool, forked, wait=True)
 
 
 def start_workers(workers: int, ref) -> list:
-    """Start the pool's processes without waiting for them: futures that finish once each
-    worker is up and has read the check's problem ``ref`` (SharedProblem.ref), so that the
-    start-up overlaps whatever the caller does meanwhile."""
+    """Start the pool's processes (if they are not running) and have each read the check's
+    problem ``ref`` (SharedProblem.ref): futures, so that the reading overlaps whatever the
+    caller does meanwhile."""
     pool = process_pool(workers)
     empty = (np.empty(0, np.int64), np.empty(0))
     return [pool.submit(run_chunk, ref, "pairs", empty, 1) for _ in range(workers)]
@@ -231,21 +275,36 @@ def _attached(ref) -> _Attached:
     return problem
 
 
+_BLAS_THREADS: list = []  # the limit this worker process set, once
+
+
+def _limit_blas(threads) -> None:
+    """BLAS threads inside a worker process, set once for its life (the process is ours)."""
+    if threads is None or _BLAS_THREADS == [threads]:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return
+    threadpool_limits(threads)
+    _BLAS_THREADS[:] = [threads]
+
+
 def run_chunk(ref, kind: str, payload: tuple, blas_threads):
     """One chunk in a worker process: (f_plus, f_minus, failure); failure is (position, text)."""
     problem = _attached(ref)
     m = 1 if problem.terms is None else len(problem.terms)
     size = payload[0].size
     f_plus, f_minus = np.empty((size, m)), np.empty((size, m))
-    with blas_limited(blas_threads):
-        if kind == "pairs":
-            index, step = payload
-            failure = fill_pairs(problem.f, problem.work, index, step, problem.args,
-                                 problem.terms, f_plus, f_minus)
-        else:
-            key, lo, hi, step = payload
-            failure = fill_directions(problem.f, problem.work, problem.theta, key, lo, hi, step,
-                                      problem.args, problem.terms, f_plus, f_minus)
+    _limit_blas(blas_threads)
+    if kind == "pairs":
+        index, step = payload
+        failure = fill_pairs(problem.f, problem.work, index, step, problem.args,
+                             problem.terms, f_plus, f_minus)
+    else:
+        key, lo, hi, step = payload
+        failure = fill_directions(problem.f, problem.work, problem.theta, key, lo, hi, step,
+                                  problem.args, problem.terms, f_plus, f_minus)
     if failure is not None:  # the exception itself may not pickle: its text does
         at, exc = failure
         failure = (at, f"{type(exc).__name__}: {exc}")
