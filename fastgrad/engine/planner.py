@@ -21,7 +21,7 @@ from ..arguments import optional_positive_int
 from ..errors import InvalidType
 from ..steps import JIT_AGREEMENT_EPS
 from .plan import Plan, plan_key, remember, remembered_plan
-from .processes import FORK, pool_alive, start_workers
+from .processes import pool_alive, start_up_seconds, start_workers
 
 if TYPE_CHECKING:
     from .evaluator import Evaluator
@@ -51,7 +51,8 @@ GIL_BOUND_SECONDS = 50e-6
 # with the pool already running / when it must start first (forked workers: ~0.02-0.1 s; loky's
 # fork+exec: ~0.3-0.5 s on 2 cores; either overlapped with serial evaluations of coordinates)
 PROCESS_WARM_SECONDS = 0.1
-PROCESS_COLD_SECONDS = 0.15 if FORK else 0.6
+# ... and when the pool must start first: this many times its start-up (processes.start_up_seconds)
+PROCESS_COLD_FACTOR = 1.5
 # processes must beat the best in-process strategy by this factor to be chosen
 PROCESS_MARGIN = 1.1
 
@@ -141,7 +142,8 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
     jit = ev.plan.backend == "jit"
     # worker processes can pay off only with enough work left for their start-up
     maybe_processes = not jit and ev.workers > 1 and 2 * k * t_eval >= (
-        PROCESS_WARM_SECONDS if pool_alive(ev.workers) else PROCESS_COLD_SECONDS)
+        PROCESS_WARM_SECONDS if pool_alive(ev.workers)
+        else PROCESS_COLD_FACTOR * start_up_seconds())
     if predicted < CALIBRATE_MIN_SECONDS and not maybe_processes:
         if ev.plan.backend == "threads" and t_eval < GIL_BOUND_SECONDS:
             # a loss this short holds the GIL most of the time: threads only add handoffs
@@ -228,7 +230,8 @@ def _processes_rate(ev: Evaluator, remaining: int, t_eval: float, size: int, tim
     A pool that is not running yet starts while this process evaluates coordinates serially."""
     cold = not pool_alive(ev.workers)
     serial_seconds = 2 * remaining * t_eval
-    if serial_seconds < (PROCESS_COLD_SECONDS if cold else PROCESS_WARM_SECONDS):
+    if serial_seconds < (PROCESS_COLD_FACTOR * start_up_seconds() if cold
+                         else PROCESS_WARM_SECONDS):
         return None
     try:
         backend = ev.process_backend()

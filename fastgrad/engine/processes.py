@@ -4,8 +4,9 @@
   first check that uses it) and rebuilt after a fork or when a check asks for more workers. On
   Linux the workers are forked (the standard library's ProcessPoolExecutor, "fork" context): they
   start in milliseconds with numpy and fastgrad already imported; a forked child of a process with
-  a pool builds its own. Elsewhere loky's executor starts them (fork+exec, a few tenths of a
-  second), and idle ones exit after ``IDLE_SECONDS``.
+  a pool builds its own. Elsewhere, or once torch, jax or tensorflow is imported (their thread
+  pools can make a forked child hang), loky's executor starts them (fork+exec, a few tenths of
+  a second), and idle ones exit after ``IDLE_SECONDS``.
 - Per check, one shared-memory block holds theta and the problem (f, args, terms) pickled with
   cloudpickle (closures, lambdas, bound methods): a worker reads it once, caches it under the
   check's token, and every task then carries only its chunk of coordinates. The block is unlinked
@@ -41,8 +42,10 @@ from .loops import fill_directions, fill_pairs
 IDLE_SECONDS = 300
 # chunks per worker: a few keep the workers balanced when evaluations differ in cost
 CHUNKS_PER_WORKER = {"pairs": 4, "directions": 2}
-# forked workers where fork is the platform's safe default
+# forked workers where fork is the platform's default, unless a library whose own threads make a
+# forked child hang (OpenMP, XLA thread pools) is loaded: then loky's fork+exec
 FORK = sys.platform.startswith("linux")
+FORK_UNSAFE_MODULES = ("jax", "torch", "tensorflow")
 
 _POOL_LOCK = threading.Lock()
 _POOL = None
@@ -63,9 +66,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def forks() -> bool:
+    """True when the next pool's workers are forked (fast start), False for loky's."""
+    return FORK and not any(name in sys.modules for name in FORK_UNSAFE_MODULES)
+
+
+def start_up_seconds() -> float:
+    """What starting a pool of workers costs, roughly (the planner's threshold)."""
+    return 0.1 if forks() else 0.5
+
+
 def _new_pool(workers: int):
     """A pool of ``workers`` processes, started now."""
-    if FORK:
+    if forks():
         before = set(multiprocessing.active_children())
         pool = ProcessPoolExecutor(max_workers=workers,
                                    mp_context=multiprocessing.get_context("fork"))
