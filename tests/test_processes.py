@@ -62,6 +62,10 @@ def test_closures_lambdas_and_bound_methods_give_the_serial_values():
         assert report.passed and serial.passed
         assert numerics(report) == numerics(serial)  # bit for bit
         assert report.evaluations == serial.evaluations
+    # one worker process: still a process, still the serial values
+    one = fg.check(closure, X, closure_grad(X), samples="all", backend="processes", workers=1)
+    serial = fg.check(closure, X, closure_grad(X), samples="all", backend="serial")
+    assert one.path == "processes" and numerics(one) == numerics(serial)
 
 
 def test_a_planted_bug_fails_in_its_block_on_processes():

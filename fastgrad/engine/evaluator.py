@@ -82,6 +82,7 @@ class Evaluator:
         # the guard's serial duplicates: not in ``evaluations`` (the method's own count, which
         # an audit's budget bounds and which must not depend on who evaluated)
         self.guard_evaluations = 0
+        self.guard_rates: tuple[float, float] | None = None
         self.kernel_f = f if dispatcher else None  # what the Numba kernel calls
         self._backends: dict[tuple, Backend] = {}
         self._kernel_loss = None
@@ -199,7 +200,9 @@ class Evaluator:
         blas = plan.blas_threads if blas is _UNSET else blas
         if plan.backend == "executor":
             return self._executor_backend()
-        if plan.backend == "processes" and workers > 1:
+        # processes: a small batch of a parallel plan runs in this thread (bitwise the same);
+        # backend="processes", workers=1 means one worker process for everything
+        if plan.backend == "processes" and (workers > 1 or plan.workers == 1):
             backend = self.process_backend()
             backend.workers, backend.blas_threads = workers, 1 if blas is None else blas
             return backend
@@ -330,10 +333,16 @@ class Evaluator:
         self._threads_verified = True
         g = min(hi - lo, self.guard_size())
         rows = slice(lo, lo + g)
+        start = time.perf_counter()
         backend.pairs(index[rows], step[rows], f_plus[rows], f_minus[rows], bar)
+        threaded = time.perf_counter() - start
         serial_plus, serial_minus = np.empty((g, self.work.width)), np.empty((g, self.work.width))
+        start = time.perf_counter()
         self.backend(self.plan, 1, backend.blas_threads).pairs(
             index[rows], step[rows], serial_plus, serial_minus, _NO_BAR)
+        # coordinates per second on threads and serially: the calibration's first probe
+        self.guard_rates = (g / max(threaded, 1e-9),
+                            g / max(time.perf_counter() - start, 1e-9))
         self.guard_evaluations += 2 * g
         self.work.count(-2 * g)
         self._compare(f_plus[rows], f_minus[rows], serial_plus, serial_minus,

@@ -184,10 +184,15 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
     # which a GIL-bound loss wins).
     half = max(1, probe // 2)
     size = max(1, probe // 4)  # short: BLAS threads on a busy machine can be 100x slower
-    outer = timed(half, ev.workers, 1) if threads_ok else 0.0
-    serial = timed(size, 1, 1)
-    if threads_ok:
-        outer = max(outer, timed(half, ev.workers, 1))
+    if ev.guard_rates is not None:
+        # a Python loss: the guard just timed the same coordinates on threads and serially
+        outer, serial = ev.guard_rates
+        outer = outer if threads_ok else 0.0
+    else:
+        outer = timed(half, ev.workers, 1) if threads_ok else 0.0
+        serial = timed(size, 1, 1)
+        if threads_ok:
+            outer = max(outer, timed(half, ev.workers, 1))
     blas_helps = t_eval >= BLAS_SPEEDUP_TO_PROBE * ev.time_with_blas_threads()
     rates = [outer, timed(size, 1, None) if blas_helps else serial]
     best = 1 if rates[1] > BLAS_MARGIN * rates[0] else 0
@@ -200,8 +205,7 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
         chosen = "one worker (no outer threads), BLAS left on its own threads"
         backend, workers, blas = ("jit" if jit else "serial"), 1, None
     else:
-        chosen = ("one worker (outer threads were slower)" if threads_ok
-                  else f"one worker ({ev.threads_refused()})")
+        chosen = "one worker (outer threads were slower)" if threads_ok else "one worker"
         backend, workers, blas = ("jit" if jit else "serial"), 1, 1
     if not threads_ok:
         chosen = f"{chosen}; {ev.threads_refused()}"
