@@ -154,3 +154,27 @@ class Audit:
 
     def peakmem_audit(self, problem):
         self._run()
+
+
+class Backends:
+    """check() of the numpy losses forced onto each backend (processes vs threads vs serial, by
+    loss size): the pool of worker processes is started in setup, as a second check finds it."""
+
+    params = (["small", "net34k", "medium", "separable"], ["serial", "threads", "processes"])
+    param_names = ["problem", "backend"]
+    timeout = 900
+    number = 1
+    repeat = (1, 5, 60.0)
+    warmup_time = 0
+
+    def setup(self, problem, backend):
+        from .backends import build
+
+        self.p = build(problem, QUICK)
+        self.samples = P.samples_for(self.p.segments, 100 if problem == "separable" else 1000)
+        fg.check(self.p.loss, self.p.theta, self.p.grad, args=self.p.args,
+                 segments=self.p.segments, samples=2, progress=False, backend=backend)
+
+    def time_check(self, problem, backend):
+        fg.check(self.p.loss, self.p.theta, self.p.grad, args=self.p.args,
+                 segments=self.p.segments, samples=self.samples, progress=False, backend=backend)

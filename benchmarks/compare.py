@@ -118,24 +118,28 @@ def grad_check_sparse(f, x, analytic_grad, index, h=1e-5):
 
 
 # -- the hardware's reference: the same evaluations on bare threads, nothing checked ------------
+def evaluate_pairs(f, theta, args, index, h) -> None:
+    """f at theta +- h e_i for every i in index, on one copy of theta: the bare evaluations."""
+    x = theta.copy()
+    for i in index:
+        v = x[i]
+        x[i] = v + h
+        f(x, *args)
+        x[i] = v - h
+        f(x, *args)
+        x[i] = v
+
+
 def bare_threads(p: P.Problem, index: np.ndarray, h: float = 1e-5) -> None:
     """The numpy loss at theta +- h e_i for every index, on CORES plain threads with one copy
     of theta each and BLAS on one thread: what two cores give for this loss, with no step
     choice, verdicts, re-checks or report."""
     import threading
 
-    def work(part):
-        x = p.theta.copy()
-        for i in part:
-            v = x[i]
-            x[i] = v + h
-            p.loss(x, *p.args)
-            x[i] = v - h
-            p.loss(x, *p.args)
-            x[i] = v
-
     with threadpool_limits(1):
-        threads = [threading.Thread(target=work, args=(index[c::CORES],)) for c in range(CORES)]
+        threads = [threading.Thread(target=evaluate_pairs, args=(p.loss, p.theta, p.args,
+                                                                 index[c::CORES], h))
+                   for c in range(CORES)]
         for t in threads:
             t.start()
         for t in threads:
@@ -414,6 +418,10 @@ def main(argv=None) -> int:
                         help="comma-separated: small, medium, separable")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs after the warm-up")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
+    parser.add_argument("--backends", action="store_true",
+                        help="processes vs threads vs serial on the numpy losses, each first "
+                             "check in a fresh process, with bare-process references and the "
+                             "scaling by worker count (benchmarks/backends.py), then exit")
     parser.add_argument("--same-process", action="store_true",
                         help="time every block in this process (default: a fresh process per "
                              "problem and K, so no tool runs after another tool's threads)")
@@ -421,6 +429,10 @@ def main(argv=None) -> int:
     opts = parser.parse_args(argv)
     if opts.block:
         return _run_block(opts)
+    if opts.backends:
+        from benchmarks import backends
+
+        return backends.main(["--quick"] if opts.quick else [])
     names = [s.strip() for s in opts.problems.split(",") if s.strip()]
     repeats = 1 if opts.quick and opts.repeats == 5 else opts.repeats
     plan = {"small": [1000, "all"], "medium": [1000], "separable": [100]}

@@ -92,7 +92,9 @@ def test_calibration_keeps_every_evaluation_and_matches_the_serial_values(monkey
     sp, sm = serial.pairs(index, step)
     assert np.array_equal(fp, sp) and np.array_equal(fm, sm)
     # the evaluation at theta, the 400 pairs, and calibration's one timing with BLAS threads
+    # (the thread-safety guard's serial duplicates of its first threaded batch are apart)
     assert calibrated.evaluations == 1 + 2 * 400 + 1
+    assert calibrated.guard_evaluations > 0
     assert "calibrated" in calibrated.path_reason
     assert calibrated.path in ("threads", "serial")
 
@@ -126,8 +128,6 @@ def _blas_grad(x, A):
 
 def test_a_calibrated_plan_is_remembered_and_reused_for_the_same_loss(monkeypatch):
     monkeypatch.setattr(evaluate, "CALIBRATE_MIN_SECONDS", 0.0)  # calibrate even a small check
-    # remember whichever strategy wins (a close one-worker win is otherwise not remembered)
-    monkeypatch.setattr(evaluate, "PLAN_ONE_WORKER_MARGIN", 0.0)
     monkeypatch.setattr(plans, "_PLANS", type(plans._PLANS)())
     rng = np.random.default_rng(3)
     A = rng.standard_normal((8, 20))

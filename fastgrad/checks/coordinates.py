@@ -85,6 +85,7 @@ def check(
     progress: bool | None = None,
     nondet_tol: float = 0.0,
     jit: bool | str = "auto",
+    backend: str | None = None,
 ) -> Report:
     """Compare the analytic gradient with centered differences on sampled coordinates.
 
@@ -160,7 +161,7 @@ def check(
         raise InvalidValue(f"kinks: expected 'detect', 'ignore' or a callable, got {kinks!r}")
     problem, ev = prepare(f, theta, grad, args=args, segments=segments, seed=seed, depth=depth,
                           tol=tol, workers=workers, executor=executor, progress=progress,
-                          jit=jit, nondet_tol=nondet_tol)
+                          jit=jit, nondet_tol=nondet_tol, backend=backend)
     x = problem.x
     index = sample_coordinates(problem.segments, samples, seed)
     step = coordinate_steps(x[index], h, x.dtype)
@@ -174,6 +175,10 @@ def check(
     failing = np.zeros(index.size, dtype=bool)
     for s in stats:
         failing |= s.failed
+    if ev.confirm_serially(index, step, f_plus, f_minus, failing):
+        # threads changed f's values (a loss that is not thread-safe): judged again
+        stats = judge.verdicts(index, step, f_plus, f_minus)
+        failing[:] = np.any([s.failed for s in stats], axis=0)
     if failing.any():
         # along what the check perturbs: one coordinate (the first sampled)
         noise = measure_noise(ev, x, problem.f0, problem.seed, coordinate=int(index[0]))

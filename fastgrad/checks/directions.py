@@ -369,6 +369,7 @@ def audit(
     progress: bool | None = None,
     nondet_tol: float = 0.0,
     jit: bool | str = "auto",
+    backend: str | None = None,
 ) -> AuditReport:
     """Audit every segment with random directions, then localize the wrong coordinates.
 
@@ -438,7 +439,7 @@ def audit(
     # one bar for the whole audit (the engine's per-batch bars stay off)
     problem, ev = prepare(f, theta, grad, args=args, segments=segments, seed=seed, depth=depth,
                           tol=tol, workers=workers, executor=executor, progress=False, jit=jit,
-                          nondet_tol=nondet_tol, terms_allowed=False)
+                          nondet_tol=nondet_tol, terms_allowed=False, backend=backend)
     segs = problem.segments
     judge = Judge(ev, problem.x, problem.f0, problem.grads, problem.tol, problem.eps)
     n = problem.x.size

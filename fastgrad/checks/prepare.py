@@ -156,7 +156,7 @@ def _check_deterministic(first: np.ndarray, second: np.ndarray, nondet_tol: floa
 
 def prepare(f: Callable, theta, grad, *, args: tuple, segments, seed, depth, tol,
             workers, executor, progress, jit="auto", nondet_tol=0.0,
-            terms_allowed: bool = True) -> tuple[Prepared, Evaluator]:
+            terms_allowed: bool = True, backend: str | None = None) -> tuple[Prepared, Evaluator]:
     """Validate, evaluate f at theta (twice: the second time as a nondeterminism check) and
     build the engine. Returns the Prepared problem and its Evaluator.
 
@@ -216,7 +216,8 @@ def prepare(f: Callable, theta, grad, *, args: tuple, segments, seed, depth, tol
         raise InvalidValue(f"f: the loss at theta is not finite ({f0.tolist()}); "
                            f"check the starting point before its gradient")
     ev = Evaluator(loss, x, args, workers=workers, executor=executor, progress=progress,
-                   describe=describe, terms=terms, jit=jit, first_copy=work, spent=1)
+                   describe=describe, terms=terms, jit=jit, first_copy=work, spent=1,
+                   backend=backend)
     del work  # the engine's now (which may let it go)
     _check_deterministic(f0, ev.at(x), nondet_tol, x.dtype)
     grads = _gradients(grad, x, args, terms, describe)

@@ -89,11 +89,14 @@ class Workload:
     def coordinate_error(self, i: int, exc: BaseException) -> LossError:
         if isinstance(exc, LossError):
             return LossError(f"{exc} (while evaluating {self.describe(i)})", i)
-        return LossError(f"f raised while evaluating {self.describe(i)}: "
-                         f"{type(exc).__name__}: {exc}", i)
+        return self.raised_at(i, f"{type(exc).__name__}: {exc}")
+
+    def raised_at(self, i: int, text: str) -> LossError:
+        """The error for f raising ``text`` (type: message) at coordinate i."""
+        return LossError(f"f raised while evaluating {self.describe(i)}: {text}", i)
 
 
-def _chunks(k: int, n_chunks: int) -> list[tuple[int, int]]:
+def chunk_bounds(k: int, n_chunks: int) -> list[tuple[int, int]]:
     bounds = np.linspace(0, k, max(1, min(k, n_chunks)) + 1).astype(np.int64)
     return [(int(bounds[c]), int(bounds[c + 1])) for c in range(bounds.size - 1)]
 
@@ -139,7 +142,7 @@ class ThreadBackend(Backend):
                 return failure
             return run
 
-        chunks = _chunks(k, n_chunks)
+        chunks = chunk_bounds(k, n_chunks)
         with blas_limited(self.blas_threads):
             results = run_chunks([task(a, b) for a, b in chunks], self.workers)
         self.work.count(2 * k)
@@ -271,7 +274,37 @@ def is_dask_client(executor) -> bool:
         "distributed")
 
 
-class ExecutorBackend(Backend):
+class ChunkedBackend(Backend):
+    """A backend that sends chunks of items to workers elsewhere (an executor, worker
+    processes): ``_run(k, kind, payload, fail, f_plus, f_minus, bar)`` sends ``payload(a, b)``
+    for each chunk and calls ``fail(a, (position, text))`` for the first chunk whose worker
+    reports that f raised (the text is ``"Type: message"``: an exception may not pickle)."""
+
+    def _run(self, k, kind, payload, fail, f_plus, f_minus, bar) -> None:
+        raise NotImplementedError
+
+    def pairs(self, index, step, f_plus, f_minus, bar) -> None:
+        def fail(a, failure):
+            i, text = failure
+            raise self.work.raised_at(int(i), text)
+
+        if index.size:
+            self._run(index.size, "pairs", lambda a, b: (index[a:b], step[a:b]), fail,
+                      f_plus, f_minus, bar)
+
+    def directions(self, key, lo, hi, step, f_plus, f_minus, bar) -> None:
+        def fail(a, failure):
+            j, text = failure
+            j = a + j
+            raise LossError(f"f raised while evaluating {direction_where(lo[j], hi[j])}: {text}")
+
+        if key.size:
+            self._run(key.size, "directions",
+                      lambda a, b: (key[a:b], lo[a:b], hi[a:b], step[a:b]), fail,
+                      f_plus, f_minus, bar)
+
+
+class ExecutorBackend(ChunkedBackend):
     """Chunks sent to an Executor (or a dask Client); the problem goes once per worker.
 
     The problem (f, theta, args, terms) is not sent with every task: a worker keeps it under
@@ -330,7 +363,8 @@ class ExecutorBackend(Backend):
             attach = self.workers
 
     def _run(self, k, kind, payload, fail, f_plus, f_minus, bar) -> None:
-        chunks = _chunks(k, self.workers * (4 if kind == "pairs" else 2) if self.workers > 1 else 1)
+        chunks = chunk_bounds(k, self.workers * (4 if kind == "pairs" else 2)
+                              if self.workers > 1 else 1)
         for c, (fp, fm, failure) in self._ship(kind, [payload(a, b) for a, b in chunks]):
             a, b = chunks[c]
             if failure is not None:
@@ -338,23 +372,3 @@ class ExecutorBackend(Backend):
             f_plus[a:b], f_minus[a:b] = fp, fm
             bar.update(2 * (b - a))
         self.work.count(2 * k)
-
-    def pairs(self, index, step, f_plus, f_minus, bar) -> None:
-        def fail(a, failure):
-            raise self.work.coordinate_error(*failure) from failure[1]
-
-        if index.size:
-            self._run(index.size, "pairs", lambda a, b: (index[a:b], step[a:b]), fail,
-                      f_plus, f_minus, bar)
-
-    def directions(self, key, lo, hi, step, f_plus, f_minus, bar) -> None:
-        def fail(a, failure):
-            j, exc = failure
-            j = a + j
-            raise LossError(f"f raised while evaluating {direction_where(lo[j], hi[j])}: "
-                            f"{type(exc).__name__}: {exc}") from exc
-
-        if key.size:
-            self._run(key.size, "directions",
-                      lambda a, b: (key[a:b], lo[a:b], hi[a:b], step[a:b]), fail,
-                      f_plus, f_minus, bar)

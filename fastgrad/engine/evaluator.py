@@ -14,12 +14,22 @@ from concurrent.futures import Executor
 import numpy as np
 
 from ..arguments import one_of
-from ..errors import InvalidType
+from ..errors import InvalidType, InvalidValue
 from ..progress import Progress
 from . import planner
 from .backends import Backend, ExecutorBackend, KernelBackend, ThreadBackend, Workload, is_dask_client
 from .blas import blas_limited
-from .plan import Plan
+from .loops import direction_where
+from .plan import Plan, refuse_threads, thread_unsafe
+from .processes import ProcessBackend
+
+# backend= values (API.md section 2); "kernel" runs the plan whose path is "jit"
+BACKENDS = (None, "serial", "threads", "kernel", "processes")
+# the thread-safety guard compares about this much serial work (seconds) with the same points
+# evaluated on threads, and never fewer than GUARD_MIN_PER_WORKER coordinates per worker
+GUARD_SECONDS = 0.01
+GUARD_MIN_PER_WORKER = 4
+GUARD_MAX = 64
 
 _UNSET = object()
 
@@ -43,8 +53,12 @@ class Evaluator:
     def __init__(self, f: Callable, theta: np.ndarray, args: tuple = (), *, workers=None,
                  executor=None, progress=None, describe=None,
                  terms: tuple[str, ...] | None = None, jit: bool | str = "auto",
-                 first_copy: np.ndarray | None = None, spent: int = 0):
+                 first_copy: np.ndarray | None = None, spent: int = 0, backend: str | None = None):
         one_of("jit", jit, (True, False, "auto"))
+        one_of("backend", backend, BACKENDS)
+        if backend is not None and executor is not None:
+            raise InvalidValue(f"backend: {backend!r} and executor= both say who evaluates the "
+                               f"loss; pass one of them")
         if not callable(f):
             raise InvalidType(f"f: expected a callable loss f(theta, *args), got {f!r}")
         if executor is not None and not (isinstance(executor, Executor)
@@ -55,20 +69,34 @@ class Evaluator:
                              first_copy if executor is None else None)
         self.work.count(spent)  # evaluations made before the engine existed (f at theta)
         self.workers = planner.resolve_workers(workers)
+        self.workers_given = workers is not None
         self.jit_option = jit
         self.progress = progress
         self.executor = executor
         self.t_eval: float | None = None  # fastest timed evaluation of f at theta (seconds)
         dispatcher = is_numba_dispatcher(f) and terms is None and executor is None \
-            and jit is not False
+            and jit is not False and backend in (None, "kernel")
+        self.forced = backend
+        self._threads_verified = False  # the thread-safety guard ran in this check
+        self._threads_ran = False  # threads evaluated a Python loss in this check
+        # the guard's serial duplicates: not in ``evaluations`` (the method's own count, which
+        # an audit's budget bounds and which must not depend on who evaluated)
+        self.guard_evaluations = 0
+        self.guard_rates: tuple[float, float] | None = None
         self.kernel_f = f if dispatcher else None  # what the Numba kernel calls
         self._backends: dict[tuple, Backend] = {}
         self._kernel_loss = None
-        self._planned = workers is not None or executor is not None or self.workers == 1
+        self._planned = workers is not None or executor is not None or self.workers == 1 \
+            or backend is not None
         self.plan: Plan = planner.initial_plan(dispatcher, self.workers, workers is not None,
                                                executor, self.workers)
         if dispatcher:
             self.use_kernel(f, "f is a Numba dispatcher")
+        if backend is not None:
+            self._force(backend, workers is not None)
+        elif self.plan.backend == "threads" and self.threads_refused():
+            self.plan = planner.instead_of_threads(
+                self, f"{self.threads_refused()} (seen by an earlier check in this process)")
         if executor is not None:
             # one backend for the whole check: it holds what was shipped to the workers
             self.plan = Plan("executor", self._executor_backend().workers, None,
@@ -106,7 +134,44 @@ class Evaluator:
             return "f is a Numba dispatcher"
         return self._kernel_origin
 
+    def close(self) -> None:
+        """Release what the check holds outside this process (the process backend's shared
+        block); also done when the evaluator is garbage collected."""
+        backend = self._backends.pop(("processes",), None)
+        if backend is not None:
+            backend.close()
+
     # -- backends --------------------------------------------------------------------------------
+    def _force(self, backend: str, workers_given: bool) -> None:
+        """The plan backend= asks for (planner.forced_plan); backend='kernel' compiles f when
+        it is not a Numba dispatcher, and says so when Numba cannot."""
+        if backend == "kernel" and self.plan.backend != "jit":
+            if self.work.terms is None and not is_numba_dispatcher(self.work.f):
+                planner.try_jit(self, None)
+            if self.plan.backend != "jit":
+                raise InvalidValue(
+                    "backend: 'kernel' needs a loss Numba can compile (an @njit function, or a "
+                    "plain numpy loss that numba.njit accepts, returning one float); f is not "
+                    "one. Use backend='threads', 'processes' or 'serial'")
+            return
+        self.plan = planner.forced_plan(backend, self.workers, workers_given)
+        if backend == "processes":
+            self.process_backend()  # a loss that cannot be pickled is refused here, up front
+        elif backend == "threads" and self.threads_refused():
+            self.plan = planner.instead_of_threads(self, self.threads_refused())
+
+    def process_backend(self) -> ProcessBackend:
+        """The process backend of this check (the problem is pickled and shared once)."""
+        backend = self._backends.get(("processes",))
+        if backend is None:
+            backend = self._backends[("processes",)] = ProcessBackend(self.work, self.workers)
+        return backend
+
+    def threads_refused(self) -> str | None:
+        """Why threads may not evaluate this loss (the guard saw them change its values), or
+        None. A Numba kernel is compiled code without Python state: never refused."""
+        return None if self.plan.backend == "jit" else thread_unsafe(self.work.f)
+
     def use_kernel(self, compiled, origin: str) -> None:
         """Evaluate with the prange kernel calling ``compiled`` (or fall back, saying why)."""
         from .kernels import first_class_loss
@@ -135,6 +200,12 @@ class Evaluator:
         blas = plan.blas_threads if blas is _UNSET else blas
         if plan.backend == "executor":
             return self._executor_backend()
+        # processes: a small batch of a parallel plan runs in this thread (bitwise the same);
+        # backend="processes", workers=1 means one worker process for everything
+        if plan.backend == "processes" and (workers > 1 or plan.workers == 1):
+            backend = self.process_backend()
+            backend.workers, backend.blas_threads = workers, 1 if blas is None else blas
+            return backend
         if plan.backend == "jit":
             key = ("jit", workers, blas)
             if key not in self._backends:
@@ -181,7 +252,9 @@ class Evaluator:
 
         The first call with ``plan=True`` lets the planner choose the strategy (calibration); a
         small batch before the real one (the noise probe) passes ``plan=False`` so as not to
-        decide for it.
+        decide for it; such a batch also runs serially in this thread: the noise probe evaluates
+        one coordinate again and again, and must measure f's own noise, not what threads do to
+        a loss that is not thread-safe.
         """
         index = np.ascontiguousarray(index, dtype=np.int64)
         step = np.ascontiguousarray(step, dtype=np.float64)
@@ -193,18 +266,108 @@ class Evaluator:
             if plan and not self._planned:
                 self._planned = True
                 done = planner.calibrate(self, index, step, f_plus, f_minus, bar)
-            self.run_pairs(done, k, index, step, f_plus, f_minus, bar)
+            self.run_pairs(done, k, index, step, f_plus, f_minus, bar,
+                           workers=None if plan else 1)
         return f_plus, f_minus
 
-    def run_pairs(self, lo, hi, index, step, f_plus, f_minus, bar, workers=None, blas=_UNSET):
-        """Coordinates lo:hi with the plan's backend (or the worker count / BLAS limit given)."""
+    def confirm_serially(self, index, step, f_plus, f_minus, suspect) -> bool:
+        """The suspect coordinates (those that would fail), when threads evaluated a Python
+        loss, evaluated again serially: the guard's first batch can miss a loss that is not
+        thread-safe, and such a loss must not fail a correct gradient. Any bitwise difference
+        refuses threads (as the guard does) and every coordinate is evaluated again with the new
+        plan, in place. Returns True when the values were replaced."""
+        if not self._threads_ran or not np.any(suspect):
+            return False
+        rows = np.flatnonzero(suspect)
+        serial_plus, serial_minus = np.empty((rows.size, self.work.width)), \
+            np.empty((rows.size, self.work.width))
+        self.backend(self.plan, 1, 1).pairs(index[rows], step[rows], serial_plus, serial_minus,
+                                            _NO_BAR)
+        self.guard_evaluations += 2 * rows.size
+        self.work.count(-2 * rows.size)
+        threaded_plus, threaded_minus = f_plus[rows], f_minus[rows]
+        self._compare(threaded_plus, threaded_minus, serial_plus, serial_minus,
+                      lambda j: self.work.describe(int(index[rows[j]])))
+        if self.threads_refused() is None:
+            return False
+        with Progress(total=2 * index.size, label="serial re-check",
+                      enabled=self.progress) as bar:
+            self.run_pairs(0, index.size, index, step, f_plus, f_minus, bar)
+        return True
+
+    def run_pairs(self, lo, hi, index, step, f_plus, f_minus, bar, workers=None, blas=_UNSET,
+                  plan: Plan | None = None):
+        """Coordinates lo:hi with the plan's backend (or the worker count / BLAS limit / plan
+        given)."""
         if hi <= lo:
             return
         if workers is None and self.t_eval is not None and self.plan.backend != "executor" \
                 and 2 * (hi - lo) * self.t_eval < planner.SERIAL_BATCH_SECONDS:
             workers = 1  # waking threads up costs more than this batch (e.g. a re-check)
-        self.backend(self.plan, workers, blas).pairs(index[lo:hi], step[lo:hi], f_plus[lo:hi],
-                                                     f_minus[lo:hi], bar)
+        backend = self.backend(plan or self.plan, workers, blas)
+        if self._needs_guard(backend):
+            lo += self.verify_threads(lo, hi, index, step, f_plus, f_minus, bar, backend)
+            if lo >= hi:
+                return
+            backend = self.backend(self.plan, workers, blas)
+        self._threads_ran |= isinstance(backend, ThreadBackend) and backend.workers > 1
+        backend.pairs(index[lo:hi], step[lo:hi], f_plus[lo:hi], f_minus[lo:hi], bar)
+
+    # -- the thread-safety guard -----------------------------------------------------------------
+    def _needs_guard(self, backend: Backend) -> bool:
+        return (isinstance(backend, ThreadBackend) and backend.workers > 1
+                and not self._threads_verified)
+
+    def guard_size(self) -> int:
+        """Coordinates the thread-safety guard evaluates twice."""
+        t_eval = max(self.t_eval or 1e-6, 1e-7)
+        return max(GUARD_MIN_PER_WORKER * self.workers,
+                   min(GUARD_MAX, int(GUARD_SECONDS / (2 * t_eval))))
+
+    def verify_threads(self, lo, hi, index, step, f_plus, f_minus, bar, backend=None) -> int:
+        """The thread-safety guard: the first coordinates lo:lo+g on threads, and the same
+        points serially. A pure loss gives bitwise the same values; any difference refuses
+        threads for this loss for the rest of the process (plan.refuse_threads), keeps the
+        serial values and moves the check to processes or serial, saying why. Returns g."""
+        backend = backend or self.backend(self.plan)
+        self._threads_verified = True
+        g = min(hi - lo, self.guard_size())
+        rows = slice(lo, lo + g)
+        start = time.perf_counter()
+        backend.pairs(index[rows], step[rows], f_plus[rows], f_minus[rows], bar)
+        threaded = time.perf_counter() - start
+        serial_plus, serial_minus = np.empty((g, self.work.width)), np.empty((g, self.work.width))
+        start = time.perf_counter()
+        self.backend(self.plan, 1, backend.blas_threads).pairs(
+            index[rows], step[rows], serial_plus, serial_minus, _NO_BAR)
+        # coordinates per second on threads and serially: the calibration's first probe
+        self.guard_rates = (g / max(threaded, 1e-9),
+                            g / max(time.perf_counter() - start, 1e-9))
+        self.guard_evaluations += 2 * g
+        self.work.count(-2 * g)
+        self._compare(f_plus[rows], f_minus[rows], serial_plus, serial_minus,
+                      lambda j: self.work.describe(int(index[lo + j])))
+        return g
+
+    def _compare(self, threaded_plus, threaded_minus, serial_plus, serial_minus, where) -> None:
+        """Bitwise comparison of the guard's two evaluations; on a difference threads are
+        refused and the threaded values (views into the caller's arrays) replaced."""
+        for threaded, serial in ((threaded_plus, serial_plus), (threaded_minus, serial_minus)):
+            differs = np.flatnonzero(np.any(threaded.view(np.int64) != serial.view(np.int64),
+                                            axis=1))
+            if differs.size:
+                j = int(differs[0])
+                self._refuse(where(j), float(threaded[j, 0]), float(serial[j, 0]))
+                threaded_plus[:], threaded_minus[:] = serial_plus, serial_minus
+                return
+
+    def _refuse(self, where: str, threaded: float, serial: float) -> None:
+        why = (f"threads refused: f gave different values on threads than serially (first at "
+               f"{where}: {threaded!r} on threads vs {serial!r} serially, a difference of "
+               f"{abs(threaded - serial):.2g}); f keeps state between calls (scratch buffers or "
+               f"parameters stored on an object) and is not thread-safe")
+        refuse_threads(self.work.f, why)
+        self.plan = planner.instead_of_threads(self, why)
 
     # -- random directions (audit) ---------------------------------------------------------------
     def directions(self, key: np.ndarray, lo: np.ndarray, hi: np.ndarray, step: np.ndarray,
@@ -222,5 +385,41 @@ class Evaluator:
         f_plus = np.empty((k, self.work.width))
         f_minus = np.empty((k, self.work.width))
         with Progress(total=2 * k, label=label, enabled=self.progress) as bar:
-            self.backend(self.plan).directions(key, lo, hi, step, f_plus, f_minus, bar)
+            backend = self.backend(self.plan)
+            done = 0
+            if self._needs_guard(backend):
+                done = self._verify_directions(key, lo, hi, step, f_plus, f_minus, bar, backend)
+                backend = self.backend(self.plan)
+            if done < k:
+                rest = slice(done, k)
+                backend.directions(key[rest], lo[rest], hi[rest], step[rest], f_plus[rest],
+                                   f_minus[rest], bar)
         return f_plus, f_minus
+
+    def _verify_directions(self, key, lo, hi, step, f_plus, f_minus, bar, backend) -> int:
+        """verify_threads for directions (an audit's first batch)."""
+        self._threads_verified = True
+        g = min(key.size, self.guard_size())
+        rows = slice(0, g)
+        backend.directions(key[rows], lo[rows], hi[rows], step[rows], f_plus[rows],
+                           f_minus[rows], bar)
+        serial_plus, serial_minus = np.empty((g, self.work.width)), np.empty((g, self.work.width))
+        self.backend(self.plan, 1, backend.blas_threads).directions(
+            key[rows], lo[rows], hi[rows], step[rows], serial_plus, serial_minus, _NO_BAR)
+        self.guard_evaluations += 2 * g
+        self.work.count(-2 * g)
+        self._compare(f_plus[rows], f_minus[rows], serial_plus, serial_minus,
+                      lambda j: direction_where(lo[j], hi[j]))
+        return g
+
+
+class _NoBar:
+    """The progress bar of the guard's serial duplicate: it counts nothing."""
+
+    active = False
+
+    def update(self, n: int) -> None:
+        pass
+
+
+_NO_BAR = _NoBar()

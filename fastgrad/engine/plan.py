@@ -74,3 +74,36 @@ def remember(f, key: tuple, plan: Plan) -> None:
 def forget_plans() -> None:
     """Forget every remembered plan (tests; a program whose machine load changed)."""
     _PLANS.clear()
+
+
+# losses whose values changed on threads (the thread-safety guard, evaluator.py): threads are
+# refused for them for the rest of the process. Keyed weakly by the object that owns the state
+# (a bound method's object: `model.loss` is a new method object at every attribute access).
+_THREAD_UNSAFE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def loss_owner(f) -> tuple:
+    """(the object a thread-unsafe verdict is kept on, the function within it)."""
+    inner = getattr(f, "f", None)  # the loss part of a grad=True f (values.LossPart)
+    if inner is not None and callable(inner) and not hasattr(f, "__code__"):
+        f = inner
+    owner = getattr(f, "__self__", None)
+    if owner is not None and hasattr(f, "__func__"):
+        return owner, f.__func__
+    return f, None
+
+
+def thread_unsafe(f) -> str | None:
+    """Why threads were refused for f earlier in this process, or None."""
+    owner, func = loss_owner(f)
+    try:
+        found = _THREAD_UNSAFE.get(owner)
+    except TypeError:
+        return None
+    return None if found is None else found.get(func)
+
+
+def refuse_threads(f, why: str) -> None:
+    owner, func = loss_owner(f)
+    with contextlib.suppress(TypeError):
+        _THREAD_UNSAFE.setdefault(owner, {})[func] = why

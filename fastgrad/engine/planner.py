@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..arguments import optional_positive_int
+from ..errors import InvalidType
 from ..steps import JIT_AGREEMENT_EPS
 from .plan import Plan, plan_key, remember, remembered_plan
+from .processes import pool_alive, start_up_seconds, start_workers
 
 if TYPE_CHECKING:
     from .evaluator import Evaluator
@@ -30,8 +32,6 @@ if TYPE_CHECKING:
 # a remembered plan is reused while one evaluation takes within this factor of its time (one
 # timing of a microsecond loss moves by 2x on a busy machine; a different problem moves more)
 PLAN_T_EVAL_FACTOR = 4.0
-# a one-worker plan is remembered only when it beat outer threads by this factor
-PLAN_ONE_WORKER_MARGIN = 1.3
 # calibration runs the BLAS-threads strategy only when BLAS threads made one evaluation at
 # least this much faster than BLAS on one thread (otherwise it cannot beat outer threads)
 BLAS_SPEEDUP_TO_PROBE = 1.4
@@ -50,6 +50,14 @@ CALIBRATE_MIN_SECONDS = 0.15
 # ... except that a Python loss faster than this (seconds) runs serially: it is GIL-bound, and on
 # the small two-layer net (23 us) two threads took 0.084 s where one took 0.065 s
 GIL_BOUND_SECONDS = 50e-6
+# worker processes are tried when the rest of the check would take this long serially (seconds):
+# with the pool already running / when it must start first (forked workers: ~0.02-0.1 s; loky's
+# fork+exec: ~0.3-0.5 s on 2 cores; either overlapped with serial evaluations of coordinates)
+PROCESS_WARM_SECONDS = 0.1
+# ... and when the pool must start first: this many times its start-up (processes.start_up_seconds)
+PROCESS_COLD_FACTOR = 1.5
+# processes must beat the best in-process strategy by this factor to be chosen
+PROCESS_MARGIN = 1.1
 
 
 def resolve_workers(workers) -> int:
@@ -86,6 +94,32 @@ def initial_plan(is_dispatcher: bool, workers: int, workers_given: bool, executo
     return Plan("threads", workers, blas, f"Python callable: thread pool of {workers} workers")
 
 
+def forced_plan(backend: str, workers: int, workers_given: bool) -> Plan:
+    """The plan backend="serial" | "threads" | "processes" asks for (no calibration)."""
+    if backend == "serial":
+        return Plan("serial", 1, 1, "backend='serial': one evaluation after another in this "
+                                    "thread (BLAS on one thread too)")
+    if backend == "threads":
+        return Plan("threads", workers, 1, f"backend='threads': thread pool of {workers} workers, "
+                                           f"BLAS limited to 1 thread")
+    return Plan("processes", workers, 1, f"backend='processes': {workers} worker processes, "
+                                         f"theta in shared memory, BLAS limited to 1 thread")
+
+
+def instead_of_threads(ev: Evaluator, why: str) -> Plan:
+    """The plan once threads are refused for a loss: worker processes when the caller asked for
+    parallel workers (workers= or backend='threads') and f can be pickled, else serial (the
+    calibration of a long check still measures processes)."""
+    if ev.workers > 1 and (ev.workers_given or ev.forced == "threads"):
+        try:
+            ev.process_backend()
+        except InvalidType:
+            return Plan("serial", 1, 1, f"{why}; f cannot be pickled for worker processes: "
+                                        f"serial")
+        return Plan("processes", ev.workers, 1, f"{why}: {ev.workers} worker processes instead")
+    return Plan("serial", 1, 1, f"{why}: serial")
+
+
 def without_kernel(plan: Plan, origin: str) -> Plan:
     """The plan when Numba cannot pass the loss to the kernel as a first-class function."""
     return Plan("threads" if plan.workers > 1 else "serial", plan.workers, plan.blas_threads,
@@ -109,8 +143,12 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
     elif plain and ev.jit_option is True:
         try_jit(ev, None)
     jit = ev.plan.backend == "jit"
-    if predicted < CALIBRATE_MIN_SECONDS:
-        if not jit and t_eval < GIL_BOUND_SECONDS:
+    # worker processes can pay off only with enough work left for their start-up
+    maybe_processes = not jit and ev.workers > 1 and 2 * k * t_eval >= (
+        PROCESS_WARM_SECONDS if pool_alive(ev.workers)
+        else PROCESS_COLD_FACTOR * start_up_seconds())
+    if predicted < CALIBRATE_MIN_SECONDS and not maybe_processes:
+        if ev.plan.backend == "threads" and t_eval < GIL_BOUND_SECONDS:
             # a loss this short holds the GIL most of the time: threads only add handoffs
             ev.plan = Plan("serial", 1, None,
                            f"Python callable: serial (one evaluation takes {t_eval * 1e6:.0f} "
@@ -118,7 +156,8 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
         return 0
     plan = remembered_plan(ev.work.f, ev.work.theta, ev.work.args, ev.workers, jit)
     if plan is not None and plan.t_eval / PLAN_T_EVAL_FACTOR <= t_eval <= \
-            plan.t_eval * PLAN_T_EVAL_FACTOR:
+            plan.t_eval * PLAN_T_EVAL_FACTOR and not (plan.backend == "threads"
+                                                       and ev.threads_refused()):
         ev.plan = plan.because(f"{plan.reason}; plan remembered from an earlier check of this loss")
         return 0
     # each strategy gets the same number of coordinates, about CALIBRATION_SECONDS of work
@@ -126,26 +165,37 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
     if 2 * probe > k // 2:
         return 0
     ev.warm_kernel()
+    done = 0
+
+    def timed(size, workers, blas, plan=None):
+        nonlocal done
+        size = min(size, k - done)
+        start = time.perf_counter()
+        ev.run_pairs(done, done + size, index, step, f_plus, f_minus, bar, workers, blas, plan)
+        done += size
+        return size / max(time.perf_counter() - start, 1e-9)
+
+    if not jit and not ev.threads_refused():
+        # the thread-safety guard first: a batch on threads and the same points serially
+        done = ev.verify_threads(0, k, index, step, f_plus, f_minus, bar)
+    threads_ok = jit or not ev.threads_refused()
     # outer threads first, before anything of ours wakes BLAS threads (OpenBLAS's workers spin
     # for ~0.1 s after a threaded call, holding a core). The caller's own BLAS call just before
     # the check can have left them spinning: the outer probe runs in two halves around a serial
     # one and keeps its faster half. Then one evaluation with BLAS threads says whether they
     # help; the one-worker strategy gets them only if so (otherwise it is the serial strategy,
     # which a GIL-bound loss wins).
-    done = 0
-
-    def timed(size, workers, blas):
-        nonlocal done
-        start = time.perf_counter()
-        ev.run_pairs(done, done + size, index, step, f_plus, f_minus, bar, workers, blas)
-        done += size
-        return size / max(time.perf_counter() - start, 1e-9)
-
     half = max(1, probe // 2)
     size = max(1, probe // 4)  # short: BLAS threads on a busy machine can be 100x slower
-    outer = timed(half, ev.workers, 1)
-    serial = timed(size, 1, 1)
-    outer = max(outer, timed(half, ev.workers, 1))
+    if ev.guard_rates is not None:
+        # a Python loss: the guard just timed the same coordinates on threads and serially
+        outer, serial = ev.guard_rates
+        outer = outer if threads_ok else 0.0
+    else:
+        outer = timed(half, ev.workers, 1) if threads_ok else 0.0
+        serial = timed(size, 1, 1)
+        if threads_ok:
+            outer = max(outer, timed(half, ev.workers, 1))
     blas_helps = t_eval >= BLAS_SPEEDUP_TO_PROBE * ev.time_with_blas_threads()
     rates = [outer, timed(size, 1, None) if blas_helps else serial]
     best = 1 if rates[1] > BLAS_MARGIN * rates[0] else 0
@@ -158,16 +208,58 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
         chosen = "one worker (no outer threads), BLAS left on its own threads"
         backend, workers, blas = ("jit" if jit else "serial"), 1, None
     else:
-        chosen = "one worker (outer threads were slower)"
+        chosen = "one worker (outer threads were slower)" if threads_ok else "one worker"
         backend, workers, blas = ("jit" if jit else "serial"), 1, 1
+    if not threads_ok:
+        chosen = f"{chosen}; {ev.threads_refused()}"
     measured = (f"calibrated: {rates[0]:.3g} coords/s on {ev.workers} threads x 1 BLAS "
-                f"thread vs {rates[1]:.3g} coords/s on {one}")
+                f"thread vs {rates[1]:.3g} coords/s on {one}" if threads_ok else
+                f"calibrated: {rates[1]:.3g} coords/s on {one}")
+    if not jit and ev.workers > 1:
+        processes = _processes_rate(ev, k - done, t_eval, size, timed)
+        if processes is not None:
+            rate, note = processes
+            measured += f", {rate:.3g} coords/s on {ev.workers} processes{note}"
+            if rate > PROCESS_MARGIN * max(rates):
+                chosen = (f"{ev.workers} worker processes (theta in shared memory, BLAS "
+                          f"limited to 1 thread)")
+                backend, workers, blas = "processes", ev.workers, 1
     ev.plan = Plan(backend, workers, blas, f"{ev.origin()}: {chosen} ({measured})", t_eval)
-    # a one-worker choice is remembered only when it wins clearly: on a noisy machine a
-    # remembered wrong one would halve the speed of every later check of this loss
-    if best == 0 or rates[1] > PLAN_ONE_WORKER_MARGIN * rates[0]:
-        remember(ev.work.f, plan_key(ev.work.theta, ev.work.args, ev.workers, jit), ev.plan)
+    # the latest calibration is remembered, whichever strategy won: a remembered plan never
+    # replaces one that a calibration measured faster
+    remember(ev.work.f, plan_key(ev.work.theta, ev.work.args, ev.workers, jit), ev.plan)
     return done
+
+
+def _processes_rate(ev: Evaluator, remaining: int, t_eval: float, size: int, timed):
+    """Coordinates per second on worker processes, measured on real coordinates, or None when
+    they cannot pay off (too little work left for the pool's start-up) or f cannot be pickled.
+    A pool that is not running yet starts while this process evaluates coordinates serially."""
+    cold = not pool_alive(ev.workers)
+    serial_seconds = 2 * remaining * t_eval
+    if serial_seconds < (PROCESS_COLD_FACTOR * start_up_seconds() if cold
+                         else PROCESS_WARM_SECONDS):
+        return None
+    try:
+        backend = ev.process_backend()
+    except InvalidType:
+        return None
+    note = ""
+    if cold:
+        start = time.perf_counter()
+        started = start_workers(ev.workers, backend.shared.ref)
+        while not all(f.done() for f in started) and 2 * size * ev.workers < remaining:
+            timed(size, 1, 1)  # real coordinates while the workers start
+            remaining -= size
+        for f in started:
+            f.result()
+        note = f" (after {time.perf_counter() - start:.2g} s starting them)"
+    plan = Plan("processes", ev.workers, 1, "calibration")
+    return timed(max(size, 2 * CHUNKS_FOR_PROBE * ev.workers), ev.workers, 1, plan), note
+
+
+# chunks per worker process in the calibration's probe of processes
+CHUNKS_FOR_PROBE = 4
 
 
 def try_jit(ev: Evaluator, t_eval) -> None:

@@ -66,7 +66,8 @@ def _problem(token: str, bundle: ShippedProblem | None) -> ShippedProblem | None
 
 
 def run_shipped(token, bundle, kind, payload):
-    """One chunk on a worker: (f_plus, f_minus, failure), or None when the problem is missing."""
+    """One chunk on a worker: (f_plus, f_minus, failure), or None when the problem is missing;
+    failure is (position, "Type: message")."""
     problem = _problem(token, bundle)
     if problem is None:
         return None
@@ -82,7 +83,7 @@ def run_shipped(token, bundle, kind, payload):
         f_plus, f_minus = np.empty((key.size, m)), np.empty((key.size, m))
         failure = fill_directions(problem.f, work, problem.theta, key, lo, hi, step,
                                   problem.args, problem.terms, f_plus, f_minus)
-    if failure is not None:
+    if failure is not None:  # the exception itself may not pickle: its text does
         i, exc = failure
-        failure = (i, RuntimeError(f"{type(exc).__name__}: {exc}"))
+        failure = (i, f"{type(exc).__name__}: {exc}")
     return f_plus, f_minus, failure

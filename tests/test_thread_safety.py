@@ -1,0 +1,159 @@
+"""Losses that are not thread-safe get the verdicts of a serial evaluation.
+
+scikit-learn's MLPClassifier._loss_grad_lbfgs stores the unpacked parameters on the estimator and
+writes into shared scratch lists; a CS231n-style model keeps its hidden layer in a buffer on self.
+On a thread pool both give wrong values; fastgrad must notice (the thread-safety guard, or the
+serial confirmation of failing coordinates), refuse threads for them and judge serial values:
+every correct gradient passes, every planted bug fails in its own block.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import fastgrad as fg
+from fastgrad.engine import plan as plans
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.neural_network import MLPClassifier  # noqa: E402
+
+
+def mlp_problem(activation: str, alpha: float = 0.1, seed: int = 0):
+    """A fitted MLPClassifier and what its `_loss_grad_lbfgs` is called with (as lbfgs does)."""
+    rng = np.random.default_rng(seed)
+    X, y = rng.standard_normal((120, 10)), rng.integers(0, 3, 120)
+    mlp = MLPClassifier(hidden_layer_sizes=(24,), activation=activation, alpha=alpha,
+                        solver="lbfgs", max_iter=20, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mlp.fit(X, y)
+    Y = mlp._label_binarizer.transform(y).astype(float)
+    # _pack's order: every coefficient matrix, then every intercept vector
+    shapes = {f"W{i}": c.shape for i, c in enumerate(mlp.coefs_)}
+    shapes.update({f"b{i}": b.shape for i, b in enumerate(mlp.intercepts_)})
+    segs = fg.SegmentMap.from_shapes(shapes)
+    theta = np.concatenate([c.ravel() for c in mlp.coefs_ + mlp.intercepts_])
+    layers = len(mlp.coefs_) + 1
+    args = (X, Y, None, [X] + [None] * (layers - 1), [None] * (layers - 1),
+            [np.empty_like(c) for c in mlp.coefs_], [np.empty_like(b) for b in mlp.intercepts_])
+    return mlp, theta, segs, args
+
+
+def failed_blocks(report) -> set[str]:
+    return {s.name for s in report.segments.values() if not s.passed}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic"])
+def test_mlp_classifier_gets_serial_verdicts_with_default_options(activation):
+    mlp, theta, segs, args = mlp_problem(activation)
+    correct = fg.check(mlp._loss_grad_lbfgs, theta, True, args=args, segments=segs)
+    assert correct.passed, correct
+
+    def loss(t, *a):
+        return mlp._loss_grad_lbfgs(t, *a)[0]
+
+    grad = mlp._loss_grad_lbfgs(theta.copy(), *args)[1].copy()
+    halved = grad.copy()
+    halved[segs["b0"].start:segs["b0"].stop] *= 0.5  # an intercept gradient halved
+    assert failed_blocks(fg.check(loss, theta, halved, args=args, segments=segs)) == {"b0"}
+
+    no_l2 = grad.copy()  # the L2 term (alpha * W / n_samples) dropped from every coefficient
+    for name in ("W0", "W1"):
+        s = segs[name]
+        no_l2[s.start:s.stop] -= 0.1 * theta[s.start:s.stop] / args[0].shape[0]
+    assert failed_blocks(fg.check(loss, theta, no_l2, args=args, segments=segs)) == {"W0", "W1"}
+
+    w0 = segs["W0"]
+    planted = w0.start + int(np.argmax(np.abs(grad[w0.start:w0.stop])))
+    one_off = grad.copy()
+    one_off[planted] *= 1.01  # one coefficient 1% off
+    report = fg.check(loss, theta, one_off, args=args, segments=segs, samples="all")
+    assert [c.index for c in report.failures] == [planted]
+    audit = fg.audit(loss, theta, one_off, args=args, segments=segs)
+    assert planted in audit.suspects.tolist()
+
+
+class ScratchNet:
+    """A two-layer tanh/softmax net, CS231n style, computing its hidden layer in a buffer on self
+    (fine serially; on threads one call overwrites another's hidden layer)."""
+
+    def __init__(self, X, y, hidden):
+        self.X, self.y = X, y
+        self.segments = fg.SegmentMap.from_shapes(
+            {"W1": (X.shape[1], hidden), "b1": (hidden,), "W2": (hidden, int(y.max()) + 1),
+             "b2": (int(y.max()) + 1,)})
+        self.hidden = np.empty((X.shape[0], hidden))
+
+    def loss(self, theta):
+        p = fg.unflatten(theta, self.segments)
+        np.dot(self.X, p["W1"], out=self.hidden)
+        self.hidden += p["b1"]
+        np.tanh(self.hidden, out=self.hidden)
+        scores = self.hidden @ p["W2"] + p["b2"]
+        scores -= scores.max(1, keepdims=True)
+        rows = np.arange(len(self.y))
+        return float(np.mean(np.log(np.exp(scores).sum(1)) - scores[rows, self.y]))
+
+    def grad(self, theta):
+        p = fg.unflatten(theta, self.segments)
+        h = np.tanh(self.X @ p["W1"] + p["b1"])
+        e = np.exp(h @ p["W2"] + p["b2"])
+        e /= e.sum(1, keepdims=True)
+        e[np.arange(len(self.y)), self.y] -= 1
+        e /= len(self.y)
+        dh = (e @ p["W2"].T) * (1 - h * h)
+        return np.concatenate([(self.X.T @ dh).ravel(), dh.sum(0), (h.T @ e).ravel(), e.sum(0)])
+
+
+def scratch_net(seed=0):
+    rng = np.random.default_rng(seed)
+    net = ScratchNet(rng.standard_normal((400, 40)), rng.integers(0, 5, 400), 100)
+    return net, 0.2 * rng.standard_normal(net.segments.size)
+
+
+@pytest.mark.skipif(fg.engine.planner.resolve_workers(None) < 2, reason="needs 2 cores for threads")
+def test_a_model_with_a_scratch_buffer_on_self_is_refused_threads_and_judged_serially():
+    net, theta = scratch_net()
+    grad = net.grad(theta)
+    report = fg.check(net.loss, theta, grad, segments=net.segments)
+    assert report.passed, report
+    assert report.path in ("serial", "processes")
+    assert "threads refused" in report.path_reason and "flat index" in report.path_reason
+    assert plans.thread_unsafe(net.loss) is not None  # for this object, for the process
+    halved = grad.copy()
+    b1 = net.segments["b1"]
+    halved[b1.start:b1.stop] *= 0.5
+    again = fg.check(net.loss, theta, halved, segments=net.segments)
+    assert failed_blocks(again) == {"b1"}
+    assert "earlier check" in again.path_reason
+    # another object of the same class has its own verdict: it is guarded anew
+    other, _ = scratch_net(1)
+    assert plans.thread_unsafe(other.loss) is None
+
+
+def test_a_pure_loss_keeps_its_threads_and_the_guard_costs_one_small_batch():
+    from fastgrad.engine.evaluator import Evaluator
+
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((300, 60))
+
+    def pure(theta):
+        return float(np.sum(np.tanh(A @ theta.reshape(60, -1))))
+
+    x = rng.standard_normal(60 * 20)
+    ev = Evaluator(pure, x, workers=2)
+    ev.at(x)
+    index = np.arange(x.size, dtype=np.int64)
+    f_plus, f_minus = ev.pairs(index, np.full(x.size, 1e-5))
+    assert ev.path == "threads" and "refused" not in ev.path_reason
+    assert 0 < ev.guard_evaluations <= 2 * ev.guard_size() < x.size
+    serial = Evaluator(pure, x, workers=1)
+    sp, sm = serial.pairs(index, np.full(x.size, 1e-5))
+    assert np.array_equal(f_plus, sp) and np.array_equal(f_minus, sm)
+    # the guard's duplicates are not the method's evaluations
+    assert ev.evaluations == 1 + 2 * x.size
