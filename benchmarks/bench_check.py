@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 import fastgrad as fg
-from fastgrad import accumulate
+from fastgrad.judge import verdicts as accumulate
 
 from . import problems as P
 
