@@ -149,7 +149,7 @@ def test_dask_local_cluster_of_processes_same_as_serial(row_bug_report):
     distributed = pytest.importorskip("distributed")
     net = mlp(WIDTHS, bug_layer=1, row=17, factor=1.01)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         report = fastgrad.torch.audit_module(net, mean_square, _x(4, 32), executor=client)
         pids = set(client.run(lambda: __import__("os").getpid()).values())
