@@ -77,9 +77,11 @@ STEP_DEPENDENCE = 0.5
 # out; the extrapolation's floor is 1.5x the floor at h.
 RICHARDSON_RATIO = 2.0
 # ... when the step-dependent part |e(2h) - e(h)| is more than this fraction of the extrapolated
-# disagreement, the extrapolation itself is checked from h and h / 2: a real error gives the
-# same value; a residual of higher order shrinks, and the smaller steps decide
+# disagreement, the h^2 model is in doubt (a kink near the step gives an error ~h): the step
+# shrinks by these factors in turn while the disagreement keeps changing by more than
+# STEP_DEPENDENCE of itself; a real error stays, a kink is no longer crossed
 RICHARDSON_TRUST = 0.25
+DIRECTION_SHRINK = (0.1, 0.01)
 
 
 def richardson(e_large: float, e_small: float, noise_large: float, noise_small: float,

@@ -37,6 +37,7 @@ from ..results.audit_report import (
 from ..sampling import direction_key
 from ..segments import SegmentMap
 from ..steps import (
+    DIRECTION_SHRINK,
     KINK_SHRINK,
     NOISE_PROBE_EVALUATIONS,
     RICHARDSON_RATIO,
@@ -154,8 +155,8 @@ class _Auditor:
         do. So a disagreement at step h is re-measured at RICHARDSON_RATIO * h; when the two
         differ by more than their noise floors, they are extrapolated to h = 0
         (steps.richardson) and what remains beyond the extrapolation's floor is a gradient
-        error. Where the step-dependent part dominates, the extrapolation is checked once more
-        from h and h / RICHARDSON_RATIO, and the smaller steps decide when the two disagree.
+        error. Where the step-dependent part dominates (a kink close to the step), the step
+        shrinks (DIRECTION_SHRINK) while the disagreement keeps changing with it.
         """
         x = self.x
         keys = np.array([direction_key(self.seed, self.next_direction + j)
@@ -192,17 +193,24 @@ class _Auditor:
             if records[j].significant and \
                     step_dependent > RICHARDSON_TRUST * records[j].disagreement:
                 doubtful.append((j, base))
-        if doubtful and 2 * len(doubtful) <= self.remaining():
-            index = [j for j, _ in doubtful]
-            narrow = self.measure([parts[j] for j in index], keys[index],
-                                  step[index] / RICHARDSON_RATIO, phase)
-            for (j, base), n in zip(doubtful, narrow):
-                if not math.isfinite(n.rel_error):
-                    continue
-                first, second = records[j], _extrapolated(base, n)
-                e1, e2 = _error(first), _error(second)
-                if abs(e2 - e1) > STEP_DEPENDENCE * abs(e1) + first.noise + second.noise:
-                    records[j] = second
+        # the extrapolation is only as good as its h^2 model: a kink crossed close to its
+        # corner gives an error ~h (a few ReLU units near zero in a 10^6-weight direction).
+        # Smaller steps decide, as in check()'s kink re-checks: the step shrinks while the
+        # disagreement keeps changing with it; a real error stays, a kink is no longer crossed.
+        current = {j: base for j, base in doubtful}
+        for shrink in DIRECTION_SHRINK:
+            index = [j for j in current if records[j].significant]
+            if not index or 2 * len(index) > self.remaining():
+                break
+            smaller = self.measure([parts[j] for j in index], keys[index], step[index] * shrink,
+                                   phase)
+            for j, m in zip(index, smaller):
+                e1, e2 = _error(records[j]), _error(m)
+                if math.isfinite(m.rel_error) and \
+                        abs(e2 - e1) > STEP_DEPENDENCE * abs(e1) + records[j].noise + m.noise:
+                    records[j] = m  # still moving with the step: the smaller step decides
+                else:
+                    del current[j]  # stable: a step-independent disagreement (or agreement)
         return records
 
     def measure(self, parts, keys, step, phase) -> list[DirectionRecord]:
