@@ -243,3 +243,11 @@ def test_large_mlp_row_localized_as_a_block_and_correct_segments_pass():
     assert all(s.status == "clean" for n, s in r.segments.items() if n != "2.weight")
     n = sum(s.size for s in r.segments.values())
     assert r.evaluations <= 40 * np.log2(n)
+
+
+def test_jax_threads_same_as_serial():
+    loss, params, x = _jax_problem(bug=True)
+    serial = fastgrad.jax.audit(loss, params, x, workers=1)
+    threads = fastgrad.jax.audit(loss, params, x, workers=2)
+    assert (serial.path, threads.path) == ("serial", "threads")
+    assert fingerprint(threads) == fingerprint(serial)
