@@ -67,9 +67,40 @@ KINK_FRACTION_NOTE = 0.1
 JIT_AGREEMENT_EPS = 8 * float(np.finfo(np.float64).eps)
 
 # audit: a directional disagreement that changes by more than this fraction of itself between
-# step h and h * RETEST_SHRINK depends on the step (truncation, a kink), not on the gradient
+# two extrapolated estimates depends on the step (truncation, kinks), not on the gradient
 STEP_DEPENDENCE = 0.5
-RETEST_SHRINK = 0.1
+
+# audit, truncation along a direction: over n coordinates a direction has norm ~sqrt(n), and the
+# centered difference along it carries a truncation error (h^2 / 6 times the third derivative
+# along v) that grows with n (measured: 10-20x the roundoff floor on a 10^6-entry tanh-MLP
+# weight) while a real gradient error does not depend on h. A disagreement at step h is
+# re-measured at RICHARDSON_RATIO * h (larger: half the roundoff floor, four times the
+# truncation, so truncation above half the floor at h shows in the difference) and, where the
+# two differ beyond their floors, both are extrapolated to h = 0 (Richardson, error ~h^2):
+# truncation (and the kinks the step crosses, whose share also shrinks ~h^2 in aggregate) drops
+# out; the extrapolation's floor is 1.5x the floor at h.
+RICHARDSON_RATIO = 2.0
+# ... when the step-dependent part |e(2h) - e(h)| is more than this fraction of the extrapolated
+# disagreement, the h^2 model is in doubt (a kink near the step gives an error ~h): the step
+# shrinks by these factors in turn while the disagreement keeps changing by more than
+# STEP_DEPENDENCE of itself; a real error stays, a kink is no longer crossed
+RICHARDSON_TRUST = 0.25
+DIRECTION_SHRINK = (0.1, 0.01)
+
+
+def richardson(e_large: float, e_small: float, noise_large: float, noise_small: float,
+               ratio: float) -> tuple[float, float]:
+    """The disagreement extrapolated to step 0 from its values at steps H and ratio * H
+    (ratio < 1, an H^2 error term), and the noise floor of that value.
+
+    >>> richardson(1.0 + 4.0, 1.0 + 1.0, 0.0, 0.0, 0.5)   # a real error 1, truncation 4 H^2
+    (1.0, 0.0)
+    """
+    r2 = ratio * ratio
+    value = (e_small - r2 * e_large) / (1.0 - r2)
+    noise = (noise_small + r2 * noise_large) / (1.0 - r2)
+    return value, noise
+
 
 # a kink re-check tries these fractions of the first step in turn (h/10, h/100, h/1000): a kink at
 # distance d is no longer crossed once the step is below d

@@ -475,3 +475,9 @@ def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any) 
     loss = _FunctionLoss(fn, args, seed)
     with torch.random.fork_rng(devices=[]):
         return _run(loss, serial_by_default(check_options))
+
+
+# ---------------------------------------------------------------- audits of whole models
+from .torch_audit import audit_module, module_problem  # noqa: E402
+
+__all__ += ["audit_module", "module_problem"]

@@ -38,12 +38,15 @@ from ..results.audit_report import (
 from ..sampling import direction_key
 from ..segments import SegmentMap
 from ..steps import (
+    DIRECTION_SHRINK,
     KINK_SHRINK,
     NOISE_PROBE_EVALUATIONS,
-    RETEST_SHRINK,
+    RICHARDSON_RATIO,
+    RICHARDSON_TRUST,
     STEP_DEPENDENCE,
     coordinate_steps,
     precision_of,
+    richardson,
 )
 from .prepare import prepare
 
@@ -148,12 +151,15 @@ class _Auditor:
         return significant
 
     def evaluate(self, parts: list[_Part], phase: str) -> list[DirectionRecord]:
-        """One fresh random direction per part; a disagreement is re-measured at step / 10.
+        """One fresh random direction per part; a disagreement is extrapolated to step 0.
 
-        A real gradient error does not depend on the step; truncation (h^2) and a kink crossed
-        by the step (its share shrinks with h) do. So a disagreement that changes by more than
-        half between h and h/10 (beyond both noise floors) is step-dependent and the smaller
-        step decides; one that stays is confirmed at the first step.
+        A real gradient error does not depend on the step; truncation (h^2 times the third
+        derivative along v, which grows with the support's size) and kinks crossed by the step
+        do. So a disagreement at step h is re-measured at RICHARDSON_RATIO * h; when the two
+        differ by more than their noise floors, they are extrapolated to h = 0
+        (steps.richardson) and what remains beyond the extrapolation's floor is a gradient
+        error. Where the step-dependent part dominates (a kink close to the step), the step
+        shrinks (DIRECTION_SHRINK) while the disagreement keeps changing with it.
         """
         x = self.x
         keys = np.array([direction_key(self.seed, self.next_direction + j)
@@ -164,16 +170,50 @@ class _Auditor:
         step = np.array([self.step_scale * self.gain * max(1.0, _rms(x[p.start:p.stop]))
                          for p in parts])
         records = self.measure(parts, keys, step, phase)
-        again = [j for j, r in enumerate(records) if r.significant and math.isfinite(r.rel_error)]
-        if again and 2 * len(again) <= self.remaining():
-            second = self.measure([parts[j] for j in again], keys[again],
-                                  step[again] * RETEST_SHRINK, phase)
-            for j, r2 in zip(again, second):
-                r1 = records[j]
-                e1, e2 = r1.analytic - r1.numeric, r2.analytic - r2.numeric
-                if abs(e2 - e1) > STEP_DEPENDENCE * abs(e1) + r1.noise + r2.noise:
-                    records[j] = r2
+        records = self.extrapolate(parts, keys, step, records, phase)
         self.directions += records
+        return records
+
+    def extrapolate(self, parts, keys, step, records, phase) -> list[DirectionRecord]:
+        """The significant records of step h, re-measured at RICHARDSON_RATIO * h (a larger
+        step: a lower noise floor, four times the truncation); where the two differ by more
+        than their floors, replaced by their extrapolation to step 0. A record stays as
+        measured when the budget has no room for the second step."""
+        again = [j for j, r in enumerate(records) if r.significant and math.isfinite(r.rel_error)]
+        if not again or 2 * len(again) > self.remaining():
+            return records
+        wide = self.measure([parts[j] for j in again], keys[again],
+                            step[again] * RICHARDSON_RATIO, phase)
+        doubtful = []
+        for j, w in zip(again, wide):
+            base = records[j]
+            step_dependent = abs(_error(base) - _error(w))
+            # no visible dependence on the step: truncation is below half the floor at h, and
+            # the measurement at h (whose floor is lower than the extrapolation's) stands
+            if not math.isfinite(w.rel_error) or step_dependent <= base.noise + w.noise:
+                continue
+            records[j] = _extrapolated(w, base)
+            if records[j].significant and \
+                    step_dependent > RICHARDSON_TRUST * records[j].disagreement:
+                doubtful.append((j, base))
+        # the extrapolation is only as good as its h^2 model: a kink crossed close to its
+        # corner gives an error ~h (a few ReLU units near zero in a 10^6-weight direction).
+        # Smaller steps decide, as in check()'s kink re-checks: the step shrinks while the
+        # disagreement keeps changing with it; a real error stays, a kink is no longer crossed.
+        current = {j: base for j, base in doubtful}
+        for shrink in DIRECTION_SHRINK:
+            index = [j for j in current if records[j].significant]
+            if not index or 2 * len(index) > self.remaining():
+                break
+            smaller = self.measure([parts[j] for j in index], keys[index], step[index] * shrink,
+                                   phase)
+            for j, m in zip(index, smaller):
+                e1, e2 = _error(records[j]), _error(m)
+                if math.isfinite(m.rel_error) and \
+                        abs(e2 - e1) > STEP_DEPENDENCE * abs(e1) + records[j].noise + m.noise:
+                    records[j] = m  # still moving with the step: the smaller step decides
+                else:
+                    del current[j]  # stable: a step-independent disagreement (or agreement)
         return records
 
     def measure(self, parts, keys, step, phase) -> list[DirectionRecord]:
@@ -348,6 +388,22 @@ def _inside(part: _Part, block: _Part) -> bool:
     return block.start <= part.start and part.stop <= block.stop
 
 
+def _error(record: DirectionRecord) -> float:
+    return record.analytic - record.numeric
+
+
+def _extrapolated(large: DirectionRecord, small: DirectionRecord) -> DirectionRecord:
+    """The disagreement of one direction at steps h and r h, extrapolated to step 0."""
+    error, noise = richardson(_error(large), _error(small), large.noise, small.noise,
+                              small.step / large.step)
+    analytic = small.analytic
+    numeric = analytic - error
+    scale = max(abs(analytic), abs(numeric))
+    rel = abs(error) / scale if scale > 0 else 0.0
+    return DirectionRecord(small.segment, small.start, small.stop, analytic, numeric, rel, noise,
+                           small.step, bool(abs(error) > noise), small.phase)
+
+
 def _rms(values: np.ndarray) -> float:
     # a dot product: no temporary copy of a 10^7-value segment
     return math.sqrt(float(np.dot(values, values)) / values.size) if values.size else 0.0
@@ -499,10 +555,30 @@ def _merge_adjacent(blocks: list[BlockRecord], segs: SegmentMap) -> list[BlockRe
     return merged
 
 
+def _absorb_suspects(auditor: _Auditor, segs: SegmentMap) -> list[BlockRecord]:
+    """Blocks grown by the confirmed suspects that touch them in their segment (a wrong row
+    that does not start on a halving boundary is found partly as a block, partly as leaves):
+    one record per contiguous run of wrong coordinates."""
+    grown = []
+    for b in auditor.blocks:
+        seg = segs[b.segment]
+        start, stop = b.start, b.stop
+        while start > seg.start and start - 1 in auditor.suspects:
+            start -= 1
+            del auditor.suspects[start]
+        while stop < seg.stop and stop in auditor.suspects:
+            del auditor.suspects[stop]
+            stop += 1
+        extra = (b.start - start) + (stop - b.stop)
+        grown.append(BlockRecord(b.segment, start, stop, segs.locate(start)[1],
+                                 segs.locate(stop - 1)[1], b.sampled + extra, b.wrong + extra))
+    return grown
+
+
 def _report(auditor: _Auditor, segs, seg_records, significant, tol, tol_reason, depth,
             seed) -> AuditReport:
     ev = auditor.ev
-    auditor.blocks = _merge_adjacent(auditor.blocks, segs)
+    auditor.blocks = _merge_adjacent(_absorb_suspects(auditor, segs), segs)
     block_index = [np.arange(b.start, b.stop) for b in auditor.blocks]
     suspects = np.unique(np.concatenate(
         [np.fromiter(auditor.suspects, dtype=np.int64, count=len(auditor.suspects))]

@@ -31,24 +31,38 @@ def direction_where(lo, hi) -> str:
     return f"a random direction on theta[{int(lo)}:{int(hi)}]"
 
 
+# a direction's displacement h v is generated in chunks of this many entries: the only memory
+# besides the working copy, whatever the size of the support (no per-direction copy of theta)
+DIRECTION_CHUNK = 1 << 18
+
+
+def _displace(work, theta, key, a, b, step, sign, buffer) -> None:
+    """work[a:b] = theta[a:b] + sign * step * v[a:b] (sign +1 or -1), chunk by chunk."""
+    from .kernels import direction_fill
+
+    combine = np.add if sign > 0 else np.subtract
+    for c in range(a, b, DIRECTION_CHUNK):
+        e = min(c + DIRECTION_CHUNK, b)
+        hv = buffer[:e - c]
+        direction_fill(key, c, e, hv)
+        np.multiply(hv, step, out=hv)
+        combine(theta[c:e], hv, out=work[c:e], casting="same_kind")
+
+
 def fill_directions(f, work, theta, key, lo, hi, step, args, terms, f_plus, f_minus):
     """f(theta +- step[j] v_j) for the directions key[j] on [lo[j], hi[j]); returns
     (position, exc) or None."""
-    from .kernels import direction_fill
-
+    widest = int(np.max(np.asarray(hi) - np.asarray(lo))) if key.size else 0
+    buffer = np.empty(min(widest, DIRECTION_CHUNK))
     for j in range(key.size):
         a, b = int(lo[j]), int(hi[j])
-        hv = np.empty(b - a)  # h v: the only array besides the working copy
-        direction_fill(key[j], a, b, hv)
-        np.multiply(hv, step[j], out=hv)
-        base = theta[a:b]
         try:
-            np.add(base, hv, out=work[a:b], casting="same_kind")
+            _displace(work, theta, key[j], a, b, step[j], 1, buffer)
             f_plus[j] = as_loss(f(work, *args), terms, "a perturbed point")
-            np.subtract(base, hv, out=work[a:b], casting="same_kind")
+            _displace(work, theta, key[j], a, b, step[j], -1, buffer)
             f_minus[j] = as_loss(f(work, *args), terms, "a perturbed point")
         except Exception as exc:
             return j, exc
         finally:
-            work[a:b] = base
+            work[a:b] = theta[a:b]
     return None

@@ -1,0 +1,211 @@
+"""Audit every leaf of a JAX pytree: ``fastgrad.jax.audit``.
+
+``fastgrad.audit`` over the floating leaves of ``params`` (segments named by their key paths,
+``"layers/0/w"``), with the gradient from ``jax.grad``. The loss of the flat vector is jitted
+once per process; it pickles to ``f``, the pytree's structure and the arguments (the jitted
+function is rebuilt on arrival), so it can go to a Dask cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from .checks.coordinates import Problem
+from .checks.directions import audit as core_audit
+from .results.audit_report import AuditReport
+
+__all__ = ["audit", "pytree_problem"]
+
+
+def _enable_x64() -> contextlib.AbstractContextManager:
+    """64-bit JAX types around fastgrad's own calls only (thread-local)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64  # jax < 0.6
+
+    return enable_x64(True)
+
+
+class PytreeLoss:
+    """``f(params, *args)`` as a function of the flat vector of ``params``' floating leaves.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(params, *args) -> scalar``, traceable by ``jax.jit``.
+    treedef : jax.tree_util.PyTreeDef
+        The structure of ``params``.
+    fixed : list
+        Every leaf of ``params`` as given (the non-floating ones are held constant).
+    slots : list of (int, int, int, tuple)
+        For each audited leaf: its position among the leaves, its flat range and its shape.
+    args : tuple
+        The further arguments of ``f``, held constant.
+    """
+
+    def __init__(self, f: Callable, treedef, fixed: list, slots: list, args: tuple):
+        self.f, self.treedef, self.fixed, self.slots, self.args = f, treedef, fixed, slots, args
+        self._jitted = None
+
+    def params(self, theta) -> Any:
+        """The pytree with the audited leaves taken from ``theta`` (views, no copy)."""
+        values = list(self.fixed)
+        for position, a, b, shape in self.slots:
+            values[position] = theta[a:b].reshape(shape)
+        return jax.tree_util.tree_unflatten(self.treedef, values)
+
+    def flat_loss(self, theta) -> Any:
+        return self.f(self.params(theta), *self.args)
+
+    def __call__(self, theta: np.ndarray) -> float:
+        with _enable_x64():
+            if self._jitted is None:
+                self._jitted = jax.jit(self.flat_loss)
+            return float(self._jitted(theta))
+
+    def gradient(self, theta: np.ndarray) -> np.ndarray:
+        """``jax.grad`` of the loss at ``theta``, flat float64."""
+        with _enable_x64():
+            return np.array(jax.jit(jax.grad(self.flat_loss))(theta), dtype=np.float64)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_jitted"] = None  # a jitted function does not pickle; it is rebuilt on arrival
+        return state
+
+
+def pytree_problem(f: Callable[..., Any], params: Any, *args: Any, dtype=np.float64,
+                   **options: Any) -> Problem:
+    """A JAX loss of a pytree as a ``fastgrad.Problem`` (the flat vector of the floating
+    leaves, ``jax.grad``'s gradient, segments named by key paths), for ``fastgrad.audit``,
+    ``fastgrad.check`` or ``fastgrad check MODULE:FACTORY``.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(params, *args)`` returning a real scalar; traceable by ``jax.jit`` and ``jax.grad``.
+    params : pytree
+        Dicts, lists, tuples (or registered nodes) of arrays; integer and empty leaves are held
+        constant.
+    *args : any
+        Passed to ``f`` unchanged and held constant.
+    dtype : numpy dtype, default float64
+        ``np.float32`` evaluates in single precision (float32 tolerance and noise floors).
+    **options
+        Stored in ``Problem.options``.
+
+    Returns
+    -------
+    fastgrad.Problem
+        ``f`` (picklable), ``theta``, ``grad`` (float64) and ``segments``.
+
+    Raises
+    ------
+    TypeError
+        When ``f`` is not callable, a leaf is complex or ``dtype`` is not float32/float64.
+    ValueError
+        When ``params`` has no floating leaf, two leaves get the same name, or ``f`` does not
+        return a real scalar.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> p = fastgrad.jax.pytree_problem(lambda p: jnp.sum(jnp.tanh(p["w"])), {"w": jnp.ones(3)})
+    >>> p.segments
+    {'w': (3,)}
+    """
+    from .jax import path_name
+
+    if not callable(f):
+        raise TypeError(f"f: expected a callable f(params, *args), got {f!r}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise TypeError(f"dtype: expected float64 or float32, got {dtype}")
+    with _enable_x64():
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+        fixed, slots, segments, parts = [], [], {}, []
+        start = 0
+        for position, (path, leaf) in enumerate(leaves):
+            name = path_name(path)
+            value = np.asarray(leaf)
+            fixed.append(leaf)
+            if np.iscomplexobj(value):
+                raise TypeError(f"params: leaf {name!r} is complex ({value.dtype}); not supported")
+            if not np.issubdtype(value.dtype, np.floating) or value.size == 0:
+                continue
+            if name in segments:
+                raise ValueError(f"params: two leaves are both named {name!r}")
+            segments[name] = value.shape
+            slots.append((position, start, start + value.size, value.shape))
+            parts.append(value.astype(dtype).ravel())
+            start += value.size
+        if not segments:
+            raise ValueError("params: no floating-point leaf to audit")
+        theta = np.concatenate(parts)
+        loss = PytreeLoss(f, treedef, fixed, slots, tuple(args))
+        value = jax.jit(loss.flat_loss)(theta)
+        if getattr(value, "shape", ()) != () or np.iscomplexobj(value):
+            raise ValueError(f"f: must return a real scalar, got shape "
+                             f"{tuple(getattr(value, 'shape', ()))} and dtype {value.dtype}")
+        grad = loss.gradient(theta)
+    return Problem(loss, theta, grad, segments=segments, options=dict(options))
+
+
+def audit(f: Callable[..., Any], params: Any, *args: Any, budget: int | None = None,
+          dtype=np.float64, **audit_options: Any) -> AuditReport:
+    """Audit ``jax.grad`` of ``f(params, *args)`` over every floating leaf of ``params``.
+
+    ``fastgrad.audit`` on the pytree: random-direction derivatives of every leaf (a segment
+    named by its key path, ``"layers/0/w"``), then group-testing localization, so that a wrong
+    ``custom_vjp`` is found coordinate by coordinate (or as a block) in a number of evaluations
+    that grows with the logarithm of the leaf's size. The caller's ``params`` are not modified;
+    64-bit mode is switched on only around fastgrad's own calls.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(params, *args)`` returning a real scalar; traceable by ``jax.jit`` and ``jax.grad``.
+    params : pytree
+        The point at which the gradient is audited.
+    *args : any
+        Passed to ``f`` unchanged and held constant.
+    budget : int, optional
+        The most loss evaluations to spend.
+    dtype : numpy dtype, default float64
+        ``np.float32`` audits in single precision (float32 tolerance and noise floors; the
+        report's header says so).
+    **audit_options
+        Options of ``fastgrad.audit`` (``seed``, ``depth``, ``tol``, ``workers``, ``executor``
+        (a ``concurrent.futures`` executor or a Dask ``Client``), ``progress``, ...).
+
+    Returns
+    -------
+    fastgrad.AuditReport
+        The same report as ``fastgrad.audit``; suspects carry their leaf's name and index.
+
+    Raises
+    ------
+    TypeError
+        When ``f`` is not callable, a leaf is complex or ``dtype`` is not float32/float64.
+    ValueError
+        When ``params`` has no floating leaf, ``f`` does not return a real scalar, or an option
+        is refused by ``fastgrad.audit``.
+    fastgrad.LossError
+        When the jitted loss raises at a perturbed point.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> params = {"layers": [{"w": jnp.ones((3, 2)) / 3, "b": jnp.zeros(2)}]}
+    >>> loss = lambda p, x: jnp.sum(jnp.tanh(x @ p["layers"][0]["w"] + p["layers"][0]["b"]) ** 2)
+    >>> fastgrad.jax.audit(loss, params, jnp.ones((4, 3))).passed
+    True
+    """
+    problem = pytree_problem(f, params, *args, dtype=dtype)
+    return core_audit(problem.f, problem.theta, problem.grad, segments=problem.segments,
+                      budget=budget, **audit_options)
