@@ -259,6 +259,13 @@ def pooled_noise_sigma(sigmas) -> float:
 MAX_STEP_GAIN = 10.0
 
 
+def assumed_noise(f0: float, dtype) -> float:
+    """The noise of f(x+h) - f(x-h) the automatic step and the default floor assume: the
+    roundoff of two loss values of size max(1, |f|). Measured noise at or below it is plain
+    roundoff, which never makes a coordinate or direction inconclusive."""
+    return 2.0 * noise_eps(dtype) * max(1.0, abs(float(f0)))
+
+
 def measured_noise(sigma: float, f0: float, dtype) -> tuple[float, float]:
     """The absolute noise level of f(x+h) - f(x-h) that the accumulator's floor adds for a
     measured noise sigma of f, and the factor by which automatic steps grow.
@@ -275,7 +282,7 @@ def measured_noise(sigma: float, f0: float, dtype) -> tuple[float, float]:
     noise_abs = NOISE_SIGMAS * math.sqrt(2.0) * float(sigma)
     if not math.isfinite(noise_abs) or noise_abs <= 0.0:
         return 0.0, 1.0
-    assumed = 2.0 * noise_eps(dtype) * max(1.0, abs(float(f0)))
+    assumed = assumed_noise(f0, dtype)
     excess = noise_abs / assumed
     gain = min(MAX_STEP_GAIN, excess ** (1.0 / 3.0)) if excess > 1.0 else 1.0
     return noise_abs, float(gain)

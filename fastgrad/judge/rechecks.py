@@ -15,6 +15,7 @@ from ..steps import (
     KINK_STABLE_CHANGE,
     KINK_VISIBLE,
     ONE_SIDED_NOISE,
+    assumed_noise,
     noise_growth,
 )
 from .verdicts import INCONCLUSIVE, KINK, NAN, NOISE, CoordStats, coordinate_stats
@@ -116,8 +117,8 @@ class Judge:
         for m, t in enumerate(self.terms):
             s, measured = stats[m], float(self.noise_abs[m])
             rows = np.flatnonzero(s.verdict == NOISE)
-            if measured <= 0.0 or rows.size == 0:
-                continue
+            if measured <= assumed_noise(self.f0[m], self.x.dtype) or rows.size == 0:
+                continue  # not noisier than roundoff: "noise" is the roundoff floor's verdict
             a = self.grads[t][index]
             rms = np.sqrt(np.bincount(groups, a * a, minlength=counts.size)
                           / np.maximum(counts, 1))[groups]
@@ -131,6 +132,8 @@ class Judge:
         """Audit's rule of mark_inconclusive for one directional derivative: the measured noise
         alone, noise_abs / 2h, exceeds tol times the derivative (the larger of |a| and |n|)."""
         measured = float(self.noise_abs[0]) if self.noise_abs else 0.0
+        if measured <= assumed_noise(self.f0[0], self.x.dtype):
+            return False  # plain roundoff: a derivative of ~0 is judged against it, not tol
         return measured / (2.0 * step) > self.tol * max(abs(analytic), abs(numeric))
 
     def signature_changes(self, index, step) -> np.ndarray:
