@@ -40,6 +40,8 @@ BLAS_SPEEDUP_TO_PROBE = 1.4
 AUTO_JIT_MIN_SECONDS = 1.0
 # the calibration compares strategies on this much wall time of real coordinates each
 CALIBRATION_SECONDS = 0.05
+# a plan of one worker with BLAS threads is remembered only when it beat outer threads by this
+BLAS_PLAN_MARGIN = 1.3
 # BLAS threads (one outer worker) must beat outer threads by this factor to be chosen: the
 # measurement is noisy on a shared machine, and outer threads are the right guess for most losses
 BLAS_MARGIN = 1.15
@@ -226,8 +228,12 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
                 backend, workers, blas = "processes", ev.workers, 1
     ev.plan = Plan(backend, workers, blas, f"{ev.origin()}: {chosen} ({measured})", t_eval)
     # the latest calibration is remembered, whichever strategy won: a remembered plan never
-    # replaces one that a calibration measured faster
-    remember(ev.work.f, plan_key(ev.work.theta, ev.work.args, ev.workers, jit), ev.plan)
+    # replaces one that a calibration measured faster. Except one worker with BLAS on its own
+    # threads that won narrowly: on a busy machine BLAS threads can be 100x slower from one
+    # check to the next, and a remembered wrong one would slow every later check of this loss
+    if not (backend != "processes" and blas is None
+            and rates[1] <= BLAS_PLAN_MARGIN * rates[0]):
+        remember(ev.work.f, plan_key(ev.work.theta, ev.work.args, ev.workers, jit), ev.plan)
     return done
 
 
