@@ -102,6 +102,18 @@ def richardson(e_large: float, e_small: float, noise_large: float, noise_small: 
     return value, noise
 
 
+# audit localization (checks/directions.py):
+# a range this small is settled by coordinate checks of all its members
+LEAF_SIZE = 4
+# a part that passes one random direction is tried with up to this many (two wrong coordinates
+# can nearly cancel in one direction; in three independent ones they practically never do)
+DIRECTIONS_PER_TEST = 3
+# all four grandchildren of a part disagree: sample this many of its coordinates; if every one
+# is wrong, the part is reported as a wrong block instead of being split further
+BLOCK_SAMPLES = 6
+# more disagreeing parts than this at one level: the disagreement is spread over the segment
+MAX_FRONT = 64
+
 # a kink re-check tries these fractions of the first step in turn (h/10, h/100, h/1000): a kink at
 # distance d is no longer crossed once the step is below d
 KINK_SHRINK = (0.1, 0.01, 0.001)

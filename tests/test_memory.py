@@ -44,12 +44,15 @@ def _loss_numba_compiles(megabytes: int):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [{}, {"executor": "threads"}], ids=["numpy", "executor"])
+@pytest.mark.parametrize("options", [{"jit": "auto"}, {"jit": False}, {"executor": "threads"}],
+                         ids=["jit='auto'", "numpy", "executor"])
 def test_two_hundred_checks_of_16mb_closures_keep_less_than_50mb(options):
+    """The default path (jit="auto": a short check of a numpy loss is not compiled, its
+    plan is remembered weakly), the plain numpy path and an executor keep nothing of a loss."""
     theta = np.linspace(-1.0, 1.0, 40)
     grad = 2.0 * theta
     with ThreadPoolExecutor(max_workers=2) as executor:
-        if options:
+        if "executor" in options:
             options = {"executor": executor}
         for _ in range(3):  # warm: kernels loaded, pools started
             assert fg.check(_loss_holding(16), theta, grad, samples="all", **options).passed

@@ -38,8 +38,12 @@ from ..results.audit_report import (
 from ..sampling import direction_key
 from ..segments import SegmentMap
 from ..steps import (
+    BLOCK_SAMPLES,
     DIRECTION_SHRINK,
+    DIRECTIONS_PER_TEST,
     KINK_SHRINK,
+    LEAF_SIZE,
+    MAX_FRONT,
     NOISE_PROBE_EVALUATIONS,
     RICHARDSON_RATIO,
     RICHARDSON_TRUST,
@@ -52,16 +56,6 @@ from .prepare import prepare
 
 __all__ = ["audit"]
 
-# a range this small is settled by coordinate checks of all its members
-LEAF_SIZE = 4
-# a part that passes one random direction is tried with up to this many (two wrong coordinates
-# can nearly cancel in one direction; in three independent ones they practically never do)
-DIRECTIONS_PER_TEST = 3
-# all four grandchildren of a part disagree: sample this many of its coordinates; if every one
-# is wrong, the part is reported as a wrong block instead of being split further
-BLOCK_SAMPLES = 6
-# more disagreeing parts than this at one level: the disagreement is spread over the segment
-MAX_FRONT = 64
 
 class _BudgetExhausted(Exception):
     """The evaluation budget ran out: the audit stops and reports what it has localized."""
