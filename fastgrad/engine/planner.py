@@ -190,9 +190,11 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
     half = max(1, probe // 2)
     size = max(1, probe // 4)  # short: BLAS threads on a busy machine can be 100x slower
     if ev.guard_rates is not None:
-        # a Python loss: the guard just timed the same coordinates on threads and serially
+        # a Python loss: the guard just timed the same coordinates on threads and serially;
+        # threads once more after the serial run, the faster kept (the first threaded batch
+        # also woke the pool, and BLAS workers the caller left spinning can slow either one)
         outer, serial = ev.guard_rates
-        outer = outer if threads_ok else 0.0
+        outer = max(outer, timed(half, ev.workers, 1)) if threads_ok else 0.0
     else:
         outer = timed(half, ev.workers, 1) if threads_ok else 0.0
         serial = timed(size, 1, 1)
