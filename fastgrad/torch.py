@@ -484,3 +484,9 @@ def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any) 
     loss = _FunctionLoss(fn, args, seed)
     with torch.random.fork_rng(devices=[]):
         return _run(loss, _serial_by_default(check_options))
+
+
+# the drop-ins for torch's own checkers (fastgrad/torch_gradcheck.py)
+from .torch_gradcheck import GradcheckError, gradcheck, gradgradcheck  # noqa: E402
+
+__all__ += ["GradcheckError", "gradcheck", "gradgradcheck"]
