@@ -179,3 +179,9 @@ def check(f: Callable[..., Any], params: Any, *args: Any, **check_options: Any) 
         grad = np.array(grad_jit(theta, *dynamic_args), dtype=np.float64)
     loss = _JaxLoss(value_jit, dynamic_args)
     return core_check(loss, theta, grad, segments=segments, **check_options)
+
+
+# the drop-in for jax.test_util.check_grads (fastgrad/jax_gradcheck.py)
+from .jax_gradcheck import CheckGradsError, check_grads  # noqa: E402
+
+__all__ += ["CheckGradsError", "check_grads"]

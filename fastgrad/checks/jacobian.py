@@ -78,7 +78,7 @@ class Layout:
 
 def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, index: np.ndarray,
                    step: np.ndarray, *, tol: float, tol_reason: str, noise_eps: float,
-                   atol: float, rtol: float, inputs: Layout, outputs: Layout, seed: int,
+                   atol: float, rtol: float | None, inputs: Layout, outputs: Layout, seed: int,
                    skipped: tuple[str, ...] = (), notes: tuple[str, ...] = (),
                    refine: Callable[[np.ndarray], np.ndarray] | None = None,
                    mode: str = "") -> JacobianReport:
@@ -87,7 +87,8 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
 
     ``refine(rows)``, when given, recomputes analytic rows one by one (the batched ones are
     suspected first when an element fails: a batching rule must never cause a false alarm).
-    ``mode`` is appended to segment names (``" (forward AD)"``).
+    ``mode`` is appended to segment names (``" (forward AD)"``). ``rtol`` None: torch's rule
+    is not applied (only fastgrad's verdict and the ``atol`` slack).
     """
     notes = tuple(notes)
     fp, fm = ev.pairs(index, step)
@@ -126,7 +127,8 @@ def _final_failures(stats, analytic: np.ndarray, atol: float, rtol: float) -> np
     diff = np.abs(analytic - numeric)
     excused = (verdict == NOISE) | (verdict == KINK)
     with np.errstate(invalid="ignore"):
-        torch_rule = ~(diff <= atol + rtol * np.abs(numeric)) & ~excused
+        torch_rule = (np.zeros(diff.shape, dtype=bool) if rtol is None
+                      else ~(diff <= atol + rtol * np.abs(numeric)) & ~excused)
         beyond = ~(diff <= atol)
     return (verdict == NAN) | ((judged | torch_rule) & beyond)
 
