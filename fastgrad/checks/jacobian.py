@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from ..judge.rechecks import Judge
-from ..judge.verdicts import KINK, NAN, NOISE, segment_stats
+from ..judge.verdicts import KINK, NAN, NOISE, coordinate_stats, segment_stats
 from ..results.jacobian_report import JacobianRecords, JacobianReport
 from ..results.report import SegmentReport
 
@@ -37,17 +38,17 @@ class Layout:
     shapes: tuple[tuple[int, ...], ...]
     complex: tuple[bool, ...]
 
-    @property
+    @cached_property
     def sizes(self) -> list[int]:
         """Real sizes (twice the element count for complex tensors)."""
         return [int(np.prod(s, dtype=np.int64)) * (2 if c else 1)
                 for s, c in zip(self.shapes, self.complex)]
 
-    @property
+    @cached_property
     def starts(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
 
-    @property
+    @cached_property
     def size(self) -> int:
         return int(sum(self.sizes))
 
@@ -92,17 +93,28 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
     """
     notes = tuple(notes)
     fp, fm = ev.pairs(index, step)
+    n_out = jacobian.shape[0]
+    # one C call over every element first: numeric values, errors, floors and verdicts do not
+    # depend on f0 (only the kink score does, and it matters only for re-checks)
+    screen = coordinate_stats(jacobian[:, index].ravel(), fp.T.ravel(), fm.T.ravel(), 0.0,
+                              np.tile(step, n_out), tol, noise_eps)
+    table = _Table(*(getattr(screen, name).reshape(n_out, index.size) for name in _FIELDS))
+    if not (table.failed.any() or (table.verdict == NOISE).any()):
+        table.kink[:] = False
+        failed = _final_failures(table, jacobian[:, index], atol, rtol)
+        if not failed.any():
+            return _report(ev, x, f0, jacobian, index, table, [step] * n_out,
+                           np.zeros(index.size, dtype=bool), failed, tol=tol,
+                           tol_reason=tol_reason, inputs=inputs, outputs=outputs, seed=seed,
+                           skipped=skipped, notes=notes, mode=mode)
     for _ in range(2):
-        grads = {r: jacobian[r] for r in range(jacobian.shape[0])}
+        grads = {r: jacobian[r] for r in range(n_out)}
         judge = Judge(ev, x, f0, grads, tol, noise_eps, "detect")
         stats = judge.verdicts(index, step, fp.copy(), fm.copy())
-        if any(s.failed.any() or (s.verdict == NOISE).any() for s in stats):
-            steps, rechecked = judge.recheck(index, step, stats)
-        else:  # nothing to re-check: what judge.recheck returns then, without its copies
-            steps, rechecked = [step] * len(stats), np.zeros(index.size, dtype=bool)
-            for s in stats:
-                s.kink[:] = False
-        failed = _final_failures(stats, jacobian[:, index], atol, rtol)
+        steps, rechecked = judge.recheck(index, step, stats)
+        table = _Table(*(np.stack([getattr(st, name) for st in stats]).reshape(n_out, -1)
+                         for name in _FIELDS))
+        failed = _final_failures(table, jacobian[:, index], atol, rtol)
         if refine is None or not failed.any():
             break
         rows = np.flatnonzero(failed.any(axis=1))
@@ -114,35 +126,47 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
         notes += (f"batched vector-Jacobian products differed from one-by-one ones on "
                   f"{rows.size} output element(s); the one-by-one values were judged",)
         refine = None
-    return _report(ev, x, f0, jacobian, index, stats, steps, rechecked, failed, tol=tol,
+    return _report(ev, x, f0, jacobian, index, table, steps, rechecked, failed, tol=tol,
                    tol_reason=tol_reason, inputs=inputs, outputs=outputs, seed=seed,
                    skipped=skipped, notes=notes, mode=mode)
 
 
-def _final_failures(stats, analytic: np.ndarray, atol: float, rtol: float) -> np.ndarray:
+_FIELDS = ("numeric", "rel_error", "noise", "verdict", "failed", "kink")
+
+
+@dataclass
+class _Table:
+    """The judge's per-element results as (outputs, coordinates) arrays."""
+
+    numeric: np.ndarray
+    rel_error: np.ndarray
+    noise: np.ndarray
+    verdict: np.ndarray
+    failed: np.ndarray
+    kink: np.ndarray
+
+
+def _final_failures(table: _Table, analytic: np.ndarray, atol: float, rtol) -> np.ndarray:
     """(outputs, coordinates): fastgrad's verdict or torch's rule fails, beyond atol."""
-    numeric = np.stack([s.numeric for s in stats])
-    verdict = np.stack([s.verdict for s in stats])
-    judged = np.stack([s.failed for s in stats])
+    numeric, verdict = table.numeric, table.verdict
     diff = np.abs(analytic - numeric)
     excused = (verdict == NOISE) | (verdict == KINK)
     with np.errstate(invalid="ignore"):
         torch_rule = (np.zeros(diff.shape, dtype=bool) if rtol is None
                       else ~(diff <= atol + rtol * np.abs(numeric)) & ~excused)
         beyond = ~(diff <= atol)
-    return (verdict == NAN) | ((judged | torch_rule) & beyond)
+    return (verdict == NAN) | ((table.failed | torch_rule) & beyond)
 
 
-def _report(ev, x, f0, jacobian, index, stats, steps, rechecked, failed, *, tol, tol_reason,
-            inputs: Layout, outputs: Layout, seed, skipped, notes, mode) -> JacobianReport:
+def _report(ev, x, f0, jacobian, index, table: _Table, steps, rechecked, failed, *, tol,
+            tol_reason, inputs: Layout, outputs: Layout, seed, skipped, notes,
+            mode) -> JacobianReport:
     n_out, k = jacobian.shape[0], index.size
     in_tensor = inputs.tensor_of(index)  # (k,)
     out_tensor = outputs.tensor_of(np.arange(n_out))  # (n_out,)
     n_in_t, n_out_t = len(inputs.names), len(outputs.names)
     seg = (in_tensor[None, :] * n_out_t + out_tensor[:, None]).astype(np.int64)
-    rel = np.stack([s.rel_error for s in stats]) if stats else np.zeros((0, k))
-    verdict = np.stack([s.verdict for s in stats]) if stats else np.zeros((0, k), np.int8)
-    kink = np.stack([s.kink for s in stats]) if stats else np.zeros((0, k), bool)
+    rel, verdict, kink = table.rel_error, table.verdict, table.kink
     agg = segment_stats(seg.ravel(), rel.ravel(), verdict.ravel(), failed.ravel(), kink.ravel(),
                         n_in_t * n_out_t)
     names = [f"{i}/{o}{mode}" for i in inputs.names for o in outputs.names]
@@ -162,10 +186,9 @@ def _report(ev, x, f0, jacobian, index, stats, steps, rechecked, failed, *, tol,
     columns = {
         "row": rows, "position": positions, "index": index[positions], "segment": seg.ravel(),
         "analytic": jacobian[:, index].ravel(),
-        "numeric": np.stack([s.numeric for s in stats]).ravel() if stats else np.zeros(0),
-        "rel_error": rel.ravel(), "kink": kink.ravel(), "verdict": verdict.ravel(),
-        "step": np.stack(steps).ravel() if stats else np.zeros(0), "failed": failed.ravel(),
-        "noise": np.stack([s.noise for s in stats]).ravel() if stats else np.zeros(0),
+        "numeric": table.numeric.ravel(), "rel_error": rel.ravel(), "kink": kink.ravel(),
+        "verdict": verdict.ravel(), "step": np.stack(steps).ravel() if n_out else np.zeros(0),
+        "failed": failed.ravel(), "noise": table.noise.ravel(),
     }
     records = JacobianRecords(columns, inputs, outputs, names)
     eligible = [s.max_rel_error for s in segments.values() if s.checked]

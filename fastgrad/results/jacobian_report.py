@@ -71,6 +71,29 @@ class JacobianRecords(Sequence):
         return repr(self._all())
 
 
+class ChainedRecords(Sequence):
+    """Several reports' records as one sequence, without making them until read."""
+
+    def __init__(self, parts: list[Sequence]):
+        self._parts = parts
+
+    def _all(self) -> list:
+        return [c for part in self._parts for c in part]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._parts)
+
+    def __getitem__(self, item):
+        return self._all()[item]
+
+    def __iter__(self):
+        for part in self._parts:
+            yield from part
+
+    def __repr__(self) -> str:
+        return repr(self._all())
+
+
 @dataclass(kw_only=True)
 class JacobianReport(Report):
     """The report of a full-Jacobian check; ``skipped`` names the input coordinates that were
