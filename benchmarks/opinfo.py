@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.autograd.gradcheck import GradcheckError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -86,7 +87,7 @@ def _run(check, fn, inputs, **options):
             warnings.simplefilter("ignore")
             ok = check(fn, inputs, **options)
         verdict, message = ("pass" if ok else "fail"), ""
-    except torch.autograd.gradcheck.GradcheckError as exc:
+    except GradcheckError as exc:
         verdict, message = "fail", str(exc)
     except Exception as exc:  # a crash or a refusal: recorded, never hidden
         verdict, message = "error", f"{type(exc).__name__}: {exc}"

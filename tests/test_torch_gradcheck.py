@@ -288,3 +288,22 @@ def test_bad_input_is_named():
         ft.gradcheck(torch.sin, (torch.randn(3, dtype=F64),))
     with pytest.raises(ValueError, match="atol"):
         ft.gradcheck(torch.sin, (leaf(3),), atol=-1.0)
+
+
+def test_safe_softmax_with_a_fully_masked_row():
+    safe_softmax = getattr(torch, "_safe_softmax", None)
+    if safe_softmax is None:
+        pytest.skip("this torch has no _safe_softmax")
+    x = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(16))
+    x[1, :] = -float("inf")  # a fully masked row: _safe_softmax gives zeros there
+    x[0, 3] = -float("inf")
+    x.requires_grad_(True)
+    assert ft.gradcheck(lambda x: safe_softmax(x, -1), (x,))
+
+
+def test_non_finite_value_at_a_perturbed_point_names_input_and_output():
+    x = torch.tensor([1e-9, 0.5, 2.0], dtype=F64, requires_grad=True)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(torch.log, (x,))
+    (failure,) = info.value.report.failures
+    assert failure.verdict == "nan" and failure.where == "input0[0] -> output0[0]"
