@@ -863,6 +863,9 @@ def gradgradcheck(
     names = [f"input{k}" for k in range(n)] + [f"grad_output{j}" for j in range(len(grad_outputs))]
     fn = _Function(backward, (*inputs, *grad_outputs), names, needs_grad=True,
                    out_prefix="grad_input")
+    # vmap cannot batch torch.autograd.grad (it raises after tracing): do not try every time
+    fn.batched = False
+    fn.why_serial = "the backward calls torch.autograd.grad, which torch.func.vmap cannot batch"
     with _no_side_effects():
         return _check(fn, eps=eps, atol=atol, rtol=rtol, nondet_tol=nondet_tol,
                       check_backward_ad=check_rev_over_rev, check_forward_ad=check_fwd_over_rev,
