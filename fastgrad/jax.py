@@ -7,7 +7,8 @@ True
 
 ``check`` returns a ``fastgrad.Report`` whose segments are the pytree's leaves, and takes the
 options of ``fastgrad.check``; ``check_grads`` is a drop-in for ``jax.test_util.check_grads``
-(full Jacobians, forward and reverse mode, any order). 64-bit mode is switched on only around fastgrad's own calls
+(full Jacobians, forward and reverse mode, any order). 64-bit mode is switched on only around
+fastgrad's own calls
 (``jax.enable_x64``, a thread-local context), so the caller's JAX configuration is left as it
 was. Importing this module without JAX installed raises an ``ImportError`` that says how to
 install it (``pip install fastgrad[jax]``).

@@ -8,7 +8,8 @@ True
 ``check_module`` checks a module's parameters (and inputs that require grad) through a scalar
 loss; ``check_function`` checks any differentiable function of tensors, such as a custom
 ``torch.autograd.Function``'s ``apply``. ``gradcheck`` and ``gradgradcheck`` are drop-ins for
-torch's own (full Jacobians, same signature, ``GradcheckError`` a subclass of torch's). Both return a ``fastgrad.Report`` and take the options
+torch's own (full Jacobians, same signature, ``GradcheckError`` a subclass of torch's). Both
+return a ``fastgrad.Report`` and take the options
 of ``fastgrad.check``. Everything runs on float64 CPU copies: the caller's module (its
 parameters, their ``.grad``, its buffers and its train/eval mode), its tensors and torch's global
 RNG state are left untouched. Importing this module without PyTorch installed raises an

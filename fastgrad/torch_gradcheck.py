@@ -333,22 +333,32 @@ def _input_rows(fn: _Function, grads, batch: int, leaves) -> np.ndarray:
 
 
 def _vjp_rows(fn: _Function, leaves, outputs, rows: np.ndarray, batched: bool) -> np.ndarray:
-    """Analytic Jacobian rows ``rows`` (flat real outputs x flat real inputs)."""
-    diff = [outputs[j] for j in fn.positions]
+    """Analytic Jacobian rows ``rows`` (flat real outputs x flat real inputs).
+
+    As torch's gradcheck: each output is differentiated on its own, the other outputs'
+    gradients left undefined (a backward that mishandles an undefined gradient shows).
+    """
+    out = np.zeros((rows.size, fn.layout.size))
     if rows.size == 0:
-        return np.zeros((0, fn.layout.size))
-    if batched:
-        basis = _cotangent_basis(fn, outputs, rows)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            grads = torch.autograd.grad(diff, leaves, basis, retain_graph=True,
-                                        allow_unused=True, is_grads_batched=True)
-        return _input_rows(fn, grads, rows.size, leaves)
-    out = np.empty((rows.size, fn.layout.size))
-    for r_i, r in enumerate(rows):
-        basis = [b[0] for b in _cotangent_basis(fn, outputs, np.array([r]))]
-        grads = torch.autograd.grad(diff, leaves, basis, retain_graph=True, allow_unused=True)
-        out[r_i] = _input_rows(fn, [None if g is None else g[None] for g in grads], 1, leaves)[0]
+        return out
+    owner = fn.out_layout.tensor_of(rows)
+    for p, j in enumerate(fn.positions):
+        mine = np.flatnonzero(owner == p)
+        if mine.size == 0:
+            continue
+        basis = _cotangent_basis(fn, outputs, rows[mine])[p]
+        if batched:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                grads = torch.autograd.grad(outputs[j], leaves, basis, retain_graph=True,
+                                            allow_unused=True, is_grads_batched=True)
+            out[mine] = _input_rows(fn, grads, mine.size, leaves)
+            continue
+        for m, cotangent in zip(mine, basis):
+            grads = torch.autograd.grad(outputs[j], leaves, cotangent, retain_graph=True,
+                                        allow_unused=True)
+            out[m] = _input_rows(fn, [None if g is None else g[None] for g in grads], 1,
+                                 leaves)[0]
     return out
 
 
@@ -392,7 +402,9 @@ def _jvp_columns(fn: _Function, cols: np.ndarray, batched: bool) -> np.ndarray:
     out = np.empty((fn.out_layout.size, cols.size))
     for c in range(cols.size):
         with forward_ad.dual_level():
-            duals = [forward_ad.make_dual(p, b[c]) for p, b in zip(primals, basis)]
+            # fresh tangents: a view into the basis would carry its storage offset into ops
+            # that read storage directly (as_strided)
+            duals = [forward_ad.make_dual(p, b[c].clone()) for p, b in zip(primals, basis)]
             outputs = fn.call(duals)
             parts = []
             for j in fn.positions:
@@ -476,6 +488,17 @@ def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, che
         try:
             jac = _vjp_rows(fn, leaves, outputs, rows, batched=True)
             batched = True
+            # the backward users run is the unbatched one: the first row of every output is
+            # compared with it, and a batching rule that differs (a decomposition that is
+            # right where the real backward is not, or the reverse) is not trusted
+            probe = fn.out_layout.starts[:-1]
+            probe = probe[probe < rows.size]
+            single = _vjp_rows(fn, leaves, outputs, probe, batched=False)
+            if not np.allclose(single, jac[probe], rtol=1e-10, atol=1e-12, equal_nan=True):
+                jac = _vjp_rows(fn, leaves, outputs, rows, batched=False)
+                batched = False
+                notes.append("batched vector-Jacobian products differ from the backward "
+                             "itself: every row computed one by one")
         except Exception as exc:
             if check_batched_grad:
                 return _fail(f"check_batched_grad: vmap over the backward failed: "
