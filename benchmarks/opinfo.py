@@ -37,11 +37,13 @@ QUICK_OPS = ("sin", "tanh", "mul", "matmul", "softmax", "_safe_softmax", "sgn", 
              "max", "where", "cat", "complex", "fft.fft", "norm", "std")
 
 
-def _ops(quick: bool):
+def _ops(quick: bool, names=None):
     from torch.testing._internal.common_methods_invocations import op_db
 
     for op in op_db:
         if quick and op.name not in QUICK_OPS:
+            continue
+        if names and op.name not in names:
             continue
         if not op.supports_autograd or torch.float64 not in op.supported_dtypes("cpu"):
             continue
@@ -141,6 +143,7 @@ def _step_sweep(fn, inputs, report) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few ops only")
+    parser.add_argument("--ops", default="", help="comma-separated op names (default: all)")
     parser.add_argument("--samples", type=int, default=3, help="sample inputs per op")
     parser.add_argument("--time-limit", type=float, default=3600.0, help="seconds")
     parser.add_argument("--max-elements", type=int, default=4096,
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
     began = time.perf_counter()
     rows = []
     skipped = 0
-    for op in _ops(args.quick):
+    for op in _ops(args.quick, set(filter(None, args.ops.split(","))) or None):
         if time.perf_counter() - began > args.time_limit:
             print(f"time limit reached after {len(rows)} checks", file=sys.stderr)
             break
