@@ -404,7 +404,9 @@ def _jvp_columns(fn: _Function, cols: np.ndarray, batched: bool) -> np.ndarray:
         with forward_ad.dual_level():
             # fresh tangents: a view into the basis would carry its storage offset into ops
             # that read storage directly (as_strided)
-            duals = [forward_ad.make_dual(p, b[c].clone()) for p, b in zip(primals, basis)]
+            # (with the primal's strides, as torch's gradcheck makes them: zeros_like)
+            duals = [forward_ad.make_dual(p, torch.zeros_like(p).copy_(b[c]))
+                     for p, b in zip(primals, basis)]
             outputs = fn.call(duals)
             parts = []
             for j in fn.positions:
