@@ -6,7 +6,9 @@
 True
 
 ``check`` returns a ``fastgrad.Report`` whose segments are the pytree's leaves, and takes the
-options of ``fastgrad.check``. 64-bit mode is switched on only around fastgrad's own calls
+options of ``fastgrad.check``; ``check_grads`` is a drop-in for ``jax.test_util.check_grads``
+(full Jacobians, forward and reverse mode, any order). 64-bit mode is switched on only around
+fastgrad's own calls
 (``jax.enable_x64``, a thread-local context), so the caller's JAX configuration is left as it
 was. Importing this module without JAX installed raises an ``ImportError`` that says how to
 install it (``pip install fastgrad[jax]``).
@@ -185,3 +187,8 @@ def check(f: Callable[..., Any], params: Any, *args: Any, **check_options: Any) 
 from .jax_audit import audit, pytree_problem  # noqa: E402
 
 __all__ += ["audit", "pytree_problem"]
+
+# the drop-in for jax.test_util.check_grads (fastgrad/jax_gradcheck.py)
+from .jax_gradcheck import CheckGradsError, check_grads  # noqa: E402
+
+__all__ += ["CheckGradsError", "check_grads"]

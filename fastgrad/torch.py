@@ -7,7 +7,9 @@ True
 
 ``check_module`` checks a module's parameters (and inputs that require grad) through a scalar
 loss; ``check_function`` checks any differentiable function of tensors, such as a custom
-``torch.autograd.Function``'s ``apply``. Both return a ``fastgrad.Report`` and take the options
+``torch.autograd.Function``'s ``apply``. ``gradcheck`` and ``gradgradcheck`` are drop-ins for
+torch's own (full Jacobians, same signature, ``GradcheckError`` a subclass of torch's). Both
+return a ``fastgrad.Report`` and take the options
 of ``fastgrad.check``. Everything runs on float64 CPU copies: the caller's module (its
 parameters, their ``.grad``, its buffers and its train/eval mode), its tensors and torch's global
 RNG state are left untouched. Importing this module without PyTorch installed raises an
@@ -481,3 +483,8 @@ def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any) 
 from .torch_audit import audit_module, module_problem  # noqa: E402
 
 __all__ += ["audit_module", "module_problem"]
+
+# the drop-ins for torch's own checkers (fastgrad/torch_gradcheck.py)
+from .torch_gradcheck import GradcheckError, gradcheck, gradgradcheck  # noqa: E402
+
+__all__ += ["GradcheckError", "gradcheck", "gradgradcheck"]

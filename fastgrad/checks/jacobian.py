@@ -1,0 +1,202 @@
+"""Full-Jacobian checks: every input coordinate against every output element.
+
+The sibling of check() and audit() for vector-valued functions (the drop-in ``gradcheck`` and
+``check_grads`` of the framework adapters). The adapter supplies the flat real view of the inputs,
+an evaluator whose ``pairs(index, step)`` returns the whole output (flat, real) at ``x +- h e_i``,
+and the analytic Jacobian (rows from vector-Jacobian products or columns from Jacobian-vector
+products). Each output element is one "term" of the Judge: the same verdicts, kink and noise
+re-checks as ``check``, with the perturbed outputs evaluated once per coordinate for all outputs.
+
+The element's verdict follows fastgrad's rule (relative error against ``tol``, roundoff floor,
+kinks). For callers tuned to torch's ``|a - n| <= atol + rtol |n|``: an element also fails when
+that rule fails (unless its disagreement is roundoff noise or an excused kink), and an element
+never fails when ``|a - n| <= atol``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ..judge.rechecks import Judge
+from ..judge.verdicts import KINK, NAN, NOISE, coordinate_stats, segment_stats
+from ..results.jacobian_report import JacobianRecords, JacobianReport
+from ..results.report import SegmentReport
+
+__all__ = ["Layout", "judge_jacobian"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Tensors laid out in one flat real vector: complex ones as all real parts, then all
+    imaginary parts."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    complex: tuple[bool, ...]
+
+    @cached_property
+    def sizes(self) -> list[int]:
+        """Real sizes (twice the element count for complex tensors)."""
+        return [int(np.prod(s, dtype=np.int64)) * (2 if c else 1)
+                for s, c in zip(self.shapes, self.complex)]
+
+    @cached_property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+
+    @cached_property
+    def size(self) -> int:
+        return int(sum(self.sizes))
+
+    def tensor_of(self, positions: np.ndarray) -> np.ndarray:
+        """Which tensor each flat real position belongs to."""
+        return np.searchsorted(self.starts, positions, side="right") - 1
+
+    def local(self, position: int) -> tuple[int, ...]:
+        """The element's multi-index inside its tensor."""
+        t = int(self.tensor_of(np.array([position]))[0])
+        offset = position - int(self.starts[t])
+        count = self.sizes[t] // (2 if self.complex[t] else 1)
+        offset %= max(count, 1)
+        shape = self.shapes[t]
+        return tuple(int(i) for i in np.unravel_index(offset, shape)) if shape else ()
+
+    def where(self, position: int) -> str:
+        """``input0[3]``, ``input0.imag[1, 2]``."""
+        t = int(self.tensor_of(np.array([position]))[0])
+        offset = position - int(self.starts[t])
+        part = ""
+        if self.complex[t]:
+            count = self.sizes[t] // 2
+            part = ".real" if offset < count else ".imag"
+        inner = ", ".join(str(i) for i in self.local(position))
+        return f"{self.names[t]}{part}[{inner}]"
+
+
+def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, index: np.ndarray,
+                   step: np.ndarray, *, tol: float, tol_reason: str, noise_eps: float,
+                   atol: float, rtol: float | None, inputs: Layout, outputs: Layout, seed: int,
+                   skipped: tuple[str, ...] = (), notes: tuple[str, ...] = (),
+                   refine: Callable[[np.ndarray], np.ndarray] | None = None,
+                   mode: str = "") -> JacobianReport:
+    """Judge the analytic ``jacobian`` (outputs x inputs, flat real) against centered
+    differences at the coordinates ``index`` (steps ``step``).
+
+    ``refine(rows)``, when given, recomputes analytic rows one by one (the batched ones are
+    suspected first when an element fails: a batching rule must never cause a false alarm).
+    ``mode`` is appended to segment names (``" (forward AD)"``). ``rtol`` None: torch's rule
+    is not applied (only fastgrad's verdict and the ``atol`` slack).
+    """
+    notes = tuple(notes)
+    fp, fm = ev.pairs(index, step)
+    n_out = jacobian.shape[0]
+    # one C call over every element first: numeric values, errors, floors and verdicts do not
+    # depend on f0 (only the kink score does, and it matters only for re-checks)
+    screen = coordinate_stats(jacobian[:, index].ravel(), fp.T.ravel(), fm.T.ravel(), 0.0,
+                              np.tile(step, n_out), tol, noise_eps)
+    table = _Table(*(getattr(screen, name).reshape(n_out, index.size) for name in _FIELDS))
+    if not (table.failed.any() or (table.verdict == NOISE).any()):
+        table.kink[:] = False
+        failed = _final_failures(table, jacobian[:, index], atol, rtol)
+        if not failed.any():
+            return _report(ev, x, f0, jacobian, index, table, [step] * n_out,
+                           np.zeros(index.size, dtype=bool), failed, tol=tol,
+                           tol_reason=tol_reason, inputs=inputs, outputs=outputs, seed=seed,
+                           skipped=skipped, notes=notes, mode=mode)
+    for _ in range(2):
+        grads = {r: jacobian[r] for r in range(n_out)}
+        judge = Judge(ev, x, f0, grads, tol, noise_eps, "detect")
+        stats = judge.verdicts(index, step, fp.copy(), fm.copy())
+        steps, rechecked = judge.recheck(index, step, stats)
+        table = _Table(*(np.stack([getattr(st, name) for st in stats]).reshape(n_out, -1)
+                         for name in _FIELDS))
+        failed = _final_failures(table, jacobian[:, index], atol, rtol)
+        if refine is None or not failed.any():
+            break
+        rows = np.flatnonzero(failed.any(axis=1))
+        fresh = refine(rows)
+        if np.array_equal(fresh, jacobian[rows], equal_nan=True):
+            break
+        jacobian = jacobian.copy()
+        jacobian[rows] = fresh
+        notes += (f"batched vector-Jacobian products differed from one-by-one ones on "
+                  f"{rows.size} output element(s); the one-by-one values were judged",)
+        refine = None
+    return _report(ev, x, f0, jacobian, index, table, steps, rechecked, failed, tol=tol,
+                   tol_reason=tol_reason, inputs=inputs, outputs=outputs, seed=seed,
+                   skipped=skipped, notes=notes, mode=mode)
+
+
+_FIELDS = ("numeric", "rel_error", "noise", "verdict", "failed", "kink")
+
+
+@dataclass
+class _Table:
+    """The judge's per-element results as (outputs, coordinates) arrays."""
+
+    numeric: np.ndarray
+    rel_error: np.ndarray
+    noise: np.ndarray
+    verdict: np.ndarray
+    failed: np.ndarray
+    kink: np.ndarray
+
+
+def _final_failures(table: _Table, analytic: np.ndarray, atol: float, rtol) -> np.ndarray:
+    """(outputs, coordinates): fastgrad's verdict or torch's rule fails, beyond atol."""
+    numeric, verdict = table.numeric, table.verdict
+    diff = np.abs(analytic - numeric)
+    excused = (verdict == NOISE) | (verdict == KINK)
+    with np.errstate(invalid="ignore"):
+        torch_rule = (np.zeros(diff.shape, dtype=bool) if rtol is None
+                      else ~(diff <= atol + rtol * np.abs(numeric)) & ~excused)
+        beyond = ~(diff <= atol)
+    return (verdict == NAN) | ((table.failed | torch_rule) & beyond)
+
+
+def _report(ev, x, f0, jacobian, index, table: _Table, steps, rechecked, failed, *, tol,
+            tol_reason, inputs: Layout, outputs: Layout, seed, skipped, notes,
+            mode) -> JacobianReport:
+    n_out, k = jacobian.shape[0], index.size
+    in_tensor = inputs.tensor_of(index)  # (k,)
+    out_tensor = outputs.tensor_of(np.arange(n_out))  # (n_out,)
+    n_in_t, n_out_t = len(inputs.names), len(outputs.names)
+    seg = (in_tensor[None, :] * n_out_t + out_tensor[:, None]).astype(np.int64)
+    rel, verdict, kink = table.rel_error, table.verdict, table.kink
+    agg = segment_stats(seg.ravel(), rel.ravel(), verdict.ravel(), failed.ravel(), kink.ravel(),
+                        n_in_t * n_out_t)
+    names = [f"{i}/{o}{mode}" for i in inputs.names for o in outputs.names]
+    rows = np.repeat(np.arange(n_out), k)
+    positions = np.tile(np.arange(k), n_out)
+    segments = {}
+    for p, name in enumerate(names):
+        i_t, o_t = divmod(p, n_out_t)
+        worst = int(agg.argmax[p])
+        segments[name] = SegmentReport(
+            name=name, size=inputs.sizes[i_t] * outputs.sizes[o_t], checked=int(agg.checked[p]),
+            failed=int(agg.failed[p]), kinks=int(agg.kinks[p]),
+            max_rel_error=float(agg.max_rel[p]), passed=bool(agg.failed[p] == 0),
+            worst=int(index[positions[worst]]) if worst >= 0 else None,
+            histogram=tuple(int(v) for v in agg.hist[p]),
+            rechecked=int(np.count_nonzero(rechecked[in_tensor == i_t])))
+    columns = {
+        "row": rows, "position": positions, "index": index[positions], "segment": seg.ravel(),
+        "analytic": jacobian[:, index].ravel(),
+        "numeric": table.numeric.ravel(), "rel_error": rel.ravel(), "kink": kink.ravel(),
+        "verdict": verdict.ravel(), "step": np.stack(steps).ravel() if n_out else np.zeros(0),
+        "failed": failed.ravel(), "noise": table.noise.ravel(),
+    }
+    records = JacobianRecords(columns, inputs, outputs, names)
+    eligible = [s.max_rel_error for s in segments.values() if s.checked]
+    return JacobianReport(
+        passed=all(s.passed for s in segments.values()),
+        max_rel_error=float(max(eligible)) if eligible else 0.0,
+        segments=segments, coords=records, evaluations=ev.evaluations, tol=tol,
+        tol_reason=tol_reason, path=ev.path, path_reason=ev.path_reason,
+        dtype=str(x.dtype), depth=1, seed=seed,
+        loss=float(np.max(np.abs(f0))) if f0.size else 0.0,
+        rechecked=int(np.count_nonzero(rechecked)), skipped=tuple(skipped), notes=notes)

@@ -1,0 +1,118 @@
+"""JacobianReport: a Report whose coordinates are Jacobian elements (input coordinate, output).
+
+Used by the drop-in checkers (``fastgrad.torch.gradcheck``, ``fastgrad.jax.check_grads``): one
+segment per (input, output) pair, named ``"input0/output1"``, and one record per checked element,
+named ``"input0[3] -> output1[2]"`` (``input0.real[3]`` for complex tensors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..judge.verdicts import VERDICTS
+from .report import CoordRecord, Report
+
+
+@dataclass(frozen=True)
+class JacobianRecord(CoordRecord):
+    """One checked Jacobian element: d output / d input coordinate."""
+
+    input_where: str = ""  # "input0[3]", "input0.imag[3]"
+    output_where: str = ""  # "output1[2]"
+
+    @property
+    def where(self) -> str:
+        """``input0[3] -> output1[2]``: the input coordinate and the output element."""
+        return f"{self.input_where} -> {self.output_where}"
+
+
+class JacobianRecords(Sequence):
+    """``report.coords`` of a Jacobian check: records made on first access (from arrays)."""
+
+    def __init__(self, columns: dict, inputs, outputs, segment_names: list[str]):
+        self._columns = columns  # arrays over elements: row, position, index, segment, ...
+        self._inputs, self._outputs = inputs, outputs  # layouts: where(position), local(...)
+        self._segment_names = segment_names
+        self._records: list[JacobianRecord] | None = None
+
+    def _all(self) -> list[JacobianRecord]:
+        if self._records is None:
+            c = self._columns
+            where_in = {i: self._inputs.where(i) for i in set(np.asarray(c["index"]).tolist())}
+            local = {i: self._inputs.local(i) for i in where_in}
+            where_out = {r: self._outputs.where(r) for r in set(np.asarray(c["row"]).tolist())}
+            cols = [np.asarray(c[name]).tolist() for name in (
+                "row", "position", "index", "segment", "analytic", "numeric", "rel_error",
+                "kink", "verdict", "step", "failed", "noise")]
+            self._records = [
+                JacobianRecord(
+                    index=index, segment=self._segment_names[seg], local=local[index],
+                    analytic=a, numeric=n, rel_error=rel, kink=kink, verdict=VERDICTS[verdict],
+                    step=step, failed=failed, noise=noise,
+                    input_where=where_in[index], output_where=where_out[row])
+                for row, pos, index, seg, a, n, rel, kink, verdict, step, failed, noise
+                in zip(*cols)
+            ]
+        return self._records
+
+    def __len__(self) -> int:
+        return len(self._columns["row"])
+
+    def __getitem__(self, item):
+        return self._all()[item]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __repr__(self) -> str:
+        return repr(self._all())
+
+
+class ChainedRecords(Sequence):
+    """Several reports' records as one sequence, without making them until read."""
+
+    def __init__(self, parts: list[Sequence]):
+        self._parts = parts
+
+    def _all(self) -> list:
+        return [c for part in self._parts for c in part]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._parts)
+
+    def __getitem__(self, item):
+        return self._all()[item]
+
+    def __iter__(self):
+        for part in self._parts:
+            yield from part
+
+    def __repr__(self) -> str:
+        return repr(self._all())
+
+
+@dataclass(kw_only=True)
+class JacobianReport(Report):
+    """The report of a full-Jacobian check; ``skipped`` names the input coordinates that were
+    not perturbed (non-finite values, e.g. masked entries), ``notes`` the sub-checks run."""
+
+    skipped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        out["skipped"] = list(self.skipped)
+        out["notes"] = list(self.notes)
+        return out
+
+    def table(self, worst: int = 8) -> str:
+        lines = [super().table(worst).replace("fastgrad check", "fastgrad Jacobian check", 1)]
+        if self.skipped:
+            shown = ", ".join(self.skipped[:8]) + (" ..." if len(self.skipped) > 8 else "")
+            lines.append(f"\nskipped (non-finite input values, not perturbed): "
+                         f"{len(self.skipped)}: {shown}")
+        lines += [f"  {note}" for note in self.notes]
+        return "\n".join(lines)

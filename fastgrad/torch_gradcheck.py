@@ -1,0 +1,907 @@
+"""Drop-in ``torch.autograd.gradcheck`` and ``gradgradcheck``: full Jacobians judged by fastgrad.
+
+``from fastgrad.torch import gradcheck`` in a test suite: the same signature and calling
+conventions as torch's, the same exception class (a subclass), and a verdict per Jacobian element
+with fastgrad's relative errors, kink and noise re-checks. The perturbed inputs are evaluated in
+one ``torch.func.vmap`` call when the function allows it (one call per perturbation otherwise,
+said in the report's path line); the analytic rows are batched vector-Jacobian products.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.autograd import forward_ad
+from torch.autograd.gradcheck import GradcheckError as TorchGradcheckError
+
+from .arguments import non_negative_float
+from .checks.jacobian import Layout, judge_jacobian
+from .errors import GradientCheckError, InvalidType, InvalidValue
+from .results.jacobian_report import ChainedRecords, JacobianReport
+from .steps import coordinate_steps, noise_eps, tolerance
+
+__all__ = ["GradcheckError", "gradcheck", "gradgradcheck"]
+
+TORCH_EPS = 1e-6  # torch.autograd.gradcheck's default step: "auto" steps replace it
+# batched evaluation holds at most this many input values at once (chunks of perturbations)
+BATCH_VALUES = 1 << 22
+# vmap'd and one-by-one evaluations agree within this many units of roundoff of the outputs
+VMAP_AGREEMENT = 64.0
+
+
+class GradcheckError(TorchGradcheckError, GradientCheckError):
+    """Raised by ``fastgrad.torch.gradcheck``/``gradgradcheck`` when a check fails.
+
+    A subclass of ``torch.autograd.gradcheck.GradcheckError`` (existing ``pytest.raises`` keep
+    working) and of ``fastgrad.GradientCheckError``; the message is the report's table naming
+    input, output and coordinate, and ``.report`` holds the report (None for failures found
+    before any Jacobian was judged, e.g. a backward that is not reentrant).
+
+    Parameters
+    ----------
+    message : str
+        What failed.
+    report : fastgrad.Report or fastgrad.AuditReport, optional
+        The report of the failing check.
+
+    Examples
+    --------
+    >>> import torch, fastgrad.torch
+    >>> issubclass(fastgrad.torch.GradcheckError, torch.autograd.gradcheck.GradcheckError)
+    True
+    """
+
+    def __init__(self, message: str, report: Any = None):
+        RuntimeError.__init__(self, message)
+        self.report = report
+
+
+# ---------------------------------------------------------------- real views of tensors
+
+
+def _real_flat(t: torch.Tensor, batch: int | None = None) -> np.ndarray:
+    """Flat float64 real view: complex as real parts then imaginary parts; batch keeps dim 0."""
+    t = t.detach()
+    if t._is_zerotensor() if hasattr(t, "_is_zerotensor") else False:
+        t = torch.zeros(t.shape, dtype=t.dtype)
+    t = t.resolve_conj().resolve_neg()
+    lead = (batch,) if batch is not None else ()
+    if t.is_complex():
+        parts = [t.real.reshape(*lead, -1), t.imag.reshape(*lead, -1)]
+        t = torch.cat(parts, dim=-1)
+    else:
+        t = t.reshape(*lead, -1)
+    return t.to(torch.float64).cpu().numpy()
+
+
+def _from_real(values: np.ndarray, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+    """(B, real size) -> tensor (B, *shape) of dtype."""
+    flat = torch.from_numpy(np.ascontiguousarray(values))
+    batch = flat.shape[0]
+    if dtype.is_complex:
+        n = flat.shape[1] // 2
+        real_dtype = torch.float32 if dtype == torch.complex64 else torch.float64
+        t = torch.complex(flat[:, :n].to(real_dtype), flat[:, n:].to(real_dtype))
+    else:
+        t = flat.to(dtype)
+    return t.reshape(batch, *shape).to(device)
+
+
+def _first_words(message: str, limit: int = 100) -> str:
+    line = (message.splitlines() or [""])[0]
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _as_tuple(x: Any) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _differentiable(outputs: tuple) -> list[int]:
+    """Positions of the outputs autograd can differentiate (torch's rule: requires_grad)."""
+    return [j for j, o in enumerate(outputs) if isinstance(o, torch.Tensor) and o.requires_grad]
+
+
+def _precision_dtype(dtypes) -> np.dtype:
+    """The working precision: float32 when any checked tensor is single precision."""
+    low = any(d in (torch.float32, torch.complex64) for d in dtypes)
+    return np.dtype(np.float32) if low else np.dtype(np.float64)
+
+
+# ---------------------------------------------------------------- the function of the flat view
+
+
+class _Function:
+    """``func`` as a function of the flat real vector of its checked inputs."""
+
+    def __init__(self, func: Callable, inputs: tuple, names: Sequence[str], needs_grad: bool,
+                 out_prefix: str = "output"):
+        self.func, self.inputs, self.needs_grad = func, inputs, needs_grad
+        self.checked = [k for k, t in enumerate(inputs)
+                        if isinstance(t, torch.Tensor) and t.requires_grad]
+        if not self.checked:
+            raise InvalidValue(
+                "inputs: gradcheck expects at least one input tensor to require gradient "
+                "(none of the inputs has requires_grad=True)")
+        for k in self.checked:
+            t = inputs[k]
+            if not (t.is_floating_point() or t.is_complex()):
+                raise InvalidType(f"inputs: {names[k]} requires grad but has dtype {t.dtype}")
+            if t.dtype in (torch.float16, torch.bfloat16):
+                raise InvalidType(
+                    f"inputs: {names[k]} has dtype {t.dtype}; centered differences need float32 "
+                    "or float64 (float64 recommended, as for torch's gradcheck)")
+            if t.layout != torch.strided:
+                raise InvalidType(f"inputs: {names[k]} has layout {t.layout}; only dense "
+                                  "(strided) tensors are supported")
+        self.layout = Layout(tuple(names[k] for k in self.checked),
+                             tuple(tuple(inputs[k].shape) for k in self.checked),
+                             tuple(inputs[k].is_complex() for k in self.checked))
+        self.x64 = np.concatenate([_real_flat(inputs[k]) for k in self.checked]) \
+            if self.layout.size else np.zeros(0)
+        self.out_prefix = out_prefix
+        self.batched = True
+        self.verified = False
+        self.why_serial = ""
+        self.evaluations = 0
+
+    def tensors(self, flat: np.ndarray) -> list[torch.Tensor]:
+        """The checked inputs for a batch of flat rows: tensors of shape (B, *shape)."""
+        starts = self.layout.starts
+        out = []
+        for p, k in enumerate(self.checked):
+            t = self.inputs[k]
+            value = _from_real(flat[:, starts[p]:starts[p + 1]], tuple(t.shape), t.dtype,
+                               t.device)
+            out.append(value.requires_grad_(True) if self.needs_grad else value)
+        return out
+
+    def call(self, checked: Sequence[torch.Tensor]) -> tuple:
+        args = list(self.inputs)
+        for k, value in zip(self.checked, checked):
+            args[k] = value
+        return _as_tuple(self.func(*args))
+
+    def reference(self):
+        """Outputs at x with autograd recording: (leaves, all outputs, differentiable positions)."""
+        leaves = [self.inputs[k].detach().clone().requires_grad_(True) for k in self.checked]
+        with torch.enable_grad():
+            outputs = self.call(leaves)
+        return leaves, outputs, _differentiable(outputs)
+
+    def set_outputs(self, outputs: tuple, positions: list[int]) -> None:
+        self.positions = positions
+        chosen = [outputs[j] for j in positions]
+        self.out_layout = Layout(tuple(f"{self.out_prefix}{j}" for j in positions),
+                                 tuple(tuple(o.shape) for o in chosen),
+                                 tuple(o.is_complex() for o in chosen))
+        self.out_dtypes = [o.dtype for o in chosen]
+
+    def flat_outputs(self, outputs: tuple, batch: int | None) -> np.ndarray:
+        parts = [_real_flat(outputs[j], batch) for j in self.positions]
+        if not parts:
+            return np.zeros((batch or 1, 0)) if batch is not None else np.zeros(0)
+        return np.concatenate(parts, axis=-1)
+
+    def _grad_mode(self):
+        return torch.enable_grad() if self.needs_grad else torch.no_grad()
+
+    def one(self, row: np.ndarray) -> np.ndarray:
+        """The flat real outputs at one flat input (one call)."""
+        self.evaluations += 1
+        with self._grad_mode():
+            outputs = self.call([t[0] for t in self.tensors(row[None])])
+        return self.flat_outputs(outputs, None)
+
+    def _vmapped(self, rows: np.ndarray) -> np.ndarray:
+        batch = rows.shape[0]
+        checked = self.tensors(rows)
+        in_dims = tuple(0 if k in self.checked else None for k in range(len(self.inputs)))
+        args = list(self.inputs)
+        for k, value in zip(self.checked, checked):
+            args[k] = value
+
+        def fn(*a):
+            outputs = _as_tuple(self.func(*a))
+            return tuple(outputs[j] for j in self.positions)
+
+        with self._grad_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outputs = torch.func.vmap(fn, in_dims=in_dims)(*args)
+        lookup = dict(zip(self.positions, outputs))
+        return np.concatenate([_real_flat(lookup[j], batch) for j in self.positions], axis=-1)
+
+    def many(self, rows: np.ndarray) -> np.ndarray:
+        """Flat real outputs at each row: one vmap call per chunk, or one call per row."""
+        if self.batched and rows.shape[0] > 1:
+            try:
+                out = self._vmapped(rows)
+            except Exception as exc:  # vmap cannot run this function: say so, go one by one
+                self.batched = False
+                self.why_serial = (f"torch.func.vmap raised {type(exc).__name__}: "
+                                   f"{_first_words(str(exc))}")
+            else:
+                # the first batch is compared with one-by-one calls (random ops, in-place
+                # writes or a batching rule can change the values)
+                probe = [] if self.verified else [0, rows.shape[0] - 1]
+                self.verified = True
+                for r in probe:
+                    one = self.one(rows[r])
+                    scale = VMAP_AGREEMENT * np.finfo(np.float32 if self.low else np.float64).eps
+                    close = np.abs(one - out[r]) <= scale * (np.abs(one) + np.abs(out[r]))
+                    same = (one == out[r]) | close | (np.isnan(one) & np.isnan(out[r]))
+                    if not same.all():
+                        self.batched = False
+                        self.why_serial = "torch.func.vmap changed the values"
+                        break
+                else:
+                    self.evaluations += rows.shape[0]
+                    return out
+        return np.stack([self.one(r) for r in rows]) if rows.shape[0] else \
+            np.zeros((0, self.out_layout.size))
+
+    @property
+    def low(self) -> bool:
+        return _precision_dtype(
+            [self.inputs[k].dtype for k in self.checked] + self.out_dtypes) == np.float32
+
+
+class _Evaluator:
+    """What the Judge calls: ``pairs(index, step)`` -> whole outputs at x +- h e_i."""
+
+    def __init__(self, fn: _Function):
+        self.fn = fn
+
+    @property
+    def evaluations(self) -> int:
+        return self.fn.evaluations
+
+    @property
+    def path(self) -> str:
+        return "vmap" if self.fn.batched else "per-call"
+
+    @property
+    def path_reason(self) -> str:
+        if self.fn.batched:
+            return "the perturbed inputs evaluated in batched torch.func.vmap calls"
+        return f"{self.fn.why_serial}; one call per perturbed input"
+
+    def pairs(self, index, step, label: str | None = None):
+        # the backward and forward-AD judges ask for the same first columns: evaluate once
+        key = (index.tobytes(), np.asarray(step).tobytes())
+        if getattr(self, "_last", (None,))[0] == key:
+            return self._last[1].copy(), self._last[2].copy()
+        f_plus, f_minus = self._pairs(index, step)
+        self._last = (key, f_plus, f_minus)
+        return f_plus.copy(), f_minus.copy()
+
+    def _pairs(self, index, step):
+        x = self.fn.x64
+        k = index.size
+        n_out = self.fn.out_layout.size
+        f_plus, f_minus = np.empty((k, n_out)), np.empty((k, n_out))
+        chunk = max(1, BATCH_VALUES // max(1, 2 * x.size))
+        for a in range(0, k, chunk):
+            b = min(k, a + chunk)
+            idx, h = index[a:b], np.asarray(step[a:b], dtype=np.float64)
+            rows = np.repeat(x[None, :], 2 * (b - a), axis=0)
+            lanes = np.arange(b - a)
+            rows[lanes, idx] += h
+            rows[lanes + (b - a), idx] -= h
+            out = self.fn.many(rows)
+            f_plus[a:b], f_minus[a:b] = out[: b - a], out[b - a:]
+        return f_plus, f_minus
+
+
+# ---------------------------------------------------------------- analytic Jacobians
+
+
+def _cotangent_basis(fn: _Function, outputs: tuple, rows: np.ndarray) -> list[torch.Tensor]:
+    """For each output row r (flat real), the cotangent e_r (times 1j for imaginary parts)."""
+    layout = fn.out_layout
+    starts = layout.starts
+    basis = []
+    for p, j in enumerate(fn.positions):
+        o = outputs[j]
+        count = int(np.prod(o.shape, dtype=np.int64))
+        g = torch.zeros((rows.size, count), dtype=o.dtype, device=o.device)
+        local = rows - starts[p]
+        mine = np.flatnonzero((local >= 0) & (local < layout.sizes[p]))
+        if mine.size:
+            pos = local[mine]
+            imag = pos >= count
+            value = torch.ones(mine.size, dtype=o.dtype)
+            if o.is_complex():
+                value = torch.where(torch.from_numpy(imag), torch.tensor(1j, dtype=o.dtype),
+                                    torch.tensor(1, dtype=o.dtype))
+            g[torch.from_numpy(mine), torch.from_numpy(pos % max(count, 1))] = value
+        basis.append(g.reshape(rows.size, *o.shape))
+    return basis
+
+
+def _input_rows(fn: _Function, grads, batch: int, leaves) -> np.ndarray:
+    parts = []
+    for g, leaf in zip(grads, leaves):
+        if g is None:
+            g = torch.zeros((batch, *leaf.shape), dtype=leaf.dtype)
+        parts.append(_real_flat(g, batch))
+    return np.concatenate(parts, axis=-1)
+
+
+def _vjp_rows(fn: _Function, leaves, outputs, rows: np.ndarray, batched: bool) -> np.ndarray:
+    """Analytic Jacobian rows ``rows`` (flat real outputs x flat real inputs).
+
+    As torch's gradcheck: each output is differentiated on its own, the other outputs'
+    gradients left undefined (a backward that mishandles an undefined gradient shows).
+    """
+    out = np.zeros((rows.size, fn.layout.size))
+    if rows.size == 0:
+        return out
+    owner = fn.out_layout.tensor_of(rows)
+    for p, j in enumerate(fn.positions):
+        mine = np.flatnonzero(owner == p)
+        if mine.size == 0:
+            continue
+        basis = _cotangent_basis(fn, outputs, rows[mine])[p]
+        if batched:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                grads = torch.autograd.grad(outputs[j], leaves, basis, retain_graph=True,
+                                            allow_unused=True, is_grads_batched=True)
+            out[mine] = _input_rows(fn, grads, mine.size, leaves)
+            continue
+        for m, cotangent in zip(mine, basis):
+            grads = torch.autograd.grad(outputs[j], leaves, cotangent, retain_graph=True,
+                                        allow_unused=True)
+            out[m] = _input_rows(fn, [None if g is None else g[None] for g in grads], 1,
+                                 leaves)[0]
+    return out
+
+
+def _tangent_basis(fn: _Function, cols: np.ndarray) -> list[torch.Tensor]:
+    """For each flat real input column c, the tangent e_c (times 1j for imaginary parts)."""
+    layout = fn.layout
+    starts = layout.starts
+    basis = []
+    for p, k in enumerate(fn.checked):
+        t = fn.inputs[k]
+        count = t.numel()
+        g = torch.zeros((cols.size, count), dtype=t.dtype)
+        local = cols - starts[p]
+        mine = np.flatnonzero((local >= 0) & (local < layout.sizes[p]))
+        if mine.size:
+            pos = local[mine]
+            value = torch.ones(mine.size, dtype=t.dtype)
+            if t.is_complex():
+                value = torch.where(torch.from_numpy(pos >= count), torch.tensor(1j, dtype=t.dtype),
+                                    torch.tensor(1, dtype=t.dtype))
+            g[torch.from_numpy(mine), torch.from_numpy(pos % max(count, 1))] = value
+        basis.append(g.reshape(cols.size, *t.shape))
+    return basis
+
+
+def _jvp_columns(fn: _Function, cols: np.ndarray, batched: bool) -> np.ndarray:
+    """Analytic Jacobian columns from forward-mode AD: (flat real outputs, cols.size)."""
+    primals = [fn.inputs[k].detach() for k in fn.checked]
+    basis = _tangent_basis(fn, cols)
+    if batched:
+        def tangent_out(*tangents):
+            def f(*xs):
+                outputs = fn.call(xs)
+                return tuple(outputs[j] for j in fn.positions)
+            return torch.func.jvp(f, tuple(primals), tuple(tangents))[1]
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outs = torch.func.vmap(tangent_out)(*basis)
+        return np.concatenate([_real_flat(o, cols.size) for o in outs], axis=-1).T
+    out = np.empty((fn.out_layout.size, cols.size))
+    for c in range(cols.size):
+        with forward_ad.dual_level():
+            # fresh tangents: a view into the basis would carry its storage offset into ops
+            # that read storage directly (as_strided)
+            # (with the primal's strides, as torch's gradcheck makes them: zeros_like)
+            duals = [forward_ad.make_dual(p, torch.zeros_like(p).copy_(b[c]))
+                     for p, b in zip(primals, basis)]
+            outputs = fn.call(duals)
+            parts = []
+            for j in fn.positions:
+                tangent = forward_ad.unpack_dual(outputs[j]).tangent
+                if tangent is None:
+                    tangent = torch.zeros_like(outputs[j])
+                parts.append(_real_flat(tangent))
+        out[:, c] = np.concatenate(parts) if parts else np.zeros(0)
+    return out
+
+
+# ---------------------------------------------------------------- the check
+
+
+def _options(eps, atol, rtol, nondet_tol):
+    eps = non_negative_float("eps", eps)
+    if eps == 0.0:
+        raise InvalidValue("eps: expected a positive step, got 0")
+    return eps, non_negative_float("atol", atol), non_negative_float("rtol", rtol), \
+        non_negative_float("nondet_tol", nondet_tol)
+
+
+def _tolerance(dtype, rtol: float) -> tuple[float, str]:
+    tol, reason = tolerance(dtype)
+    if 0.0 < rtol < tol:
+        return rtol, f"rtol={rtol:.0e} given by the caller"
+    return tol, reason + (f"; torch's rule |a - n| <= atol + rtol |n| also applied (rtol={rtol:.0e})"
+                          if rtol else "")
+
+
+def _fail(message: str, report, raise_exception: bool) -> bool:
+    if raise_exception:
+        raise GradcheckError(message, report)
+    return False
+
+
+def _reentrant(fn, leaves, outputs, rows_first: np.ndarray, nondet_tol: float) -> str:
+    """'' when a second backward pass gives the same rows (within nondet_tol), else a message."""
+    rows = np.arange(fn.out_layout.size)
+    second = _vjp_rows(fn, leaves, outputs, rows, batched=False)
+    diff = np.abs(second - rows_first)
+    if np.all(diff <= nondet_tol) or np.array_equal(second, rows_first, equal_nan=True):
+        return ""
+    worst = np.unravel_index(int(np.nanargmax(diff)), diff.shape)
+    return (f"Backward is not reentrant: two backward passes differ by {diff[worst]:.3e} "
+            f"> nondet_tol={nondet_tol} at {fn.layout.where(int(worst[1]))} -> "
+            f"{fn.out_layout.where(int(worst[0]))}")
+
+
+def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, check_forward_ad,
+           check_batched_grad, check_batched_forward_grad, check_undefined_grad,
+           check_grad_dtypes, fast_mode, raise_exception, seed=0) -> bool:
+    leaves, outputs, positions = fn.reference()
+    fn.set_outputs(outputs, positions)
+    if not positions or fn.out_layout.size == 0:
+        return True  # nothing differentiable: torch's gradcheck passes too
+    dtype = _precision_dtype([fn.inputs[k].dtype for k in fn.checked] + fn.out_dtypes)
+    x = fn.x64.astype(dtype)
+    f0, second = fn.one(fn.x64), fn.one(fn.x64)
+    with np.errstate(invalid="ignore"):
+        same = (np.abs(f0 - second) <= nondet_tol) | (f0 == second)
+    if not np.all(same | (np.isnan(f0) & np.isnan(second))):
+        return _fail(f"func returns different values for the same inputs (largest difference "
+                     f"{np.nanmax(np.abs(f0 - second)):.3e} > nondet_tol={nondet_tol}): dropout "
+                     "or another random op left on; fix its seed inside func", None,
+                     raise_exception)
+    finite = np.isfinite(fn.x64)
+    index = np.flatnonzero(finite)
+    skipped = tuple(fn.layout.where(int(i)) for i in np.flatnonzero(~finite))
+    h = "auto" if eps == TORCH_EPS else eps
+    tol, tol_reason = _tolerance(dtype, rtol)
+    if fast_mode:
+        return _fast(fn, leaves, outputs, x, index, tol=tol, seed=seed,
+                     raise_exception=raise_exception)
+    step = coordinate_steps(x[index], h, dtype)
+    ev = _Evaluator(fn)
+    notes: list[str] = []
+    reports = []
+    if check_backward_ad:
+        rows = np.arange(fn.out_layout.size)
+        try:
+            jac = _vjp_rows(fn, leaves, outputs, rows, batched=True)
+            batched = True
+            # the backward users run is the unbatched one: the first row of every output is
+            # compared with it, and a batching rule that differs (a decomposition that is
+            # right where the real backward is not, or the reverse) is not trusted
+            probe = fn.out_layout.starts[:-1]
+            probe = probe[probe < rows.size]
+            single = _vjp_rows(fn, leaves, outputs, probe, batched=False)
+            if not np.allclose(single, jac[probe], rtol=1e-10, atol=1e-12, equal_nan=True):
+                jac = _vjp_rows(fn, leaves, outputs, rows, batched=False)
+                batched = False
+                notes.append("batched vector-Jacobian products differ from the backward "
+                             "itself: every row computed one by one")
+        except Exception as exc:
+            if check_batched_grad:
+                return _fail(f"check_batched_grad: vmap over the backward failed: "
+                             f"{type(exc).__name__}: {exc}", None, raise_exception)
+            jac = _vjp_rows(fn, leaves, outputs, rows, batched=False)
+            batched = False
+        if check_grad_dtypes:
+            message = _grad_dtypes(fn, leaves, outputs)
+            if message:
+                return _fail(message, None, raise_exception)
+        if check_batched_grad:
+            single = _vjp_rows(fn, leaves, outputs, rows, batched=False)
+            if not np.allclose(single, jac, rtol=1e-10, atol=1e-12, equal_nan=True):
+                bad = np.argwhere(~np.isclose(single, jac, rtol=1e-10, atol=1e-12))[0]
+                return _fail(f"check_batched_grad: the vmap'd vector-Jacobian products differ "
+                             f"from the one-by-one ones at {fn.layout.where(int(bad[1]))} -> "
+                             f"{fn.out_layout.where(int(bad[0]))}: {jac[tuple(bad)]!r} vs "
+                             f"{single[tuple(bad)]!r}", None, raise_exception)
+            message = _reentrant(fn, leaves, outputs, single, nondet_tol)
+        else:
+            message = _reentrant(fn, leaves, outputs, jac, nondet_tol) if nondet_tol > 0 \
+                or not batched else ""
+        if message:
+            return _fail(message, None, raise_exception)
+
+        def refine(r):
+            return _vjp_rows(fn, leaves, outputs, r, batched=False)
+
+        reports.append(judge_jacobian(
+            ev, x, f0, jac, index, step, tol=tol, tol_reason=tol_reason,
+            noise_eps=noise_eps(dtype), atol=atol, rtol=rtol, inputs=fn.layout,
+            outputs=fn.out_layout, seed=seed, skipped=skipped, notes=tuple(notes),
+            refine=refine if batched else None))
+    if check_forward_ad:
+        cols = np.arange(fn.layout.size)
+        try:
+            jac_fwd = _jvp_columns(fn, cols, batched=True)
+            fwd_note = "forward AD: batched torch.func.jvp"
+        except Exception as exc:
+            if check_batched_forward_grad:
+                return _fail(f"check_batched_forward_grad: vmap over forward AD failed: "
+                             f"{type(exc).__name__}: {exc}", None, raise_exception)
+            jac_fwd = _jvp_columns(fn, cols, batched=False)
+            fwd_note = "forward AD: one dual-number pass per input coordinate"
+        if check_batched_forward_grad:
+            single = _jvp_columns(fn, cols, batched=False)
+            if not np.allclose(single, jac_fwd, rtol=1e-10, atol=1e-12, equal_nan=True):
+                return _fail("check_batched_forward_grad: the vmap'd Jacobian-vector products "
+                             "differ from the one-by-one ones", None, raise_exception)
+        reports.append(judge_jacobian(
+            ev, x, f0, jac_fwd, index, step, tol=tol, tol_reason=tol_reason,
+            noise_eps=noise_eps(dtype), atol=atol, rtol=rtol, inputs=fn.layout,
+            outputs=fn.out_layout, seed=seed, skipped=skipped, notes=(fwd_note,),
+            mode=" (forward AD)"))
+    if not reports:
+        return True
+    report = reports[0] if len(reports) == 1 else _merge(reports)
+    if not report.passed:
+        return _fail(str(report), report, raise_exception)
+    if check_backward_ad and check_undefined_grad:
+        message = _undefined_grad(fn)
+        if message:
+            return _fail(message, report, raise_exception)
+    return True
+
+
+def _merge(reports: list[JacobianReport]) -> JacobianReport:
+    """Backward and forward reports in one: segments side by side (names say which)."""
+    first = reports[0]
+    segments = {}
+    for r in reports:
+        segments.update(r.segments)
+    coords = ChainedRecords([r.coords for r in reports])
+    return JacobianReport(
+        passed=all(r.passed for r in reports),
+        max_rel_error=max(r.max_rel_error for r in reports), segments=segments, coords=coords,
+        evaluations=reports[-1].evaluations, tol=first.tol, tol_reason=first.tol_reason,
+        path=first.path, path_reason=first.path_reason, dtype=first.dtype, depth=1,
+        seed=first.seed, loss=first.loss, rechecked=sum(r.rechecked for r in reports),
+        skipped=first.skipped, notes=tuple(n for r in reports for n in r.notes))
+
+
+def _grad_dtypes(fn: _Function, leaves, outputs) -> str:
+    diff = [outputs[j] for j in fn.positions]
+    grads = torch.autograd.grad(diff, leaves, [torch.ones_like(o) for o in diff],
+                                retain_graph=True, allow_unused=True)
+    for leaf, g, name in zip(leaves, grads, fn.layout.names):
+        if g is not None and (g.dtype != leaf.dtype or g.device != leaf.device):
+            return (f"check_grad_dtypes: the gradient of {name} has dtype {g.dtype} on "
+                    f"{g.device}, the input {leaf.dtype} on {leaf.device}")
+    return ""
+
+
+def _undefined_grad(fn: _Function) -> str:
+    """torch's test: backward with all (then each one of the) output gradients undefined must
+    not raise and must give undefined or zero input gradients."""
+    undefined_grad = getattr(getattr(torch._C, "_functions", None), "UndefinedGrad", None)
+    if undefined_grad is None:  # pragma: no cover - depends on the torch version
+        return ""
+    count = len(fn.positions)
+    cases = [set(range(count))] + ([{u} for u in range(count)] if count > 1 else [])
+    for undefined in cases:
+        with torch.enable_grad():
+            leaves = [fn.inputs[k].detach().clone().requires_grad_(True) for k in fn.checked]
+            outs = fn.call(leaves)
+            diff = [undefined_grad()(outs[j]) if p in undefined else outs[j]
+                    for p, j in enumerate(fn.positions)]
+            try:
+                grads = torch.autograd.grad(diff, leaves, [torch.zeros_like(o) for o in diff],
+                                            allow_unused=True)
+            except RuntimeError as exc:
+                return (f"check_undefined_grad: backward raised with undefined output "
+                        f"gradients ({type(exc).__name__}: {exc}); treat an undefined gradient "
+                        "as zeros, or pass check_undefined_grad=False")
+        for g, name in zip(grads, fn.layout.names):
+            if g is not None and not bool(g.eq(0).all()):
+                return (f"check_undefined_grad: the gradient of {name} is not zero when the "
+                        "output gradients are undefined or zero")
+    return ""
+
+
+def _fast(fn: _Function, leaves, outputs, x, index, *, tol, seed, raise_exception) -> bool:
+    """fast_mode: fastgrad's audit of a random contraction of the outputs (random directions,
+    then group-testing localization of the wrong coordinates when a direction disagrees).
+    Non-finite (masked) input entries are held fixed."""
+    from .checks.directions import audit
+
+    rng = np.random.default_rng([seed, 0x6661_7374])
+    u = rng.standard_normal(fn.out_layout.size)
+    grad = _vjp_contracted(fn, leaves, outputs, u)[index]
+    full = fn.x64.copy()
+
+    def loss(theta):
+        full[index] = theta
+        return float(fn.one(full) @ u)
+
+    owner = fn.layout.tensor_of(index)
+    segments = {n: (int(np.count_nonzero(owner == t)),) for t, n in enumerate(fn.layout.names)
+                if np.any(owner == t)}
+    report = audit(loss, x[index], grad, segments=segments, seed=seed, tol=tol, workers=1,
+                   jit=False)
+    if report.passed:
+        return True
+    return _fail(str(report), report, raise_exception)
+
+
+def _vjp_contracted(fn: _Function, leaves, outputs, u: np.ndarray) -> np.ndarray:
+    """The gradient of sum(u * flat real outputs): one backward pass."""
+    cot = []
+    starts = fn.out_layout.starts
+    for p, j in enumerate(fn.positions):
+        o = outputs[j]
+        part = torch.from_numpy(u[starts[p]:starts[p + 1]].copy())
+        if o.is_complex():
+            n = part.numel() // 2
+            part = torch.complex(part[:n], part[n:])
+        cot.append(part.to(o.dtype).reshape(o.shape))
+    diff = [outputs[j] for j in fn.positions]
+    grads = torch.autograd.grad(diff, leaves, cot, retain_graph=True, allow_unused=True)
+    return _input_rows(fn, [None if g is None else g[None] for g in grads], 1, leaves)[0]
+
+
+# ---------------------------------------------------------------- public API
+
+
+def gradcheck(
+    func: Callable[..., Any],
+    inputs: Any,
+    *,
+    eps: float = 1e-6,
+    atol: float = 1e-5,
+    rtol: float = 1e-3,
+    raise_exception: bool = True,
+    nondet_tol: float = 0.0,
+    check_undefined_grad: bool = True,
+    check_grad_dtypes: bool = False,
+    check_batched_grad: bool = False,
+    check_batched_forward_grad: bool = False,
+    check_forward_ad: bool = False,
+    check_backward_ad: bool = True,
+    fast_mode: bool = False,
+    masked: bool | None = None,
+) -> bool:
+    """Check ``func``'s full Jacobian against centered differences: torch's ``gradcheck``.
+
+    A drop-in for ``torch.autograd.gradcheck`` (same signature, same conventions): every input
+    coordinate of every input that requires grad against every element of every differentiable
+    output. Analytic rows are vector-Jacobian products (batched), numeric columns are centered
+    differences (the perturbed inputs evaluated in ``torch.func.vmap`` calls when ``func``
+    allows it), and each element is judged as ``fastgrad.check`` judges a coordinate: relative
+    error against the tolerance, roundoff floor, kink re-checks at smaller steps.
+
+    How torch's numbers map: the first step of each coordinate is fastgrad's automatic one
+    (``eps^(1/3) max(1, |x|)``) when ``eps`` is torch's default 1e-6, else ``eps``. An element
+    fails when fastgrad's verdict fails it (relative error above 1e-4 in float64, or above
+    ``rtol`` when that is smaller) or when torch's rule ``|a - n| <= atol + rtol |n|`` fails
+    and the disagreement is not roundoff noise or an excused kink; it never fails when
+    ``|a - n| <= atol``.
+
+    Parameters
+    ----------
+    func : callable
+        ``func(*inputs)`` returning a tensor or a tuple of tensors. Outputs that do not require
+        grad (integer outputs, outputs marked non-differentiable) are not checked.
+    inputs : tensor or tuple
+        The arguments; floating or complex tensors with ``requires_grad=True`` are checked,
+        everything else (integer tensors, numbers, other objects) is passed through. Entries
+        that are not finite (masked ``-inf``) are not perturbed; they are listed as skipped.
+    eps : float
+        Torch's finite-difference step; the default means "automatic steps".
+    atol : float
+        Absolute tolerance: an element within it never fails.
+    rtol : float
+        Relative tolerance of torch's rule; also caps fastgrad's relative tolerance.
+    raise_exception : bool
+        Raise ``GradcheckError`` on failure (default) or return False.
+    nondet_tol : float
+        Allowed difference between two evaluations (forward and backward) at the same inputs.
+    check_undefined_grad : bool
+        Also run backward with an undefined gradient for each output (must not raise).
+    check_grad_dtypes : bool
+        Also require the gradients' dtype and device to be the inputs'.
+    check_batched_grad : bool
+        Also compare vmap'd vector-Jacobian products with one-by-one ones.
+    check_batched_forward_grad : bool
+        Also compare vmap'd Jacobian-vector products with one-by-one ones.
+    check_forward_ad : bool
+        Also judge forward-mode AD (JVP columns) against the numeric Jacobian.
+    check_backward_ad : bool
+        Judge backward-mode AD (default True).
+    fast_mode : bool
+        Check a random contraction of the outputs with fastgrad's audit (random directions,
+        then the wrong coordinates localized) instead of the full Jacobian.
+    masked : bool or None
+        Accepted for torch compatibility (sparse masked semantics are not supported: dense
+        inputs only).
+
+    Returns
+    -------
+    bool
+        True when the check passes; False when it fails and ``raise_exception`` is False.
+
+    Raises
+    ------
+    fastgrad.torch.GradcheckError
+        When the check fails (and ``raise_exception``): the message is the report's table,
+        ``.report`` the report.
+    ValueError
+        When no input requires grad, or a tolerance is negative.
+    TypeError
+        When a checked input is not a dense float32/float64/complex tensor.
+
+    Examples
+    --------
+    >>> import torch, fastgrad.torch
+    >>> x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    >>> fastgrad.torch.gradcheck(lambda x: (x.sin(), x.exp().sum(1)), (x,))
+    True
+    """
+    eps, atol, rtol, nondet_tol = _options(eps, atol, rtol, nondet_tol)
+    del masked
+    inputs = _as_tuple(inputs)
+    names = [f"input{k}" for k in range(len(inputs))]
+    fn = _Function(func, inputs, names, needs_grad=False)
+    with _no_side_effects():
+        return _check(fn, eps=eps, atol=atol, rtol=rtol, nondet_tol=nondet_tol,
+                      check_backward_ad=check_backward_ad, check_forward_ad=check_forward_ad,
+                      check_batched_grad=check_batched_grad,
+                      check_batched_forward_grad=check_batched_forward_grad,
+                      check_undefined_grad=check_undefined_grad,
+                      check_grad_dtypes=check_grad_dtypes, fast_mode=fast_mode,
+                      raise_exception=raise_exception)
+
+
+def gradgradcheck(
+    func: Callable[..., Any],
+    inputs: Any,
+    grad_outputs: Any = None,
+    *,
+    eps: float = 1e-6,
+    atol: float = 1e-5,
+    rtol: float = 1e-3,
+    gen_non_contig_grad_outputs: bool = False,
+    raise_exception: bool = True,
+    nondet_tol: float = 0.0,
+    check_undefined_grad: bool = True,
+    check_grad_dtypes: bool = False,
+    check_batched_grad: bool = False,
+    check_fwd_over_rev: bool = False,
+    check_rev_over_rev: bool = True,
+    fast_mode: bool = False,
+    masked: bool | None = None,
+) -> bool:
+    """Check second derivatives: the Jacobian of ``func``'s backward, torch's ``gradgradcheck``.
+
+    The function checked is ``(inputs, grad_outputs) -> autograd.grad(func(*inputs), inputs,
+    grad_outputs, create_graph=True)``: its numeric Jacobian (centered differences of the
+    backward) against its double-backward, with ``gradcheck``'s rules and report (inputs
+    named ``input0``, ..., ``grad_output0``, ...; outputs ``grad_input0``, ...).
+
+    Parameters
+    ----------
+    func : callable
+        ``func(*inputs)`` returning a tensor or a tuple of tensors.
+    inputs : tensor or tuple
+        As for ``gradcheck``.
+    grad_outputs : tensor or tuple, optional
+        The cotangents of the differentiable outputs; default: random normal ones (seeded),
+        which require grad (the second derivative in them is checked too).
+    eps : float
+        As for ``gradcheck``.
+    atol : float
+        As for ``gradcheck``.
+    rtol : float
+        As for ``gradcheck``.
+    gen_non_contig_grad_outputs : bool
+        Accepted for torch compatibility (the generated cotangents are contiguous).
+    raise_exception : bool
+        As for ``gradcheck``.
+    nondet_tol : float
+        As for ``gradcheck``.
+    check_undefined_grad : bool
+        As for ``gradcheck``.
+    check_grad_dtypes : bool
+        As for ``gradcheck``.
+    check_batched_grad : bool
+        As for ``gradcheck``.
+    check_fwd_over_rev : bool
+        Also check forward-mode AD of the backward (``check_forward_ad`` of the second-order
+        function).
+    check_rev_over_rev : bool
+        Check the double backward (default True).
+    fast_mode : bool
+        As for ``gradcheck``.
+    masked : bool or None
+        As for ``gradcheck``.
+
+    Returns
+    -------
+    bool
+        True when the check passes; False when it fails and ``raise_exception`` is False.
+
+    Raises
+    ------
+    fastgrad.torch.GradcheckError
+        When the check fails (and ``raise_exception``).
+    ValueError
+        When no input requires grad, or a tolerance is negative.
+    TypeError
+        When a checked input is not a dense float32/float64/complex tensor.
+
+    Examples
+    --------
+    >>> import torch, fastgrad.torch
+    >>> x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    >>> fastgrad.torch.gradgradcheck(torch.tanh, (x,))
+    True
+    """
+    eps, atol, rtol, nondet_tol = _options(eps, atol, rtol, nondet_tol)
+    del masked, gen_non_contig_grad_outputs
+    inputs = _as_tuple(inputs)
+    checked = [k for k, t in enumerate(inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not checked:
+        raise InvalidValue("inputs: gradgradcheck expects at least one input tensor to require "
+                           "gradient (none of the inputs has requires_grad=True)")
+    with torch.enable_grad():
+        outputs = _as_tuple(func(*[t.detach().requires_grad_(True) if k in checked else t
+                                   for k, t in enumerate(inputs)]))
+    diff = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
+    if grad_outputs is None:
+        gen = torch.Generator().manual_seed(0)
+        grad_outputs = tuple(
+            torch.randn(o.shape, dtype=o.dtype, generator=gen).requires_grad_(True) for o in diff)
+    grad_outputs = _as_tuple(grad_outputs)
+    n = len(inputs)
+
+    def backward(*args):
+        xs, gos = args[:n], args[n:]
+        outs = _as_tuple(func(*xs))
+        outs = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
+        wrt = [xs[k] for k in checked]
+        grads = torch.autograd.grad(outs, wrt, gos, create_graph=True, allow_unused=True)
+        return tuple(g for g in grads if g is not None)
+
+    names = [f"input{k}" for k in range(n)] + [f"grad_output{j}" for j in range(len(grad_outputs))]
+    fn = _Function(backward, (*inputs, *grad_outputs), names, needs_grad=True,
+                   out_prefix="grad_input")
+    # vmap cannot batch torch.autograd.grad (it raises after tracing): do not try every time
+    fn.batched = False
+    fn.why_serial = "the backward calls torch.autograd.grad, which torch.func.vmap cannot batch"
+    with _no_side_effects():
+        return _check(fn, eps=eps, atol=atol, rtol=rtol, nondet_tol=nondet_tol,
+                      check_backward_ad=check_rev_over_rev, check_forward_ad=check_fwd_over_rev,
+                      check_batched_grad=check_batched_grad, check_batched_forward_grad=False,
+                      check_undefined_grad=False, check_grad_dtypes=check_grad_dtypes,
+                      fast_mode=fast_mode, raise_exception=raise_exception)
+
+
+@contextlib.contextmanager
+def _no_side_effects():
+    """torch's RNG as the caller left it (a function may draw random numbers)."""
+    with torch.random.fork_rng(devices=[]):
+        yield
+

@@ -1,0 +1,321 @@
+"""fastgrad.torch.gradcheck / gradgradcheck: planted bugs are caught where they are, correct
+gradients (with kinks, masked entries, complex values) pass."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch.autograd.gradcheck import GradcheckError as TorchGradcheckError  # noqa: E402
+
+import fastgrad.torch as ft  # noqa: E402
+
+F64 = torch.float64
+
+
+def leaf(*shape, seed=0, dtype=F64):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen, dtype=dtype).requires_grad_(True)
+
+
+class TwoOutputs(torch.autograd.Function):
+    """(a * b, a + sin(b)); ``scale`` plants a bug in d output1 / d b."""
+
+    scale = 1.0
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b, a + b.sin()
+
+    @staticmethod
+    def backward(ctx, g1, g2):
+        a, b = ctx.saved_tensors
+        return g1 * b + g2, g1 * a + TwoOutputs.scale * g2 * b.cos()
+
+
+@pytest.fixture
+def buggy_two_outputs():
+    TwoOutputs.scale = 1.01
+    yield TwoOutputs
+    TwoOutputs.scale = 1.0
+
+
+def test_wrong_backward_of_one_output_names_that_output_and_input(buggy_two_outputs):
+    a, b = leaf(4, seed=1), leaf(4, seed=2)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(buggy_two_outputs.apply, (a, b))
+    report = info.value.report
+    failing = [name for name, s in report.segments.items() if not s.passed]
+    assert failing == ["input1/output1"]
+    assert {c.where.split(" -> ")[1][:7] for c in report.failures} == {"output1"}
+    assert "input1[0] -> output1[0]" in str(info.value)
+    # existing suites catch torch's class, and fastgrad's pytest plugin its own
+    assert isinstance(info.value, TorchGradcheckError)
+    assert isinstance(info.value, AssertionError)
+
+
+def test_correct_backward_passes_and_caller_tensors_untouched():
+    a, b = leaf(3, 2, seed=3), leaf(3, 2, seed=4)
+    before = (a.detach().clone(), b.detach().clone())
+    assert ft.gradcheck(TwoOutputs.apply, (a, b)) is True
+    assert torch.equal(a, before[0]) and torch.equal(b, before[1])
+    assert a.grad is None and b.grad is None
+
+
+def test_raise_exception_false_returns_false(buggy_two_outputs):
+    a, b = leaf(4, seed=1), leaf(4, seed=2)
+    assert ft.gradcheck(buggy_two_outputs.apply, (a, b), raise_exception=False) is False
+
+
+def test_torch_class_in_pytest_raises(buggy_two_outputs):
+    with pytest.raises(TorchGradcheckError):
+        ft.gradcheck(buggy_two_outputs.apply, (leaf(4, seed=1), leaf(4, seed=2)))
+
+
+class Scaled(torch.autograd.Function):
+    """x ** 2 with a backward 0.05% off: torch's rtol 1e-3 lets it through, fastgrad does not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x * g * 1.0005
+
+
+def test_catches_a_small_error_torch_passes():
+    x = leaf(6, seed=5)
+    assert torch.autograd.gradcheck(Scaled.apply, (x,))
+    assert not ft.gradcheck(Scaled.apply, (x,), raise_exception=False)
+
+
+class Cube(torch.autograd.Function):
+    """x ** 3 whose backward detaches x: first order right, second order missing."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x ** 3
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * g * x.detach() ** 2
+
+
+def test_wrong_double_backward_fails_gradgradcheck_only():
+    x = leaf(5, seed=6)
+    assert ft.gradcheck(Cube.apply, (x,))
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradgradcheck(Cube.apply, (x,))
+    failing = [name for name, s in info.value.report.segments.items() if not s.passed]
+    assert failing == ["input0/grad_input0"]
+    assert ft.gradgradcheck(lambda x: x ** 3, (x,))
+
+
+class Exp(torch.autograd.Function):
+    """exp with a correct backward and a jvp that forgets the exp."""
+
+    @staticmethod
+    def forward(x):
+        return x.exp()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * y
+
+    @staticmethod
+    def jvp(ctx, t):
+        return t  # bug: should be t * exp(x)
+
+
+def test_wrong_jvp_fails_only_with_check_forward_ad():
+    x = leaf(4, seed=7)
+    assert ft.gradcheck(Exp.apply, (x,))
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(Exp.apply, (x,), check_forward_ad=True)
+    failing = [name for name, s in info.value.report.segments.items() if not s.passed]
+    assert failing == ["input0/output0 (forward AD)"]
+    assert ft.gradcheck(torch.exp, (x,), check_forward_ad=True)
+
+
+class Square(torch.autograd.Function):
+    """z * z on complex z; ``conj`` False plants the missing conjugate of torch's convention."""
+
+    conj = True
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return z * z
+
+    @staticmethod
+    def backward(ctx, g):
+        (z,) = ctx.saved_tensors
+        d = 2 * z
+        return g * (d.conj() if Square.conj else d)
+
+
+def test_complex_missing_conjugate_is_caught_in_named_parts():
+    z = leaf(3, seed=8, dtype=torch.complex128)
+    assert ft.gradcheck(Square.apply, (z,))
+    Square.conj = False
+    try:
+        with pytest.raises(ft.GradcheckError) as info:
+            ft.gradcheck(Square.apply, (z,))
+    finally:
+        Square.conj = True
+    wheres = {c.where for c in info.value.report.failures}
+    assert any(".imag[" in w for w in wheres)
+    assert all(w.startswith("input0.") and "output0." in w for w in wheres)
+
+
+def test_complex_builtin_ops_pass():
+    z = leaf(4, seed=9, dtype=torch.complex128)
+    assert ft.gradcheck(lambda z: (z * z.conj() + z.exp(), z.abs(), z.angle()), (z,))
+
+
+def test_sgn_zero_tensor_gradient():
+    assert ft.gradcheck(torch.sgn, (leaf(5, seed=10),))
+
+
+def test_masked_minus_inf_entries_are_skipped():
+    x = torch.randn(2, 4, dtype=F64, generator=torch.Generator().manual_seed(11))
+    x[0, 2] = x[1, 0] = -float("inf")
+    x.requires_grad_(True)
+    assert ft.gradcheck(lambda x: torch.softmax(x, -1), (x,))
+    # the report says which were skipped
+    ft_wrong = ft.gradcheck(lambda x: torch.softmax(x, -1) * (1 + 1e-3 * x.detach().isfinite()
+                                                             * x.detach().clamp(-1, 1)),
+                            (x,), raise_exception=False)
+    assert ft_wrong is False
+
+
+def test_masked_report_lists_skipped_coordinates(buggy_two_outputs):
+    a, b = leaf(3, seed=12), leaf(3, seed=13)
+    with torch.no_grad():
+        a[1] = float("-inf")
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(buggy_two_outputs.apply, (a, b))
+    assert info.value.report.skipped == ("input0[1]",)
+    assert "skipped" in str(info.value)
+
+
+def test_kinks_and_pass_through_arguments():
+    # x near the ReLU's and abs's kinks (torch's fixed step of 1e-6 crosses them), an integer
+    # index tensor and a float passed through, an integer output that is not differentiable
+    x = torch.tensor([1e-7, -3e-7, 0.5, -0.8, 2e-7], dtype=F64, requires_grad=True)
+    idx = torch.tensor([4, 0, 2])
+
+    def fn(x, idx, scale):
+        y = torch.relu(x) * scale + x.abs()
+        return y[idx], y.argmax()
+
+    assert ft.gradcheck(fn, (x, idx, 3.0))
+    assert not torch.autograd.gradcheck(fn, (x, idx, 3.0), raise_exception=False)
+
+
+def test_vmap_fallback_is_reported(buggy_two_outputs):
+    a, b = leaf(2, seed=1), leaf(2, seed=2)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(buggy_two_outputs.apply, (a, b))
+    report = info.value.report
+    assert report.path == "per-call" and "vmap raised" in report.path_reason
+
+    class Sin(torch.autograd.Function):  # functorch-ready (vmap rule generated), backward 1% off
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x):
+            return x.sin()
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * x.cos() * 1.01
+
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(Sin.apply, (leaf(6, seed=3),))
+    assert info.value.report.path == "vmap"
+
+
+def test_fast_mode_localizes_the_wrong_coordinates():
+    x = leaf(40, seed=14)
+
+    class OneWrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.tanh()
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            d = 1 - x.tanh() ** 2
+            d[17] *= 1.05
+            return g * d
+
+    assert ft.gradcheck(torch.tanh, (x,), fast_mode=True)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(OneWrong.apply, (x,), fast_mode=True)
+    assert list(info.value.report.suspects) == [17]
+
+
+def test_batched_grad_and_dtypes_options():
+    x = leaf(3, 2, seed=15)
+    assert ft.gradcheck(lambda x: x.sin().sum(0), (x,), check_batched_grad=True,
+                        check_grad_dtypes=True, check_batched_forward_grad=True,
+                        check_forward_ad=True)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="requires_grad"):
+        ft.gradcheck(torch.sin, (torch.randn(3, dtype=F64),))
+    with pytest.raises(ValueError, match="atol"):
+        ft.gradcheck(torch.sin, (leaf(3),), atol=-1.0)
+
+
+def test_safe_softmax_with_a_fully_masked_row():
+    safe_softmax = getattr(torch, "_safe_softmax", None)
+    if safe_softmax is None:
+        pytest.skip("this torch has no _safe_softmax")
+    x = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(16))
+    x[1, :] = -float("inf")  # a fully masked row: _safe_softmax gives zeros there
+    x[0, 3] = -float("inf")
+    x.requires_grad_(True)
+    assert ft.gradcheck(lambda x: safe_softmax(x, -1), (x,))
+
+
+def test_non_finite_value_at_a_perturbed_point_names_input_and_output():
+    x = torch.tensor([1e-9, 0.5, 2.0], dtype=F64, requires_grad=True)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(torch.log, (x,))
+    (failure,) = info.value.report.failures
+    assert failure.verdict == "nan" and failure.where == "input0[0] -> output0[0]"
+
+
+def test_a_float32_test_tuned_for_torch_keeps_passing():
+    x = leaf(6, seed=17, dtype=torch.float32)
+
+    def fn(x):
+        return (x.sin() * x.exp()).cumsum(0)
+
+    options = {"eps": 1e-3, "atol": 1e-2, "rtol": 1e-2}
+    assert torch.autograd.gradcheck(fn, (x,), **options)
+    assert ft.gradcheck(fn, (x,), **options)
+    assert ft.gradcheck(fn, (x,))  # float32 steps and tolerance by default
