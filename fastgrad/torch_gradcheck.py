@@ -23,6 +23,7 @@ from .arguments import non_negative_float
 from .checks.jacobian import Layout, judge_jacobian
 from .errors import GradientCheckError, InvalidType, InvalidValue
 from .results.jacobian_report import ChainedRecords, JacobianReport
+from .results.report import max_all, overall_status
 from .steps import coordinate_steps, noise_eps, tolerance
 
 __all__ = ["GradcheckError", "gradcheck", "gradgradcheck"]
@@ -575,8 +576,10 @@ def _merge(reports: list[JacobianReport]) -> JacobianReport:
         segments.update(r.segments)
     coords = ChainedRecords([r.coords for r in reports])
     return JacobianReport(
-        passed=all(r.passed for r in reports),
-        max_rel_error=max(r.max_rel_error for r in reports), segments=segments, coords=coords,
+        status=overall_status(segments.values()),
+        max_rel_error=max(r.max_rel_error for r in reports),
+        max_rel_error_all=max_all(r.max_rel_error_all for r in reports),
+        segments=segments, coords=coords,
         evaluations=reports[-1].evaluations, tol=first.tol, tol_reason=first.tol_reason,
         path=first.path, path_reason=first.path_reason, dtype=first.dtype, depth=1,
         seed=first.seed, loss=first.loss, rechecked=sum(r.rechecked for r in reports),

@@ -15,6 +15,7 @@ never fails when ``|a - n| <= atol``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,7 +25,7 @@ import numpy as np
 from ..judge.rechecks import Judge
 from ..judge.verdicts import KINK, NAN, NOISE, coordinate_stats, segment_stats
 from ..results.jacobian_report import JacobianRecords, JacobianReport
-from ..results.report import SegmentReport
+from ..results.report import SegmentReport, overall_status
 
 __all__ = ["Layout", "judge_jacobian"]
 
@@ -193,8 +194,10 @@ def _report(ev, x, f0, jacobian, index, table: _Table, steps, rechecked, failed,
     records = JacobianRecords(columns, inputs, outputs, names)
     eligible = [s.max_rel_error for s in segments.values() if s.checked]
     return JacobianReport(
-        passed=all(s.passed for s in segments.values()),
+        status=overall_status(segments.values()),
         max_rel_error=float(max(eligible)) if eligible else 0.0,
+        max_rel_error_all=(math.nan if np.isnan(rel).any()
+                           else float(rel.max()) if rel.size else 0.0),
         segments=segments, coords=records, evaluations=ev.evaluations, tol=tol,
         tol_reason=tol_reason, path=ev.path, path_reason=ev.path_reason,
         dtype=str(x.dtype), depth=1, seed=seed,
