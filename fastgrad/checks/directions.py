@@ -399,8 +399,11 @@ def _extrapolated(large: DirectionRecord, small: DirectionRecord) -> DirectionRe
 
 
 def _rms(values: np.ndarray) -> float:
-    # a dot product: no temporary copy of a 10^7-value segment
-    return math.sqrt(float(np.dot(values, values)) / values.size) if values.size else 0.0
+    # a sum of products without a temporary copy of a 10^7-value segment, and without BLAS: a
+    # BLAS call here, outside the check's own BLAS limit, could race with another thread's
+    # check changing OpenBLAS's thread count (OpenBLAS is not safe to resize while in use)
+    return math.sqrt(float(np.einsum("i,i->", values, values)) / values.size) \
+        if values.size else 0.0
 
 
 def audit(

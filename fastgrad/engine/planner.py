@@ -151,8 +151,10 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
         else PROCESS_COLD_FACTOR * start_up_seconds())
     if predicted < CALIBRATE_MIN_SECONDS and not maybe_processes:
         if ev.plan.backend == "threads" and t_eval < GIL_BOUND_SECONDS:
-            # a loss this short holds the GIL most of the time: threads only add handoffs
-            ev.plan = Plan("serial", 1, None,
+            # a loss this short holds the GIL most of the time: threads only add handoffs.
+            # BLAS on one thread too: BLAS threads do not pay off in a 50 us evaluation, and a
+            # BLAS call outside the limit races with concurrent checks changing it
+            ev.plan = Plan("serial", 1, 1,
                            f"Python callable: serial (one evaluation takes {t_eval * 1e6:.0f} "
                            f"us: threads would contend for the GIL)", t_eval)
         return 0
