@@ -419,7 +419,7 @@ class _NoBar:
     active = False
 
     def update(self, n: int) -> None:
-        pass
+        """Nothing to show: the duplicate's evaluations are the guard's, not the check's."""
 
 
 _NO_BAR = _NoBar()

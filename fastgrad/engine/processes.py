@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import multiprocessing
 import os
@@ -231,10 +232,8 @@ def _unlink(block) -> None:
     try:
         block.close()
     finally:
-        try:
+        with contextlib.suppress(FileNotFoundError):  # already unlinked by another path
             block.unlink()
-        except FileNotFoundError:
-            pass
 
 
 # -- the worker side ----------------------------------------------------------------------------------
