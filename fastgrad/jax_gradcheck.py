@@ -25,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .arguments import non_negative_float, positive_int
-from .checks.jacobian import Layout, judge_jacobian
+from .checks.jacobian import ColumnEvaluator, Layout, judge_jacobian
 from .errors import GradientCheckError, InvalidType, InvalidValue
 from .results.jacobian_report import JacobianReport
 from .steps import coordinate_steps, noise_eps, tolerance
@@ -148,32 +148,12 @@ class _Flat:
         return np.stack([self.one(r) for r in rows[:count]])
 
 
-class _Evaluator:
+class _Evaluator(ColumnEvaluator):
+    vmap = "jax.vmap"
+
     def __init__(self, fn: _Flat, x: np.ndarray):
-        self.fn, self.x = fn, x
-
-    @property
-    def evaluations(self) -> int:
-        return self.fn.evaluations
-
-    @property
-    def path(self) -> str:
-        return "vmap" if self.fn.batched else "per-call"
-
-    @property
-    def path_reason(self) -> str:
-        if self.fn.batched:
-            return "the perturbed inputs evaluated in batched jax.vmap calls"
-        return f"{self.fn.why_serial}; one call per perturbed input"
-
-    def pairs(self, index, step, label: str | None = None):
-        # forward and reverse mode are judged on the same first columns: evaluate them once
-        key = (index.tobytes(), np.asarray(step).tobytes())
-        if getattr(self, "_last", (None,))[0] == key:
-            return self._last[1].copy(), self._last[2].copy()
-        f_plus, f_minus = self._pairs(index, step)
-        self._last = (key, f_plus, f_minus)
-        return f_plus.copy(), f_minus.copy()
+        super().__init__(fn)
+        self.x = x
 
     def _pairs(self, index, step):
         x, k = self.x, index.size

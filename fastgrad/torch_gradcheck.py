@@ -20,7 +20,7 @@ from torch.autograd import forward_ad
 from torch.autograd.gradcheck import GradcheckError as TorchGradcheckError
 
 from .arguments import non_negative_float
-from .checks.jacobian import Layout, judge_jacobian
+from .checks.jacobian import ColumnEvaluator, Layout, judge_jacobian
 from .errors import GradientCheckError, InvalidType, InvalidValue
 from .results.jacobian_report import ChainedRecords, JacobianReport
 from .results.report import max_all, overall_status
@@ -251,34 +251,10 @@ class _Function:
             [self.inputs[k].dtype for k in self.checked] + self.out_dtypes) == np.float32
 
 
-class _Evaluator:
+class _Evaluator(ColumnEvaluator):
     """What the Judge calls: ``pairs(index, step)`` -> whole outputs at x +- h e_i."""
 
-    def __init__(self, fn: _Function):
-        self.fn = fn
-
-    @property
-    def evaluations(self) -> int:
-        return self.fn.evaluations
-
-    @property
-    def path(self) -> str:
-        return "vmap" if self.fn.batched else "per-call"
-
-    @property
-    def path_reason(self) -> str:
-        if self.fn.batched:
-            return "the perturbed inputs evaluated in batched torch.func.vmap calls"
-        return f"{self.fn.why_serial}; one call per perturbed input"
-
-    def pairs(self, index, step, label: str | None = None):
-        # the backward and forward-AD judges ask for the same first columns: evaluate once
-        key = (index.tobytes(), np.asarray(step).tobytes())
-        if getattr(self, "_last", (None,))[0] == key:
-            return self._last[1].copy(), self._last[2].copy()
-        f_plus, f_minus = self._pairs(index, step)
-        self._last = (key, f_plus, f_minus)
-        return f_plus.copy(), f_minus.copy()
+    vmap = "torch.func.vmap"
 
     def _pairs(self, index, step):
         x = self.fn.x64

@@ -203,3 +203,39 @@ def _report(ev, x, f0, jacobian, index, table: _Table, steps, rechecked, failed,
         dtype=str(x.dtype), depth=1, seed=seed,
         loss=float(np.max(np.abs(f0))) if f0.size else 0.0,
         rechecked=int(np.count_nonzero(rechecked)), skipped=tuple(skipped), notes=notes)
+
+
+class ColumnEvaluator:
+    """What the Judge calls for a Jacobian: ``pairs(index, step)`` -> the whole outputs at
+    x +- h e_i, as a framework adapter evaluates them (``fn`` says whether vmap batched them and,
+    if not, why). Subclasses give ``_pairs``; the backward and forward judges ask for the same
+    first columns, so the last pair of batches is kept and handed out again (as copies)."""
+
+    vmap = "vmap"  # what batched the perturbed inputs, for the path line
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._last: tuple | None = None
+
+    @property
+    def evaluations(self) -> int:
+        return self.fn.evaluations
+
+    @property
+    def path(self) -> str:
+        return "vmap" if self.fn.batched else "per-call"
+
+    @property
+    def path_reason(self) -> str:
+        if self.fn.batched:
+            return f"the perturbed inputs evaluated in batched {self.vmap} calls"
+        return f"{self.fn.why_serial}; one call per perturbed input"
+
+    def pairs(self, index, step, label: str | None = None):
+        key = (index.tobytes(), np.asarray(step).tobytes())
+        if self._last is None or self._last[0] != key:
+            self._last = (key, *self._pairs(index, step))
+        return self._last[1].copy(), self._last[2].copy()
+
+    def _pairs(self, index, step):
+        raise NotImplementedError
