@@ -14,6 +14,7 @@ raises. Which one runs, with how many workers and BLAS threads, is the Plan's (p
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -45,12 +46,29 @@ class Workload:
         self.width = 1 if terms is None else len(terms)  # loss values per evaluation
         self.describe = describe
         self.evaluations = 0
+        self.guard_evaluations = 0  # the thread-safety guard's serial duplicates
         self._count_lock = threading.Lock()
+        self._duplicating = threading.local()
         self._copies: list[np.ndarray] = [first_copy] if first_copy is not None else []
 
     def count(self, n: int) -> None:
+        """Count n loss evaluations: the check's own, or the thread-safety guard's serial
+        duplicates when they run inside ``guard_duplicates()`` in this thread."""
         with self._count_lock:
-            self.evaluations += n
+            if getattr(self._duplicating, "active", False):
+                self.guard_evaluations += n
+            else:
+                self.evaluations += n
+
+    @contextlib.contextmanager
+    def guard_duplicates(self):
+        """Evaluations made inside, in this thread, repeat points the check already has (the
+        guard's serial comparison): counted in ``guard_evaluations``, not ``evaluations``."""
+        self._duplicating.active = True
+        try:
+            yield
+        finally:
+            self._duplicating.active = False
 
     def borrow(self) -> np.ndarray:
         """A working copy of theta (every perturbation is undone after its evaluation)."""

@@ -79,9 +79,6 @@ class Evaluator:
         self.forced = backend
         self._threads_verified = False  # the thread-safety guard ran in this check
         self._threads_ran = False  # threads evaluated a Python loss in this check
-        # the guard's serial duplicates: not in ``evaluations`` (the method's own count, which
-        # an audit's budget bounds and which must not depend on who evaluated)
-        self.guard_evaluations = 0
         self.guard_rates: tuple[float, float] | None = None
         self.kernel_f = f if dispatcher else None  # what the Numba kernel calls
         self._backends: dict[tuple, Backend] = {}
@@ -106,6 +103,12 @@ class Evaluator:
     @property
     def evaluations(self) -> int:
         return self.work.evaluations
+
+    @property
+    def guard_evaluations(self) -> int:
+        """The thread-safety guard's serial duplicates: not in ``evaluations`` (the method's own
+        count, which an audit's budget bounds and which must not depend on who evaluated)."""
+        return self.work.guard_evaluations
 
     @property
     def path(self) -> str:
@@ -281,10 +284,9 @@ class Evaluator:
         rows = np.flatnonzero(suspect)
         serial_plus, serial_minus = np.empty((rows.size, self.work.width)), \
             np.empty((rows.size, self.work.width))
-        self.backend(self.plan, 1, 1).pairs(index[rows], step[rows], serial_plus, serial_minus,
-                                            _NO_BAR)
-        self.guard_evaluations += 2 * rows.size
-        self.work.count(-2 * rows.size)
+        with self.work.guard_duplicates():
+            self.backend(self.plan, 1, 1).pairs(index[rows], step[rows], serial_plus,
+                                                serial_minus, _NO_BAR)
         threaded_plus, threaded_minus = f_plus[rows], f_minus[rows]
         self._compare(threaded_plus, threaded_minus, serial_plus, serial_minus,
                       lambda j: self.work.describe(int(index[rows[j]])))
@@ -338,13 +340,12 @@ class Evaluator:
         threaded = time.perf_counter() - start
         serial_plus, serial_minus = np.empty((g, self.work.width)), np.empty((g, self.work.width))
         start = time.perf_counter()
-        self.backend(self.plan, 1, backend.blas_threads).pairs(
-            index[rows], step[rows], serial_plus, serial_minus, _NO_BAR)
+        with self.work.guard_duplicates():
+            self.backend(self.plan, 1, backend.blas_threads).pairs(
+                index[rows], step[rows], serial_plus, serial_minus, _NO_BAR)
         # coordinates per second on threads and serially: the calibration's first probe
         self.guard_rates = (g / max(threaded, 1e-9),
                             g / max(time.perf_counter() - start, 1e-9))
-        self.guard_evaluations += 2 * g
-        self.work.count(-2 * g)
         self._compare(f_plus[rows], f_minus[rows], serial_plus, serial_minus,
                       lambda j: self.work.describe(int(index[lo + j])))
         return g
@@ -404,10 +405,9 @@ class Evaluator:
         backend.directions(key[rows], lo[rows], hi[rows], step[rows], f_plus[rows],
                            f_minus[rows], bar)
         serial_plus, serial_minus = np.empty((g, self.work.width)), np.empty((g, self.work.width))
-        self.backend(self.plan, 1, backend.blas_threads).directions(
-            key[rows], lo[rows], hi[rows], step[rows], serial_plus, serial_minus, _NO_BAR)
-        self.guard_evaluations += 2 * g
-        self.work.count(-2 * g)
+        with self.work.guard_duplicates():
+            self.backend(self.plan, 1, backend.blas_threads).directions(
+                key[rows], lo[rows], hi[rows], step[rows], serial_plus, serial_minus, _NO_BAR)
         self._compare(f_plus[rows], f_minus[rows], serial_plus, serial_minus,
                       lambda j: direction_where(lo[j], hi[j]))
         return g
