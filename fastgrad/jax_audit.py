@@ -8,7 +8,6 @@ function is rebuilt on arrival), so it can go to a Dask cluster.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -17,18 +16,10 @@ import numpy as np
 
 from .checks.coordinates import Problem
 from .checks.directions import audit as core_audit
+from .jax_pytrees import PytreeLayout, flatten_leaves, scalar_value, x64
 from .results.audit_report import AuditReport
 
 __all__ = ["audit", "pytree_problem"]
-
-
-def _enable_x64() -> contextlib.AbstractContextManager:
-    """64-bit JAX types around fastgrad's own calls only (thread-local)."""
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64  # jax < 0.6
-
-    return enable_x64(True)
 
 
 class PytreeLoss:
@@ -38,39 +29,29 @@ class PytreeLoss:
     ----------
     f : callable
         ``f(params, *args) -> scalar``, traceable by ``jax.jit``.
-    treedef : jax.tree_util.PyTreeDef
-        The structure of ``params``.
-    fixed : list
-        Every leaf of ``params`` as given (the non-floating ones are held constant).
-    slots : list of (int, int, int, tuple)
-        For each audited leaf: its position among the leaves, its flat range and its shape.
+    layout : PytreeLayout
+        Where each floating leaf of ``params`` sits in the flat vector (the others are held
+        constant).
     args : tuple
         The further arguments of ``f``, held constant.
     """
 
-    def __init__(self, f: Callable, treedef, fixed: list, slots: list, args: tuple):
-        self.f, self.treedef, self.fixed, self.slots, self.args = f, treedef, fixed, slots, args
+    def __init__(self, f: Callable, layout: PytreeLayout, args: tuple):
+        self.f, self.layout, self.args = f, layout, args
         self._jitted = None
 
-    def params(self, theta) -> Any:
-        """The pytree with the audited leaves taken from ``theta`` (views, no copy)."""
-        values = list(self.fixed)
-        for position, a, b, shape in self.slots:
-            values[position] = theta[a:b].reshape(shape)
-        return jax.tree_util.tree_unflatten(self.treedef, values)
-
     def flat_loss(self, theta) -> Any:
-        return self.f(self.params(theta), *self.args)
+        return self.f(self.layout.params(theta), *self.args)
 
     def __call__(self, theta: np.ndarray) -> float:
-        with _enable_x64():
+        with x64():
             if self._jitted is None:
                 self._jitted = jax.jit(self.flat_loss)
             return float(self._jitted(theta))
 
     def gradient(self, theta: np.ndarray) -> np.ndarray:
         """``jax.grad`` of the loss at ``theta``, flat float64."""
-        with _enable_x64():
+        with x64():
             return np.array(jax.jit(jax.grad(self.flat_loss))(theta), dtype=np.float64)
 
     def __getstate__(self) -> dict:
@@ -119,41 +100,17 @@ def pytree_problem(f: Callable[..., Any], params: Any, *args: Any, dtype=np.floa
     >>> p.segments
     {'w': (3,)}
     """
-    from .jax import path_name
-
     if not callable(f):
         raise TypeError(f"f: expected a callable f(params, *args), got {f!r}")
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
         raise TypeError(f"dtype: expected float64 or float32, got {dtype}")
-    with _enable_x64():
-        leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-        fixed, slots, segments, parts = [], [], {}, []
-        start = 0
-        for position, (path, leaf) in enumerate(leaves):
-            name = path_name(path)
-            value = np.asarray(leaf)
-            fixed.append(leaf)
-            if np.iscomplexobj(value):
-                raise TypeError(f"params: leaf {name!r} is complex ({value.dtype}); not supported")
-            if not np.issubdtype(value.dtype, np.floating) or value.size == 0:
-                continue
-            if name in segments:
-                raise ValueError(f"params: two leaves are both named {name!r}")
-            segments[name] = value.shape
-            slots.append((position, start, start + value.size, value.shape))
-            parts.append(value.astype(dtype).ravel())
-            start += value.size
-        if not segments:
-            raise ValueError("params: no floating-point leaf to audit")
-        theta = np.concatenate(parts)
-        loss = PytreeLoss(f, treedef, fixed, slots, tuple(args))
-        value = jax.jit(loss.flat_loss)(theta)
-        if getattr(value, "shape", ()) != () or np.iscomplexobj(value):
-            raise ValueError(f"f: must return a real scalar, got shape "
-                             f"{tuple(getattr(value, 'shape', ()))} and dtype {value.dtype}")
+    with x64():
+        layout, theta = flatten_leaves(params, dtype, "audit")
+        loss = PytreeLoss(f, layout, tuple(args))
+        scalar_value(jax.jit(loss.flat_loss)(theta))
         grad = loss.gradient(theta)
-    return Problem(loss, theta, grad, segments=segments, options=dict(options))
+    return Problem(loss, theta, grad, segments=layout.segments, options=dict(options))
 
 
 def audit(f: Callable[..., Any], params: Any, *args: Any, budget: int | None = None,

@@ -27,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .arguments import non_negative_float, positive_int
 from .checks.jacobian import ColumnEvaluator, Layout, judge_jacobian
 from .errors import GradientCheckError, InvalidType, InvalidValue
+from .jax_pytrees import key_name, x64
 from .results.jacobian_report import JacobianReport
 from .steps import coordinate_steps, noise_eps, tolerance
 
@@ -61,14 +62,6 @@ class CheckGradsError(GradientCheckError):
     def __init__(self, message: str, report: Any = None):
         AssertionError.__init__(self, message)
         self.report = report
-
-
-def _x64():
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64  # pragma: no cover - jax < 0.6
-
-    return enable_x64(True)
 
 
 def _real_flat(leaves: Sequence[Any]) -> np.ndarray:
@@ -176,7 +169,7 @@ def _out_layout(value, prefix: str) -> Layout:
     names, shapes, cplx = [], [], []
     for j, (path, leaf) in enumerate(leaves):
         leaf = np.asarray(leaf)
-        suffix = "/".join(str(getattr(e, "key", getattr(e, "idx", e))) for e in path)
+        suffix = "/".join(key_name(e) for e in path)
         names.append(f"{prefix}{j}" if len(leaves) > 1 or suffix else prefix + "0")
         shapes.append(tuple(leaf.shape))
         cplx.append(bool(np.iscomplexobj(leaf)))
@@ -335,7 +328,7 @@ def check_grads(
     tol, tol_reason = tolerance(np.float64)
     if rtol is not None and 0 < rtol < tol:
         tol, tol_reason = rtol, f"rtol={rtol:.0e} given by the caller"
-    with _x64():
+    with x64():
         leaves, treedef = jax.tree_util.tree_flatten_with_path(tuple(args))
         values = [np.asarray(leaf) for _, leaf in leaves]
         checked = [p for p, v in enumerate(values)
@@ -345,7 +338,7 @@ def check_grads(
         names = []
         for p in checked:
             path = leaves[p][0]
-            keys = [str(getattr(e, "key", getattr(e, "idx", e))) for e in path]
+            keys = [key_name(e) for e in path]
             names.append(f"arg{keys[0]}" + "".join(f"/{k}" for k in keys[1:]))
         layout = Layout(tuple(names), tuple(values[p].shape for p in checked),
                         tuple(bool(np.iscomplexobj(values[p])) for p in checked))

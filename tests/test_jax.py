@@ -140,7 +140,7 @@ def test_caller_config_untouched():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="f: must return a scalar"):
+    with pytest.raises(ValueError, match="f: must return a real scalar"):
         fgj.check(lambda p: p * 2, normal(3))
     with pytest.raises(ValueError, match="params: no floating-point leaf"):
         fgj.check(lambda p: 1.0, {"n": 3})
