@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,27 +35,15 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ._adapt import ThreadLocalLoss, check_seed, core_check, cotangent_rng, serial_by_default
 from .results.report import Report
 from .segments import SegmentMap
+from .torch_tensors import CPU, SavedBuffers, flat_gradient, rebuild, scalar_loss, seeded
 
 __all__ = ["check_function", "check_module"]
 
 _F64 = torch.float64
-_CPU = torch.device("cpu")
+
 
 
 # ---------------------------------------------------------------- nested inputs and outputs
-
-
-def _rebuild(obj: Any, path: str, visit: Callable[[torch.Tensor, str], Any]) -> Any:
-    """``obj`` with every tensor ``t`` inside tuples/lists/dicts replaced by ``visit(t, path)``."""
-    if isinstance(obj, torch.Tensor):
-        return visit(obj, path)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        return type(obj)(*(_rebuild(v, f"{path}.{i}", visit) for i, v in enumerate(obj)))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_rebuild(v, f"{path}.{i}", visit) for i, v in enumerate(obj))
-    if isinstance(obj, dict):
-        return {k: _rebuild(v, f"{path}.{k}", visit) for k, v in obj.items()}
-    return obj
 
 
 def _float_leaves(obj: Any) -> list[torch.Tensor]:
@@ -67,7 +55,7 @@ def _float_leaves(obj: Any) -> list[torch.Tensor]:
             leaves.append(t)
         return t
 
-    _rebuild(obj, "", visit)
+    rebuild(obj, "", visit)
     return leaves
 
 
@@ -86,13 +74,13 @@ class _Inputs:
             if t.is_complex():
                 raise TypeError(f"{path}: complex tensors are not supported (dtype {t.dtype})")
             if not t.is_floating_point():
-                return t.detach().to(_CPU).clone()
-            value = t.detach().to(device=_CPU, dtype=_F64).clone()
+                return t.detach().to(CPU).clone()
+            value = t.detach().to(device=CPU, dtype=_F64).clone()
             if t.requires_grad and t.numel() > 0:
                 self.wrt[path] = value
             return value
 
-        self.values = tuple(_rebuild(v, f"{prefix}{i}", convert) for i, v in enumerate(values))
+        self.values = tuple(rebuild(v, f"{prefix}{i}", convert) for i, v in enumerate(values))
 
     def bind(self, slot: Callable[[str], torch.Tensor | None]) -> tuple:
         """A private copy: checked tensors become ``slot(name)``, other floats are cloned."""
@@ -101,7 +89,7 @@ class _Inputs:
             bound = slot(path) if path in self.wrt else None
             return bound if bound is not None else t.clone()
 
-        return tuple(_rebuild(v, f"{self.prefix}{i}", visit) for i, v in enumerate(self.values))
+        return tuple(rebuild(v, f"{self.prefix}{i}", visit) for i, v in enumerate(self.values))
 
 
 def _cotangents(output: Any, seed: int, what: str) -> list[torch.Tensor]:
@@ -123,20 +111,6 @@ def _contract(output: Any, cotangents: list[torch.Tensor], what: str) -> torch.T
     return sum((t.to(_F64) * c).sum() for t, c in zip(leaves, cotangents, strict=True))
 
 
-def _scalar_loss(loss: Any, what: str) -> torch.Tensor:
-    if isinstance(loss, torch.Tensor):
-        if loss.numel() != 1:
-            shape = tuple(loss.shape)
-            raise ValueError(f"{what}: must return a scalar, got a tensor of shape {shape}")
-        if loss.is_complex():
-            raise ValueError(f"{what}: must return a real scalar, got dtype {loss.dtype}")
-        return loss.reshape(())
-    try:
-        return torch.tensor(float(loss), dtype=_F64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what}: must return a scalar tensor, got {type(loss).__name__}") from None
-
-
 # ---------------------------------------------------------------- the loss of theta
 
 
@@ -154,7 +128,7 @@ class _TorchLoss(ThreadLocalLoss):
         self.cotangents: list[torch.Tensor] | None = None  # set when the output is contracted
 
     def rng_context(self) -> contextlib.AbstractContextManager:
-        return _torch_seeded(self.seed)
+        return seeded(self.seed)
 
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return {n: flat[a:b].view(shape) for n, (a, b, shape) in self.slices.items()}
@@ -166,13 +140,6 @@ class _TorchLoss(ThreadLocalLoss):
 
     def loss(self, state: Any, inputs: tuple) -> torch.Tensor:
         raise NotImplementedError
-
-
-@contextlib.contextmanager
-def _torch_seeded(seed: int) -> Iterator[None]:
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        yield
 
 
 class _State:
@@ -202,23 +169,15 @@ class _ModuleLoss(_TorchLoss):
             param.data = views[name]  # the same Parameter object, its storage now in flat
             state.params.append(param)
         state.inputs = self.inputs.bind(views.get)
-        # Buffers (BatchNorm running stats) are restored before every evaluation, so no
-        # evaluation sees another's updates: the loss is a function of theta alone.
-        state.buffers = [
-            (owner._buffers, key, buf.clone())
-            for owner in state.module.modules()
-            for key, buf in owner._buffers.items()
-            if buf is not None
-        ]
+        # restored before every evaluation: no evaluation sees another's updates
+        state.buffers = SavedBuffers(state.module)
         return state
 
     def loss(self, state: _State, inputs: tuple) -> torch.Tensor:
-        with torch.no_grad():
-            for buffers, key, saved in state.buffers:
-                buffers[key].copy_(saved)
+        state.buffers.restore()
         output = state.module(*inputs)
         if self.loss_fn is not None:
-            return _scalar_loss(self.loss_fn(output, *self.target), "loss_fn")
+            return scalar_loss(self.loss_fn(output, *self.target), "loss_fn")
         if self.cotangents is None:
             self.cotangents = _cotangents(output, self.seed, "module(*inputs)")
         return _contract(output, self.cotangents, "module(*inputs)")
@@ -232,7 +191,7 @@ class _ModuleLoss(_TorchLoss):
         wrt = [*state.params, *leaves.values()]
         with torch.enable_grad(), self.pinned():
             loss = self.loss(state, inputs)
-        return _gradient(loss, wrt)
+        return flat_gradient(loss, wrt)
 
 
 class _FunctionLoss(_TorchLoss):
@@ -263,23 +222,7 @@ class _FunctionLoss(_TorchLoss):
         inputs = self.inputs.bind(leaves.get)
         with torch.enable_grad(), self.pinned():
             loss = self.loss(state, inputs)
-        return _gradient(loss, list(leaves.values()))
-
-
-def _gradient(loss: torch.Tensor, wrt: list[torch.Tensor]) -> np.ndarray:
-    """d loss / d wrt, flat float64; tensors the loss does not depend on get zeros."""
-    if loss.requires_grad:
-        grads = torch.autograd.grad(loss, wrt, allow_unused=True)
-    else:
-        grads = (None,) * len(wrt)
-    parts = []
-    for t, g in zip(wrt, grads, strict=True):
-        if g is None:
-            g = torch.zeros_like(t)
-        elif g.is_sparse:  # nn.Embedding(sparse=True)
-            g = g.to_dense()
-        parts.append(g.detach().to(_F64).reshape(-1).numpy())
-    return np.concatenate(parts)
+        return flat_gradient(loss, list(leaves.values()))
 
 
 def _run(loss: _TorchLoss, check_options: dict):
@@ -381,10 +324,10 @@ def check_module(
     try:
         template = copy.deepcopy(module)
         if isinstance(loss_fn, torch.nn.Module):  # e.g. CrossEntropyLoss(weight=...)
-            loss_fn = copy.deepcopy(loss_fn).to(device=_CPU, dtype=_F64)
+            loss_fn = copy.deepcopy(loss_fn).to(device=CPU, dtype=_F64)
     except Exception as exc:
         raise TypeError(f"module: cannot be deep-copied ({type(exc).__name__}: {exc})") from exc
-    template.to(device=_CPU, dtype=_F64)
+    template.to(device=CPU, dtype=_F64)
     initial: dict[str, torch.Tensor] = {}
     for name, param in template.named_parameters():
         param.grad = None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,36 +29,11 @@ from ._adapt import ThreadLocalLoss, check_seed
 from .checks.coordinates import Problem
 from .checks.directions import audit
 from .results.audit_report import AuditReport
+from .torch_tensors import CPU, SavedBuffers, converted, flat_gradient, scalar_loss, seeded
 
 __all__ = ["audit_module", "module_problem"]
 
-_CPU = torch.device("cpu")
 _DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
-
-
-def _converted(obj: Any, dtype: torch.dtype) -> Any:
-    """``obj`` with every tensor inside tuples/lists/dicts detached, on the CPU, floating ones
-    in ``dtype``: private copies, so nothing the module does reaches the caller's tensors."""
-    if isinstance(obj, torch.Tensor):
-        if obj.is_complex():
-            raise TypeError(f"inputs: complex tensors are not supported (dtype {obj.dtype})")
-        if obj.is_floating_point():
-            return obj.detach().to(device=_CPU, dtype=dtype).clone()
-        return obj.detach().to(_CPU).clone()
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        return type(obj)(*(_converted(v, dtype) for v in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_converted(v, dtype) for v in obj)
-    if isinstance(obj, dict):
-        return {k: _converted(v, dtype) for k, v in obj.items()}
-    return obj
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        yield
 
 
 class _ModuleState:
@@ -105,7 +80,7 @@ class ModuleAuditLoss(ThreadLocalLoss):
         self.size = start
 
     def rng_context(self) -> contextlib.AbstractContextManager:
-        return _seeded(self.seed)
+        return seeded(self.seed)
 
     def make_state(self) -> _ModuleState:
         state = _ModuleState()
@@ -113,9 +88,7 @@ class ModuleAuditLoss(ThreadLocalLoss):
         state.params = [state.module.get_parameter(name) for name in self.names]
         # buffers (BatchNorm running statistics) are restored before every evaluation, so the
         # loss is a function of the parameters alone
-        state.buffers = [(owner._buffers, key, buf.clone())
-                         for owner in state.module.modules()
-                         for key, buf in owner._buffers.items() if buf is not None]
+        state.buffers = SavedBuffers(state.module)
         state.bound = None
         return state
 
@@ -129,17 +102,11 @@ class ModuleAuditLoss(ThreadLocalLoss):
         state.bound = theta
 
     def forward(self, state: _ModuleState) -> torch.Tensor:
-        with torch.no_grad():
-            for buffers, key, saved in state.buffers:
-                buffers[key].copy_(saved)
+        state.buffers.restore()
         output = state.module(*self.inputs)
-        loss = output if self.loss_fn is None else self.loss_fn(output, *self.target)
-        if isinstance(loss, torch.Tensor):
-            if loss.numel() != 1 or loss.is_complex():
-                raise ValueError(f"loss_fn: must return a real scalar, got a tensor of shape "
-                                 f"{tuple(loss.shape)} and dtype {loss.dtype}")
-            return loss.reshape(())
-        return torch.tensor(float(loss), dtype=torch.float64)
+        if self.loss_fn is None:
+            return scalar_loss(output, "module(*inputs)")
+        return scalar_loss(self.loss_fn(output, *self.target), "loss_fn")
 
     def evaluate(self, state: _ModuleState, theta: np.ndarray) -> float:
         if theta.flags.writeable and theta.flags.c_contiguous:
@@ -155,14 +122,7 @@ class ModuleAuditLoss(ThreadLocalLoss):
         state = self.state()
         self.bind(state, theta)
         with torch.enable_grad(), self.pinned():
-            loss = self.forward(state)
-            grads = (torch.autograd.grad(loss, state.params, allow_unused=True)
-                     if loss.requires_grad else (None,) * len(state.params))
-        out = np.zeros(self.size, dtype=np.float64)
-        for g, (a, b) in zip(grads, self.bounds, strict=True):
-            if g is not None:
-                g = g.to_dense() if g.is_sparse else g
-                out[a:b] = g.detach().reshape(-1).numpy()
+            out = flat_gradient(self.forward(state), state.params)
         state.bound = None  # the state's parameters must not keep the caller-visible theta
         return out
 
@@ -249,10 +209,10 @@ def module_problem(
     try:
         template = copy.deepcopy(module, memo)
         if isinstance(loss_fn, torch.nn.Module):  # e.g. CrossEntropyLoss(weight=...)
-            loss_fn = copy.deepcopy(loss_fn).to(device=_CPU, dtype=dtype)
+            loss_fn = copy.deepcopy(loss_fn).to(device=CPU, dtype=dtype)
     except Exception as exc:
         raise TypeError(f"module: cannot be deep-copied ({type(exc).__name__}: {exc})") from exc
-    template.to(device=_CPU, dtype=dtype)
+    template.to(device=CPU, dtype=dtype)
     for p in template.parameters():
         p.grad = None
     names = [name for name, _ in audited]
@@ -261,10 +221,10 @@ def module_problem(
     start = 0
     for _, p in audited:  # one parameter at a time: no second full copy
         size = p.numel()
-        theta[start:start + size] = p.detach().to(device=_CPU).reshape(-1).numpy()
+        theta[start:start + size] = p.detach().to(device=CPU).reshape(-1).numpy()
         start += size
-    targets = () if target is None else (_converted(target, dtype),)
-    loss = ModuleAuditLoss(template, names, shapes, loss_fn, _converted(inputs, dtype), targets,
+    targets = () if target is None else (converted(target, dtype, "target"),)
+    loss = ModuleAuditLoss(template, names, shapes, loss_fn, converted(inputs, dtype), targets,
                            seed)
     with torch.random.fork_rng(devices=[]):
         loss.pin_randomness(theta, options)
