@@ -108,6 +108,34 @@ LEAF_SIZE = 4
 # a part that passes one random direction is tried with up to this many (two wrong coordinates
 # can nearly cancel in one direction; in three independent ones they practically never do)
 DIRECTIONS_PER_TEST = 3
+# ... but no more than it takes to bring the chance of missing an error of tol on a coordinate of
+# typical gradient (direction_miss_bound) below this
+DIRECTION_MISS_PROBABILITY = 1e-3
+# the entries of a random direction: a Rademacher sign times a magnitude uniform in [this, 1]
+# (engine/kernels.py direction_value)
+DIRECTION_MIN_MAGNITUDE = 0.25
+
+
+def direction_miss_bound(noise: float, tol: float, typical_gradient: float) -> float:
+    """How likely a direction that agreed within ``noise`` missed a coordinate wrong by
+    ``tol * typical_gradient``: at most ``noise / ((1 - DIRECTION_MIN_MAGNITUDE) * |error|)``.
+
+    The derivative along v misses a coordinate error e (whatever the other coordinates' errors)
+    only when ``|sum_j e_j v_j| <= noise``. The term ``e v_i`` has a density of at most
+    ``1 / (2 (1 - m) |e|)`` (|v_i| uniform in [m, 1], a random sign), and adding independent
+    terms never raises a density's maximum, so that happens with probability at most
+    ``2 noise / (2 (1 - m) |e|)``. Independent directions multiply their bounds. (With +-1
+    entries there is no such bound: two equal errors cancel in half of all directions.)
+
+    >>> direction_miss_bound(1e-12, 1e-7, 1.0) < 1e-4
+    True
+    >>> direction_miss_bound(1e-12, 1e-7, 0.0)   # no scale to judge by: no bound
+    1.0
+    """
+    error = (1.0 - DIRECTION_MIN_MAGNITUDE) * tol * typical_gradient
+    if not error > 0 or not math.isfinite(noise):
+        return 1.0
+    return min(1.0, noise / error)
 # all four grandchildren of a part disagree: sample this many of its coordinates; if every one
 # is wrong, the part is reported as a wrong block instead of being split further
 BLOCK_SAMPLES = 6

@@ -229,3 +229,44 @@ def test_progress_bar_when_asked(capsys):
     assert "audit" in err and "evals" in err and "/s" in err
     audit(separable_loss, THETA, wrong, workers=2, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_equal_errors_nearly_cancelling_in_a_segment_direction_are_still_found():
+    # Two equal errors: in the first direction of segment "a" (seed 72) their entries are
+    # 0.60809 and -0.60808, so that direction agrees within its floor. One direction would
+    # have cleared the segment (its floor is far below tol); the direction over the whole
+    # vector disagrees, so every segment gets all its directions and the errors are found.
+    n = 1000
+    x = np.random.default_rng(0).standard_normal(n) * 0.5
+    grad = np.tanh(x) + 0.2 * x
+    wrong = grad.copy()
+    wrong[[10, 20]] += 1e-3
+
+    def loss(theta):
+        return float(np.sum(np.log(np.cosh(theta)) + 0.1 * theta * theta))
+
+    report = audit(loss, x, wrong, segments={"a": (500,), "b": (500,)}, seed=72, workers=1)
+    first = next(d for d in report.directions if d.phase == "segments" and d.segment == "a")
+    assert not first.significant  # the near cancellation this test is about
+    assert not report.passed
+    np.testing.assert_array_equal(report.suspects, [10, 20])
+    assert report.segments["b"].passed
+
+
+def test_one_direction_clears_a_correct_segment_when_its_floor_is_far_below_tol():
+    n = 1000
+    x = np.random.default_rng(0).standard_normal(n) * 0.5
+    grad = np.tanh(x) + 0.2 * x
+    segments = {"a": (500,), "b": (500,)}
+
+    def loss(theta):
+        return float(np.sum(np.log(np.cosh(theta)) + 0.1 * theta * theta))
+
+    report = audit(loss, x, grad, segments=segments, workers=1)
+    assert report.passed
+    assert [len(s.rel_errors) for s in report.segments.values()] == [1, 1]
+    # f's floor near tol times the gradient (a sum of 10^6 terms): every direction is used
+    report = audit(separable_loss, THETA, GRAD, segments={"a": (N // 2,), "b": (N // 2,)},
+                   workers=1)
+    assert report.passed
+    assert [len(s.rel_errors) for s in report.segments.values()] == [3, 3]

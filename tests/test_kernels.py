@@ -5,7 +5,6 @@ import pytest
 from numba import njit
 
 from fastgrad.engine.kernels import (
-    DIRECTION_MIN_MAGNITUDE,
     centered_losses,
     direction_dot,
     direction_fill,
@@ -14,7 +13,7 @@ from fastgrad.engine.kernels import (
     first_class_loss,
 )
 from fastgrad.sampling import direction_key
-from fastgrad.steps import coordinate_steps
+from fastgrad.steps import DIRECTION_MIN_MAGNITUDE, coordinate_steps
 
 import naive
 
@@ -142,6 +141,18 @@ def test_direction_value_and_fill_match_the_python_splitmix(key):
     assert [direction_value(key, i) for i in (lo, lo + 1, hi - 1)] == \
         [expected[0], expected[1], expected[-1]]
     assert DIRECTION_MIN_MAGNITUDE <= np.abs(out).min() and np.abs(out).max() <= 1.0
+
+
+def test_direction_magnitudes_are_uniform_from_the_minimum_the_miss_bound_assumes():
+    # steps.direction_miss_bound relies on |v_i| uniform in [DIRECTION_MIN_MAGNITUDE, 1] and a
+    # random sign: a cached kernel compiled with another minimum would void the bound
+    out = np.empty(200_000)
+    direction_fill(np.uint64(12345), 0, out.size, out)
+    magnitude = np.abs(out)
+    assert magnitude.min() == pytest.approx(DIRECTION_MIN_MAGNITUDE, abs=1e-3)
+    assert magnitude.max() == pytest.approx(1.0, abs=1e-3)
+    assert np.mean(magnitude) == pytest.approx((1 + DIRECTION_MIN_MAGNITUDE) / 2, abs=5e-3)
+    assert np.mean(out > 0) == pytest.approx(0.5, abs=5e-3)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

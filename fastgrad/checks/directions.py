@@ -39,6 +39,7 @@ from ..sampling import direction_key
 from ..segments import SegmentMap
 from ..steps import (
     BLOCK_SAMPLES,
+    DIRECTION_MISS_PROBABILITY,
     DIRECTION_SHRINK,
     DIRECTIONS_PER_TEST,
     KINK_SHRINK,
@@ -49,6 +50,7 @@ from ..steps import (
     RICHARDSON_TRUST,
     STEP_DEPENDENCE,
     coordinate_steps,
+    direction_miss_bound,
     precision_of,
     richardson,
 )
@@ -125,13 +127,21 @@ class _Auditor:
         self.bar.update(spent)
 
     # -- directional tests -------------------------------------------------------------------------
-    def test(self, parts: list[_Part], phase: str) -> np.ndarray:
+    def test(self, parts: list[_Part], phase: str, thorough: bool = False) -> np.ndarray:
         """Which parts disagree beyond the noise floor, with up to DIRECTIONS_PER_TEST directions.
+
+        A part that agrees is tried with another direction until the chance that an error of
+        tol on a coordinate of typical gradient (the part's RMS gradient) hid in every direction
+        so far is below DIRECTION_MISS_PROBABILITY (steps.direction_miss_bound): one direction
+        when the noise floor is far below that error, as on a correct model in float64.
+        ``thorough``: every agreeing part gets all DIRECTIONS_PER_TEST directions.
 
         Raises _BudgetExhausted (after recording what was evaluated) when not even the first
         direction of every part fits in the budget.
         """
         significant = np.zeros(len(parts), dtype=bool)
+        typical = np.array([_rms(self.g[p.start:p.stop]) for p in parts])
+        miss = np.ones(len(parts))
         todo = np.arange(len(parts))
         for _ in range(DIRECTIONS_PER_TEST):
             if todo.size == 0:
@@ -141,7 +151,9 @@ class _Auditor:
             records = self.evaluate([parts[j] for j in todo], phase)
             hit = np.array([r.significant for r in records], dtype=bool)
             significant[todo[hit]] = True
-            todo = todo[~hit]
+            miss[todo] *= [direction_miss_bound(r.noise, self.tol, typical[j])
+                           for j, r in zip(todo, records)]
+            todo = todo[~hit & (thorough | (miss[todo] > DIRECTION_MISS_PROBABILITY))]
         return significant
 
     def evaluate(self, parts: list[_Part], phase: str) -> list[DirectionRecord]:
@@ -519,11 +531,20 @@ def _run(auditor: _Auditor, segs: SegmentMap, tol_value, tol_reason, depth, seed
     try:
         auditor.measure_noise()
         # one direction over the whole vector: the cheap global test
-        auditor.test([_Part(-1 if len(segs) > 1 else 0, 0, n)], "global")
+        whole = auditor.test([_Part(-1 if len(segs) > 1 else 0, 0, n)], "global")[0]
         # every segment on its own
         seg_parts = [_Part(p, seg.start, seg.stop) for p, seg in enumerate(segs)]
         start = len(auditor.directions)
         significant = auditor.test(seg_parts, "segments")
+        if whole and not significant.any():
+            # the whole vector disagreed and no segment did: an error that hid in the
+            # segments' directions (a near cancellation) gets every direction there is
+            significant = auditor.test(seg_parts, "segments", thorough=True)
+            if not significant.any():
+                auditor.notes.append(
+                    "the direction over the whole vector disagreed beyond its noise floor, but "
+                    f"no segment's {DIRECTIONS_PER_TEST} directions did (truncation or a kink "
+                    "along the whole vector, or an error below every segment's floor)")
         for rec in auditor.directions[start:]:
             seg_records[segs.names.index(rec.segment)].append(rec)
         roots = [p for p, bad in zip(seg_parts, significant) if bad]

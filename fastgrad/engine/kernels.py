@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, typeof, types
 
+from ..steps import DIRECTION_MIN_MAGNITUDE  # frozen into the cached kernels when compiled
+
 
 # The kernels that call the loss take it as a first-class function value (FirstClassLoss below),
 # never as a Numba dispatcher: their signature then names only types, so they are cached on disk
@@ -96,7 +98,6 @@ def first_class_loss(f, theta: np.ndarray, args: tuple) -> FirstClassLoss | None
 # magnitude is uniform in [1/4, 1] so one wrong coordinate always shows (|v_i| >= 1/4) and two
 # wrong coordinates of equal error cannot cancel exactly, as they would with +-1 entries.
 
-DIRECTION_MIN_MAGNITUDE = 0.25
 
 
 @njit(cache=True, nogil=True)
