@@ -257,6 +257,7 @@ def run_case(args) -> dict:
         reference = fastgrad.torch.module_problem(correct, loss_fn, *inputs, target=target)
         wrong = np.flatnonzero(reference.grad != probe.grad)
         del correct, reference
+    probe_grad = probe.grad
     del probe
     rss_before = current_rss_gb()
     client = cluster = None
@@ -292,7 +293,9 @@ def run_case(args) -> dict:
         "really_wrong": int(wrong.size), "row_size": hi - lo, "suspects_outside_row": outside,
         "rss_before_audit_gb": round(rss_before, 2),
         "blocks": [(b.segment, b.first, b.last) for b in report.blocks],
-        "passed": report.passed,
+        "passed": report.passed, "phases": dict(report.phases),
+        "block_wrong": [(b.size, b.wrong, b.sampled) for b in report.blocks],
+        "zero_gradient_suspects": int(np.count_nonzero(probe_grad[report.suspects] == 0)),
         "sweep_estimate_h": round(2 * n * t_eval / args.workers / 3600, 1),
     }
 
