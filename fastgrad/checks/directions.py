@@ -10,6 +10,11 @@ localized by splitting the support in halves, recursing into the halves that dis
 single coordinates (or whole blocks, by sampled coordinates) are ever judged "wrong", by exactly
 the coordinate check of ``check`` with its tolerance: a disagreement too small for that is not
 reported as a suspect, so there are no false suspects by construction.
+
+A block is accepted on sampled coordinates whose analytic gradient is not 0: a row scaled by a
+wrong factor keeps its exact zeros (taps over padding, inputs a ReLU zeroed), which are right.
+The zeros of an accepted block are judged apart, with directions supported on them alone
+(``settle_zeros``): counted wrong only where the loss is not flat along them.
 """
 
 from __future__ import annotations
