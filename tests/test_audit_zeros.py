@@ -54,6 +54,7 @@ def test_scaled_row_with_zero_gradients_found_exactly():
     assert block.unsettled == 0 and report.complete
     assert report.segments["W"].wrong_in_blocks == LIVE.size
     assert "counted wrong" in str(report)
+    assert report.to_dict()["blocks"][0]["counted"] == LIVE.size
     assert report.evaluations <= 40 * math.log2(N)
 
 

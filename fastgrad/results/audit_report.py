@@ -222,7 +222,7 @@ class AuditReport(RunInfo):
             "segments": {n: asdict(s) for n, s in self.segments.items()},
             "suspect_count": int(self.suspects.size),
             "suspects": [asdict(r) for r in self.suspect_records],
-            "blocks": [asdict(b) for b in self.blocks],
+            "blocks": [{**asdict(b), "counted": b.counted} for b in self.blocks],
             "unresolved": [list(u) for u in self.unresolved],
             "directions": [asdict(d) for d in self.directions],
             "notes": list(self.notes),
