@@ -92,3 +92,49 @@ def mlp(widths: list[int], bug_layer: int | None = None, row: int | None = None,
 
 def mean_square(out):
     return out.pow(2).mean()
+
+
+class FilterBugConv2d(torch.autograd.Function):
+    """conv2d without bias, with a hand-written backward; filter ``row`` of dW is scaled by
+    ``factor`` (so its taps whose gradient is exactly 0 stay 0)."""
+
+    @staticmethod
+    def forward(ctx, x, w, stride, padding, row, factor):
+        ctx.save_for_backward(x, w)
+        ctx.stride, ctx.padding, ctx.row, ctx.factor = stride, padding, row, factor
+        return torch.nn.functional.conv2d(x, w, None, stride, padding)
+
+    @staticmethod
+    def backward(ctx, d_out):
+        x, w = ctx.saved_tensors
+        d_x = torch.nn.grad.conv2d_input(x.shape, w, d_out, ctx.stride, ctx.padding)
+        d_w = torch.nn.grad.conv2d_weight(x, w.shape, d_out, ctx.stride, ctx.padding)
+        if ctx.row is not None:
+            d_w[ctx.row] *= ctx.factor
+        return d_x, d_w, None, None, None, None
+
+
+class CustomConv2d(torch.nn.Conv2d):
+    """A 3x3 convolution (padding 1, no bias) through FilterBugConv2d (row None: correct)."""
+
+    def __init__(self, n_in: int, n_out: int, stride: int, row: int | None = None,
+                 factor: float = 1.01):
+        super().__init__(n_in, n_out, 3, stride=stride, padding=1, bias=False)
+        self.row, self.factor = row, factor
+
+    def forward(self, x):
+        return FilterBugConv2d.apply(x, self.weight, self.stride, self.padding, self.row,
+                                     self.factor)
+
+
+def conv_net(row: int | None = None, dead=(3, 10, 11, 20, 27), seed: int = 0):
+    """Conv 4->32 (stride 2: 4x4 -> 2x2), ReLU, CustomConv2d 32->16 (stride 2, padding 1:
+    2x2 -> 1x1), Linear 16->3. The channels ``dead`` of the first conv have bias -50: the
+    ReLU zeroes them everywhere, so their taps in the custom conv have gradient exactly 0; so
+    do the taps of the first row and column of every filter, which only ever see padding."""
+    torch.manual_seed(seed)
+    first = torch.nn.Conv2d(4, 32, 3, stride=2, padding=1)
+    with torch.no_grad():
+        first.bias[list(dead)] = -50.0
+    return torch.nn.Sequential(first, torch.nn.ReLU(), CustomConv2d(32, 16, 2, row),
+                               torch.nn.Flatten(), torch.nn.Linear(16, 3))

@@ -10,6 +10,11 @@ localized by splitting the support in halves, recursing into the halves that dis
 single coordinates (or whole blocks, by sampled coordinates) are ever judged "wrong", by exactly
 the coordinate check of ``check`` with its tolerance: a disagreement too small for that is not
 reported as a suspect, so there are no false suspects by construction.
+
+A block is accepted on sampled coordinates whose analytic gradient is not 0: a row scaled by a
+wrong factor keeps its exact zeros (taps over padding, inputs a ReLU zeroed), which are right.
+The zeros of an accepted block are judged apart, with directions supported on them alone
+(``settle_zeros``): counted wrong only where the loss is not flat along them.
 """
 
 from __future__ import annotations
@@ -92,6 +97,9 @@ class _Auditor:
         self.suspects: dict[int, SuspectRecord] = {}
         self.blocks: list[BlockRecord] = []
         self.unresolved: list[tuple[str, int, int]] = []
+        # coordinates inside wrong blocks that are not counted wrong: analytic gradient 0 and
+        # found right, or not judged before the budget ran out (settle_zeros)
+        self.excluded: list[np.ndarray] = []
         self.complete = True
         self.notes: list[str] = []
         self.spread: set[int] = set()  # segments whose disagreement is spread out
@@ -362,32 +370,164 @@ class _Auditor:
         for gid, flags in grand.items():
             if len(flags) == 4 and all(flags):
                 gp = grand_parts[gid]
-                # both ends and random interior points: a block reaching past a wrong row (or
-                # other contiguous run) fails at an end and is split further instead
-                rng = np.random.default_rng([self.seed, gp.start, gp.stop])
-                inner = rng.choice(np.arange(gp.start + 1, gp.stop - 1),
-                                   size=min(BLOCK_SAMPLES - 2, gp.size - 2), replace=False)
-                sample = np.unique(np.concatenate([[gp.start, gp.stop - 1], inner]))
+                sample = self.block_sample(gp)
                 if 2 * sample.size > self.remaining():
                     self.give_up(next_front)
                     return None
                 wrong = self.confirm(sample, phase="blocks")
                 if wrong.all():
-                    for i in sample:  # the block record stands for them
-                        self.suspects.pop(int(i), None)
+                    cleared, unsettled = self.settle_zeros(gp)
+                    for i in [i for i in self.suspects if gp.start <= i < gp.stop]:
+                        del self.suspects[i]  # the block record stands for them
                     self.blocks.append(BlockRecord(
                         self.segs.names[gp.segment], gp.start, gp.stop,
                         self.segs.locate(gp.start)[1], self.segs.locate(gp.stop - 1)[1],
-                        int(sample.size), int(wrong.sum())))
+                        int(sample.size), int(wrong.sum()), cleared, unsettled))
                     blocked.append(gp)
         if not blocked:
             return next_front
         return [c for c in next_front if not any(_inside(c, b) for b in blocked)]
 
+    def block_sample(self, part: _Part) -> np.ndarray:
+        """The coordinates that decide whether ``part`` is a wrong block: both ends and random
+        interior points, among the coordinates whose analytic gradient is not exactly 0.
+
+        The ends catch a block reaching past a wrong row (or other contiguous run): it fails
+        at an end and is split further instead. A coordinate whose analytic gradient is 0 says
+        nothing about the block: a wrong row scaled by a factor keeps its zeros (an input
+        channel that is all zero after a ReLU, a tap over padding), so they are judged apart,
+        once the block is accepted (settle_zeros). A part whose gradient is 0 everywhere is
+        sampled among all its coordinates: a gradient returned as zeros is caught there.
+        """
+        pool = part.start + np.flatnonzero(self.g[part.start:part.stop])
+        if pool.size == 0:
+            pool = np.arange(part.start, part.stop)
+        return _ends_and_inner(pool, np.random.default_rng([self.seed, part.start, part.stop]))
+
+    def settle_zeros(self, block: _Part) -> tuple[int, int]:
+        """Judge the coordinates of an accepted block whose analytic gradient is exactly 0.
+
+        The block's samples were all wrong, but its zeros were not sampled (block_sample). They
+        are tested together, with directions supported on them alone: the loss flat along
+        every direction (within the noise floor) -> they are right and not counted wrong. A
+        disagreement -> some are wrong: a set of at most LEAF_SIZE is confirmed coordinate by
+        coordinate; a larger one has sampled coordinates confirmed (all wrong: the set stays
+        wrong, as a block does) and is split in halves otherwise. Returns the counts of zeros
+        found right and of zeros not judged (the budget ran out); both are left out of
+        ``report.suspects`` (``self.excluded``).
+        """
+        zeros = block.start + np.flatnonzero(self.g[block.start:block.stop] == 0)
+        if zeros.size == 0 or zeros.size == block.size:
+            # no zeros; or zeros only, and the samples that found the block were zeros, wrong
+            return 0, 0
+        right: list[np.ndarray] = []
+        pending = [zeros]
+        index = zeros
+        try:
+            while pending:
+                index = pending.pop()
+                if self.flat_along(index, block.segment):
+                    right.append(index)
+                    continue
+                sample = index if index.size <= LEAF_SIZE else _ends_and_inner(
+                    index, np.random.default_rng([self.seed, int(index[0]), int(index[-1]),
+                                                  index.size]))
+                judged = len(self.unresolved)
+                wrong = self.confirm(sample, phase="zeros")
+                # a failing coordinate whose re-checks did not fit in the budget is unresolved
+                undecided = {start for _, start, _ in self.unresolved[judged:]}
+                passed = sample[~wrong & ~np.isin(sample, list(undecided))]
+                right.append(passed)
+                if sample.size == index.size or wrong.all():
+                    # every coordinate judged; or every sampled one wrong: the set stays wrong
+                    self.excluded.append(sample[np.isin(sample, list(undecided))])
+                    continue
+                rest = index[~np.isin(index, sample)]
+                mid = rest.size // 2
+                pending += [rest[mid:], rest[:mid]]
+        except _BudgetExhausted:
+            self.complete = False
+            unsettled = np.concatenate([index] + pending)
+            self.excluded.append(unsettled)
+            self.unresolved.append((self.segs.names[block.segment], block.start, block.stop))
+            self.notes.append(
+                f"segment {self.segs.names[block.segment]!r}: {unsettled.size} coordinates "
+                f"with analytic gradient 0 inside a wrong block were not judged before the "
+                f"budget ran out; they are not counted wrong")
+        else:
+            unsettled = np.zeros(0, dtype=np.int64)
+        cleared = np.concatenate(right) if right else np.zeros(0, dtype=np.int64)
+        self.excluded.append(cleared)
+        return int(cleared.size), int(unsettled.size)
+
+    def flat_along(self, index: np.ndarray, segment: int) -> bool:
+        """Is the loss flat (within the noise floor) along up to DIRECTIONS_PER_TEST random
+        directions supported on ``index``, coordinates whose analytic gradient is 0?"""
+        for _ in range(DIRECTIONS_PER_TEST):
+            if 2 > self.remaining():
+                raise _BudgetExhausted
+            key = np.uint64(direction_key(self.seed, self.next_direction))
+            self.next_direction += 1
+            step = self.step_scale * self.gain * max(1.0, _rms(self.x[index]))
+            record = self.sparse_direction(index, segment, key, step)
+            if record.significant and math.isfinite(record.rel_error) and \
+                    2 <= self.remaining():
+                # truncation or a real error: a real one does not change with the step
+                wide = self.sparse_direction(index, segment, key, step * RICHARDSON_RATIO)
+                if math.isfinite(wide.rel_error) and \
+                        abs(_error(record) - _error(wide)) > record.noise + wide.noise:
+                    record = _extrapolated(wide, record)
+            self.directions.append(record)
+            if record.significant:
+                return False
+        return True
+
+    def sparse_direction(self, index: np.ndarray, segment: int, key, step: float):
+        """f at theta +- step v, v a random direction supported on ``index`` only (two loss
+        evaluations on one working copy, restored after), against its analytic derivative:
+        0, the gradient being 0 on ``index``."""
+        from ..engine.kernels import direction_fill  # numba loads on first use, not at import
+
+        x, h = self.x, float(step)
+        lo, hi = int(index[0]), int(index[-1]) + 1
+        v = np.empty(hi - lo)
+        direction_fill(key, lo, hi, v)
+        v = v[index - lo]
+        name = self.segs.names[segment]
+        where = (f"theta +- {h:.3g} v, v on the {index.size} coordinates of {name} with "
+                 f"analytic gradient 0 in flat [{lo}, {hi})")
+        work = self.ev.work.borrow()
+        before = self.ev.evaluations
+        try:
+            work[index] = x[index] + h * v
+            fp = float(self.ev.at(work, where)[0])
+            work[index] = x[index] - h * v
+            fm = float(self.ev.at(work, where)[0])
+        finally:
+            work[index] = x[index]
+            self.ev.work.give_back(work)
+        self.spend("zeros", before)
+        numeric = (fp - fm) / (2.0 * h)
+        noise = (self.eps * (abs(fp) + abs(fm)) + self.noise_abs) / (2.0 * h)
+        if not (math.isfinite(fp) and math.isfinite(fm)):
+            rel, significant = math.nan, True
+        else:
+            rel, significant = (1.0 if numeric != 0 else 0.0), abs(numeric) > noise
+        return DirectionRecord(name, lo, hi, 0.0, numeric, rel, noise, h, bool(significant),
+                               "zeros")
+
     def give_up(self, parts: list[_Part]) -> None:
         self.complete = False
         for p in parts:
             self.unresolved.append((self.segs.names[p.segment], p.start, p.stop))
+
+
+def _ends_and_inner(pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The first and last entries of ``pool`` (sorted) and BLOCK_SAMPLES - 2 random others."""
+    if pool.size <= BLOCK_SAMPLES:
+        return pool
+    inner = rng.choice(pool[1:-1], size=BLOCK_SAMPLES - 2, replace=False)
+    return np.unique(np.concatenate([[pool[0], pool[-1]], inner]))
 
 
 def _inside(part: _Part, block: _Part) -> bool:
@@ -567,7 +707,8 @@ def _merge_adjacent(blocks: list[BlockRecord], segs: SegmentMap) -> list[BlockRe
             m = merged[-1]
             merged[-1] = BlockRecord(m.segment, m.start, b.stop, m.first,
                                      segs.locate(b.stop - 1)[1], m.sampled + b.sampled,
-                                     m.wrong + b.wrong)
+                                     m.wrong + b.wrong, m.cleared + b.cleared,
+                                     m.unsettled + b.unsettled)
         else:
             merged.append(b)
     return merged
@@ -589,7 +730,8 @@ def _absorb_suspects(auditor: _Auditor, segs: SegmentMap) -> list[BlockRecord]:
             stop += 1
         extra = (b.start - start) + (stop - b.stop)
         grown.append(BlockRecord(b.segment, start, stop, segs.locate(start)[1],
-                                 segs.locate(stop - 1)[1], b.sampled + extra, b.wrong + extra))
+                                 segs.locate(stop - 1)[1], b.sampled + extra, b.wrong + extra,
+                                 b.cleared, b.unsettled))
     return grown
 
 
@@ -601,6 +743,8 @@ def _report(auditor: _Auditor, segs, seg_records, significant, tol, tol_reason, 
     suspects = np.unique(np.concatenate(
         [np.fromiter(auditor.suspects, dtype=np.int64, count=len(auditor.suspects))]
         + block_index)) if (auditor.suspects or block_index) else np.zeros(0, dtype=np.int64)
+    if auditor.excluded:  # zeros inside blocks found right or not judged: no evidence of error
+        suspects = np.setdiff1d(suspects, np.concatenate(auditor.excluded), assume_unique=True)
     unresolved_by = {name for name, _, _ in auditor.unresolved}
     segments = {}
     for p, seg in enumerate(segs):
@@ -629,7 +773,7 @@ def _report(auditor: _Auditor, segs, seg_records, significant, tol, tol_reason, 
             name=seg.name, size=seg.size, rel_errors=tuple(r.rel_error for r in recs),
             disagreements=tuple(r.disagreement for r in recs),
             noise=tuple(r.noise for r in recs), significant=bool(significant[p]),
-            suspects=n_sus, blocks=len(blocks), wrong_in_blocks=sum(b.size for b in blocks),
+            suspects=n_sus, blocks=len(blocks), wrong_in_blocks=sum(b.counted for b in blocks),
             status=status, passed=passed)
     for s in segments.values():
         if s.status == "not localized":

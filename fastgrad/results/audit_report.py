@@ -23,7 +23,9 @@ class DirectionRecord:
     noise: float  # absolute noise floor of |a - n|
     step: float
     significant: bool  # |a - n| > noise: the gradient disagrees with the loss on this range
-    phase: str  # global | segments | localize
+    phase: str  # global | segments | localize | zeros
+    # (zeros: the direction is supported only on the coordinates of [start, stop) whose analytic
+    # gradient is exactly 0, inside a wrong block)
 
     @property
     def disagreement(self) -> float:
@@ -50,7 +52,13 @@ class SuspectRecord:
 
 @dataclass(frozen=True)
 class BlockRecord:
-    """A contiguous block [start, stop) reported wrong as a whole (sampled coordinates all wrong)."""
+    """A contiguous block [start, stop) reported wrong as a whole (sampled coordinates all wrong).
+
+    Coordinates of the block whose analytic gradient is exactly 0 are judged apart (a wrong row
+    scaled by a factor keeps its zeros): ``cleared`` of them were found right (the loss is flat
+    along them), ``unsettled`` could not be judged before the budget ran out. Neither kind is in
+    ``report.suspects``; ``counted`` coordinates of the block are.
+    """
 
     segment: str
     start: int
@@ -59,10 +67,17 @@ class BlockRecord:
     last: tuple[int, ...]  # multi-index of the last one
     sampled: int
     wrong: int
+    cleared: int = 0  # analytic gradient 0 and the loss flat along them: right, not suspects
+    unsettled: int = 0  # analytic gradient 0, not judged (budget): not suspects either
 
     @property
     def size(self) -> int:
         return self.stop - self.start
+
+    @property
+    def counted(self) -> int:
+        """Coordinates of the block counted wrong (in ``report.suspects``)."""
+        return self.size - self.cleared - self.unsettled
 
 
 @dataclass(frozen=True)
@@ -75,7 +90,7 @@ class SegmentAudit:
     significant: bool  # some direction disagreed beyond the noise floor
     suspects: int  # individually confirmed wrong coordinates
     blocks: int  # wrong blocks
-    wrong_in_blocks: int  # coordinates covered by the wrong blocks
+    wrong_in_blocks: int  # coordinates of the wrong blocks counted wrong (BlockRecord.counted)
     status: str  # clean | localized | not localized | spread | incomplete | inconclusive
     passed: bool
 
@@ -207,7 +222,7 @@ class AuditReport(RunInfo):
             "segments": {n: asdict(s) for n, s in self.segments.items()},
             "suspect_count": int(self.suspects.size),
             "suspects": [asdict(r) for r in self.suspect_records],
-            "blocks": [asdict(b) for b in self.blocks],
+            "blocks": [{**asdict(b), "counted": b.counted} for b in self.blocks],
             "unresolved": [list(u) for u in self.unresolved],
             "directions": [asdict(d) for d in self.directions],
             "notes": list(self.notes),
@@ -260,9 +275,15 @@ class AuditReport(RunInfo):
         if self.blocks:
             lines += ["", "wrong blocks:"]
             for b in self.blocks:
+                zeros = ""
+                if b.cleared or b.unsettled:
+                    zeros = (f"; {b.counted} counted wrong, {b.cleared} with gradient 0 found "
+                             f"right (the loss is flat along them)")
+                    if b.unsettled:
+                        zeros += f", {b.unsettled} with gradient 0 not judged (budget)"
                 lines.append(f"  {b.segment}[{', '.join(map(str, b.first))}] .. "
-                             f"{b.segment}[{', '.join(map(str, b.last))}] ({b.size} values, "
-                             f"{b.wrong}/{b.sampled} sampled coordinates wrong)")
+                             f"{b.segment}[{', '.join(map(str, b.last))}] ({b.size} values"
+                             f"{zeros}; {b.wrong}/{b.sampled} sampled coordinates wrong)")
         if self.unresolved:
             lines += ["", "still disagreeing, not localized:"]
             for name, start, stop in self.unresolved[:worst]:
