@@ -500,9 +500,9 @@ class _Auditor:
         before = self.ev.evaluations
         try:
             work[index] = x[index] + h * v
-            fp = float(self.ev.at(work, where)[0])
+            fp = float(self.ev.at(work, where, in_place=True)[0])
             work[index] = x[index] - h * v
-            fm = float(self.ev.at(work, where)[0])
+            fm = float(self.ev.at(work, where, in_place=True)[0])
         finally:
             work[index] = x[index]
             self.ev.work.give_back(work)

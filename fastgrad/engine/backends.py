@@ -84,11 +84,15 @@ class Workload:
         """Drop the idle working copies (the kernel makes its own, one per thread)."""
         self._copies.clear()
 
-    def at(self, x: np.ndarray, where: str, blas_threads: int | None) -> tuple[np.ndarray, float]:
-        """The loss (per term) at one point, on a copy (at theta: a working copy), and the
-        seconds it took."""
+    def at(self, x: np.ndarray, where: str, blas_threads: int | None,
+           in_place: bool = False) -> tuple[np.ndarray, float]:
+        """The loss (per term) at one point, on a copy (at theta: a working copy; with
+        ``in_place``, on ``x`` itself: a borrowed working copy), and the seconds it took."""
         own = x is self.theta
-        x = self.borrow() if own else x.copy()
+        if own:
+            x = self.borrow()
+        elif not in_place:
+            x = x.copy()
         try:
             with blas_limited(blas_threads):
                 start = time.perf_counter()

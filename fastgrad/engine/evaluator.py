@@ -225,9 +225,11 @@ class Evaluator:
             self.backend(self.plan).warm()
 
     # -- one point -------------------------------------------------------------------------------
-    def at(self, x: np.ndarray, where: str = "theta") -> np.ndarray:
-        """The loss (per term) at one point, evaluated on a copy (at theta: a working copy)."""
-        values, elapsed = self.work.at(x, where, self.plan.blas_threads)
+    def at(self, x: np.ndarray, where: str = "theta", in_place: bool = False) -> np.ndarray:
+        """The loss (per term) at one point, evaluated on a copy (at theta: a working copy).
+        ``in_place``: on ``x`` itself, a working copy borrowed from ``self.work`` (no copy of
+        theta: an audit of 10^8 parameters holds workers + 2 copies, no more)."""
+        values, elapsed = self.work.at(x, where, self.plan.blas_threads, in_place)
         self.t_eval = elapsed if self.t_eval is None else min(self.t_eval, elapsed)
         return values
 
