@@ -69,10 +69,10 @@ PROCESS_PROBE_SECONDS = 0.02
 # the call, holding a core the next probe needs (on a busy 2-core machine they made the nets'
 # evaluations 15x slower)
 BLAS_PROBE_MIN_SECONDS = 1e-3
-# the outer-thread probe runs once more after the guard when the guard's threaded batch took less
-# than this (seconds): a batch that short is dominated by waking the pool (or BLAS workers the
-# caller left spinning); a longer one is measured well enough
-GUARD_RATE_MIN_SECONDS = 0.02
+# after the guard, outer threads are measured once more (the guard's threaded batch also started
+# the pool, and BLAS workers the caller left spinning can slow it) on a batch whose cost, should
+# threads be as slow as the guard saw, stays below this fraction of the check's remaining work
+RETRY_FRACTION = 0.03
 
 
 def resolve_workers(workers) -> int:
@@ -206,14 +206,16 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
     size = max(1, probe // 4)  # short: BLAS threads on a busy machine can be 100x slower
     if ev.guard_rates is not None:
         # a Python loss: the guard just timed the same coordinates on threads and serially;
-        # threads once more after the serial run when that batch was short, the faster kept (the
-        # first threaded batch also woke the pool, and BLAS workers the caller left spinning can
-        # slow either one)
+        # threads once more after the serial run, on a batch that stays cheap should they be as
+        # slow again (retry_size), the faster kept (the first threaded batch also woke the pool,
+        # and BLAS workers the caller left spinning can slow either one)
         outer, serial = ev.guard_rates
         if not threads_ok:
             outer = 0.0
-        elif done / outer < GUARD_RATE_MIN_SECONDS:
-            outer = max(outer, timed(half, ev.workers, 1))
+        else:
+            retry = retry_size(half, k - done, outer, serial, ev.workers)
+            if retry:
+                outer = max(outer, timed(retry, ev.workers, 1))
     else:
         outer = timed(half, ev.workers, 1) if threads_ok else 0.0
         serial = timed(size, 1, 1)
@@ -253,6 +255,17 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
     remember_calibrated(ev.work.f, plan_key(ev.work.theta, ev.work.args, ev.workers, jit),
                         ev.plan, narrow=rates[1] <= BLAS_PLAN_MARGIN * rates[0])
     return done
+
+
+def retry_size(half: int, remaining: int, outer: float, serial: float, workers: int) -> int:
+    """Coordinates for measuring outer threads once more after the guard (0: not worth it):
+    up to ``half``, as many as cost at most RETRY_FRACTION of the ``remaining`` coordinates'
+    time should threads be as slow as the guard measured them (``outer`` and ``serial`` in
+    coordinates per second), and at least one per worker."""
+    lost = 1.0 / outer - 1.0 / serial  # seconds lost per coordinate if threads are slower
+    if lost > 0:
+        half = min(half, int(RETRY_FRACTION * remaining / max(outer, serial) / lost))
+    return half if half >= workers else 0
 
 
 def remember_calibrated(f, key: tuple, plan: Plan, narrow: bool) -> None:
