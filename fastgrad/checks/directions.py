@@ -275,6 +275,8 @@ class _Auditor:
         before = self.ev.evaluations
         fp, fm = self.ev.pairs(index, step, label="audit confirm")
         stats = self.judge.verdicts(index, step, fp, fm)
+        if self.ev.confirm_serially(index, step, fp, fm, stats[0].failed):
+            raise _ThreadsRefused  # threads changed f's values: as in measure()
         s = stats[0]
         steps = step
         noisy = s.verdict == NOISE

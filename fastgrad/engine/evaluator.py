@@ -28,11 +28,16 @@ from .processes import ProcessBackend
 BACKENDS = (None, "serial", "threads", "kernel", "processes")
 # the thread-safety guard compares about this much serial work (seconds) with the same points
 # evaluated on threads, at most GUARD_FRACTION of the batch's serial work, and never fewer than
-# GUARD_MIN_PER_WORKER coordinates per worker (with 1 per worker it missed the scratch buffer of
-# tests/test_thread_safety.py's model one time in two)
+# GUARD_MIN_PER_WORKER coordinates per worker; GUARD_MIN_PER_WORKER_LONG for evaluations of
+# GUARD_LONG_SECONDS or more, whose evaluations on threads overlap for their whole length (with
+# 1 per worker the guard missed the scratch buffer of tests/test_thread_safety.py's model one
+# time in two; an interference the guard misses is caught by the serial confirmation of every
+# failure, which refuses threads just the same)
 GUARD_SECONDS = 0.01
 GUARD_FRACTION = 0.03
 GUARD_MIN_PER_WORKER = 4
+GUARD_MIN_PER_WORKER_LONG = 2
+GUARD_LONG_SECONDS = 1e-3
 GUARD_MAX = 64
 
 _UNSET = object()
@@ -335,8 +340,9 @@ class Evaluator:
         t_eval = max(self.t_eval or 1e-6, 1e-7)
         seconds = GUARD_SECONDS if k is None else min(GUARD_SECONDS,
                                                       GUARD_FRACTION * 2 * k * t_eval)
-        return max(GUARD_MIN_PER_WORKER * self.workers,
-                   min(GUARD_MAX, int(seconds / (2 * t_eval))))
+        least = GUARD_MIN_PER_WORKER_LONG if t_eval >= GUARD_LONG_SECONDS \
+            else GUARD_MIN_PER_WORKER
+        return max(least * self.workers, min(GUARD_MAX, int(seconds / (2 * t_eval))))
 
     def verify_threads(self, lo, hi, index, step, f_plus, f_minus, bar, backend=None) -> int:
         """The thread-safety guard: the first coordinates lo:lo+g on threads, and the same
