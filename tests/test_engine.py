@@ -365,11 +365,12 @@ def test_processes_are_probed_only_when_their_best_case_pays_for_the_probe(monke
 
 def test_outer_threads_are_measured_again_only_where_a_slow_retry_is_cheap():
     """After the guard: threads measured no slower than serially get the whole retry; slower,
-    as many coordinates as lose at most RETRY_FRACTION of the rest; none when not even one per
-    worker fits (no timing: rates in coordinates per second)."""
+    as many coordinates as lose at most RETRY_FRACTION of the rest, and at least one per worker
+    (the guard's batch was each thread's first) (no timing: rates in coordinates per second)."""
     retry = evaluate.retry_size
     assert retry(40, 1000, 2000.0, 1000.0, 2) == 40
     # threads at half the serial rate lose 1 ms per coordinate; the rest takes 1 s serially
     assert retry(40, 1000, 500.0, 1000.0, 2) == int(evaluate.RETRY_FRACTION * 1000 / 1000.0 / 1e-3)
     # the separable loss: 98 coordinates left, threads at 17/s against 63/s serially
-    assert retry(6, 98, 17.0, 63.0, 2) == 0
+    assert retry(6, 98, 17.0, 63.0, 2) == 2
+    assert retry(6, 1, 17.0, 63.0, 2) == 1  # never more than what is left
