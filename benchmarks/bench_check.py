@@ -178,3 +178,35 @@ class Backends:
     def time_check(self, problem, backend):
         fg.check(self.p.loss, self.p.theta, self.p.grad, args=self.p.args,
                  segments=self.p.segments, samples=self.samples, progress=False, backend=backend)
+
+
+class FirstCheck:
+    """The rows of ``benchmarks/backends.py``: a check in a fresh interpreter, so that it pays
+    for everything a user's first check pays for (the planner's calibration and thread-safety
+    guard, the worker processes' start-up), with the default options and with each backend
+    forced; then a second check of the same loss in that process. The default should stay
+    within a few percent of the fastest forced backend."""
+
+    params = (["small", "net34k", "medium", "separable"],
+              ["default", "serial", "threads", "processes"])
+    param_names = ["problem", "config"]
+    timeout = 900
+    _seen: dict = {}
+
+    def _row(self, problem, config) -> dict:
+        from .backends import CASES, QUICK_CASES, in_fresh_process
+
+        if (problem, config) not in self._seen:
+            k = dict(QUICK_CASES if QUICK else CASES).get(problem, 10)
+            self._seen[problem, config] = in_fresh_process(problem, k, config, QUICK)
+        return self._seen[problem, config]
+
+    def track_first_check(self, problem, config):
+        return self._row(problem, config)["seconds"]
+
+    track_first_check.unit = "seconds"
+
+    def track_second_check(self, problem, config):
+        return self._row(problem, config)["second"]
+
+    track_second_check.unit = "seconds"

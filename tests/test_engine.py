@@ -92,8 +92,10 @@ def test_calibration_keeps_every_evaluation_and_matches_the_serial_values(monkey
     sp, sm = serial.pairs(index, step)
     assert np.array_equal(fp, sp) and np.array_equal(fm, sm)
     # the evaluation at theta, the 400 pairs, and calibration's one timing with BLAS threads
-    # (the thread-safety guard's serial duplicates of its first threaded batch are apart)
-    assert calibrated.evaluations == 1 + 2 * 400 + 1
+    # when one evaluation is long enough for them (the thread-safety guard's serial duplicates
+    # of its first threaded batch are apart)
+    blas_timed = calibrated.t_eval >= evaluate.BLAS_PROBE_MIN_SECONDS
+    assert calibrated.evaluations == 1 + 2 * 400 + blas_timed
     assert calibrated.guard_evaluations > 0
     assert "calibrated" in calibrated.path_reason
     assert calibrated.path in ("threads", "serial")
@@ -304,3 +306,71 @@ def test_an_eagerly_compiled_loss_runs_in_the_kernel_and_odd_ones_fall_back_clea
 
     assert first_class_loss(_tuple_loss, x, ()) is None
     assert first_class_loss(_eager_loss, x.astype(np.float32), (scale,)) is None
+
+
+def test_a_remembered_plan_never_replaces_one_the_latest_calibration_measured_faster(
+        monkeypatch):
+    """The planner's memory (planted plans, no timing): the latest calibration's plan replaces
+    what an earlier one remembered, and a narrow win of BLAS threads, which is not remembered,
+    forgets the earlier plan (the calibration just measured it slower) instead of leaving it
+    for the next check."""
+    monkeypatch.setattr(plans, "_PLANS", type(plans._PLANS)())
+    x = np.zeros(10)
+    key = plans.plan_key(x, (), 2, False)
+    threads = plans.Plan("threads", 2, 1, "calibrated: threads won", 1e-3)
+    serial = plans.Plan("serial", 1, 1, "calibrated: one thread won", 1e-3)
+    blas = plans.Plan("serial", 1, None, "calibrated: BLAS threads won", 1e-3)
+    processes = plans.Plan("processes", 2, 1, "calibrated: processes won", 1e-3)
+
+    evaluate.remember_calibrated(loop_loss, key, threads, narrow=False)
+    assert plans.remembered_plan(loop_loss, x, (), 2, False) == threads
+    evaluate.remember_calibrated(loop_loss, key, serial, narrow=True)  # only BLAS wins are narrow
+    assert plans.remembered_plan(loop_loss, x, (), 2, False) == serial
+    evaluate.remember_calibrated(loop_loss, key, blas, narrow=False)  # a clear BLAS win: kept
+    assert plans.remembered_plan(loop_loss, x, (), 2, False) == blas
+    evaluate.remember_calibrated(loop_loss, key, threads, narrow=False)
+    evaluate.remember_calibrated(loop_loss, key, blas, narrow=True)
+    # threads were measured slower than BLAS threads: not reused; the next check calibrates
+    assert plans.remembered_plan(loop_loss, x, (), 2, False) is None
+    evaluate.remember_calibrated(loop_loss, key, processes, narrow=True)
+    assert plans.remembered_plan(loop_loss, x, (), 2, False) == processes
+    # another problem's plan is untouched by this one's
+    other = plans.plan_key(np.zeros(11), (), 2, False)
+    evaluate.remember_calibrated(loop_loss, other, threads, narrow=False)
+    evaluate.remember_calibrated(loop_loss, key, blas, narrow=True)
+    assert plans.remembered_plan(loop_loss, np.zeros(11), (), 2, False) == threads
+
+
+def test_processes_are_probed_only_when_their_best_case_pays_for_the_probe(monkeypatch):
+    """The speculative process probe (no timing: rates in coordinates per second)."""
+    monkeypatch.setattr(evaluate, "idle_cores", lambda: 2.0)
+    monkeypatch.setattr(evaluate, "start_up_seconds", lambda: 0.1)
+    pays = evaluate.processes_may_pay
+    # a check of 0.3 s serially cannot afford a 0.1 s start-up: at best it saves 0.15 s
+    assert not pays(1000, 3333.0, 3333.0, 2, warm=False)
+    # a GIL-bound loss (threads no faster than one) with 10 s of work left: worth measuring
+    assert pays(10000, 1000.0, 1000.0, 2, warm=False)
+    # threads already run at twice the serial rate: processes cannot beat them
+    assert not pays(10000, 2000.0, 1000.0, 2, warm=False)
+    # a running pool costs no start-up: less work left suffices
+    assert pays(500, 1000.0, 1000.0, 2, warm=True)
+    assert not pays(500, 1000.0, 1000.0, 2, warm=False)
+    # nothing left, or nothing measured
+    assert not pays(0, 1000.0, 1000.0, 2, warm=True)
+    assert not pays(1000, 0.0, 0.0, 2, warm=True)
+    # a machine whose other work leaves one core: processes cannot beat one thread
+    monkeypatch.setattr(evaluate, "idle_cores", lambda: 1.0)
+    assert not pays(10**6, 1000.0, 1000.0, 2, warm=True)
+
+
+def test_outer_threads_are_measured_again_only_where_a_slow_retry_is_cheap():
+    """After the guard: threads measured no slower than serially get the whole retry; slower,
+    as many coordinates as lose at most RETRY_FRACTION of the rest, and at least one per worker
+    (the guard's batch was each thread's first) (no timing: rates in coordinates per second)."""
+    retry = evaluate.retry_size
+    assert retry(40, 1000, 2000.0, 1000.0, 2) == 40
+    # threads at half the serial rate lose 1 ms per coordinate; the rest takes 1 s serially
+    assert retry(40, 1000, 500.0, 1000.0, 2) == int(evaluate.RETRY_FRACTION * 1000 / 1000.0 / 1e-3)
+    # the separable loss: 98 coordinates left, threads at 17/s against 63/s serially
+    assert retry(6, 98, 17.0, 63.0, 2) == 2
+    assert retry(6, 1, 17.0, 63.0, 2) == 1  # never more than what is left

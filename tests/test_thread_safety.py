@@ -9,6 +9,7 @@ every correct gradient passes, every planted bug fails in its own block.
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -92,12 +93,16 @@ class ScratchNet:
     def loss(self, theta):
         p = fg.unflatten(theta, self.segments)
         np.dot(self.X, p["W1"], out=self.hidden)
+        self.between_layers()
         self.hidden += p["b1"]
         np.tanh(self.hidden, out=self.hidden)
         scores = self.hidden @ p["W2"] + p["b2"]
         scores -= scores.max(1, keepdims=True)
         rows = np.arange(len(self.y))
         return float(np.mean(np.log(np.exp(scores).sum(1)) - scores[rows, self.y]))
+
+    def between_layers(self):
+        """Nothing here; a subclass pauses."""
 
     def grad(self, theta):
         p = fg.unflatten(theta, self.segments)
@@ -110,9 +115,18 @@ class ScratchNet:
         return np.concatenate([(self.X.T @ dh).ravel(), dh.sum(0), (h.T @ e).ravel(), e.sum(0)])
 
 
-def scratch_net(seed=0):
+class PausingScratchNet(ScratchNet):
+    """ScratchNet pausing after it wrote its hidden layer (as a model that logs, or waits on
+    I/O, between layers): on threads another call overwrites the buffer in that pause, every
+    time two calls overlap, not only when the scheduler happens to interleave them."""
+
+    def between_layers(self):
+        time.sleep(2e-4)
+
+
+def scratch_net(seed=0, cls=ScratchNet):
     rng = np.random.default_rng(seed)
-    net = ScratchNet(rng.standard_normal((400, 40)), rng.integers(0, 5, 400), 100)
+    net = cls(rng.standard_normal((400, 40)), rng.integers(0, 5, 400), 100)
     return net, 0.2 * rng.standard_normal(net.segments.size)
 
 
@@ -157,3 +171,57 @@ def test_a_pure_loss_keeps_its_threads_and_the_guard_costs_one_small_batch():
     assert np.array_equal(f_plus, sp) and np.array_equal(f_minus, sm)
     # the guard's duplicates are not the method's evaluations
     assert ev.evaluations == 1 + 2 * x.size
+
+
+@pytest.mark.skipif(fg.engine.planner.resolve_workers(None) < 2, reason="needs 2 cores for threads")
+def test_an_audit_of_a_model_with_a_scratch_buffer_gets_serial_verdicts():
+    """fg.audit's first batch (one global direction) cannot show what threads do to the loss:
+    a disagreeing direction evaluated on threads is evaluated again serially, and a difference
+    refuses threads and starts the audit again on the new plan."""
+    net, theta = scratch_net(cls=PausingScratchNet)
+    grad = net.grad(theta)
+    correct = fg.audit(net.loss, theta, grad, segments=net.segments)
+    assert correct.passed, correct
+    assert correct.suspects.size == 0 and not correct.blocks
+    assert "threads refused" in correct.path_reason
+    assert plans.thread_unsafe(net.loss) is not None
+    assert correct.path in ("serial", "processes")
+
+    fresh, _ = scratch_net(cls=PausingScratchNet)  # another object: guarded anew, threads at first
+    assert plans.thread_unsafe(fresh.loss) is None
+    w1 = fresh.segments["W1"]
+    planted = w1.start + 123
+    wrong = grad.copy()
+    wrong[planted] += 0.5 * max(1.0, abs(wrong[planted]))
+    found = fg.audit(fresh.loss, theta, wrong, segments=fresh.segments)
+    assert not found.passed
+    assert found.suspects.tolist() == [planted]
+    assert "threads refused" in found.path_reason
+    # the evaluations before the refusal are counted, in a phase of their own
+    assert sum(found.phases.values()) == found.evaluations
+
+
+@pytest.mark.skipif(fg.engine.planner.resolve_workers(None) < 2, reason="needs 2 cores for threads")
+@pytest.mark.parametrize("planted", [False, True])
+def test_the_audit_confirms_disagreeing_directions_serially_when_the_guard_missed(
+        monkeypatch, planted):
+    """The guard's first batch can miss a rare interference (here it is switched off): the
+    directions that disagree on threads are evaluated again serially, the difference refuses
+    threads, and the audit starts again serially: the verdicts of a serial audit."""
+    from fastgrad.engine.evaluator import Evaluator
+
+    monkeypatch.setattr(Evaluator, "_needs_guard", lambda self, backend: False)
+    net, theta = scratch_net(cls=PausingScratchNet)
+    grad = net.grad(theta)
+    w1 = net.segments["W1"]
+    index = w1.start + 123
+    if planted:
+        grad[index] += 0.5 * max(1.0, abs(grad[index]))
+    report = fg.audit(net.loss, theta, grad, segments=net.segments)
+    assert report.passed is not planted
+    assert report.suspects.tolist() == ([index] if planted else [])
+    assert "threads refused" in report.path_reason and "random direction" in report.path_reason
+    assert report.phases["before threads were refused"] > 0
+    assert sum(report.phases.values()) == report.evaluations
+    serial = fg.audit(net.loss, theta, grad, segments=net.segments, workers=1)
+    assert serial.suspects.tolist() == report.suspects.tolist()

@@ -68,6 +68,11 @@ class _BudgetExhausted(Exception):
     """The evaluation budget ran out: the audit stops and reports what it has localized."""
 
 
+class _ThreadsRefused(Exception):
+    """Threads changed f's values (a disagreeing direction evaluated again serially differed):
+    the audit starts again with the plan that replaced them."""
+
+
 @dataclass
 class _Part:
     """A contiguous range under localization, in the tree of halves of one segment."""
@@ -231,14 +236,25 @@ class _Auditor:
         return records
 
     def measure(self, parts, keys, step, phase) -> list[DirectionRecord]:
-        from ..engine.kernels import direction_dot  # numba loads on first use, not at import
-
-        x, g = self.x, self.g
         lo = np.array([p.start for p in parts], dtype=np.int64)
         hi = np.array([p.stop for p in parts], dtype=np.int64)
         before = self.ev.evaluations
         f_plus, f_minus = self.ev.directions(keys, lo, hi, step, label=f"audit {phase}")
         self.spend(phase, before)
+        records = self.records(parts, keys, lo, hi, step, f_plus, f_minus, phase)
+        # a disagreement measured on threads is confirmed serially (the guard's first batch can
+        # miss a loss that is not thread-safe); a difference refuses threads and the audit starts
+        # again on the new plan
+        if self.ev.confirm_directions_serially(keys, lo, hi, step, f_plus, f_minus,
+                                               np.array([r.significant for r in records])):
+            raise _ThreadsRefused
+        return records
+
+    def records(self, parts, keys, lo, hi, step, f_plus, f_minus, phase) -> list[DirectionRecord]:
+        """The directional records of the losses f_plus, f_minus at theta +- step v."""
+        from ..engine.kernels import direction_dot  # numba loads on first use, not at import
+
+        x, g = self.x, self.g
         records = []
         for j, p in enumerate(parts):
             analytic, abs_gd = direction_dot(g, x, keys[j], int(lo[j]), int(hi[j]),
@@ -279,6 +295,8 @@ class _Auditor:
         before = self.ev.evaluations
         fp, fm = self.ev.pairs(index, step, label="audit confirm")
         stats = self.judge.verdicts(index, step, fp, fm)
+        if self.ev.confirm_serially(index, step, fp, fm, stats[0].failed):
+            raise _ThreadsRefused  # threads changed f's values: as in measure()
         s = stats[0]
         steps = step
         noisy = s.verdict == NOISE
@@ -656,10 +674,19 @@ def audit(
     expected = budget if budget is not None else int(16 + 6 * len(segs) + 40 * math.log2(n))
     with Progress(total=expected, label="audit", enabled=progress) as bar:
         auditor = _Auditor(ev, judge, segs, problem.seed, budget, bar)
-        auditor.phases["theta"] = ev.evaluations
+        auditor.phases["theta"] = at_theta = ev.evaluations
         bar.update(ev.evaluations)
-        return _run(auditor, segs, problem.tol, problem.tol_reason, problem.depth,
-                    problem.seed)
+        try:
+            return _run(auditor, segs, problem.tol, problem.tol_reason, problem.depth,
+                        problem.seed)
+        except _ThreadsRefused:
+            # threads changed f's values: every direction again with the plan that replaced
+            # them (the same directions, so the verdicts are those of a serial audit)
+            auditor = _Auditor(ev, judge, segs, problem.seed, budget, bar)
+            auditor.phases.update({"theta": at_theta,
+                                   "before threads were refused": ev.evaluations - at_theta})
+            return _run(auditor, segs, problem.tol, problem.tol_reason, problem.depth,
+                        problem.seed)
 
 
 def _run(auditor: _Auditor, segs: SegmentMap, tol_value, tol_reason, depth, seed) -> AuditReport:

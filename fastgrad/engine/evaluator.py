@@ -7,6 +7,7 @@ perturbs its own copy and restores it.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -26,15 +27,25 @@ from .processes import ProcessBackend
 # backend= values (API.md section 2); "kernel" runs the plan whose path is "jit"
 BACKENDS = (None, "serial", "threads", "kernel", "processes")
 # the thread-safety guard compares about this much serial work (seconds) with the same points
-# evaluated on threads, and never fewer than GUARD_MIN_PER_WORKER coordinates per worker
+# evaluated on threads, at most GUARD_FRACTION of the batch's serial work, and never fewer than
+# GUARD_MIN_PER_WORKER coordinates per worker; GUARD_MIN_PER_WORKER_LONG for evaluations of
+# GUARD_LONG_SECONDS or more, whose evaluations on threads overlap for their whole length (with
+# 1 per worker the guard missed the scratch buffer of tests/test_thread_safety.py's model one
+# time in two; an interference the guard misses is caught by the serial confirmation of every
+# failure, which refuses threads just the same)
 GUARD_SECONDS = 0.01
+GUARD_FRACTION = 0.03
 GUARD_MIN_PER_WORKER = 4
+GUARD_MIN_PER_WORKER_LONG = 2
+GUARD_LONG_SECONDS = 1e-3
 GUARD_MAX = 64
 
 _UNSET = object()
 
 
 def is_numba_dispatcher(f) -> bool:
+    if "numba" not in sys.modules:  # no dispatcher exists yet; importing numba takes ~0.5 s
+        return False
     try:
         from numba.core.dispatcher import Dispatcher
     except ImportError:  # pragma: no cover - numba is a dependency
@@ -79,7 +90,9 @@ class Evaluator:
         self.forced = backend
         self._threads_verified = False  # the thread-safety guard ran in this check
         self._threads_ran = False  # threads evaluated a Python loss in this check
+        self._directions_threaded = False  # ... the last batch of directions
         self.guard_rates: tuple[float, float] | None = None
+        self._refused_before = thread_unsafe(f) is not None  # by an earlier check
         self.kernel_f = f if dispatcher else None  # what the Numba kernel calls
         self._backends: dict[tuple, Backend] = {}
         self._kernel_loss = None
@@ -92,8 +105,7 @@ class Evaluator:
         if backend is not None:
             self._force(backend, workers is not None)
         elif self.plan.backend == "threads" and self.threads_refused():
-            self.plan = planner.instead_of_threads(
-                self, f"{self.threads_refused()} (seen by an earlier check in this process)")
+            self.plan = planner.instead_of_threads(self, self.refusal())
         if executor is not None:
             # one backend for the whole check: it holds what was shipped to the workers
             self.plan = Plan("executor", self._executor_backend().workers, None,
@@ -174,6 +186,13 @@ class Evaluator:
         """Why threads may not evaluate this loss (the guard saw them change its values), or
         None. A Numba kernel is compiled code without Python state: never refused."""
         return None if self.plan.backend == "jit" else thread_unsafe(self.work.f)
+
+    def refusal(self) -> str | None:
+        """threads_refused(), saying so when an earlier check in this process refused them."""
+        why = self.threads_refused()
+        if why is not None and self._refused_before:
+            why = f"{why} (seen by an earlier check in this process)"
+        return why
 
     def use_kernel(self, compiled, origin: str) -> None:
         """Evaluate with the prange kernel calling ``compiled`` (or fall back, saying why)."""
@@ -284,15 +303,11 @@ class Evaluator:
         if not self._threads_ran or not np.any(suspect):
             return False
         rows = np.flatnonzero(suspect)
-        serial_plus, serial_minus = np.empty((rows.size, self.work.width)), \
-            np.empty((rows.size, self.work.width))
-        with self.work.guard_duplicates():
-            self.backend(self.plan, 1, 1).pairs(index[rows], step[rows], serial_plus,
-                                                serial_minus, _NO_BAR)
-        threaded_plus, threaded_minus = f_plus[rows], f_minus[rows]
-        self._compare(threaded_plus, threaded_minus, serial_plus, serial_minus,
-                      lambda j: self.work.describe(int(index[rows[j]])))
-        if self.threads_refused() is None:
+        if not self._differs_serially(
+                f_plus[rows], f_minus[rows],
+                lambda sp, sm: self.backend(self.plan, 1, 1).pairs(index[rows], step[rows], sp,
+                                                                   sm, _NO_BAR),
+                lambda j: self.work.describe(int(index[rows[j]]))):
             return False
         with Progress(total=2 * index.size, label="serial re-check",
                       enabled=self.progress) as bar:
@@ -322,11 +337,14 @@ class Evaluator:
         return (isinstance(backend, ThreadBackend) and backend.workers > 1
                 and not self._threads_verified)
 
-    def guard_size(self) -> int:
-        """Coordinates the thread-safety guard evaluates twice."""
+    def guard_size(self, k: int | None = None) -> int:
+        """Coordinates the thread-safety guard evaluates twice (of a batch of ``k``)."""
         t_eval = max(self.t_eval or 1e-6, 1e-7)
-        return max(GUARD_MIN_PER_WORKER * self.workers,
-                   min(GUARD_MAX, int(GUARD_SECONDS / (2 * t_eval))))
+        seconds = GUARD_SECONDS if k is None else min(GUARD_SECONDS,
+                                                      GUARD_FRACTION * 2 * k * t_eval)
+        least = GUARD_MIN_PER_WORKER_LONG if t_eval >= GUARD_LONG_SECONDS \
+            else GUARD_MIN_PER_WORKER
+        return max(least * self.workers, min(GUARD_MAX, int(seconds / (2 * t_eval))))
 
     def verify_threads(self, lo, hi, index, step, f_plus, f_minus, bar, backend=None) -> int:
         """The thread-safety guard: the first coordinates lo:lo+g on threads, and the same
@@ -335,7 +353,7 @@ class Evaluator:
         serial values and moves the check to processes or serial, saying why. Returns g."""
         backend = backend or self.backend(self.plan)
         self._threads_verified = True
-        g = min(hi - lo, self.guard_size())
+        g = min(hi - lo, self.guard_size(hi - lo))
         rows = slice(lo, lo + g)
         start = time.perf_counter()
         backend.pairs(index[rows], step[rows], f_plus[rows], f_minus[rows], bar)
@@ -374,11 +392,14 @@ class Evaluator:
 
     # -- random directions (audit) ---------------------------------------------------------------
     def directions(self, key: np.ndarray, lo: np.ndarray, hi: np.ndarray, step: np.ndarray,
-                   label: str = "directions"):
+                   label: str = "directions", serial: bool = False):
         """Losses at theta +- step[j] v_j, where v_j is the direction ``key[j]`` (kernels.py)
         supported on the flat range [lo[j], hi[j]): two arrays of shape (k, terms).
 
         The directions are generated where they are used; no n x k matrix is ever built.
+        ``serial=True`` (the audit's noise probe) evaluates them one after another in this
+        thread, as pairs(plan=False) does: the probe must measure f's own noise, not what
+        threads do to a loss that is not thread-safe.
         """
         key = np.ascontiguousarray(key, dtype=np.uint64)
         lo = np.ascontiguousarray(lo, dtype=np.int64)
@@ -388,21 +409,47 @@ class Evaluator:
         f_plus = np.empty((k, self.work.width))
         f_minus = np.empty((k, self.work.width))
         with Progress(total=2 * k, label=label, enabled=self.progress) as bar:
-            backend = self.backend(self.plan)
+            backend = self.backend(self.plan, 1, 1) if serial and \
+                self.plan.backend in ("threads", "serial") else self.backend(self.plan)
             done = 0
             if self._needs_guard(backend):
                 done = self._verify_directions(key, lo, hi, step, f_plus, f_minus, bar, backend)
                 backend = self.backend(self.plan)
+            self._directions_threaded = isinstance(backend, ThreadBackend) and backend.workers > 1
             if done < k:
                 rest = slice(done, k)
                 backend.directions(key[rest], lo[rest], hi[rest], step[rest], f_plus[rest],
                                    f_minus[rest], bar)
         return f_plus, f_minus
 
+    def confirm_directions_serially(self, key, lo, hi, step, f_plus, f_minus, suspect) -> bool:
+        """confirm_serially for the last batch of directions: the suspect ones (those that
+        disagree), when threads evaluated them for a Python loss, evaluated again serially. Any
+        bitwise difference refuses threads for this loss (the guard's registry and path line);
+        returns True then, and the caller evaluates its directions again with the new plan."""
+        if not self._directions_threaded or not np.any(suspect):
+            return False
+        rows = np.flatnonzero(suspect)
+        return self._differs_serially(
+            f_plus[rows], f_minus[rows],
+            lambda sp, sm: self.backend(self.plan, 1, 1).directions(
+                key[rows], lo[rows], hi[rows], step[rows], sp, sm, _NO_BAR),
+            lambda j: direction_where(lo[rows[j]], hi[rows[j]]))
+
+    def _differs_serially(self, threaded_plus, threaded_minus, run, where) -> bool:
+        """The same points as the threaded values, evaluated serially by ``run(plus, minus)``
+        (the guard's duplicates, not the method's evaluations) and compared bitwise; True when
+        they differed and threads were refused."""
+        serial_plus, serial_minus = np.empty_like(threaded_plus), np.empty_like(threaded_minus)
+        with self.work.guard_duplicates():
+            run(serial_plus, serial_minus)
+        self._compare(threaded_plus, threaded_minus, serial_plus, serial_minus, where)
+        return self.threads_refused() is not None
+
     def _verify_directions(self, key, lo, hi, step, f_plus, f_minus, bar, backend) -> int:
         """verify_threads for directions (an audit's first batch)."""
         self._threads_verified = True
-        g = min(key.size, self.guard_size())
+        g = min(key.size, self.guard_size(key.size))
         rows = slice(0, g)
         backend.directions(key[rows], lo[rows], hi[rows], step[rows], f_plus[rows],
                            f_minus[rows], bar)

@@ -71,6 +71,12 @@ def remember(f, key: tuple, plan: Plan) -> None:
         _PLANS.setdefault(f, {})[key] = plan
 
 
+def forget_plan(f, key: tuple) -> None:
+    """Forget the plan remembered for f on problems of ``key``'s sizes, if any."""
+    with contextlib.suppress(TypeError, KeyError):
+        del _PLANS[f][key]
+
+
 def forget_plans() -> None:
     """Forget every remembered plan (tests; a program whose machine load changed)."""
     _PLANS.clear()

@@ -23,7 +23,7 @@ import numpy as np
 from ..arguments import optional_positive_int
 from ..errors import InvalidType
 from ..steps import JIT_AGREEMENT_EPS
-from .plan import Plan, plan_key, remember, remembered_plan
+from .plan import Plan, forget_plan, plan_key, remember, remembered_plan
 from .processes import pool_alive, start_up_seconds, start_workers
 
 if TYPE_CHECKING:
@@ -37,7 +37,8 @@ PLAN_T_EVAL_FACTOR = 4.0
 BLAS_SPEEDUP_TO_PROBE = 1.4
 # jit="auto" tries to compile only when the Python path is predicted to take this long (seconds):
 # compiling costs ~0.1-2 s, so a short check never pays for it
-AUTO_JIT_MIN_SECONDS = 1.0
+# (on a busy 2-core machine compiling the separable loss took 1.6 s of a check of 1 s)
+AUTO_JIT_MIN_SECONDS = 3.0
 # the calibration compares strategies on this much wall time of real coordinates each
 CALIBRATION_SECONDS = 0.05
 # a plan of one worker with BLAS threads is remembered only when it beat outer threads by this
@@ -49,17 +50,29 @@ BLAS_MARGIN = 1.15
 SERIAL_BATCH_SECONDS = 0.002
 # below this predicted time (seconds) the first strategy is used without calibrating
 CALIBRATE_MIN_SECONDS = 0.15
-# ... except that a Python loss faster than this (seconds) runs serially: it is GIL-bound, and on
-# the small two-layer net (23 us) two threads took 0.084 s where one took 0.065 s
-GIL_BOUND_SECONDS = 50e-6
-# worker processes are tried when the rest of the check would take this long serially (seconds):
-# with the pool already running / when it must start first (forked workers: ~0.02-0.1 s; loky's
-# fork+exec: ~0.3-0.5 s on 2 cores; either overlapped with serial evaluations of coordinates)
-PROCESS_WARM_SECONDS = 0.1
-# ... and when the pool must start first: this many times its start-up (processes.start_up_seconds)
-PROCESS_COLD_FACTOR = 1.5
+# ... except that a Python loss faster than this (seconds) runs serially: it is GIL-bound (on the
+# small two-layer net, 23 us, two threads took 0.084 s where one took 0.065 s), and the
+# thread-safety guard threads would need costs 15-30% of a check this short. A busy machine
+# doubles the time of one evaluation: 100 us keeps the 4.8k net serial there too
+GIL_BOUND_SECONDS = 100e-6
 # processes must beat the best in-process strategy by this factor to be chosen
 PROCESS_MARGIN = 1.1
+# the probe of processes runs only when their best case (the serial rate times the workers, after
+# their start-up) would save this many times what the probe costs: the start-up (forking slows
+# this process's own evaluations on a machine whose cores the workers share), the shipping of the
+# problem, and a batch at their rate if they lose. A check of 0.3 s serially cannot afford it.
+PROCESS_PAYBACK = 2.0
+# what shipping the problem to the workers and one probe batch cost, besides the start-up (seconds)
+PROCESS_PROBE_SECONDS = 0.02
+# BLAS threads are timed (one evaluation at theta) only for evaluations at least this long: in a
+# shorter one OpenBLAS's threads cannot beat outer threads, and they keep spinning ~0.1 s after
+# the call, holding a core the next probe needs (on a busy 2-core machine they made the nets'
+# evaluations 15x slower)
+BLAS_PROBE_MIN_SECONDS = 1e-3
+# after the guard, outer threads are measured once more (the guard's threaded batch also started
+# the pool, and BLAS workers the caller left spinning can slow it) on a batch whose cost, should
+# threads be as slow as the guard saw, stays below this fraction of the check's remaining work
+RETRY_FRACTION = 0.03
 
 
 def resolve_workers(workers) -> int:
@@ -145,10 +158,10 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
     elif plain and ev.jit_option is True:
         try_jit(ev, None)
     jit = ev.plan.backend == "jit"
-    # worker processes can pay off only with enough work left for their start-up
-    maybe_processes = not jit and ev.workers > 1 and 2 * k * t_eval >= (
-        PROCESS_WARM_SECONDS if pool_alive(ev.workers)
-        else PROCESS_COLD_FACTOR * start_up_seconds())
+    # worker processes can pay off only with enough work left for their start-up (best case:
+    # nothing in this process beats one thread)
+    maybe_processes = not jit and ev.workers > 1 and processes_may_pay(
+        k, 1 / (2 * t_eval), 1 / (2 * t_eval), ev.workers, pool_alive(ev.workers))
     if predicted < CALIBRATE_MIN_SECONDS and not maybe_processes:
         if ev.plan.backend == "threads" and t_eval < GIL_BOUND_SECONDS:
             # a loss this short holds the GIL most of the time: threads only add handoffs.
@@ -193,16 +206,22 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
     size = max(1, probe // 4)  # short: BLAS threads on a busy machine can be 100x slower
     if ev.guard_rates is not None:
         # a Python loss: the guard just timed the same coordinates on threads and serially;
-        # threads once more after the serial run, the faster kept (the first threaded batch
-        # also woke the pool, and BLAS workers the caller left spinning can slow either one)
+        # threads once more after the serial run, on a batch that stays cheap should they be as
+        # slow again (retry_size), the faster kept (the first threaded batch also woke the pool,
+        # and BLAS workers the caller left spinning can slow either one)
         outer, serial = ev.guard_rates
-        outer = max(outer, timed(half, ev.workers, 1)) if threads_ok else 0.0
+        if not threads_ok:
+            outer = 0.0
+        else:
+            outer = max(outer, timed(retry_size(half, k - done, outer, serial, ev.workers),
+                                     ev.workers, 1))
     else:
         outer = timed(half, ev.workers, 1) if threads_ok else 0.0
         serial = timed(size, 1, 1)
         if threads_ok:
             outer = max(outer, timed(half, ev.workers, 1))
-    blas_helps = t_eval >= BLAS_SPEEDUP_TO_PROBE * ev.time_with_blas_threads()
+    blas_helps = t_eval >= BLAS_PROBE_MIN_SECONDS and \
+        t_eval >= BLAS_SPEEDUP_TO_PROBE * ev.time_with_blas_threads()
     rates = [outer, timed(size, 1, None) if blas_helps else serial]
     best = 1 if rates[1] > BLAS_MARGIN * rates[0] else 0
     how = "prange kernel" if jit else "thread pool"
@@ -216,13 +235,12 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
     else:
         chosen = "one worker (outer threads were slower)" if threads_ok else "one worker"
         backend, workers, blas = ("jit" if jit else "serial"), 1, 1
-    if not threads_ok:
-        chosen = f"{chosen}; {ev.threads_refused()}"
     measured = (f"calibrated: {rates[0]:.3g} coords/s on {ev.workers} threads x 1 BLAS "
                 f"thread vs {rates[1]:.3g} coords/s on {one}" if threads_ok else
                 f"calibrated: {rates[1]:.3g} coords/s on {one}")
-    if not jit and ev.workers > 1:
-        processes = _processes_rate(ev, k - done, t_eval, size, timed)
+    if not jit and ev.workers > 1 and processes_may_pay(k - done, max(rates), serial,
+                                                        ev.workers, pool_alive(ev.workers)):
+        processes = _processes_rate(ev, k - done, size, timed)
         if processes is not None:
             rate, note = processes
             measured += f", {rate:.3g} coords/s on {ev.workers} processes{note}"
@@ -230,26 +248,77 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
                 chosen = (f"{ev.workers} worker processes (theta in shared memory, BLAS "
                           f"limited to 1 thread)")
                 backend, workers, blas = "processes", ev.workers, 1
+    if not threads_ok:
+        chosen = f"{chosen}; {ev.refusal()}"
     ev.plan = Plan(backend, workers, blas, f"{ev.origin()}: {chosen} ({measured})", t_eval)
-    # the latest calibration is remembered, whichever strategy won: a remembered plan never
-    # replaces one that a calibration measured faster. Except one worker with BLAS on its own
-    # threads that won narrowly: on a busy machine BLAS threads can be 100x slower from one
-    # check to the next, and a remembered wrong one would slow every later check of this loss
-    if not (backend != "processes" and blas is None
-            and rates[1] <= BLAS_PLAN_MARGIN * rates[0]):
-        remember(ev.work.f, plan_key(ev.work.theta, ev.work.args, ev.workers, jit), ev.plan)
+    remember_calibrated(ev.work.f, plan_key(ev.work.theta, ev.work.args, ev.workers, jit),
+                        ev.plan, narrow=rates[1] <= BLAS_PLAN_MARGIN * rates[0])
     return done
 
 
-def _processes_rate(ev: Evaluator, remaining: int, t_eval: float, size: int, timed):
-    """Coordinates per second on worker processes, measured on real coordinates, or None when
-    they cannot pay off (too little work left for the pool's start-up) or f cannot be pickled.
-    A pool that is not running yet starts while this process evaluates coordinates serially."""
+def retry_size(half: int, remaining: int, outer: float, serial: float, workers: int) -> int:
+    """Coordinates for measuring outer threads once more after the guard: up to ``half``, as
+    many as cost at most RETRY_FRACTION of the ``remaining`` coordinates' time should threads be
+    as slow as the guard measured them (``outer`` and ``serial`` in coordinates per second), and
+    at least one per worker: the guard's threaded batch is each thread's first, which pays for
+    its first touch of a large loss's temporaries (the separable loss of 10^6: 32 coords/s on
+    threads in the guard, 240 coords/s after)."""
+    lost = 1.0 / outer - 1.0 / serial  # seconds lost per coordinate if threads are slower
+    if lost > 0:
+        half = min(half, int(RETRY_FRACTION * remaining / max(outer, serial) / lost))
+    return min(max(half, workers), remaining)
+
+
+def remember_calibrated(f, key: tuple, plan: Plan, narrow: bool) -> None:
+    """Remember the plan a calibration chose for f on problems of ``key``'s sizes, so that
+    later checks use it without calibrating.
+
+    The latest calibration is remembered, whichever strategy won: a remembered plan never
+    replaces one that a calibration measured faster. Except one worker with BLAS on its own
+    threads that won narrowly (``narrow``): on a busy machine BLAS threads can be 100x slower
+    from one check to the next, and a remembered wrong one would slow every later check of
+    this loss. Then nothing is remembered, and a plan remembered earlier is forgotten (the
+    calibration just measured it slower): the next check calibrates again.
+    """
+    if plan.backend != "processes" and plan.blas_threads is None and narrow:
+        forget_plan(f, key)
+    else:
+        remember(f, key, plan)
+
+
+def processes_may_pay(remaining: int, best_rate: float, serial_rate: float, workers: int,
+                      warm: bool) -> bool:
+    """Whether probing worker processes can pay for itself: ``remaining`` coordinates at
+    ``best_rate`` (coordinates per second, the best in-process strategy measured) against their
+    best case, ``serial_rate`` times the workers that have a core to themselves (idle_cores),
+    after their start-up (none when the pool is ``warm``), saving PROCESS_PAYBACK times the
+    probe's cost."""
+    if remaining <= 0 or best_rate <= 0 or serial_rate <= 0:
+        return False
+    cost = PROCESS_PROBE_SECONDS + (0.0 if warm else start_up_seconds())
+    in_process = remaining / best_rate
+    best_case = remaining / (min(workers, idle_cores()) * serial_rate) + cost
+    return in_process - best_case >= PROCESS_PAYBACK * cost
+
+
+def idle_cores() -> float:
+    """The cores worker processes could have to themselves: this process's cores less the
+    load of everything else (the 1-minute load average, this process counted as one); all of
+    them where the load average is not known."""
+    cores = resolve_workers(None)
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return float(cores)
+    return float(min(cores, max(1.0, cores - max(0.0, load - 1.0))))
+
+
+def _processes_rate(ev: Evaluator, remaining: int, size: int, timed):
+    """Coordinates per second on worker processes, measured on real coordinates (the caller
+    decided they may pay: processes_may_pay), or None when f cannot be pickled. A pool that is
+    not running yet starts while this process evaluates coordinates serially (forked workers:
+    ~0.02-0.1 s; loky's fork+exec: ~0.3-0.5 s on 2 cores)."""
     cold = not pool_alive(ev.workers)
-    serial_seconds = 2 * remaining * t_eval
-    if serial_seconds < (PROCESS_COLD_FACTOR * start_up_seconds() if cold
-                         else PROCESS_WARM_SECONDS):
-        return None
     try:
         backend = ev.process_backend()
     except InvalidType:

@@ -73,7 +73,8 @@ def measure_noise(ev, x: np.ndarray, f0: np.ndarray, seed: int,
     if coordinate is None:
         key = direction_key(seed, NOISE_DIRECTION)
         f_plus, f_minus = ev.directions(np.full(k, key, dtype=np.uint64), np.zeros(k, np.int64),
-                                        np.full(k, n, np.int64), offsets, label="noise probe")
+                                        np.full(k, n, np.int64), offsets, label="noise probe",
+                                        serial=True)
     else:
         f_plus, f_minus = ev.pairs(np.full(k, coordinate, dtype=np.int64), offsets,
                                    label="noise probe", plan=False)
