@@ -167,9 +167,19 @@ class _Function:
             args[k] = value
         return _as_tuple(self.func(*args))
 
+    def copies(self, requires_grad: bool = True) -> list[torch.Tensor]:
+        """Fresh contiguous copies of the checked inputs: the geometry every evaluation uses.
+
+        The perturbed inputs are new contiguous tensors, so the analytic passes (backward and
+        forward AD) run on the same geometry: a function that reads storage directly
+        (``as_strided`` with an explicit ``storage_offset``) sees one function, not two.
+        """
+        return [self.inputs[k].detach().clone(memory_format=torch.contiguous_format)
+                .requires_grad_(requires_grad) for k in self.checked]
+
     def reference(self):
         """Outputs at x with autograd recording: (leaves, all outputs, differentiable positions)."""
-        leaves = [self.inputs[k].detach().clone().requires_grad_(True) for k in self.checked]
+        leaves = self.copies()
         with torch.enable_grad():
             outputs = self.call(leaves)
         return leaves, outputs, _differentiable(outputs)
@@ -363,7 +373,7 @@ def _tangent_basis(fn: _Function, cols: np.ndarray) -> list[torch.Tensor]:
 
 def _jvp_columns(fn: _Function, cols: np.ndarray, batched: bool) -> np.ndarray:
     """Analytic Jacobian columns from forward-mode AD: (flat real outputs, cols.size)."""
-    primals = [fn.inputs[k].detach() for k in fn.checked]
+    primals = fn.copies(requires_grad=False)
     basis = _tangent_basis(fn, cols)
     if batched:
         def tangent_out(*tangents):
@@ -583,7 +593,7 @@ def _undefined_grad(fn: _Function) -> str:
     cases = [set(range(count))] + ([{u} for u in range(count)] if count > 1 else [])
     for undefined in cases:
         with torch.enable_grad():
-            leaves = [fn.inputs[k].detach().clone().requires_grad_(True) for k in fn.checked]
+            leaves = fn.copies()
             outs = fn.call(leaves)
             diff = [undefined_grad()(outs[j]) if p in undefined else outs[j]
                     for p, j in enumerate(fn.positions)]

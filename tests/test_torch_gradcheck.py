@@ -319,3 +319,40 @@ def test_a_float32_test_tuned_for_torch_keeps_passing():
     assert torch.autograd.gradcheck(fn, (x,), **options)
     assert ft.gradcheck(fn, (x,), **options)
     assert ft.gradcheck(fn, (x,))  # float32 steps and tolerance by default
+
+
+def _storage_view(size, offset, seed):
+    """A 1-d input that is a view at ``offset`` into a larger storage (as op_db's
+    as_strided partial_views sample)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(size + 2 * offset, generator=gen, dtype=F64)[offset:offset + size]
+
+
+def test_as_strided_of_a_view_with_an_offset_checks_one_geometry():
+    # as_strided with storage_offset=0 reads the storage from its start: the function depends on
+    # where the input lives. The analytic passes (backward and forward AD) and the perturbed
+    # evaluations must all use the same geometry, or forward AD reads zeros where the numeric
+    # Jacobian sees the input (op_db's as_strided partial_views sample 1 failed this way).
+    x = _storage_view(10, 5, seed=18).requires_grad_(True)
+
+    def fn(t):
+        return torch.as_strided(t, (2, 2), (1, 2), storage_offset=0)
+
+    assert ft.gradcheck(fn, (x,), check_forward_ad=True)
+    # and a transposed (non-contiguous) input through as_strided
+    y = leaf(3, 3, seed=19).detach().t().requires_grad_(True)
+    assert ft.gradcheck(fn, (y,), check_forward_ad=True)
+
+
+def test_checks_in_sequence_do_not_leak_into_each_other():
+    # two different functions with the same shapes, in alternation: a wrong jvp is caught after a
+    # correct check and a correct one passes after the failure (nothing remembered per shape,
+    # per id() or per fallback decision flips a verdict)
+    x = leaf(4, seed=20)
+    y = _storage_view(4, 3, seed=21).requires_grad_(True)
+    for _ in range(2):
+        assert ft.gradcheck(torch.exp, (x,), check_forward_ad=True)
+        assert not ft.gradcheck(Exp.apply, (x,), check_forward_ad=True, raise_exception=False)
+        assert ft.gradcheck(lambda t: torch.as_strided(t, (2, 2), (1, 2)), (y,),
+                            check_forward_ad=True)
+        assert not ft.gradcheck(Exp.apply, (y,), check_forward_ad=True, raise_exception=False)
