@@ -93,6 +93,19 @@ def _from_real(values: np.ndarray, shape: tuple, dtype: torch.dtype, device) -> 
     return t.reshape(batch, *shape).to(device)
 
 
+def _close(one: np.ndarray, other: np.ndarray, low: bool) -> np.ndarray:
+    """Elements of two evaluations at the same point equal within VMAP_AGREEMENT units of
+    roundoff."""
+    scale = VMAP_AGREEMENT * np.finfo(np.float32 if low else np.float64).eps
+    with np.errstate(invalid="ignore"):
+        return (one == other) | (np.abs(one - other) <= scale * (np.abs(one) + np.abs(other)))
+
+
+def _agree(one: np.ndarray, other: np.ndarray, low: bool) -> bool:
+    """Two evaluations at the same point agree (NaN where both are NaN)."""
+    return bool(np.all(_close(one, other, low) | (np.isnan(one) & np.isnan(other))))
+
+
 def _first_words(message: str, limit: int = 100) -> str:
     line = (message.splitlines() or [""])[0]
     return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
@@ -147,6 +160,7 @@ class _Function:
         self.out_prefix = out_prefix
         self.batched = True
         self.verified = False
+        self.at_x: np.ndarray | None = None  # the one-by-one outputs at x (the vmap probe)
         self.why_serial = ""
         self.evaluations = 0
 
@@ -227,29 +241,28 @@ class _Function:
         return np.concatenate([_real_flat(lookup[j], batch) for j in self.positions], axis=-1)
 
     def many(self, rows: np.ndarray) -> np.ndarray:
-        """Flat real outputs at each row: one vmap call per chunk, or one call per row."""
+        """Flat real outputs at each row: one vmap call per chunk, or one call per row.
+
+        The first vmap'd batch carries one more row, the unperturbed input, compared with the
+        one-by-one value there (``self.at_x``): random ops, in-place writes or a batching rule
+        that changes the values send every evaluation one by one (said in the path line).
+        """
         if self.batched and rows.shape[0] > 1:
+            probe = not self.verified and self.at_x is not None
             try:
-                out = self._vmapped(rows)
+                out = self._vmapped(np.concatenate([rows, self.x64[None]]) if probe else rows)
             except Exception as exc:  # vmap cannot run this function: say so, go one by one
                 self.batched = False
                 self.why_serial = (f"torch.func.vmap raised {type(exc).__name__}: "
                                    f"{_first_words(str(exc))}")
             else:
-                # the first batch is compared with one-by-one calls (random ops, in-place
-                # writes or a batching rule can change the values)
-                probe = [] if self.verified else [0, rows.shape[0] - 1]
                 self.verified = True
-                for r in probe:
-                    one = self.one(rows[r])
-                    scale = VMAP_AGREEMENT * np.finfo(np.float32 if self.low else np.float64).eps
-                    close = np.abs(one - out[r]) <= scale * (np.abs(one) + np.abs(out[r]))
-                    same = (one == out[r]) | close | (np.isnan(one) & np.isnan(out[r]))
-                    if not same.all():
+                if probe:
+                    out, at_x = out[:-1], out[-1]
+                    if not _agree(self.at_x, at_x, self.low):
                         self.batched = False
                         self.why_serial = "torch.func.vmap changed the values"
-                        break
-                else:
+                if self.batched:
                     self.evaluations += rows.shape[0]
                     return out
         return np.stack([self.one(r) for r in rows]) if rows.shape[0] else \
@@ -287,27 +300,21 @@ class _Evaluator(ColumnEvaluator):
 # ---------------------------------------------------------------- analytic Jacobians
 
 
-def _cotangent_basis(fn: _Function, outputs: tuple, rows: np.ndarray) -> list[torch.Tensor]:
-    """For each output row r (flat real), the cotangent e_r (times 1j for imaginary parts)."""
-    layout = fn.out_layout
-    starts = layout.starts
-    basis = []
-    for p, j in enumerate(fn.positions):
-        o = outputs[j]
-        count = int(np.prod(o.shape, dtype=np.int64))
-        g = torch.zeros((rows.size, count), dtype=o.dtype, device=o.device)
-        local = rows - starts[p]
-        mine = np.flatnonzero((local >= 0) & (local < layout.sizes[p]))
-        if mine.size:
-            pos = local[mine]
-            imag = pos >= count
-            value = torch.ones(mine.size, dtype=o.dtype)
-            if o.is_complex():
-                value = torch.where(torch.from_numpy(imag), torch.tensor(1j, dtype=o.dtype),
-                                    torch.tensor(1, dtype=o.dtype))
-            g[torch.from_numpy(mine), torch.from_numpy(pos % max(count, 1))] = value
-        basis.append(g.reshape(rows.size, *o.shape))
-    return basis
+def _unit_rows(local: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """(len(local), *like.shape): row m is the unit vector e_local[m] of like's flat real view
+    (positions past the element count are imaginary parts: 1j there)."""
+    count = like.numel()
+    g = torch.zeros((local.size, count), dtype=like.dtype, device=like.device)
+    if local.size:
+        lanes = torch.arange(local.size)
+        if like.is_complex():
+            imag = torch.from_numpy(local >= count)
+            value = torch.where(imag, torch.tensor(1j, dtype=like.dtype),
+                                torch.tensor(1, dtype=like.dtype))
+            g[lanes, torch.from_numpy(local % max(count, 1))] = value.to(like.device)
+        else:
+            g[lanes, torch.from_numpy(local)] = 1
+    return g.reshape(local.size, *like.shape)
 
 
 def _input_rows(fn: _Function, grads, batch: int, leaves) -> np.ndarray:
@@ -329,11 +336,12 @@ def _vjp_rows(fn: _Function, leaves, outputs, rows: np.ndarray, batched: bool) -
     if rows.size == 0:
         return out
     owner = fn.out_layout.tensor_of(rows)
+    starts = fn.out_layout.starts
     for p, j in enumerate(fn.positions):
         mine = np.flatnonzero(owner == p)
         if mine.size == 0:
             continue
-        basis = _cotangent_basis(fn, outputs, rows[mine])[p]
+        basis = _unit_rows(rows[mine] - starts[p], outputs[j])
         if batched:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -351,23 +359,16 @@ def _vjp_rows(fn: _Function, leaves, outputs, rows: np.ndarray, batched: bool) -
 
 def _tangent_basis(fn: _Function, cols: np.ndarray) -> list[torch.Tensor]:
     """For each flat real input column c, the tangent e_c (times 1j for imaginary parts)."""
-    layout = fn.layout
-    starts = layout.starts
+    starts, sizes = fn.layout.starts, fn.layout.sizes
     basis = []
     for p, k in enumerate(fn.checked):
-        t = fn.inputs[k]
-        count = t.numel()
-        g = torch.zeros((cols.size, count), dtype=t.dtype)
         local = cols - starts[p]
-        mine = np.flatnonzero((local >= 0) & (local < layout.sizes[p]))
-        if mine.size:
-            pos = local[mine]
-            value = torch.ones(mine.size, dtype=t.dtype)
-            if t.is_complex():
-                value = torch.where(torch.from_numpy(pos >= count), torch.tensor(1j, dtype=t.dtype),
-                                    torch.tensor(1, dtype=t.dtype))
-            g[torch.from_numpy(mine), torch.from_numpy(pos % max(count, 1))] = value
-        basis.append(g.reshape(cols.size, *t.shape))
+        inside = (local >= 0) & (local < sizes[p])
+        t = fn.inputs[k]
+        part = _unit_rows(np.where(inside, local, 0), t)
+        if not inside.all():
+            part[torch.from_numpy(~inside)] = 0
+        basis.append(part)
     return basis
 
 
@@ -443,6 +444,10 @@ def _reentrant(fn, leaves, outputs, rows_first: np.ndarray, nondet_tol: float) -
             f"{fn.out_layout.where(int(worst[0]))}")
 
 
+class _Unbatched(Exception):
+    """The analytic rows are computed one by one (nothing to batch)."""
+
+
 def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, check_forward_ad,
            check_batched_grad, check_batched_forward_grad, check_undefined_grad,
            check_grad_dtypes, fast_mode, raise_exception, seed=0) -> bool:
@@ -452,12 +457,17 @@ def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, che
         return True  # nothing differentiable: torch's gradcheck passes too
     dtype = _precision_dtype([fn.inputs[k].dtype for k in fn.checked] + fn.out_dtypes)
     x = fn.x64.astype(dtype)
-    f0, second = fn.one(fn.x64), fn.one(fn.x64)
+    # two evaluations at x: the recorded one (autograd on) and a plain one; random ops show as
+    # a difference beyond roundoff (composite ops may round differently with autograd on)
+    first, f0 = fn.flat_outputs(outputs, None), fn.one(fn.x64)
+    fn.evaluations += 1
+    fn.at_x = f0
     with np.errstate(invalid="ignore"):
-        same = (np.abs(f0 - second) <= nondet_tol) | (f0 == second)
-    if not np.all(same | (np.isnan(f0) & np.isnan(second))):
+        diff = np.abs(first - f0)
+        same = (diff <= nondet_tol) | _close(first, f0, fn.low)
+    if not np.all(same | (np.isnan(first) & np.isnan(f0))):
         return _fail(f"func returns different values for the same inputs (largest difference "
-                     f"{np.nanmax(np.abs(f0 - second)):.3e} > nondet_tol={nondet_tol}): dropout "
+                     f"{np.nanmax(diff):.3e} > nondet_tol={nondet_tol}): dropout "
                      "or another random op left on; fix its seed inside func", None,
                      raise_exception)
     finite = np.isfinite(fn.x64)
@@ -475,6 +485,8 @@ def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, che
     if check_backward_ad:
         rows = np.arange(fn.out_layout.size)
         try:
+            if rows.size <= len(fn.positions) and not check_batched_grad:  # nothing to batch
+                raise _Unbatched
             jac = _vjp_rows(fn, leaves, outputs, rows, batched=True)
             batched = True
             # the backward users run is the unbatched one: the first row of every output is
@@ -488,6 +500,9 @@ def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, che
                 batched = False
                 notes.append("batched vector-Jacobian products differ from the backward "
                              "itself: every row computed one by one")
+        except _Unbatched:
+            jac = _vjp_rows(fn, leaves, outputs, rows, batched=False)
+            batched = False
         except Exception as exc:
             if check_batched_grad:
                 return _fail(f"check_batched_grad: vmap over the backward failed: "
@@ -520,7 +535,7 @@ def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, che
             ev, x, f0, jac, index, step, tol=tol, tol_reason=tol_reason,
             noise_eps=noise_eps(dtype), atol=atol, rtol=rtol, inputs=fn.layout,
             outputs=fn.out_layout, seed=seed, skipped=skipped, notes=tuple(notes),
-            refine=refine if batched else None))
+            refine=refine if batched else None, lazy=True))
     if check_forward_ad:
         cols = np.arange(fn.layout.size)
         try:
@@ -541,16 +556,21 @@ def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, che
             ev, x, f0, jac_fwd, index, step, tol=tol, tol_reason=tol_reason,
             noise_eps=noise_eps(dtype), atol=atol, rtol=rtol, inputs=fn.layout,
             outputs=fn.out_layout, seed=seed, skipped=skipped, notes=(fwd_note,),
-            mode=" (forward AD)"))
+            mode=" (forward AD)", lazy=True))
     if not reports:
         return True
-    report = reports[0] if len(reports) == 1 else _merge(reports)
-    if not report.passed:
-        return _fail(str(report), report, raise_exception)
+
+    def report():  # built only when a failure shows it
+        built = [r.report for r in reports]
+        return built[0] if len(built) == 1 else _merge(built)
+
+    if not all(r.passed for r in reports):
+        failed = report()
+        return _fail(str(failed), failed, raise_exception)
     if check_backward_ad and check_undefined_grad:
-        message = _undefined_grad(fn)
+        message = _undefined_grad(fn, leaves, outputs)
         if message:
-            return _fail(message, report, raise_exception)
+            return _fail(message, report(), raise_exception)
     return True
 
 
@@ -583,9 +603,10 @@ def _grad_dtypes(fn: _Function, leaves, outputs) -> str:
     return ""
 
 
-def _undefined_grad(fn: _Function) -> str:
+def _undefined_grad(fn: _Function, leaves, outputs) -> str:
     """torch's test: backward with all (then each one of the) output gradients undefined must
-    not raise and must give undefined or zero input gradients."""
+    not raise and must give undefined or zero input gradients (on the recorded graph of the
+    reference evaluation: no new forward pass)."""
     undefined_grad = getattr(getattr(torch._C, "_functions", None), "UndefinedGrad", None)
     if undefined_grad is None:  # pragma: no cover - depends on the torch version
         return ""
@@ -593,13 +614,11 @@ def _undefined_grad(fn: _Function) -> str:
     cases = [set(range(count))] + ([{u} for u in range(count)] if count > 1 else [])
     for undefined in cases:
         with torch.enable_grad():
-            leaves = fn.copies()
-            outs = fn.call(leaves)
-            diff = [undefined_grad()(outs[j]) if p in undefined else outs[j]
+            diff = [undefined_grad()(outputs[j]) if p in undefined else outputs[j]
                     for p, j in enumerate(fn.positions)]
             try:
                 grads = torch.autograd.grad(diff, leaves, [torch.zeros_like(o) for o in diff],
-                                            allow_unused=True)
+                                            allow_unused=True, retain_graph=True)
             except RuntimeError as exc:
                 return (f"check_undefined_grad: backward raised with undefined output "
                         f"gradients ({type(exc).__name__}: {exc}); treat an undefined gradient "

@@ -356,3 +356,42 @@ def test_checks_in_sequence_do_not_leak_into_each_other():
         assert ft.gradcheck(lambda t: torch.as_strided(t, (2, 2), (1, 2)), (y,),
                             check_forward_ad=True)
         assert not ft.gradcheck(Exp.apply, (y,), check_forward_ad=True, raise_exception=False)
+
+
+class WrongBatchingRule(torch.autograd.Function):
+    """2 x with a vmap rule that computes 3 x; ``scale`` plants a bug in the backward."""
+
+    scale = 1.0
+
+    @staticmethod
+    def forward(x):
+        return x * 2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2 * WrongBatchingRule.scale
+
+    @staticmethod
+    def vmap(info, in_dims, x):
+        return x * 3, in_dims[0]
+
+
+def test_vmap_that_changes_the_values_is_not_trusted():
+    # the vmap'd batch is probed at the unperturbed input against a plain call: a batching rule
+    # that changes the values sends every evaluation one by one (else the numeric Jacobian would
+    # read 3 where the function's derivative is 2: a false alarm)
+    x = leaf(5, seed=22)
+    assert ft.gradcheck(WrongBatchingRule.apply, (x,))
+    WrongBatchingRule.scale = 1.01
+    try:
+        with pytest.raises(ft.GradcheckError) as info:  # a failing check's report says why
+            ft.gradcheck(WrongBatchingRule.apply, (x,))
+    finally:
+        WrongBatchingRule.scale = 1.0
+    report = info.value.report
+    assert report.path == "per-call" and "vmap changed the values" in report.path_reason
+    assert {c.where for c in report.failures} == {f"input0[{i}] -> output0[{i}]" for i in range(5)}

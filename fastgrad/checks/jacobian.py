@@ -27,7 +27,7 @@ from ..judge.verdicts import KINK, NAN, NOISE, coordinate_stats, segment_stats
 from ..results.jacobian_report import JacobianRecords, JacobianReport
 from ..results.report import SegmentReport, overall_status
 
-__all__ = ["Layout", "judge_jacobian"]
+__all__ = ["Judged", "Layout", "judge_jacobian"]
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,16 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
                    atol: float, rtol: float | None, inputs: Layout, outputs: Layout, seed: int,
                    skipped: tuple[str, ...] = (), notes: tuple[str, ...] = (),
                    refine: Callable[[np.ndarray], np.ndarray] | None = None,
-                   mode: str = "") -> JacobianReport:
+                   mode: str = "", lazy: bool = False) -> JacobianReport | Judged:
     """Judge the analytic ``jacobian`` (outputs x inputs, flat real) against centered
     differences at the coordinates ``index`` (steps ``step``).
 
     ``refine(rows)``, when given, recomputes analytic rows one by one (the batched ones are
     suspected first when an element fails: a batching rule must never cause a false alarm).
     ``mode`` is appended to segment names (``" (forward AD)"``). ``rtol`` None: torch's rule
-    is not applied (only fastgrad's verdict and the ``atol`` slack).
+    is not applied (only fastgrad's verdict and the ``atol`` slack). ``lazy``: return a
+    ``Judged`` whose report is built only when read (a passing check of a small function
+    spends a good part of its time building a report nobody reads).
     """
     notes = tuple(notes)
     fp, fm = ev.pairs(index, step)
@@ -104,10 +106,16 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
         table.kink[:] = False
         failed = _final_failures(table, jacobian[:, index], atol, rtol)
         if not failed.any():
-            return _report(ev, x, f0, jacobian, index, table, [step] * n_out,
-                           np.zeros(index.size, dtype=bool), failed, tol=tol,
-                           tol_reason=tol_reason, inputs=inputs, outputs=outputs, seed=seed,
-                           skipped=skipped, notes=notes, mode=mode)
+            evaluations, path, path_reason = ev.evaluations, ev.path, ev.path_reason
+
+            def build() -> JacobianReport:
+                return _report(evaluations, path, path_reason, x, f0, jacobian, index, table,
+                               [step] * n_out, np.zeros(index.size, dtype=bool), failed,
+                               tol=tol, tol_reason=tol_reason, inputs=inputs,
+                               outputs=outputs, seed=seed, skipped=skipped, notes=notes,
+                               mode=mode)
+
+            return Judged(True, build) if lazy else build()
     for _ in range(2):
         grads = {r: jacobian[r] for r in range(n_out)}
         judge = Judge(ev, x, f0, grads, tol, noise_eps, "detect")
@@ -127,9 +135,24 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
         notes += (f"batched vector-Jacobian products differed from one-by-one ones on "
                   f"{rows.size} output element(s); the one-by-one values were judged",)
         refine = None
-    return _report(ev, x, f0, jacobian, index, table, steps, rechecked, failed, tol=tol,
-                   tol_reason=tol_reason, inputs=inputs, outputs=outputs, seed=seed,
-                   skipped=skipped, notes=notes, mode=mode)
+    report = _report(ev.evaluations, ev.path, ev.path_reason, x, f0, jacobian, index, table,
+                     steps, rechecked, failed, tol=tol, tol_reason=tol_reason, inputs=inputs,
+                     outputs=outputs, seed=seed, skipped=skipped, notes=notes, mode=mode)
+    return Judged(report.passed, lambda: report) if lazy else report
+
+
+class Judged:
+    """The outcome of ``judge_jacobian(..., lazy=True)``: ``passed`` now, ``report`` built on
+    first read (then kept)."""
+
+    def __init__(self, passed: bool, build: Callable[[], JacobianReport]):
+        self.passed = passed
+        self._build = build
+
+    @cached_property
+    def report(self) -> JacobianReport:
+        """The JacobianReport (built now if it was not yet)."""
+        return self._build()
 
 
 _FIELDS = ("numeric", "rel_error", "noise", "verdict", "failed", "kink")
@@ -159,9 +182,9 @@ def _final_failures(table: _Table, analytic: np.ndarray, atol: float, rtol) -> n
     return (verdict == NAN) | ((table.failed | torch_rule) & beyond)
 
 
-def _report(ev, x, f0, jacobian, index, table: _Table, steps, rechecked, failed, *, tol,
-            tol_reason, inputs: Layout, outputs: Layout, seed, skipped, notes,
-            mode) -> JacobianReport:
+def _report(evaluations, path, path_reason, x, f0, jacobian, index, table: _Table, steps,
+            rechecked, failed, *, tol, tol_reason, inputs: Layout, outputs: Layout, seed,
+            skipped, notes, mode) -> JacobianReport:
     n_out, k = jacobian.shape[0], index.size
     in_tensor = inputs.tensor_of(index)  # (k,)
     out_tensor = outputs.tensor_of(np.arange(n_out))  # (n_out,)
@@ -198,8 +221,8 @@ def _report(ev, x, f0, jacobian, index, table: _Table, steps, rechecked, failed,
         max_rel_error=float(max(eligible)) if eligible else 0.0,
         max_rel_error_all=(math.nan if np.isnan(rel).any()
                            else float(rel.max()) if rel.size else 0.0),
-        segments=segments, coords=records, evaluations=ev.evaluations, tol=tol,
-        tol_reason=tol_reason, path=ev.path, path_reason=ev.path_reason,
+        segments=segments, coords=records, evaluations=evaluations, tol=tol,
+        tol_reason=tol_reason, path=path, path_reason=path_reason,
         dtype=str(x.dtype), depth=1, seed=seed,
         loss=float(np.max(np.abs(f0))) if f0.size else 0.0,
         rechecked=int(np.count_nonzero(rechecked)), skipped=tuple(skipped), notes=notes)
