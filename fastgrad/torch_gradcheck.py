@@ -161,10 +161,12 @@ class _Function:
         self.batched = True
         self.verified = False
         self.at_x: np.ndarray | None = None  # the one-by-one outputs at x (the vmap probe)
+        # what vmap batches, when not func itself (a functional twin: the same values)
+        self.batched_func: Callable | None = None
         self.why_serial = ""
         self.evaluations = 0
 
-    def tensors(self, flat: np.ndarray) -> list[torch.Tensor]:
+    def tensors(self, flat: np.ndarray, requires_grad: bool = True) -> list[torch.Tensor]:
         """The checked inputs for a batch of flat rows: tensors of shape (B, *shape)."""
         starts = self.layout.starts
         out = []
@@ -172,7 +174,8 @@ class _Function:
             t = self.inputs[k]
             value = _from_real(flat[:, starts[p]:starts[p + 1]], tuple(t.shape), t.dtype,
                                t.device)
-            out.append(value.requires_grad_(True) if self.needs_grad else value)
+            out.append(value.requires_grad_(True) if self.needs_grad and requires_grad
+                       else value)
         return out
 
     def call(self, checked: Sequence[torch.Tensor]) -> tuple:
@@ -224,17 +227,20 @@ class _Function:
 
     def _vmapped(self, rows: np.ndarray) -> np.ndarray:
         batch = rows.shape[0]
-        checked = self.tensors(rows)
+        functional = self.batched_func is not None
+        func = self.batched_func if functional else self.func
+        checked = self.tensors(rows, requires_grad=not functional)
         in_dims = tuple(0 if k in self.checked else None for k in range(len(self.inputs)))
         args = list(self.inputs)
         for k, value in zip(self.checked, checked):
-            args[k] = value
+            args[k] = value.detach() if functional else value
 
         def fn(*a):
-            outputs = _as_tuple(self.func(*a))
+            outputs = _as_tuple(func(*a))
             return tuple(outputs[j] for j in self.positions)
 
-        with self._grad_mode(), warnings.catch_warnings():
+        with (torch.no_grad() if functional else self._grad_mode()), \
+                warnings.catch_warnings():
             warnings.simplefilter("ignore")
             outputs = torch.func.vmap(fn, in_dims=in_dims)(*args)
         lookup = dict(zip(self.positions, outputs))
@@ -875,9 +881,14 @@ def gradgradcheck(
         raise InvalidValue("inputs: gradgradcheck expects at least one input tensor to require "
                            "gradient (none of the inputs has requires_grad=True)")
     with torch.enable_grad():
-        outputs = _as_tuple(func(*[t.detach().requires_grad_(True) if k in checked else t
-                                   for k, t in enumerate(inputs)]))
-    diff = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
+        xs = [t.detach().requires_grad_(True) if k in checked else t
+              for k, t in enumerate(inputs)]
+        outputs = _as_tuple(func(*xs))
+        diff = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
+        # which inputs the backward reaches (torch's gradgradcheck drops the others' None)
+        reached = [g is not None for g in torch.autograd.grad(
+            diff, [xs[k] for k in checked], [torch.ones_like(o) for o in diff],
+            allow_unused=True)] if diff else [False] * len(checked)
     if grad_outputs is None:
         gen = torch.Generator().manual_seed(0)
         grad_outputs = tuple(
@@ -893,12 +904,27 @@ def gradgradcheck(
         grads = torch.autograd.grad(outs, wrt, gos, create_graph=True, allow_unused=True)
         return tuple(g for g in grads if g is not None)
 
+    def functional_backward(*args):
+        # the same backward as torch.func.vjp: vmap batches it (it cannot batch
+        # torch.autograd.grad); the outputs the reference marked differentiable are the ones kept
+        xs, gos = args[:n], args[n:]
+
+        def of_checked(*values):
+            full = list(xs)
+            for k, value in zip(checked, values):
+                full[k] = value
+            result = _as_tuple(func(*full))
+            return tuple(result[j] for j in differentiable)
+
+        _, pull = torch.func.vjp(of_checked, *[xs[k] for k in checked])
+        grads = pull(tuple(gos))
+        return tuple(g for g, r in zip(grads, reached) if r)
+
+    differentiable = _differentiable(outputs)
     names = [f"input{k}" for k in range(n)] + [f"grad_output{j}" for j in range(len(grad_outputs))]
     fn = _Function(backward, (*inputs, *grad_outputs), names, needs_grad=True,
                    out_prefix="grad_input")
-    # vmap cannot batch torch.autograd.grad (it raises after tracing): do not try every time
-    fn.batched = False
-    fn.why_serial = "the backward calls torch.autograd.grad, which torch.func.vmap cannot batch"
+    fn.batched_func = functional_backward
     with _no_side_effects():
         return _check(fn, eps=eps, atol=atol, rtol=rtol, nondet_tol=nondet_tol,
                       check_backward_ad=check_rev_over_rev, check_forward_ad=check_fwd_over_rev,
