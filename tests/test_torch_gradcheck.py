@@ -435,3 +435,15 @@ def test_gradgradcheck_batches_the_backward_with_vmap_and_falls_back():
     # correct second derivatives pass on the batched path, with an input the backward does not
     # reach (its None gradient dropped, as torch does)
     assert ft.gradgradcheck(lambda a, b, c: (a.sin() * b, b.exp()), (x, y, leaf(2, seed=25)))
+
+
+def test_a_function_that_changes_between_calls_is_refused_with_the_reason():
+    # random ops (vmap refuses them: the plain second call shows them) and state kept between
+    # calls (vmap runs it, the probe at x disagrees, the plain second call shows it)
+    x = leaf(5, seed=26)
+    with pytest.raises(ft.GradcheckError, match="different values for the same inputs"):
+        ft.gradcheck(lambda t: torch.nn.functional.dropout(t, 0.5, training=True), (x,))
+    calls = iter(range(1, 1000))
+    with pytest.raises(ft.GradcheckError, match="different values for the same inputs"):
+        ft.gradcheck(lambda t: t * next(calls), (x,))
+    assert ft.gradcheck(lambda t: torch.nn.functional.dropout(t, 0.5, training=False), (x,))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -38,20 +38,17 @@ class Layout:
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     complex: tuple[bool, ...]
+    # derived once (plain attributes: a check of a small function reads them often)
+    sizes: list[int] = field(init=False, repr=False, compare=False)
+    starts: np.ndarray = field(init=False, repr=False, compare=False)
+    size: int = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def sizes(self) -> list[int]:
-        """Real sizes (twice the element count for complex tensors)."""
-        return [int(np.prod(s, dtype=np.int64)) * (2 if c else 1)
-                for s, c in zip(self.shapes, self.complex)]
-
-    @cached_property
-    def starts(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-
-    @cached_property
-    def size(self) -> int:
-        return int(sum(self.sizes))
+    def __post_init__(self):
+        # real sizes: twice the element count for complex tensors
+        sizes = [math.prod(s) * (2 if c else 1) for s, c in zip(self.shapes, self.complex)]
+        object.__setattr__(self, "sizes", sizes)
+        object.__setattr__(self, "starts", np.cumsum([0, *sizes], dtype=np.int64))
+        object.__setattr__(self, "size", sum(sizes))
 
     def tensor_of(self, positions: np.ndarray) -> np.ndarray:
         """Which tensor each flat real position belongs to."""
