@@ -10,6 +10,7 @@ said in the report's path line); the analytic rows are batched vector-Jacobian p
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -130,6 +131,72 @@ def _precision_dtype(dtypes) -> np.dtype:
     return np.dtype(np.float32) if low else np.dtype(np.float64)
 
 
+# ---------------------------------------------------------------- sparse inputs
+
+SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc)
+
+
+def _all_specified(t: torch.Tensor) -> torch.Tensor:
+    """A sparse COO/CSR/CSC tensor with every element specified (zeros where t has none):
+    torch's dense semantics of a sparse input (``masked=False``)."""
+    dense = t.detach().to_dense()
+    full = torch.ones(dense.shape, dtype=torch.bool).nonzero().t()
+    coo = torch.sparse_coo_tensor(full, dense.reshape(-1), dense.shape, is_coalesced=True)
+    return coo if t.layout == torch.sparse_coo else coo.to_sparse(layout=t.layout)
+
+
+class _Sparse:
+    """A sparse input as the values of its elements, torch's two semantics: with ``masked``
+    the specified elements only (only they are perturbed and judged), else every element (the
+    perturbed inputs are passed fully specified, the backward runs on the caller's tensor and
+    its gradient must be the dense one, as in torch's gradcheck).
+
+    ``positions`` are the elements' dense flat indices, in the order of the values;
+    ``original`` is the caller's tensor (what the analytic passes differentiate).
+    """
+
+    def __init__(self, t: torch.Tensor, masked: bool):
+        self.original = t.detach().coalesce() if t.layout == torch.sparse_coo else t.detach()
+        t = self.original if masked else _all_specified(t)
+        if t.layout == torch.sparse_coo:
+            t = t.coalesce()
+            self.structure = (t.indices(),)
+            coo = t.indices()
+        elif t.layout == torch.sparse_csr:
+            self.structure = (t.crow_indices(), t.col_indices())
+            coo = torch._convert_indices_from_csr_to_coo(*self.structure)
+        else:
+            self.structure = (t.ccol_indices(), t.row_indices())
+            coo = torch._convert_indices_from_csr_to_coo(*self.structure, transpose=True)
+        self.template, self.layout, self.shape = t, t.layout, tuple(t.shape)
+        self.values_shape = tuple(t.values().shape)
+        sparse_shape = self.shape[:coo.shape[0]]
+        dense_count = math.prod(self.values_shape[1:])
+        base = np.ravel_multi_index(coo.numpy(), sparse_shape) if coo.shape[1] else \
+            np.zeros(0, dtype=np.int64)
+        self.positions = (base[:, None] * dense_count
+                          + np.arange(dense_count)[None, :]).ravel().astype(np.int64)
+
+    def flat(self) -> np.ndarray:
+        return _real_flat(self.template.values())
+
+    def rebuild(self, values: torch.Tensor) -> torch.Tensor:
+        """The sparse tensor with these values (flat, in the order of ``positions``)."""
+        values = values.reshape(self.values_shape)
+        if self.layout == torch.sparse_coo:
+            return torch.sparse_coo_tensor(self.structure[0], values, self.shape,
+                                           is_coalesced=True)
+        build = torch.sparse_csr_tensor if self.layout == torch.sparse_csr else \
+            torch.sparse_csc_tensor
+        return build(*self.structure, values, self.shape)
+
+    def gradient(self, g: torch.Tensor, batch: int) -> torch.Tensor:
+        """(batch, elements) of a gradient (batched or not, sparse or dense) at our elements."""
+        if g.layout != torch.strided:
+            g = g.to_dense()
+        return g.reshape(batch, -1)[:, torch.from_numpy(self.positions)]
+
+
 # ---------------------------------------------------------------- the function of the flat view
 
 
@@ -137,7 +204,7 @@ class _Function:
     """``func`` as a function of the flat real vector of its checked inputs."""
 
     def __init__(self, func: Callable, inputs: tuple, names: Sequence[str], needs_grad: bool,
-                 out_prefix: str = "output"):
+                 out_prefix: str = "output", masked: bool = False):
         self.func, self.inputs, self.needs_grad = func, inputs, needs_grad
         self.checked = [k for k, t in enumerate(inputs)
                         if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -153,22 +220,29 @@ class _Function:
                 raise InvalidType(
                     f"inputs: {names[k]} has dtype {t.dtype}; centered differences need float32 "
                     "or float64 (float64 recommended, as for torch's gradcheck)")
-            if t.layout != torch.strided:
-                raise InvalidType(f"inputs: {names[k]} has layout {t.layout}; only dense "
-                                  "(strided) tensors are supported")
+            if t.layout != torch.strided and t.layout not in SPARSE_LAYOUTS:
+                raise InvalidType(f"inputs: {names[k]} has layout {t.layout}; dense (strided) "
+                                  "and sparse COO, CSR and CSC tensors are supported")
+        # sparse inputs: the values of their (specified) elements
+        self.sparse = {k: _Sparse(inputs[k], masked) for k in self.checked
+                       if inputs[k].layout != torch.strided}
         self.layout = Layout(tuple(names[k] for k in self.checked),
                              tuple(tuple(inputs[k].shape) for k in self.checked),
-                             tuple(inputs[k].is_complex() for k in self.checked))
-        self.x64 = np.concatenate([_real_flat(inputs[k]) for k in self.checked]) \
+                             tuple(inputs[k].is_complex() for k in self.checked),
+                             tuple(self.sparse[k].positions if k in self.sparse else None
+                                   for k in self.checked) if self.sparse else ())
+        self.x64 = np.concatenate([self.sparse[k].flat() if k in self.sparse
+                                   else _real_flat(inputs[k]) for k in self.checked]) \
             if self.layout.size else np.zeros(0)
         self.out_prefix = out_prefix
-        self.batched = True
+        self.batched = not self.sparse
         self.verified = False
         self.at_x: np.ndarray | None = None  # the one-by-one outputs at x (the vmap probe)
         self.probed = False  # the vmap'd value at x matched at_x (a second evaluation there)
         # what vmap batches, when not func itself (a functional twin: the same values)
         self.batched_func: Callable | None = None
-        self.why_serial = ""
+        self.why_serial = ("sparse inputs (torch.func.vmap does not batch sparse tensors)"
+                           if self.sparse else "")
         self.evaluations = 0
 
     def tensors(self, flat: np.ndarray, requires_grad: bool = True) -> list[torch.Tensor]:
@@ -177,6 +251,14 @@ class _Function:
         out = []
         for p, k in enumerate(self.checked):
             t = self.inputs[k]
+            if k in self.sparse:  # one row at a time (never vmap'd): a list of one tensor
+                part = self.sparse[k]
+                values = _from_real(flat[:, starts[p]:starts[p + 1]],
+                                    (part.positions.size,), t.dtype, t.device)
+                value = [part.rebuild(v) for v in values]
+                out.append([v.requires_grad_(True) if self.needs_grad and requires_grad else v
+                            for v in value])
+                continue
             value = _from_real(flat[:, starts[p]:starts[p + 1]], tuple(t.shape), t.dtype,
                                t.device)
             out.append(value.requires_grad_(True) if self.needs_grad and requires_grad
@@ -196,7 +278,8 @@ class _Function:
         forward AD) run on the same geometry: a function that reads storage directly
         (``as_strided`` with an explicit ``storage_offset``) sees one function, not two.
         """
-        return [self.inputs[k].detach().clone(memory_format=torch.contiguous_format)
+        return [(self.sparse[k].original.clone() if k in self.sparse else
+                 self.inputs[k].detach().clone(memory_format=torch.contiguous_format))
                 .requires_grad_(requires_grad) for k in self.checked]
 
     def reference(self):
@@ -207,6 +290,12 @@ class _Function:
         return leaves, outputs, _differentiable(outputs)
 
     def set_outputs(self, outputs: tuple, positions: list[int]) -> None:
+        for j in positions:
+            if outputs[j].layout != torch.strided:
+                raise InvalidValue(
+                    f"func: {self.out_prefix}{j} has layout {outputs[j].layout}; sparse outputs "
+                    "are not supported (as in torch's gradcheck): return "
+                    "out.to_dense(masked_grad=...)")
         self.positions = positions
         chosen = [outputs[j] for j in positions]
         self.out_layout = Layout(tuple(f"{self.out_prefix}{j}" for j in positions),
@@ -331,11 +420,18 @@ def _unit_rows(local: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return g.reshape(local.size, *like.shape)
 
 
+def _dense(g: torch.Tensor) -> torch.Tensor:
+    """A gradient as a strided tensor (a sparse input's gradient may be sparse)."""
+    return g if g.layout == torch.strided else g.to_dense()
+
+
 def _input_rows(fn: _Function, grads, batch: int, leaves) -> np.ndarray:
     parts = []
-    for g, leaf in zip(grads, leaves):
+    for g, leaf, k in zip(grads, leaves, fn.checked):
         if g is None:
             g = torch.zeros((batch, *leaf.shape), dtype=leaf.dtype)
+        if k in fn.sparse:
+            g = fn.sparse[k].gradient(g, batch)
         parts.append(_real_flat(g, batch))
     return np.concatenate(parts, axis=-1)
 
@@ -366,7 +462,7 @@ def _vjp_rows(fn: _Function, leaves, outputs, rows: np.ndarray, batched: bool) -
         for m, cotangent in zip(mine, basis):
             grads = torch.autograd.grad(outputs[j], leaves, cotangent, retain_graph=True,
                                         allow_unused=True)
-            out[m] = _input_rows(fn, [None if g is None else g[None] for g in grads], 1,
+            out[m] = _input_rows(fn, [None if g is None else _dense(g)[None] for g in grads], 1,
                                  leaves)[0]
     return out
 
@@ -487,8 +583,11 @@ def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, che
     x = fn.x64.astype(dtype)
     # the recorded evaluation is f0; the second evaluation at x that shows random ops is the
     # vmap probe of the first batch (``fn.probed``) or, without one, a plain call
-    f0 = fn.flat_outputs(outputs, None)
-    fn.evaluations += 1
+    if fn.sparse:  # the perturbed inputs may be fully specified where the recorded one is not
+        f0 = fn.one(fn.x64)
+    else:
+        f0 = fn.flat_outputs(outputs, None)
+        fn.evaluations += 1
     fn.at_x = f0
     finite = np.isfinite(fn.x64)
     index = np.flatnonzero(finite)
@@ -652,7 +751,7 @@ def _undefined_grad(fn: _Function, leaves, outputs) -> str:
                         f"gradients ({type(exc).__name__}: {exc}); treat an undefined gradient "
                         "as zeros, or pass check_undefined_grad=False")
         for g, name in zip(grads, fn.layout.names):
-            if g is not None and not bool(g.eq(0).all()):
+            if g is not None and not bool(_dense(g).eq(0).all()):
                 return (f"check_undefined_grad: the gradient of {name} is not zero when the "
                         "output gradients are undefined or zero")
     return ""
@@ -696,7 +795,7 @@ def _vjp_contracted(fn: _Function, leaves, outputs, u: np.ndarray) -> np.ndarray
         cot.append(part.to(o.dtype).reshape(o.shape))
     diff = [outputs[j] for j in fn.positions]
     grads = torch.autograd.grad(diff, leaves, cot, retain_graph=True, allow_unused=True)
-    return _input_rows(fn, [None if g is None else g[None] for g in grads], 1, leaves)[0]
+    return _input_rows(fn, [None if g is None else _dense(g)[None] for g in grads], 1, leaves)[0]
 
 
 # ---------------------------------------------------------------- public API
@@ -771,8 +870,12 @@ def gradcheck(
         Check a random contraction of the outputs with fastgrad's audit (random directions,
         then the wrong coordinates localized) instead of the full Jacobian.
     masked : bool or None
-        Accepted for torch compatibility (sparse masked semantics are not supported: dense
-        inputs only).
+        Sparse (COO, CSR, CSC) inputs, torch's semantics: True perturbs and judges only the
+        specified elements (the gradient at unspecified ones is ignored); False or None (as in
+        torch) passes each perturbed input with every element specified and requires the
+        backward of the caller's tensor to give the dense gradient. Sparse inputs are evaluated
+        one call per perturbation (vmap does not batch them); forward AD of sparse inputs is
+        not supported.
 
     Returns
     -------
@@ -785,9 +888,11 @@ def gradcheck(
         When the check fails (and ``raise_exception``): the message is the report's table,
         ``.report`` the report.
     ValueError
-        When no input requires grad, or a tolerance is negative.
+        When no input requires grad, a tolerance is negative, an output is sparse, or
+        ``check_forward_ad`` is asked of sparse inputs.
     TypeError
-        When a checked input is not a dense float32/float64/complex tensor.
+        When a checked input is not a float32/float64/complex tensor, or has a layout other
+        than strided, sparse COO, CSR or CSC.
 
     Examples
     --------
@@ -797,10 +902,12 @@ def gradcheck(
     True
     """
     eps, atol, rtol, nondet_tol = _options(eps, atol, rtol, nondet_tol)
-    del masked
     inputs = _as_tuple(inputs)
     names = [f"input{k}" for k in range(len(inputs))]
-    fn = _Function(func, inputs, names, needs_grad=False)
+    fn = _Function(func, inputs, names, needs_grad=False, masked=bool(masked))
+    if check_forward_ad and fn.sparse:
+        raise InvalidValue("check_forward_ad: forward-mode AD of sparse inputs is not supported "
+                           "(check the backward, or pass the inputs dense)")
     with _no_side_effects():
         return _check(fn, eps=eps, atol=atol, rtol=rtol, nondet_tol=nondet_tol,
                       check_backward_ad=check_backward_ad, check_forward_ad=check_forward_ad,
@@ -896,7 +1003,7 @@ def gradgradcheck(
     True
     """
     eps, atol, rtol, nondet_tol = _options(eps, atol, rtol, nondet_tol)
-    del masked, gen_non_contig_grad_outputs
+    del gen_non_contig_grad_outputs
     inputs = _as_tuple(inputs)
     checked = [k for k, t in enumerate(inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
     if not checked:
@@ -945,7 +1052,7 @@ def gradgradcheck(
     differentiable = _differentiable(outputs)
     names = [f"input{k}" for k in range(n)] + [f"grad_output{j}" for j in range(len(grad_outputs))]
     fn = _Function(backward, (*inputs, *grad_outputs), names, needs_grad=True,
-                   out_prefix="grad_input")
+                   out_prefix="grad_input", masked=bool(masked))
     fn.batched_func = functional_backward
     with _no_side_effects():
         return _check(fn, eps=eps, atol=atol, rtol=rtol, nondet_tol=nondet_tol,

@@ -447,3 +447,74 @@ def test_a_function_that_changes_between_calls_is_refused_with_the_reason():
     with pytest.raises(ft.GradcheckError, match="different values for the same inputs"):
         ft.gradcheck(lambda t: t * next(calls), (x,))
     assert ft.gradcheck(lambda t: torch.nn.functional.dropout(t, 0.5, training=False), (x,))
+
+
+class SparseTimes(torch.autograd.Function):
+    """a.to_dense() @ w for a sparse COO ``a``: the gradient of ``a`` is masked to a's pattern
+    (``dense`` False, masked semantics) or the whole dense gradient; ``bug`` scales it at (1, 2)."""
+
+    bug, dense = 1.0, False
+
+    @staticmethod
+    def forward(ctx, a, w):
+        ctx.save_for_backward(a, w)
+        return a.to_dense() @ w
+
+    @staticmethod
+    def backward(ctx, g):
+        a, w = ctx.saved_tensors
+        full = g @ w.t()
+        full[1, 2] *= SparseTimes.bug
+        grad_a = full.to_sparse() if SparseTimes.dense else full.sparse_mask(a.coalesce())
+        return grad_a, a.to_dense().t() @ g
+
+
+def _sparse_input(layout=torch.sparse_coo):
+    dense = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(27))
+    dense[0, 1] = dense[2, 0] = dense[2, 3] = dense[1, 0] = 0.0  # unspecified elements
+    sparse = dense.to_sparse() if layout == torch.sparse_coo else dense.to_sparse_csr()
+    return sparse.requires_grad_(True)
+
+
+@pytest.fixture
+def sparse_times():
+    yield SparseTimes
+    SparseTimes.bug, SparseTimes.dense = 1.0, False
+
+
+def test_masked_sparse_input_perturbs_and_judges_the_specified_elements(sparse_times):
+    a, w = _sparse_input(), leaf(4, 2, seed=28)
+    assert ft.gradcheck(sparse_times.apply, (a, w), masked=True)
+    sparse_times.bug = 1.01
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(sparse_times.apply, (a, w), masked=True)
+    report = info.value.report
+    assert [n for n, s in report.segments.items() if not s.passed] == ["input0/output0"]
+    assert {c.input_where for c in report.failures} == {"input0[1, 2]"}
+    # only the 8 specified elements of a are coordinates
+    assert report.segments["input0/output0"].checked == 8 * 6
+    assert "sparse inputs" in report.path_reason
+
+
+def test_unmasked_sparse_input_needs_the_dense_gradient(sparse_times):
+    # torch's masked=False (and None): every element is perturbed (the input passed fully
+    # specified) and the gradient must be the dense one: a masked backward fails there
+    a, w = _sparse_input(), leaf(4, 2, seed=28)
+    for masked in (False, None):
+        with pytest.raises(ft.GradcheckError) as info:
+            ft.gradcheck(sparse_times.apply, (a, w), masked=masked)
+        assert {c.input_where for c in info.value.report.failures} == {
+            "input0[0, 1]", "input0[1, 0]", "input0[2, 0]", "input0[2, 3]"}
+    assert torch.autograd.gradcheck(sparse_times.apply, (a, w), masked=False,
+                                    raise_exception=False) is False  # torch agrees
+    sparse_times.dense = True
+    assert ft.gradcheck(sparse_times.apply, (a, w), masked=False)
+
+
+def test_csr_input_through_builtin_ops():
+    a, w = _sparse_input(torch.sparse_csr), leaf(4, 2, seed=29)
+    assert ft.gradcheck(lambda a, w: (a.to_dense() @ w).sin(), (a, w), masked=True)
+    assert ft.gradcheck(lambda a, w: (a.to_dense(masked_grad=False) @ w).sin(), (a, w),
+                        masked=False)
+    with pytest.raises(ValueError, match="forward-mode AD of sparse inputs"):
+        ft.gradcheck(lambda a, w: a.to_dense() @ w, (a, w), masked=True, check_forward_ad=True)

@@ -38,6 +38,9 @@ class Layout:
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     complex: tuple[bool, ...]
+    # per tensor, None (every element) or the dense flat positions of the elements laid out
+    # (the specified elements of a sparse tensor)
+    elements: tuple[np.ndarray | None, ...] = field(default=(), compare=False)
     # derived once (plain attributes: a check of a small function reads them often)
     sizes: list[int] = field(init=False, repr=False, compare=False)
     starts: np.ndarray = field(init=False, repr=False, compare=False)
@@ -45,7 +48,9 @@ class Layout:
 
     def __post_init__(self):
         # real sizes: twice the element count for complex tensors
-        sizes = [math.prod(s) * (2 if c else 1) for s, c in zip(self.shapes, self.complex)]
+        chosen = self.elements or (None,) * len(self.shapes)
+        sizes = [(math.prod(s) if e is None else len(e)) * (2 if c else 1)
+                 for s, c, e in zip(self.shapes, self.complex, chosen)]
         object.__setattr__(self, "sizes", sizes)
         object.__setattr__(self, "starts", np.cumsum([0, *sizes], dtype=np.int64))
         object.__setattr__(self, "size", sum(sizes))
@@ -60,6 +65,8 @@ class Layout:
         offset = position - int(self.starts[t])
         count = self.sizes[t] // (2 if self.complex[t] else 1)
         offset %= max(count, 1)
+        if self.elements and self.elements[t] is not None:
+            offset = int(self.elements[t][offset])
         shape = self.shapes[t]
         return tuple(int(i) for i in np.unravel_index(offset, shape)) if shape else ()
 
