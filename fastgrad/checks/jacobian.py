@@ -101,25 +101,31 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
     notes = tuple(notes)
     fp, fm = ev.pairs(index, step)
     n_out = jacobian.shape[0]
-    # one C call over every element first: numeric values, errors, floors and verdicts do not
-    # depend on f0 (only the kink score does, and it matters only for re-checks)
-    screen = coordinate_stats(jacobian[:, index].ravel(), fp.T.ravel(), fm.T.ravel(), 0.0,
-                              np.tile(step, n_out), tol, noise_eps)
-    table = _Table(*(getattr(screen, name).reshape(n_out, index.size) for name in _FIELDS))
+    evaluations, path, path_reason = ev.evaluations, ev.path, ev.path_reason
+
+    def screened():
+        # one C call over every element: numeric values, errors, floors and verdicts do not
+        # depend on f0 (only the kink score does, and it matters only for re-checks)
+        screen = coordinate_stats(jacobian[:, index].ravel(), fp.T.ravel(), fm.T.ravel(), 0.0,
+                                  np.tile(step, n_out), tol, noise_eps)
+        return _Table(*(getattr(screen, name).reshape(n_out, index.size) for name in _FIELDS))
+
+    def build(table=None) -> JacobianReport:  # the report of a check without re-checks
+        table = screened() if table is None else table
+        table.kink[:] = False
+        return _report(evaluations, path, path_reason, x, f0, jacobian, index, table,
+                       [step] * n_out, np.zeros(index.size, dtype=bool),
+                       _final_failures(table, jacobian[:, index], atol, rtol), tol=tol,
+                       tol_reason=tol_reason, inputs=inputs, outputs=outputs, seed=seed,
+                       skipped=skipped, notes=notes, mode=mode)
+
+    if lazy and _within_atol(jacobian, index, fp, fm, step, tol, noise_eps, atol, rtol):
+        return Judged(True, build)
+    table = screened()
     if not (table.failed.any() or (table.verdict == NOISE).any()):
         table.kink[:] = False
-        failed = _final_failures(table, jacobian[:, index], atol, rtol)
-        if not failed.any():
-            evaluations, path, path_reason = ev.evaluations, ev.path, ev.path_reason
-
-            def build() -> JacobianReport:
-                return _report(evaluations, path, path_reason, x, f0, jacobian, index, table,
-                               [step] * n_out, np.zeros(index.size, dtype=bool), failed,
-                               tol=tol, tol_reason=tol_reason, inputs=inputs,
-                               outputs=outputs, seed=seed, skipped=skipped, notes=notes,
-                               mode=mode)
-
-            return Judged(True, build) if lazy else build()
+        if not _final_failures(table, jacobian[:, index], atol, rtol).any():
+            return Judged(True, lambda: build(table)) if lazy else build(table)
     for _ in range(2):
         grads = {r: jacobian[r] for r in range(n_out)}
         judge = Judge(ev, x, f0, grads, tol, noise_eps, "detect")
@@ -160,6 +166,35 @@ class Judged:
 
 
 _FIELDS = ("numeric", "rel_error", "noise", "verdict", "failed", "kink")
+
+
+def _within_atol(jacobian, index, fp, fm, step, tol, noise_eps, atol, rtol) -> bool:
+    """True when the check passes without re-checks, judging in C only the elements farther
+    than ``atol`` from their numeric value (the others never fail; a large sparse Jacobian
+    is mostly such elements). The numeric values are the C judge's, bit for bit; the arrays
+    are (coordinates, outputs) as the pairs come, one temporary in place."""
+    n_out = jacobian.shape[0]
+    full = index.size == jacobian.shape[1] and np.array_equal(index, np.arange(index.size))
+    analytic_t = (jacobian if full else jacobian[:, index]).T  # (k, n_out), a view when full
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.subtract(fp, fm)
+        gap /= (2.0 * step)[:, None]  # the numeric values
+        gap -= analytic_t
+        np.abs(gap, out=gap)
+        far = np.flatnonzero(~(gap <= atol))
+    del gap
+    if far.size == 0:
+        return True
+    if far.size * 2 > analytic_t.size:  # most elements need judging: no saving
+        return False
+    coord, row = np.divmod(far, n_out)
+    analytic = jacobian[row, index[coord]]
+    screen = coordinate_stats(analytic, fp[coord, row], fm[coord, row], 0.0, step[coord], tol,
+                              noise_eps)
+    table = _Table(*(getattr(screen, name) for name in _FIELDS))
+    if table.failed.any() or (table.verdict == NOISE).any():
+        return False
+    return not _final_failures(table, analytic, atol, rtol).any()
 
 
 @dataclass
@@ -236,7 +271,8 @@ class ColumnEvaluator:
     """What the Judge calls for a Jacobian: ``pairs(index, step)`` -> the whole outputs at
     x +- h e_i, as a framework adapter evaluates them (``fn`` says whether vmap batched them and,
     if not, why). Subclasses give ``_pairs``; the backward and forward judges ask for the same
-    first columns, so the last pair of batches is kept and handed out again (as copies)."""
+    first columns, so the last pair of batches is kept and handed out again (read-only: a
+    Jacobian's columns can be large, and no judge writes into them)."""
 
     vmap = "vmap"  # what batched the perturbed inputs, for the path line
 
@@ -261,8 +297,10 @@ class ColumnEvaluator:
     def pairs(self, index, step, label: str | None = None):
         key = (index.tobytes(), np.asarray(step).tobytes())
         if self._last is None or self._last[0] != key:
-            self._last = (key, *self._pairs(index, step))
-        return self._last[1].copy(), self._last[2].copy()
+            f_plus, f_minus = self._pairs(index, step)
+            f_plus.flags.writeable = f_minus.flags.writeable = False
+            self._last = (key, f_plus, f_minus)
+        return self._last[1], self._last[2]
 
     def _pairs(self, index, step):
         raise NotImplementedError
