@@ -25,9 +25,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .arguments import non_negative_float, positive_int
-from .checks.jacobian import ColumnEvaluator, Layout, judge_jacobian
+from .checks.jacobian import ColumnEvaluator, Judged, Layout, judge_jacobian
 from .errors import GradientCheckError, InvalidType, InvalidValue
-from .results.jacobian_report import JacobianReport
 from .steps import coordinate_steps, noise_eps, tolerance
 
 __all__ = ["CheckGradsError", "check_grads"]
@@ -189,7 +188,7 @@ def _out_layout(value, prefix: str) -> Layout:
 
 
 def _judge(fn: _Flat, ev: _Evaluator, f0: np.ndarray, x: np.ndarray, mode: str, *, tol,
-           tol_reason, atol, rtol, eps, seed, what: str) -> JacobianReport:
+           tol_reason, atol, rtol, eps, seed, what: str) -> Judged:
     xj = jnp.asarray(x)
     n_in, n_out = x.size, f0.size
     if mode == "rev":
@@ -214,15 +213,16 @@ def _judge(fn: _Flat, ev: _Evaluator, f0: np.ndarray, x: np.ndarray, mode: str, 
         tol_reason=tol_reason, noise_eps=noise_eps(np.float64), atol=atol, rtol=rtol,
         inputs=fn.layout, outputs=fn.out_layout, seed=seed,
         skipped=tuple(fn.layout.where(int(i)) for i in np.flatnonzero(~np.isfinite(x))),
-        notes=(f"sub-check: {what}, {mode} mode",), mode=label)
+        notes=(f"sub-check: {what}, {mode} mode",), mode=label, lazy=True)
 
 
 def _check(fn: _Flat, x: np.ndarray, order: int, modes: tuple, what: str, **judging) -> None:
     ev, f0 = _Evaluator(fn, x), fn.one(x)
     fn.at, fn.at_value = x, f0
     for mode in modes:
-        report = _judge(fn, ev, f0, x, mode, what=what, **judging)
-        if not report.passed:
+        judged = _judge(fn, ev, f0, x, mode, what=what, **judging)
+        if not judged.passed:
+            report = judged.report
             raise CheckGradsError(f"check_grads: {what}, {mode} mode: the derivative does not "
                                   f"match centered differences\n{report}", report)
     if order <= 1:
