@@ -25,10 +25,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .arguments import non_negative_float, positive_int
-from .checks.jacobian import ColumnEvaluator, Layout, judge_jacobian
+from .checks.jacobian import ColumnEvaluator, Judged, Layout, judge_jacobian
 from .errors import GradientCheckError, InvalidType, InvalidValue
 from .jax_pytrees import key_name, x64
-from .results.jacobian_report import JacobianReport
 from .steps import coordinate_steps, noise_eps, tolerance
 
 __all__ = ["CheckGradsError", "check_grads"]
@@ -82,6 +81,8 @@ class _Flat:
                  rebuild: Callable):
         self.f, self.layout, self.out_layout, self.rebuild = f, in_layout, out_layout, rebuild
         self.batched, self.verified, self.why_serial = True, False, ""
+        self.at: np.ndarray | None = None  # the unperturbed point and f there (the vmap probe)
+        self.at_value: np.ndarray | None = None
         self.evaluations = 0
 
     def unflatten_in(self, x):
@@ -112,30 +113,33 @@ class _Flat:
         return np.asarray(self(jnp.asarray(x)), dtype=np.float64)
 
     def many(self, rows: np.ndarray) -> np.ndarray:
+        """Flat real outputs at each row: one vmap call, or one call per row. The first vmap'd
+        batch carries the unperturbed point too (``at``), compared with the plain value there
+        (``at_value``): a batching that changes the values sends every row one by one."""
         count = rows.shape[0]
         if self.batched and count > 1:
+            probe = not self.verified and self.at is not None
+            batch = np.concatenate([rows, self.at[None]]) if probe else rows
             # batch sizes rounded up to a power of two: eager jax compiles every primitive once
             # per shape, and the re-checks would otherwise bring new sizes
-            padded = 1 << (count - 1).bit_length()
-            rows = np.concatenate([rows, np.repeat(rows[-1:], padded - count, axis=0)])
+            padded = 1 << (batch.shape[0] - 1).bit_length()
+            batch = np.concatenate([batch, np.repeat(batch[-1:], padded - batch.shape[0],
+                                                     axis=0)])
             try:
-                out = np.asarray(jax.vmap(self)(jnp.asarray(rows)), dtype=np.float64)
+                out = np.asarray(jax.vmap(self)(jnp.asarray(batch)), dtype=np.float64)
             except Exception as exc:  # vmap cannot run f (Python control flow on values...)
                 self.batched = False
                 line = (str(exc).splitlines() or [""])[0][:100]
                 self.why_serial = f"jax.vmap raised {type(exc).__name__}: {line}"
             else:
-                probe = [] if self.verified else [0, count - 1]
                 self.verified = True
-                eps = VMAP_AGREEMENT * np.finfo(np.float64).eps
-                for r in probe:
-                    one = self.one(rows[r])
-                    ok = (one == out[r]) | (np.abs(one - out[r]) <= eps * (np.abs(one)
-                                                                           + np.abs(out[r])))
-                    if not np.all(ok | (np.isnan(one) & np.isnan(out[r]))):
+                if probe:
+                    one, got = self.at_value, out[count]
+                    eps = VMAP_AGREEMENT * np.finfo(np.float64).eps
+                    ok = (one == got) | (np.abs(one - got) <= eps * (np.abs(one) + np.abs(got)))
+                    if not np.all(ok | (np.isnan(one) & np.isnan(got))):
                         self.batched, self.why_serial = False, "jax.vmap changed the values"
-                        break
-                else:
+                if self.batched:
                     self.evaluations += count
                     return out[:count]
         return np.stack([self.one(r) for r in rows[:count]])
@@ -177,7 +181,7 @@ def _out_layout(value, prefix: str) -> Layout:
 
 
 def _judge(fn: _Flat, ev: _Evaluator, f0: np.ndarray, x: np.ndarray, mode: str, *, tol,
-           tol_reason, atol, rtol, eps, seed, what: str) -> JacobianReport:
+           tol_reason, atol, rtol, eps, seed, what: str) -> Judged:
     xj = jnp.asarray(x)
     n_in, n_out = x.size, f0.size
     if mode == "rev":
@@ -202,14 +206,16 @@ def _judge(fn: _Flat, ev: _Evaluator, f0: np.ndarray, x: np.ndarray, mode: str, 
         tol_reason=tol_reason, noise_eps=noise_eps(np.float64), atol=atol, rtol=rtol,
         inputs=fn.layout, outputs=fn.out_layout, seed=seed,
         skipped=tuple(fn.layout.where(int(i)) for i in np.flatnonzero(~np.isfinite(x))),
-        notes=(f"sub-check: {what}, {mode} mode",), mode=label)
+        notes=(f"sub-check: {what}, {mode} mode",), mode=label, lazy=True)
 
 
 def _check(fn: _Flat, x: np.ndarray, order: int, modes: tuple, what: str, **judging) -> None:
     ev, f0 = _Evaluator(fn, x), fn.one(x)
+    fn.at, fn.at_value = x, f0
     for mode in modes:
-        report = _judge(fn, ev, f0, x, mode, what=what, **judging)
-        if not report.passed:
+        judged = _judge(fn, ev, f0, x, mode, what=what, **judging)
+        if not judged.passed:
+            report = judged.report
             raise CheckGradsError(f"check_grads: {what}, {mode} mode: the derivative does not "
                                   f"match centered differences\n{report}", report)
     if order <= 1:

@@ -10,6 +10,7 @@ said in the report's path line); the analytic rows are batched vector-Jacobian p
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,6 +32,9 @@ __all__ = ["GradcheckError", "gradcheck", "gradgradcheck"]
 TORCH_EPS = 1e-6  # torch.autograd.gradcheck's default step: "auto" steps replace it
 # batched evaluation holds at most this many input values at once (chunks of perturbations)
 BATCH_VALUES = 1 << 22
+# up to this many analytic rows are one backward pass each, twice (reentrancy): a batched pass
+# and its probe cost about as much as 8 plain ones
+UNBATCHED_ROWS = 4
 # vmap'd and one-by-one evaluations agree within this many units of roundoff of the outputs
 VMAP_AGREEMENT = 64.0
 
@@ -68,9 +72,10 @@ class GradcheckError(TorchGradcheckError, GradientCheckError):
 def _real_flat(t: torch.Tensor, batch: int | None = None) -> np.ndarray:
     """Flat float64 real view: complex as real parts then imaginary parts; batch keeps dim 0."""
     t = t.detach()
-    if t._is_zerotensor() if hasattr(t, "_is_zerotensor") else False:
+    if t._is_zerotensor():
         t = torch.zeros(t.shape, dtype=t.dtype)
-    t = t.resolve_conj().resolve_neg()
+    if t.is_conj() or t.is_neg():
+        t = t.resolve_conj().resolve_neg()
     lead = (batch,) if batch is not None else ()
     if t.is_complex():
         parts = [t.real.reshape(*lead, -1), t.imag.reshape(*lead, -1)]
@@ -93,6 +98,19 @@ def _from_real(values: np.ndarray, shape: tuple, dtype: torch.dtype, device) -> 
     return t.reshape(batch, *shape).to(device)
 
 
+def _close(one: np.ndarray, other: np.ndarray, low: bool) -> np.ndarray:
+    """Elements of two evaluations at the same point equal within VMAP_AGREEMENT units of
+    roundoff."""
+    scale = VMAP_AGREEMENT * np.finfo(np.float32 if low else np.float64).eps
+    with np.errstate(invalid="ignore"):
+        return (one == other) | (np.abs(one - other) <= scale * (np.abs(one) + np.abs(other)))
+
+
+def _agree(one: np.ndarray, other: np.ndarray, low: bool) -> bool:
+    """Two evaluations at the same point agree (NaN where both are NaN)."""
+    return bool(np.all(_close(one, other, low) | (np.isnan(one) & np.isnan(other))))
+
+
 def _first_words(message: str, limit: int = 100) -> str:
     line = (message.splitlines() or [""])[0]
     return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
@@ -113,6 +131,72 @@ def _precision_dtype(dtypes) -> np.dtype:
     return np.dtype(np.float32) if low else np.dtype(np.float64)
 
 
+# ---------------------------------------------------------------- sparse inputs
+
+SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc)
+
+
+def _all_specified(t: torch.Tensor) -> torch.Tensor:
+    """A sparse COO/CSR/CSC tensor with every element specified (zeros where t has none):
+    torch's dense semantics of a sparse input (``masked=False``)."""
+    dense = t.detach().to_dense()
+    full = torch.ones(dense.shape, dtype=torch.bool).nonzero().t()
+    coo = torch.sparse_coo_tensor(full, dense.reshape(-1), dense.shape, is_coalesced=True)
+    return coo if t.layout == torch.sparse_coo else coo.to_sparse(layout=t.layout)
+
+
+class _Sparse:
+    """A sparse input as the values of its elements, torch's two semantics: with ``masked``
+    the specified elements only (only they are perturbed and judged), else every element (the
+    perturbed inputs are passed fully specified, the backward runs on the caller's tensor and
+    its gradient must be the dense one, as in torch's gradcheck).
+
+    ``positions`` are the elements' dense flat indices, in the order of the values;
+    ``original`` is the caller's tensor (what the analytic passes differentiate).
+    """
+
+    def __init__(self, t: torch.Tensor, masked: bool):
+        self.original = t.detach().coalesce() if t.layout == torch.sparse_coo else t.detach()
+        t = self.original if masked else _all_specified(t)
+        if t.layout == torch.sparse_coo:
+            t = t.coalesce()
+            self.structure = (t.indices(),)
+            coo = t.indices()
+        elif t.layout == torch.sparse_csr:
+            self.structure = (t.crow_indices(), t.col_indices())
+            coo = torch._convert_indices_from_csr_to_coo(*self.structure)
+        else:
+            self.structure = (t.ccol_indices(), t.row_indices())
+            coo = torch._convert_indices_from_csr_to_coo(*self.structure, transpose=True)
+        self.template, self.layout, self.shape = t, t.layout, tuple(t.shape)
+        self.values_shape = tuple(t.values().shape)
+        sparse_shape = self.shape[:coo.shape[0]]
+        dense_count = math.prod(self.values_shape[1:])
+        base = np.ravel_multi_index(coo.numpy(), sparse_shape) if coo.shape[1] else \
+            np.zeros(0, dtype=np.int64)
+        self.positions = (base[:, None] * dense_count
+                          + np.arange(dense_count)[None, :]).ravel().astype(np.int64)
+
+    def flat(self) -> np.ndarray:
+        return _real_flat(self.template.values())
+
+    def rebuild(self, values: torch.Tensor) -> torch.Tensor:
+        """The sparse tensor with these values (flat, in the order of ``positions``)."""
+        values = values.reshape(self.values_shape)
+        if self.layout == torch.sparse_coo:
+            return torch.sparse_coo_tensor(self.structure[0], values, self.shape,
+                                           is_coalesced=True)
+        build = torch.sparse_csr_tensor if self.layout == torch.sparse_csr else \
+            torch.sparse_csc_tensor
+        return build(*self.structure, values, self.shape)
+
+    def gradient(self, g: torch.Tensor, batch: int) -> torch.Tensor:
+        """(batch, elements) of a gradient (batched or not, sparse or dense) at our elements."""
+        if g.layout != torch.strided:
+            g = g.to_dense()
+        return g.reshape(batch, -1)[:, torch.from_numpy(self.positions)]
+
+
 # ---------------------------------------------------------------- the function of the flat view
 
 
@@ -120,7 +204,7 @@ class _Function:
     """``func`` as a function of the flat real vector of its checked inputs."""
 
     def __init__(self, func: Callable, inputs: tuple, names: Sequence[str], needs_grad: bool,
-                 out_prefix: str = "output"):
+                 out_prefix: str = "output", masked: bool = False):
         self.func, self.inputs, self.needs_grad = func, inputs, needs_grad
         self.checked = [k for k, t in enumerate(inputs)
                         if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -136,29 +220,49 @@ class _Function:
                 raise InvalidType(
                     f"inputs: {names[k]} has dtype {t.dtype}; centered differences need float32 "
                     "or float64 (float64 recommended, as for torch's gradcheck)")
-            if t.layout != torch.strided:
-                raise InvalidType(f"inputs: {names[k]} has layout {t.layout}; only dense "
-                                  "(strided) tensors are supported")
+            if t.layout != torch.strided and t.layout not in SPARSE_LAYOUTS:
+                raise InvalidType(f"inputs: {names[k]} has layout {t.layout}; dense (strided) "
+                                  "and sparse COO, CSR and CSC tensors are supported")
+        # sparse inputs: the values of their (specified) elements
+        self.sparse = {k: _Sparse(inputs[k], masked) for k in self.checked
+                       if inputs[k].layout != torch.strided}
         self.layout = Layout(tuple(names[k] for k in self.checked),
                              tuple(tuple(inputs[k].shape) for k in self.checked),
-                             tuple(inputs[k].is_complex() for k in self.checked))
-        self.x64 = np.concatenate([_real_flat(inputs[k]) for k in self.checked]) \
+                             tuple(inputs[k].is_complex() for k in self.checked),
+                             tuple(self.sparse[k].positions if k in self.sparse else None
+                                   for k in self.checked) if self.sparse else ())
+        self.x64 = np.concatenate([self.sparse[k].flat() if k in self.sparse
+                                   else _real_flat(inputs[k]) for k in self.checked]) \
             if self.layout.size else np.zeros(0)
         self.out_prefix = out_prefix
-        self.batched = True
+        self.batched = not self.sparse
         self.verified = False
-        self.why_serial = ""
+        self.at_x: np.ndarray | None = None  # the one-by-one outputs at x (the vmap probe)
+        self.probed = False  # the vmap'd value at x matched at_x (a second evaluation there)
+        # what vmap batches, when not func itself (a functional twin: the same values)
+        self.batched_func: Callable | None = None
+        self.why_serial = ("sparse inputs (torch.func.vmap does not batch sparse tensors)"
+                           if self.sparse else "")
         self.evaluations = 0
 
-    def tensors(self, flat: np.ndarray) -> list[torch.Tensor]:
+    def tensors(self, flat: np.ndarray, requires_grad: bool = True) -> list[torch.Tensor]:
         """The checked inputs for a batch of flat rows: tensors of shape (B, *shape)."""
         starts = self.layout.starts
         out = []
         for p, k in enumerate(self.checked):
             t = self.inputs[k]
+            if k in self.sparse:  # one row at a time (never vmap'd): a list of one tensor
+                part = self.sparse[k]
+                values = _from_real(flat[:, starts[p]:starts[p + 1]],
+                                    (part.positions.size,), t.dtype, t.device)
+                value = [part.rebuild(v) for v in values]
+                out.append([v.requires_grad_(True) if self.needs_grad and requires_grad else v
+                            for v in value])
+                continue
             value = _from_real(flat[:, starts[p]:starts[p + 1]], tuple(t.shape), t.dtype,
                                t.device)
-            out.append(value.requires_grad_(True) if self.needs_grad else value)
+            out.append(value.requires_grad_(True) if self.needs_grad and requires_grad
+                       else value)
         return out
 
     def call(self, checked: Sequence[torch.Tensor]) -> tuple:
@@ -167,14 +271,31 @@ class _Function:
             args[k] = value
         return _as_tuple(self.func(*args))
 
+    def copies(self, requires_grad: bool = True) -> list[torch.Tensor]:
+        """Fresh contiguous copies of the checked inputs: the geometry every evaluation uses.
+
+        The perturbed inputs are new contiguous tensors, so the analytic passes (backward and
+        forward AD) run on the same geometry: a function that reads storage directly
+        (``as_strided`` with an explicit ``storage_offset``) sees one function, not two.
+        """
+        return [(self.sparse[k].original.clone() if k in self.sparse else
+                 self.inputs[k].detach().clone(memory_format=torch.contiguous_format))
+                .requires_grad_(requires_grad) for k in self.checked]
+
     def reference(self):
         """Outputs at x with autograd recording: (leaves, all outputs, differentiable positions)."""
-        leaves = [self.inputs[k].detach().clone().requires_grad_(True) for k in self.checked]
+        leaves = self.copies()
         with torch.enable_grad():
             outputs = self.call(leaves)
         return leaves, outputs, _differentiable(outputs)
 
     def set_outputs(self, outputs: tuple, positions: list[int]) -> None:
+        for j in positions:
+            if outputs[j].layout != torch.strided:
+                raise InvalidValue(
+                    f"func: {self.out_prefix}{j} has layout {outputs[j].layout}; sparse outputs "
+                    "are not supported (as in torch's gradcheck): return "
+                    "out.to_dense(masked_grad=...)")
         self.positions = positions
         chosen = [outputs[j] for j in positions]
         self.out_layout = Layout(tuple(f"{self.out_prefix}{j}" for j in positions),
@@ -200,46 +321,49 @@ class _Function:
 
     def _vmapped(self, rows: np.ndarray) -> np.ndarray:
         batch = rows.shape[0]
-        checked = self.tensors(rows)
+        functional = self.batched_func is not None
+        func = self.batched_func if functional else self.func
+        checked = self.tensors(rows, requires_grad=not functional)
         in_dims = tuple(0 if k in self.checked else None for k in range(len(self.inputs)))
         args = list(self.inputs)
         for k, value in zip(self.checked, checked):
-            args[k] = value
+            args[k] = value.detach() if functional else value
 
         def fn(*a):
-            outputs = _as_tuple(self.func(*a))
+            outputs = _as_tuple(func(*a))
             return tuple(outputs[j] for j in self.positions)
 
-        with self._grad_mode(), warnings.catch_warnings():
+        with (torch.no_grad() if functional else self._grad_mode()), \
+                warnings.catch_warnings():
             warnings.simplefilter("ignore")
             outputs = torch.func.vmap(fn, in_dims=in_dims)(*args)
         lookup = dict(zip(self.positions, outputs))
         return np.concatenate([_real_flat(lookup[j], batch) for j in self.positions], axis=-1)
 
     def many(self, rows: np.ndarray) -> np.ndarray:
-        """Flat real outputs at each row: one vmap call per chunk, or one call per row."""
+        """Flat real outputs at each row: one vmap call per chunk, or one call per row.
+
+        The first vmap'd batch carries one more row, the unperturbed input, compared with the
+        one-by-one value there (``self.at_x``): random ops, in-place writes or a batching rule
+        that changes the values send every evaluation one by one (said in the path line).
+        """
         if self.batched and rows.shape[0] > 1:
+            probe = not self.verified and self.at_x is not None
             try:
-                out = self._vmapped(rows)
+                out = self._vmapped(np.concatenate([rows, self.x64[None]]) if probe else rows)
             except Exception as exc:  # vmap cannot run this function: say so, go one by one
                 self.batched = False
                 self.why_serial = (f"torch.func.vmap raised {type(exc).__name__}: "
                                    f"{_first_words(str(exc))}")
             else:
-                # the first batch is compared with one-by-one calls (random ops, in-place
-                # writes or a batching rule can change the values)
-                probe = [] if self.verified else [0, rows.shape[0] - 1]
                 self.verified = True
-                for r in probe:
-                    one = self.one(rows[r])
-                    scale = VMAP_AGREEMENT * np.finfo(np.float32 if self.low else np.float64).eps
-                    close = np.abs(one - out[r]) <= scale * (np.abs(one) + np.abs(out[r]))
-                    same = (one == out[r]) | close | (np.isnan(one) & np.isnan(out[r]))
-                    if not same.all():
+                if probe:
+                    out, at_x = out[:-1], out[-1]
+                    self.probed = _agree(self.at_x, at_x, self.low)
+                    if not self.probed:
                         self.batched = False
                         self.why_serial = "torch.func.vmap changed the values"
-                        break
-                else:
+                if self.batched:
                     self.evaluations += rows.shape[0]
                     return out
         return np.stack([self.one(r) for r in rows]) if rows.shape[0] else \
@@ -277,34 +401,37 @@ class _Evaluator(ColumnEvaluator):
 # ---------------------------------------------------------------- analytic Jacobians
 
 
-def _cotangent_basis(fn: _Function, outputs: tuple, rows: np.ndarray) -> list[torch.Tensor]:
-    """For each output row r (flat real), the cotangent e_r (times 1j for imaginary parts)."""
-    layout = fn.out_layout
-    starts = layout.starts
-    basis = []
-    for p, j in enumerate(fn.positions):
-        o = outputs[j]
-        count = int(np.prod(o.shape, dtype=np.int64))
-        g = torch.zeros((rows.size, count), dtype=o.dtype, device=o.device)
-        local = rows - starts[p]
-        mine = np.flatnonzero((local >= 0) & (local < layout.sizes[p]))
-        if mine.size:
-            pos = local[mine]
-            imag = pos >= count
-            value = torch.ones(mine.size, dtype=o.dtype)
-            if o.is_complex():
-                value = torch.where(torch.from_numpy(imag), torch.tensor(1j, dtype=o.dtype),
-                                    torch.tensor(1, dtype=o.dtype))
-            g[torch.from_numpy(mine), torch.from_numpy(pos % max(count, 1))] = value
-        basis.append(g.reshape(rows.size, *o.shape))
-    return basis
+def _unit_rows(local: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """(len(local), *like.shape): row m is the unit vector e_local[m] of like's flat real view
+    (positions past the element count are imaginary parts: 1j there)."""
+    count = like.numel()
+    if not like.is_complex() and local.size == count and np.array_equal(local, np.arange(count)):
+        return torch.eye(count, dtype=like.dtype, device=like.device).reshape(count, *like.shape)
+    g = torch.zeros((local.size, count), dtype=like.dtype, device=like.device)
+    if local.size:
+        lanes = torch.arange(local.size)
+        if like.is_complex():
+            imag = torch.from_numpy(local >= count)
+            value = torch.where(imag, torch.tensor(1j, dtype=like.dtype),
+                                torch.tensor(1, dtype=like.dtype))
+            g[lanes, torch.from_numpy(local % max(count, 1))] = value.to(like.device)
+        else:
+            g[lanes, torch.from_numpy(local)] = 1
+    return g.reshape(local.size, *like.shape)
+
+
+def _dense(g: torch.Tensor) -> torch.Tensor:
+    """A gradient as a strided tensor (a sparse input's gradient may be sparse)."""
+    return g if g.layout == torch.strided else g.to_dense()
 
 
 def _input_rows(fn: _Function, grads, batch: int, leaves) -> np.ndarray:
     parts = []
-    for g, leaf in zip(grads, leaves):
+    for g, leaf, k in zip(grads, leaves, fn.checked):
         if g is None:
             g = torch.zeros((batch, *leaf.shape), dtype=leaf.dtype)
+        if k in fn.sparse:
+            g = fn.sparse[k].gradient(g, batch)
         parts.append(_real_flat(g, batch))
     return np.concatenate(parts, axis=-1)
 
@@ -319,11 +446,12 @@ def _vjp_rows(fn: _Function, leaves, outputs, rows: np.ndarray, batched: bool) -
     if rows.size == 0:
         return out
     owner = fn.out_layout.tensor_of(rows)
+    starts = fn.out_layout.starts
     for p, j in enumerate(fn.positions):
         mine = np.flatnonzero(owner == p)
         if mine.size == 0:
             continue
-        basis = _cotangent_basis(fn, outputs, rows[mine])[p]
+        basis = _unit_rows(rows[mine] - starts[p], outputs[j])
         if batched:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -334,36 +462,29 @@ def _vjp_rows(fn: _Function, leaves, outputs, rows: np.ndarray, batched: bool) -
         for m, cotangent in zip(mine, basis):
             grads = torch.autograd.grad(outputs[j], leaves, cotangent, retain_graph=True,
                                         allow_unused=True)
-            out[m] = _input_rows(fn, [None if g is None else g[None] for g in grads], 1,
+            out[m] = _input_rows(fn, [None if g is None else _dense(g)[None] for g in grads], 1,
                                  leaves)[0]
     return out
 
 
 def _tangent_basis(fn: _Function, cols: np.ndarray) -> list[torch.Tensor]:
     """For each flat real input column c, the tangent e_c (times 1j for imaginary parts)."""
-    layout = fn.layout
-    starts = layout.starts
+    starts, sizes = fn.layout.starts, fn.layout.sizes
     basis = []
     for p, k in enumerate(fn.checked):
-        t = fn.inputs[k]
-        count = t.numel()
-        g = torch.zeros((cols.size, count), dtype=t.dtype)
         local = cols - starts[p]
-        mine = np.flatnonzero((local >= 0) & (local < layout.sizes[p]))
-        if mine.size:
-            pos = local[mine]
-            value = torch.ones(mine.size, dtype=t.dtype)
-            if t.is_complex():
-                value = torch.where(torch.from_numpy(pos >= count), torch.tensor(1j, dtype=t.dtype),
-                                    torch.tensor(1, dtype=t.dtype))
-            g[torch.from_numpy(mine), torch.from_numpy(pos % max(count, 1))] = value
-        basis.append(g.reshape(cols.size, *t.shape))
+        inside = (local >= 0) & (local < sizes[p])
+        t = fn.inputs[k]
+        part = _unit_rows(np.where(inside, local, 0), t)
+        if not inside.all():
+            part[torch.from_numpy(~inside)] = 0
+        basis.append(part)
     return basis
 
 
 def _jvp_columns(fn: _Function, cols: np.ndarray, batched: bool) -> np.ndarray:
     """Analytic Jacobian columns from forward-mode AD: (flat real outputs, cols.size)."""
-    primals = [fn.inputs[k].detach() for k in fn.checked]
+    primals = fn.copies(requires_grad=False)
     basis = _tangent_basis(fn, cols)
     if batched:
         def tangent_out(*tangents):
@@ -433,6 +554,24 @@ def _reentrant(fn, leaves, outputs, rows_first: np.ndarray, nondet_tol: float) -
             f"{fn.out_layout.where(int(worst[0]))}")
 
 
+def _nondeterministic(fn: _Function, f0: np.ndarray, nondet_tol: float) -> str:
+    """'' when a plain call at x gives the recorded values f0 (within nondet_tol or roundoff:
+    composite ops may round differently with autograd on), else the message."""
+    again = fn.one(fn.x64)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(again - f0)
+        same = (diff <= nondet_tol) | _close(again, f0, fn.low) | (np.isnan(again) & np.isnan(f0))
+    if same.all():
+        return ""
+    return (f"func returns different values for the same inputs (largest difference "
+            f"{np.nanmax(diff):.3e} > nondet_tol={nondet_tol}): dropout or another random op "
+            "left on; fix its seed inside func")
+
+
+class _Unbatched(Exception):
+    """The analytic rows are computed one by one (too few to batch)."""
+
+
 def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, check_forward_ad,
            check_batched_grad, check_batched_forward_grad, check_undefined_grad,
            check_grad_dtypes, fast_mode, raise_exception, seed=0) -> bool:
@@ -442,29 +581,39 @@ def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, che
         return True  # nothing differentiable: torch's gradcheck passes too
     dtype = _precision_dtype([fn.inputs[k].dtype for k in fn.checked] + fn.out_dtypes)
     x = fn.x64.astype(dtype)
-    f0, second = fn.one(fn.x64), fn.one(fn.x64)
-    with np.errstate(invalid="ignore"):
-        same = (np.abs(f0 - second) <= nondet_tol) | (f0 == second)
-    if not np.all(same | (np.isnan(f0) & np.isnan(second))):
-        return _fail(f"func returns different values for the same inputs (largest difference "
-                     f"{np.nanmax(np.abs(f0 - second)):.3e} > nondet_tol={nondet_tol}): dropout "
-                     "or another random op left on; fix its seed inside func", None,
-                     raise_exception)
+    # the recorded evaluation is f0; the second evaluation at x that shows random ops is the
+    # vmap probe of the first batch (``fn.probed``) or, without one, a plain call
+    if fn.sparse:  # the perturbed inputs may be fully specified where the recorded one is not
+        f0 = fn.one(fn.x64)
+    else:
+        f0 = fn.flat_outputs(outputs, None)
+        fn.evaluations += 1
+    fn.at_x = f0
     finite = np.isfinite(fn.x64)
     index = np.flatnonzero(finite)
     skipped = tuple(fn.layout.where(int(i)) for i in np.flatnonzero(~finite))
     h = "auto" if eps == TORCH_EPS else eps
     tol, tol_reason = _tolerance(dtype, rtol)
     if fast_mode:
+        message = _nondeterministic(fn, f0, nondet_tol)
+        if message:
+            return _fail(message, None, raise_exception)
         return _fast(fn, leaves, outputs, x, index, tol=tol, seed=seed,
                      raise_exception=raise_exception)
     step = coordinate_steps(x[index], h, dtype)
     ev = _Evaluator(fn)
+    ev.pairs(index, step)  # the numeric columns, kept for the judges; the vmap probe runs here
+    message = "" if fn.probed else _nondeterministic(fn, f0, nondet_tol)
+    if message:
+        return _fail(message, None, raise_exception)
     notes: list[str] = []
     reports = []
     if check_backward_ad:
         rows = np.arange(fn.out_layout.size)
         try:
+            if rows.size <= UNBATCHED_ROWS and not check_batched_grad:
+                # a few backward passes cost less than one batched pass and its probe
+                raise _Unbatched
             jac = _vjp_rows(fn, leaves, outputs, rows, batched=True)
             batched = True
             # the backward users run is the unbatched one: the first row of every output is
@@ -478,6 +627,9 @@ def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, che
                 batched = False
                 notes.append("batched vector-Jacobian products differ from the backward "
                              "itself: every row computed one by one")
+        except _Unbatched:
+            jac = _vjp_rows(fn, leaves, outputs, rows, batched=False)
+            batched = False
         except Exception as exc:
             if check_batched_grad:
                 return _fail(f"check_batched_grad: vmap over the backward failed: "
@@ -510,7 +662,7 @@ def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, che
             ev, x, f0, jac, index, step, tol=tol, tol_reason=tol_reason,
             noise_eps=noise_eps(dtype), atol=atol, rtol=rtol, inputs=fn.layout,
             outputs=fn.out_layout, seed=seed, skipped=skipped, notes=tuple(notes),
-            refine=refine if batched else None))
+            refine=refine if batched else None, lazy=True))
     if check_forward_ad:
         cols = np.arange(fn.layout.size)
         try:
@@ -531,16 +683,21 @@ def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, che
             ev, x, f0, jac_fwd, index, step, tol=tol, tol_reason=tol_reason,
             noise_eps=noise_eps(dtype), atol=atol, rtol=rtol, inputs=fn.layout,
             outputs=fn.out_layout, seed=seed, skipped=skipped, notes=(fwd_note,),
-            mode=" (forward AD)"))
+            mode=" (forward AD)", lazy=True))
     if not reports:
         return True
-    report = reports[0] if len(reports) == 1 else _merge(reports)
-    if not report.passed:
-        return _fail(str(report), report, raise_exception)
+
+    def report():  # built only when a failure shows it
+        built = [r.report for r in reports]
+        return built[0] if len(built) == 1 else _merge(built)
+
+    if not all(r.passed for r in reports):
+        failed = report()
+        return _fail(str(failed), failed, raise_exception)
     if check_backward_ad and check_undefined_grad:
-        message = _undefined_grad(fn)
+        message = _undefined_grad(fn, leaves, outputs)
         if message:
-            return _fail(message, report, raise_exception)
+            return _fail(message, report(), raise_exception)
     return True
 
 
@@ -573,9 +730,10 @@ def _grad_dtypes(fn: _Function, leaves, outputs) -> str:
     return ""
 
 
-def _undefined_grad(fn: _Function) -> str:
+def _undefined_grad(fn: _Function, leaves, outputs) -> str:
     """torch's test: backward with all (then each one of the) output gradients undefined must
-    not raise and must give undefined or zero input gradients."""
+    not raise and must give undefined or zero input gradients (on the recorded graph of the
+    reference evaluation: no new forward pass)."""
     undefined_grad = getattr(getattr(torch._C, "_functions", None), "UndefinedGrad", None)
     if undefined_grad is None:  # pragma: no cover - depends on the torch version
         return ""
@@ -583,19 +741,17 @@ def _undefined_grad(fn: _Function) -> str:
     cases = [set(range(count))] + ([{u} for u in range(count)] if count > 1 else [])
     for undefined in cases:
         with torch.enable_grad():
-            leaves = [fn.inputs[k].detach().clone().requires_grad_(True) for k in fn.checked]
-            outs = fn.call(leaves)
-            diff = [undefined_grad()(outs[j]) if p in undefined else outs[j]
+            diff = [undefined_grad()(outputs[j]) if p in undefined else outputs[j]
                     for p, j in enumerate(fn.positions)]
             try:
                 grads = torch.autograd.grad(diff, leaves, [torch.zeros_like(o) for o in diff],
-                                            allow_unused=True)
+                                            allow_unused=True, retain_graph=True)
             except RuntimeError as exc:
                 return (f"check_undefined_grad: backward raised with undefined output "
                         f"gradients ({type(exc).__name__}: {exc}); treat an undefined gradient "
                         "as zeros, or pass check_undefined_grad=False")
         for g, name in zip(grads, fn.layout.names):
-            if g is not None and not bool(g.eq(0).all()):
+            if g is not None and not bool(_dense(g).eq(0).all()):
                 return (f"check_undefined_grad: the gradient of {name} is not zero when the "
                         "output gradients are undefined or zero")
     return ""
@@ -639,7 +795,7 @@ def _vjp_contracted(fn: _Function, leaves, outputs, u: np.ndarray) -> np.ndarray
         cot.append(part.to(o.dtype).reshape(o.shape))
     diff = [outputs[j] for j in fn.positions]
     grads = torch.autograd.grad(diff, leaves, cot, retain_graph=True, allow_unused=True)
-    return _input_rows(fn, [None if g is None else g[None] for g in grads], 1, leaves)[0]
+    return _input_rows(fn, [None if g is None else _dense(g)[None] for g in grads], 1, leaves)[0]
 
 
 # ---------------------------------------------------------------- public API
@@ -714,8 +870,12 @@ def gradcheck(
         Check a random contraction of the outputs with fastgrad's audit (random directions,
         then the wrong coordinates localized) instead of the full Jacobian.
     masked : bool or None
-        Accepted for torch compatibility (sparse masked semantics are not supported: dense
-        inputs only).
+        Sparse (COO, CSR, CSC) inputs, torch's semantics: True perturbs and judges only the
+        specified elements (the gradient at unspecified ones is ignored); False or None (as in
+        torch) passes each perturbed input with every element specified and requires the
+        backward of the caller's tensor to give the dense gradient. Sparse inputs are evaluated
+        one call per perturbation (vmap does not batch them); forward AD of sparse inputs is
+        not supported.
 
     Returns
     -------
@@ -728,9 +888,11 @@ def gradcheck(
         When the check fails (and ``raise_exception``): the message is the report's table,
         ``.report`` the report.
     ValueError
-        When no input requires grad, or a tolerance is negative.
+        When no input requires grad, a tolerance is negative, an output is sparse, or
+        ``check_forward_ad`` is asked of sparse inputs.
     TypeError
-        When a checked input is not a dense float32/float64/complex tensor.
+        When a checked input is not a float32/float64/complex tensor, or has a layout other
+        than strided, sparse COO, CSR or CSC.
 
     Examples
     --------
@@ -740,10 +902,12 @@ def gradcheck(
     True
     """
     eps, atol, rtol, nondet_tol = _options(eps, atol, rtol, nondet_tol)
-    del masked
     inputs = _as_tuple(inputs)
     names = [f"input{k}" for k in range(len(inputs))]
-    fn = _Function(func, inputs, names, needs_grad=False)
+    fn = _Function(func, inputs, names, needs_grad=False, masked=bool(masked))
+    if check_forward_ad and fn.sparse:
+        raise InvalidValue("check_forward_ad: forward-mode AD of sparse inputs is not supported "
+                           "(check the backward, or pass the inputs dense)")
     with _no_side_effects():
         return _check(fn, eps=eps, atol=atol, rtol=rtol, nondet_tol=nondet_tol,
                       check_backward_ad=check_backward_ad, check_forward_ad=check_forward_ad,
@@ -839,16 +1003,21 @@ def gradgradcheck(
     True
     """
     eps, atol, rtol, nondet_tol = _options(eps, atol, rtol, nondet_tol)
-    del masked, gen_non_contig_grad_outputs
+    del gen_non_contig_grad_outputs
     inputs = _as_tuple(inputs)
     checked = [k for k, t in enumerate(inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
     if not checked:
         raise InvalidValue("inputs: gradgradcheck expects at least one input tensor to require "
                            "gradient (none of the inputs has requires_grad=True)")
     with torch.enable_grad():
-        outputs = _as_tuple(func(*[t.detach().requires_grad_(True) if k in checked else t
-                                   for k, t in enumerate(inputs)]))
-    diff = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
+        xs = [t.detach().requires_grad_(True) if k in checked else t
+              for k, t in enumerate(inputs)]
+        outputs = _as_tuple(func(*xs))
+        diff = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
+        # which inputs the backward reaches (torch's gradgradcheck drops the others' None)
+        reached = [g is not None for g in torch.autograd.grad(
+            diff, [xs[k] for k in checked], [torch.ones_like(o) for o in diff],
+            allow_unused=True)] if diff else [False] * len(checked)
     if grad_outputs is None:
         gen = torch.Generator().manual_seed(0)
         grad_outputs = tuple(
@@ -864,12 +1033,27 @@ def gradgradcheck(
         grads = torch.autograd.grad(outs, wrt, gos, create_graph=True, allow_unused=True)
         return tuple(g for g in grads if g is not None)
 
+    def functional_backward(*args):
+        # the same backward as torch.func.vjp: vmap batches it (it cannot batch
+        # torch.autograd.grad); the outputs the reference marked differentiable are the ones kept
+        xs, gos = args[:n], args[n:]
+
+        def of_checked(*values):
+            full = list(xs)
+            for k, value in zip(checked, values):
+                full[k] = value
+            result = _as_tuple(func(*full))
+            return tuple(result[j] for j in differentiable)
+
+        _, pull = torch.func.vjp(of_checked, *[xs[k] for k in checked])
+        grads = pull(tuple(gos))
+        return tuple(g for g, r in zip(grads, reached) if r)
+
+    differentiable = _differentiable(outputs)
     names = [f"input{k}" for k in range(n)] + [f"grad_output{j}" for j in range(len(grad_outputs))]
     fn = _Function(backward, (*inputs, *grad_outputs), names, needs_grad=True,
-                   out_prefix="grad_input")
-    # vmap cannot batch torch.autograd.grad (it raises after tracing): do not try every time
-    fn.batched = False
-    fn.why_serial = "the backward calls torch.autograd.grad, which torch.func.vmap cannot batch"
+                   out_prefix="grad_input", masked=bool(masked))
+    fn.batched_func = functional_backward
     with _no_side_effects():
         return _check(fn, eps=eps, atol=atol, rtol=rtol, nondet_tol=nondet_tol,
                       check_backward_ad=check_rev_over_rev, check_forward_ad=check_fwd_over_rev,

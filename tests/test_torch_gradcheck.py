@@ -319,3 +319,237 @@ def test_a_float32_test_tuned_for_torch_keeps_passing():
     assert torch.autograd.gradcheck(fn, (x,), **options)
     assert ft.gradcheck(fn, (x,), **options)
     assert ft.gradcheck(fn, (x,))  # float32 steps and tolerance by default
+
+
+def _storage_view(size, offset, seed):
+    """A 1-d input that is a view at ``offset`` into a larger storage (as op_db's
+    as_strided partial_views sample)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(size + 2 * offset, generator=gen, dtype=F64)[offset:offset + size]
+
+
+def test_as_strided_of_a_view_with_an_offset_checks_one_geometry():
+    # as_strided with storage_offset=0 reads the storage from its start: the function depends on
+    # where the input lives. The analytic passes (backward and forward AD) and the perturbed
+    # evaluations must all use the same geometry, or forward AD reads zeros where the numeric
+    # Jacobian sees the input (op_db's as_strided partial_views sample 1 failed this way).
+    x = _storage_view(10, 5, seed=18).requires_grad_(True)
+
+    def fn(t):
+        return torch.as_strided(t, (2, 2), (1, 2), storage_offset=0)
+
+    assert ft.gradcheck(fn, (x,), check_forward_ad=True)
+    # and a transposed (non-contiguous) input through as_strided
+    y = leaf(3, 3, seed=19).detach().t().requires_grad_(True)
+    assert ft.gradcheck(fn, (y,), check_forward_ad=True)
+
+
+def test_checks_in_sequence_do_not_leak_into_each_other():
+    # two different functions with the same shapes, in alternation: a wrong jvp is caught after a
+    # correct check and a correct one passes after the failure (nothing remembered per shape,
+    # per id() or per fallback decision flips a verdict)
+    x = leaf(4, seed=20)
+    y = _storage_view(4, 3, seed=21).requires_grad_(True)
+    for _ in range(2):
+        assert ft.gradcheck(torch.exp, (x,), check_forward_ad=True)
+        assert not ft.gradcheck(Exp.apply, (x,), check_forward_ad=True, raise_exception=False)
+        assert ft.gradcheck(lambda t: torch.as_strided(t, (2, 2), (1, 2)), (y,),
+                            check_forward_ad=True)
+        assert not ft.gradcheck(Exp.apply, (y,), check_forward_ad=True, raise_exception=False)
+
+
+class WrongBatchingRule(torch.autograd.Function):
+    """2 x with a vmap rule that computes 3 x; ``scale`` plants a bug in the backward."""
+
+    scale = 1.0
+
+    @staticmethod
+    def forward(x):
+        return x * 2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2 * WrongBatchingRule.scale
+
+    @staticmethod
+    def vmap(info, in_dims, x):
+        return x * 3, in_dims[0]
+
+
+def test_vmap_that_changes_the_values_is_not_trusted():
+    # the vmap'd batch is probed at the unperturbed input against a plain call: a batching rule
+    # that changes the values sends every evaluation one by one (else the numeric Jacobian would
+    # read 3 where the function's derivative is 2: a false alarm)
+    x = leaf(5, seed=22)
+    assert ft.gradcheck(WrongBatchingRule.apply, (x,))
+    WrongBatchingRule.scale = 1.01
+    try:
+        with pytest.raises(ft.GradcheckError) as info:  # a failing check's report says why
+            ft.gradcheck(WrongBatchingRule.apply, (x,))
+    finally:
+        WrongBatchingRule.scale = 1.0
+    report = info.value.report
+    assert report.path == "per-call" and "vmap changed the values" in report.path_reason
+    assert {c.where for c in report.failures} == {f"input0[{i}] -> output0[{i}]" for i in range(5)}
+
+
+class VmapCube(torch.autograd.Function):
+    """x ** 3 for torch.func (setup_context, a generated vmap rule); the backward detaches x:
+    the second derivative is missing."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x ** 3
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * g * x.detach() ** 2
+
+
+def test_gradgradcheck_batches_the_backward_with_vmap_and_falls_back():
+    # the backward, written with torch.func.vjp, is vmap'd over the perturbed inputs; a wrong
+    # double backward is caught on that path, and on the per-call one when vmap cannot run the
+    # function (an old-style autograd.Function)
+    x, y = leaf(6, seed=23), leaf(6, seed=24)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradgradcheck(lambda a, b: VmapCube.apply(a) * b, (x, y))
+    report = info.value.report
+    assert report.path == "vmap"
+    assert [n for n, s in report.segments.items() if not s.passed] == ["input0/grad_input0"]
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradgradcheck(lambda a, b: Cube.apply(a) * b, (x, y))
+    report = info.value.report
+    assert report.path == "per-call" and "vmap raised" in report.path_reason
+    assert [n for n, s in report.segments.items() if not s.passed] == ["input0/grad_input0"]
+    # correct second derivatives pass on the batched path, with an input the backward does not
+    # reach (its None gradient dropped, as torch does)
+    assert ft.gradgradcheck(lambda a, b, c: (a.sin() * b, b.exp()), (x, y, leaf(2, seed=25)))
+
+
+def test_a_function_that_changes_between_calls_is_refused_with_the_reason():
+    # random ops (vmap refuses them: the plain second call shows them) and state kept between
+    # calls (vmap runs it, the probe at x disagrees, the plain second call shows it)
+    x = leaf(5, seed=26)
+    with pytest.raises(ft.GradcheckError, match="different values for the same inputs"):
+        ft.gradcheck(lambda t: torch.nn.functional.dropout(t, 0.5, training=True), (x,))
+    calls = iter(range(1, 1000))
+    with pytest.raises(ft.GradcheckError, match="different values for the same inputs"):
+        ft.gradcheck(lambda t: t * next(calls), (x,))
+    assert ft.gradcheck(lambda t: torch.nn.functional.dropout(t, 0.5, training=False), (x,))
+
+
+class SparseTimes(torch.autograd.Function):
+    """a.to_dense() @ w for a sparse COO ``a``: the gradient of ``a`` is masked to a's pattern
+    (``dense`` False, masked semantics) or the whole dense gradient; ``bug`` scales it at (1, 2)."""
+
+    bug, dense = 1.0, False
+
+    @staticmethod
+    def forward(ctx, a, w):
+        ctx.save_for_backward(a, w)
+        return a.to_dense() @ w
+
+    @staticmethod
+    def backward(ctx, g):
+        a, w = ctx.saved_tensors
+        full = g @ w.t()
+        full[1, 2] *= SparseTimes.bug
+        grad_a = full.to_sparse() if SparseTimes.dense else full.sparse_mask(a.coalesce())
+        return grad_a, a.to_dense().t() @ g
+
+
+def _sparse_input(layout=torch.sparse_coo):
+    dense = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(27))
+    dense[0, 1] = dense[2, 0] = dense[2, 3] = dense[1, 0] = 0.0  # unspecified elements
+    sparse = dense.to_sparse() if layout == torch.sparse_coo else dense.to_sparse_csr()
+    return sparse.requires_grad_(True)
+
+
+@pytest.fixture
+def sparse_times():
+    yield SparseTimes
+    SparseTimes.bug, SparseTimes.dense = 1.0, False
+
+
+def test_masked_sparse_input_perturbs_and_judges_the_specified_elements(sparse_times):
+    a, w = _sparse_input(), leaf(4, 2, seed=28)
+    assert ft.gradcheck(sparse_times.apply, (a, w), masked=True)
+    sparse_times.bug = 1.01
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(sparse_times.apply, (a, w), masked=True)
+    report = info.value.report
+    assert [n for n, s in report.segments.items() if not s.passed] == ["input0/output0"]
+    assert {c.input_where for c in report.failures} == {"input0[1, 2]"}
+    # only the 8 specified elements of a are coordinates
+    assert report.segments["input0/output0"].checked == 8 * 6
+    assert "sparse inputs" in report.path_reason
+
+
+def test_unmasked_sparse_input_needs_the_dense_gradient(sparse_times):
+    # torch's masked=False (and None): every element is perturbed (the input passed fully
+    # specified) and the gradient must be the dense one: a masked backward fails there
+    a, w = _sparse_input(), leaf(4, 2, seed=28)
+    for masked in (False, None):
+        with pytest.raises(ft.GradcheckError) as info:
+            ft.gradcheck(sparse_times.apply, (a, w), masked=masked)
+        assert {c.input_where for c in info.value.report.failures} == {
+            "input0[0, 1]", "input0[1, 0]", "input0[2, 0]", "input0[2, 3]"}
+    assert torch.autograd.gradcheck(sparse_times.apply, (a, w), masked=False,
+                                    raise_exception=False) is False  # torch agrees
+    sparse_times.dense = True
+    assert ft.gradcheck(sparse_times.apply, (a, w), masked=False)
+
+
+def test_csr_input_through_builtin_ops():
+    a, w = _sparse_input(torch.sparse_csr), leaf(4, 2, seed=29)
+    assert ft.gradcheck(lambda a, w: (a.to_dense() @ w).sin(), (a, w), masked=True)
+    assert ft.gradcheck(lambda a, w: (a.to_dense(masked_grad=False) @ w).sin(), (a, w),
+                        masked=False)
+    with pytest.raises(ValueError, match="forward-mode AD of sparse inputs"):
+        ft.gradcheck(lambda a, w: a.to_dense() @ w, (a, w), masked=True, check_forward_ad=True)
+
+
+class ScaledSin(torch.autograd.Function):
+    """scale * sin(x), elementwise (a diagonal Jacobian); ``bug`` scales one derivative."""
+
+    bug, at = 1.0, 0
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.save_for_backward(x)
+        ctx.scale = scale
+        return scale * x.sin()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        d = ctx.scale * x.cos()
+        d[ScaledSin.at] *= ScaledSin.bug
+        return g * d, None
+
+
+def test_large_mostly_zero_jacobians_are_judged_where_they_can_fail():
+    # a 300 x 300 diagonal Jacobian: the elements within atol of their numeric value are not
+    # judged one by one on a pass; large values (differences above atol, relative error tiny)
+    # pass, and one derivative 0.5% off among 90000 elements is caught and named
+    x = leaf(300, seed=30)
+    assert ft.gradcheck(ScaledSin.apply, (x, 1e7))
+    ScaledSin.bug, ScaledSin.at = 1.005, 123
+    try:
+        with pytest.raises(ft.GradcheckError) as info:
+            ft.gradcheck(ScaledSin.apply, (x, 1.0))
+    finally:
+        ScaledSin.bug, ScaledSin.at = 1.0, 0
+    assert [c.where for c in info.value.report.failures] == ["input0[123] -> output0[123]"]
+    assert info.value.report.segments["input0/output0"].checked == 300 * 300

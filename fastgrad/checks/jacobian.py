@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -27,7 +27,7 @@ from ..judge.verdicts import KINK, NAN, NOISE, coordinate_stats, segment_stats
 from ..results.jacobian_report import JacobianRecords, JacobianReport
 from ..results.report import SegmentReport, overall_status
 
-__all__ = ["Layout", "judge_jacobian"]
+__all__ = ["Judged", "Layout", "judge_jacobian"]
 
 
 @dataclass(frozen=True)
@@ -38,20 +38,22 @@ class Layout:
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     complex: tuple[bool, ...]
+    # per tensor, None (every element) or the dense flat positions of the elements laid out
+    # (the specified elements of a sparse tensor)
+    elements: tuple[np.ndarray | None, ...] = field(default=(), compare=False)
+    # derived once (plain attributes: a check of a small function reads them often)
+    sizes: list[int] = field(init=False, repr=False, compare=False)
+    starts: np.ndarray = field(init=False, repr=False, compare=False)
+    size: int = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def sizes(self) -> list[int]:
-        """Real sizes (twice the element count for complex tensors)."""
-        return [int(np.prod(s, dtype=np.int64)) * (2 if c else 1)
-                for s, c in zip(self.shapes, self.complex)]
-
-    @cached_property
-    def starts(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-
-    @cached_property
-    def size(self) -> int:
-        return int(sum(self.sizes))
+    def __post_init__(self):
+        # real sizes: twice the element count for complex tensors
+        chosen = self.elements or (None,) * len(self.shapes)
+        sizes = [(math.prod(s) if e is None else len(e)) * (2 if c else 1)
+                 for s, c, e in zip(self.shapes, self.complex, chosen)]
+        object.__setattr__(self, "sizes", sizes)
+        object.__setattr__(self, "starts", np.cumsum([0, *sizes], dtype=np.int64))
+        object.__setattr__(self, "size", sum(sizes))
 
     def tensor_of(self, positions: np.ndarray) -> np.ndarray:
         """Which tensor each flat real position belongs to."""
@@ -63,6 +65,8 @@ class Layout:
         offset = position - int(self.starts[t])
         count = self.sizes[t] // (2 if self.complex[t] else 1)
         offset %= max(count, 1)
+        if self.elements and self.elements[t] is not None:
+            offset = int(self.elements[t][offset])
         shape = self.shapes[t]
         return tuple(int(i) for i in np.unravel_index(offset, shape)) if shape else ()
 
@@ -83,31 +87,45 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
                    atol: float, rtol: float | None, inputs: Layout, outputs: Layout, seed: int,
                    skipped: tuple[str, ...] = (), notes: tuple[str, ...] = (),
                    refine: Callable[[np.ndarray], np.ndarray] | None = None,
-                   mode: str = "") -> JacobianReport:
+                   mode: str = "", lazy: bool = False) -> JacobianReport | Judged:
     """Judge the analytic ``jacobian`` (outputs x inputs, flat real) against centered
     differences at the coordinates ``index`` (steps ``step``).
 
     ``refine(rows)``, when given, recomputes analytic rows one by one (the batched ones are
     suspected first when an element fails: a batching rule must never cause a false alarm).
     ``mode`` is appended to segment names (``" (forward AD)"``). ``rtol`` None: torch's rule
-    is not applied (only fastgrad's verdict and the ``atol`` slack).
+    is not applied (only fastgrad's verdict and the ``atol`` slack). ``lazy``: return a
+    ``Judged`` whose report is built only when read (a passing check of a small function
+    spends a good part of its time building a report nobody reads).
     """
     notes = tuple(notes)
     fp, fm = ev.pairs(index, step)
     n_out = jacobian.shape[0]
-    # one C call over every element first: numeric values, errors, floors and verdicts do not
-    # depend on f0 (only the kink score does, and it matters only for re-checks)
-    screen = coordinate_stats(jacobian[:, index].ravel(), fp.T.ravel(), fm.T.ravel(), 0.0,
-                              np.tile(step, n_out), tol, noise_eps)
-    table = _Table(*(getattr(screen, name).reshape(n_out, index.size) for name in _FIELDS))
+    evaluations, path, path_reason = ev.evaluations, ev.path, ev.path_reason
+
+    def screened():
+        # one C call over every element: numeric values, errors, floors and verdicts do not
+        # depend on f0 (only the kink score does, and it matters only for re-checks)
+        screen = coordinate_stats(jacobian[:, index].ravel(), fp.T.ravel(), fm.T.ravel(), 0.0,
+                                  np.tile(step, n_out), tol, noise_eps)
+        return _Table(*(getattr(screen, name).reshape(n_out, index.size) for name in _FIELDS))
+
+    def build(table=None) -> JacobianReport:  # the report of a check without re-checks
+        table = screened() if table is None else table
+        table.kink[:] = False
+        return _report(evaluations, path, path_reason, x, f0, jacobian, index, table,
+                       [step] * n_out, np.zeros(index.size, dtype=bool),
+                       _final_failures(table, jacobian[:, index], atol, rtol), tol=tol,
+                       tol_reason=tol_reason, inputs=inputs, outputs=outputs, seed=seed,
+                       skipped=skipped, notes=notes, mode=mode)
+
+    if lazy and _within_atol(jacobian, index, fp, fm, step, tol, noise_eps, atol, rtol):
+        return Judged(True, build)
+    table = screened()
     if not (table.failed.any() or (table.verdict == NOISE).any()):
         table.kink[:] = False
-        failed = _final_failures(table, jacobian[:, index], atol, rtol)
-        if not failed.any():
-            return _report(ev, x, f0, jacobian, index, table, [step] * n_out,
-                           np.zeros(index.size, dtype=bool), failed, tol=tol,
-                           tol_reason=tol_reason, inputs=inputs, outputs=outputs, seed=seed,
-                           skipped=skipped, notes=notes, mode=mode)
+        if not _final_failures(table, jacobian[:, index], atol, rtol).any():
+            return Judged(True, lambda: build(table)) if lazy else build(table)
     for _ in range(2):
         grads = {r: jacobian[r] for r in range(n_out)}
         judge = Judge(ev, x, f0, grads, tol, noise_eps, "detect")
@@ -127,12 +145,56 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
         notes += (f"batched vector-Jacobian products differed from one-by-one ones on "
                   f"{rows.size} output element(s); the one-by-one values were judged",)
         refine = None
-    return _report(ev, x, f0, jacobian, index, table, steps, rechecked, failed, tol=tol,
-                   tol_reason=tol_reason, inputs=inputs, outputs=outputs, seed=seed,
-                   skipped=skipped, notes=notes, mode=mode)
+    report = _report(ev.evaluations, ev.path, ev.path_reason, x, f0, jacobian, index, table,
+                     steps, rechecked, failed, tol=tol, tol_reason=tol_reason, inputs=inputs,
+                     outputs=outputs, seed=seed, skipped=skipped, notes=notes, mode=mode)
+    return Judged(report.passed, lambda: report) if lazy else report
+
+
+class Judged:
+    """The outcome of ``judge_jacobian(..., lazy=True)``: ``passed`` now, ``report`` built on
+    first read (then kept)."""
+
+    def __init__(self, passed: bool, build: Callable[[], JacobianReport]):
+        self.passed = passed
+        self._build = build
+
+    @cached_property
+    def report(self) -> JacobianReport:
+        """The JacobianReport (built now if it was not yet)."""
+        return self._build()
 
 
 _FIELDS = ("numeric", "rel_error", "noise", "verdict", "failed", "kink")
+
+
+def _within_atol(jacobian, index, fp, fm, step, tol, noise_eps, atol, rtol) -> bool:
+    """True when the check passes without re-checks, judging in C only the elements farther
+    than ``atol`` from their numeric value (the others never fail; a large sparse Jacobian
+    is mostly such elements). The numeric values are the C judge's, bit for bit; the arrays
+    are (coordinates, outputs) as the pairs come, one temporary in place."""
+    n_out = jacobian.shape[0]
+    full = index.size == jacobian.shape[1] and np.array_equal(index, np.arange(index.size))
+    analytic_t = (jacobian if full else jacobian[:, index]).T  # (k, n_out), a view when full
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.subtract(fp, fm)
+        gap /= (2.0 * step)[:, None]  # the numeric values
+        gap -= analytic_t
+        np.abs(gap, out=gap)
+        far = np.flatnonzero(~(gap <= atol))
+    del gap
+    if far.size == 0:
+        return True
+    if far.size * 2 > analytic_t.size:  # most elements need judging: no saving
+        return False
+    coord, row = np.divmod(far, n_out)
+    analytic = jacobian[row, index[coord]]
+    screen = coordinate_stats(analytic, fp[coord, row], fm[coord, row], 0.0, step[coord], tol,
+                              noise_eps)
+    table = _Table(*(getattr(screen, name) for name in _FIELDS))
+    if table.failed.any() or (table.verdict == NOISE).any():
+        return False
+    return not _final_failures(table, analytic, atol, rtol).any()
 
 
 @dataclass
@@ -159,9 +221,9 @@ def _final_failures(table: _Table, analytic: np.ndarray, atol: float, rtol) -> n
     return (verdict == NAN) | ((table.failed | torch_rule) & beyond)
 
 
-def _report(ev, x, f0, jacobian, index, table: _Table, steps, rechecked, failed, *, tol,
-            tol_reason, inputs: Layout, outputs: Layout, seed, skipped, notes,
-            mode) -> JacobianReport:
+def _report(evaluations, path, path_reason, x, f0, jacobian, index, table: _Table, steps,
+            rechecked, failed, *, tol, tol_reason, inputs: Layout, outputs: Layout, seed,
+            skipped, notes, mode) -> JacobianReport:
     n_out, k = jacobian.shape[0], index.size
     in_tensor = inputs.tensor_of(index)  # (k,)
     out_tensor = outputs.tensor_of(np.arange(n_out))  # (n_out,)
@@ -198,8 +260,8 @@ def _report(ev, x, f0, jacobian, index, table: _Table, steps, rechecked, failed,
         max_rel_error=float(max(eligible)) if eligible else 0.0,
         max_rel_error_all=(math.nan if np.isnan(rel).any()
                            else float(rel.max()) if rel.size else 0.0),
-        segments=segments, coords=records, evaluations=ev.evaluations, tol=tol,
-        tol_reason=tol_reason, path=ev.path, path_reason=ev.path_reason,
+        segments=segments, coords=records, evaluations=evaluations, tol=tol,
+        tol_reason=tol_reason, path=path, path_reason=path_reason,
         dtype=str(x.dtype), depth=1, seed=seed,
         loss=float(np.max(np.abs(f0))) if f0.size else 0.0,
         rechecked=int(np.count_nonzero(rechecked)), skipped=tuple(skipped), notes=notes)
@@ -209,7 +271,8 @@ class ColumnEvaluator:
     """What the Judge calls for a Jacobian: ``pairs(index, step)`` -> the whole outputs at
     x +- h e_i, as a framework adapter evaluates them (``fn`` says whether vmap batched them and,
     if not, why). Subclasses give ``_pairs``; the backward and forward judges ask for the same
-    first columns, so the last pair of batches is kept and handed out again (as copies)."""
+    first columns, so the last pair of batches is kept and handed out again (read-only: a
+    Jacobian's columns can be large, and no judge writes into them)."""
 
     vmap = "vmap"  # what batched the perturbed inputs, for the path line
 
@@ -234,8 +297,10 @@ class ColumnEvaluator:
     def pairs(self, index, step, label: str | None = None):
         key = (index.tobytes(), np.asarray(step).tobytes())
         if self._last is None or self._last[0] != key:
-            self._last = (key, *self._pairs(index, step))
-        return self._last[1].copy(), self._last[2].copy()
+            f_plus, f_minus = self._pairs(index, step)
+            f_plus.flags.writeable = f_minus.flags.writeable = False
+            self._last = (key, f_plus, f_minus)
+        return self._last[1], self._last[2]
 
     def _pairs(self, index, step):
         raise NotImplementedError
