@@ -58,6 +58,7 @@ from ..steps import (
     direction_miss_bound,
     precision_of,
     richardson,
+    rms,
 )
 from .prepare import prepare
 
@@ -153,7 +154,7 @@ class _Auditor:
         direction of every part fits in the budget.
         """
         significant = np.zeros(len(parts), dtype=bool)
-        typical = np.array([_rms(self.g[p.start:p.stop]) for p in parts])
+        typical = np.array([rms(self.g[p.start:p.stop]) for p in parts])
         miss = np.ones(len(parts))
         todo = np.arange(len(parts))
         for _ in range(DIRECTIONS_PER_TEST):
@@ -186,7 +187,7 @@ class _Auditor:
         self.next_direction += len(parts)
         # |v_i| <= 1, so h is the largest displacement of any coordinate: the coordinate step of
         # check() for the support's typical magnitude
-        step = np.array([self.step_scale * self.gain * max(1.0, _rms(x[p.start:p.stop]))
+        step = np.array([self.step_scale * self.gain * max(1.0, rms(x[p.start:p.stop]))
                          for p in parts])
         records = self.measure(parts, keys, step, phase)
         records = self.extrapolate(parts, keys, step, records, phase)
@@ -486,7 +487,7 @@ class _Auditor:
                 raise _BudgetExhausted
             key = np.uint64(direction_key(self.seed, self.next_direction))
             self.next_direction += 1
-            step = self.step_scale * self.gain * max(1.0, _rms(self.x[index]))
+            step = self.step_scale * self.gain * max(1.0, rms(self.x[index]))
             record = self.sparse_direction(index, segment, key, step)
             if record.significant and math.isfinite(record.rel_error) and \
                     2 <= self.remaining():
@@ -566,14 +567,6 @@ def _extrapolated(large: DirectionRecord, small: DirectionRecord) -> DirectionRe
     rel = abs(error) / scale if scale > 0 else 0.0
     return DirectionRecord(small.segment, small.start, small.stop, analytic, numeric, rel, noise,
                            small.step, bool(abs(error) > noise), small.phase)
-
-
-def _rms(values: np.ndarray) -> float:
-    # a sum of products without a temporary copy of a 10^7-value segment, and without BLAS: a
-    # BLAS call here, outside the check's own BLAS limit, could race with another thread's
-    # check changing OpenBLAS's thread count (OpenBLAS is not safe to resize while in use)
-    return math.sqrt(float(np.einsum("i,i->", values, values)) / values.size) \
-        if values.size else 0.0
 
 
 def audit(

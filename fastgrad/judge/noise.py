@@ -15,6 +15,7 @@ from ..steps import (
     noise_sigma,
     pooled_noise_sigma,
     precision_of,
+    rms,
 )
 
 # the direction number of the noise probe (far from the numbers audits use for their tests)
@@ -64,7 +65,7 @@ def measure_noise(ev, x: np.ndarray, f0: np.ndarray, seed: int,
     """
     n = x.size
     if coordinate is None:
-        spacing = precision_of(x.dtype).step_scale * max(1.0, float(np.sqrt(np.mean(x * x))))
+        spacing = precision_of(x.dtype).step_scale * max(1.0, rms(x))
     else:
         spacing = precision_of(x.dtype).step_scale * max(1.0, abs(float(x[coordinate])))
     points = np.arange(1.0, NOISE_PROBE_POINTS + 1.0)
