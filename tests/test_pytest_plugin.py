@@ -4,10 +4,9 @@ from importlib.metadata import entry_points
 
 import pytest
 
-# Imported here so that pytester's in-process runs find them loaded (numpy's C extension cannot
-# be imported twice in one process, and pytester forgets modules first imported inside a run).
-import fastgrad  # noqa: F401
-import fastgrad.pytest_plugin  # noqa: F401
+# Every run is a subprocess: pytester's in-process runs forget the modules first imported inside
+# them, and after one, README's Dask example (tests/test_readme.py, run next) hung in
+# client.close() whenever no earlier test had imported distributed.
 
 pytest_plugins = ["pytester"]
 
@@ -41,7 +40,7 @@ def plugin_args() -> list[str]:
 
 def test_failing_check_shows_the_report_table(pytester: pytest.Pytester):
     pytester.makepyfile(test_grads=FAILING_TEST)
-    result = pytester.runpytest(*plugin_args(), "-ra")
+    result = pytester.runpytest_subprocess(*plugin_args(), "-ra")
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines([
         "*test_wrong_bias_gradient*",
@@ -65,7 +64,8 @@ def test_failing_check_shows_the_report_table(pytester: pytest.Pytester):
 
 def test_traceback_option_restores_the_usual_report(pytester: pytest.Pytester):
     pytester.makepyfile(test_grads=FAILING_TEST)
-    result = pytester.runpytest(*plugin_args(), "--fastgrad-traceback", "-k", "wrong_bias")
+    result = pytester.runpytest_subprocess(*plugin_args(), "--fastgrad-traceback", "-k",
+                                           "wrong_bias")
     result.assert_outcomes(failed=1, deselected=2)
     result.stdout.fnmatch_lines(["*GradientCheckError*"])
     assert "raise GradientCheckError" in result.stdout.str()
