@@ -86,6 +86,11 @@ RICHARDSON_RATIO = 2.0
 # STEP_DEPENDENCE of itself; a real error stays, a kink is no longer crossed
 RICHARDSON_TRUST = 0.25
 DIRECTION_SHRINK = (0.1, 0.01)
+# ... but a part under localization whose disagreement is more than this many times the step
+# dependence measured on a part containing it (plus its floor) is not re-measured: truncation
+# over a sub-support is of the containing part's size or smaller, so it cannot be what disagrees
+# (should it be, the coordinate checks of the leaves clear it: no false suspect, only cost)
+STEP_DEPENDENCE_MARGIN = 10.0
 
 
 def richardson(e_large: float, e_small: float, noise_large: float, noise_small: float,

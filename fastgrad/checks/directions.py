@@ -54,6 +54,7 @@ from ..steps import (
     RICHARDSON_RATIO,
     RICHARDSON_TRUST,
     STEP_DEPENDENCE,
+    STEP_DEPENDENCE_MARGIN,
     coordinate_steps,
     direction_miss_bound,
     precision_of,
@@ -82,10 +83,23 @@ class _Part:
     start: int
     stop: int
     parent: _Part | None = None
+    # |e(h) - e(2h)| of this part's direction when it was re-measured at 2h (extrapolate)
+    step_dependence: float = math.nan
 
     @property
     def size(self) -> int:
         return self.stop - self.start
+
+    def known_step_dependence(self) -> float:
+        """The largest step dependence measured on a part that contains this one (inf: none
+        was): the truncation and kinks along a direction over a smaller support are of that
+        size or smaller."""
+        known, part = -math.inf, self.parent
+        while part is not None:
+            if not math.isnan(part.step_dependence):
+                known = max(known, part.step_dependence)
+            part = part.parent
+        return known if known > -math.inf else math.inf
 
 
 class _Auditor:
@@ -199,7 +213,11 @@ class _Auditor:
         step: a lower noise floor, four times the truncation); where the two differ by more
         than their floors, replaced by their extrapolation to step 0. A record stays as
         measured when the budget has no room for the second step."""
-        again = [j for j, r in enumerate(records) if r.significant and math.isfinite(r.rel_error)]
+        # a disagreement far beyond the step dependence measured on a part containing this
+        # one cannot be truncation: localizing a wrong row needs no second step at every level
+        again = [j for j, r in enumerate(records) if r.significant and math.isfinite(r.rel_error)
+                 and not abs(_error(r)) > STEP_DEPENDENCE_MARGIN * (
+                     parts[j].known_step_dependence() + r.noise)]
         if not again or 2 * len(again) > self.remaining():
             return records
         wide = self.measure([parts[j] for j in again], keys[again],
@@ -208,6 +226,8 @@ class _Auditor:
         for j, w in zip(again, wide):
             base = records[j]
             step_dependent = abs(_error(base) - _error(w))
+            if math.isfinite(w.rel_error):
+                parts[j].step_dependence = step_dependent
             # no visible dependence on the step: truncation is below half the floor at h, and
             # the measurement at h (whose floor is lower than the extrapolation's) stands
             if not math.isfinite(w.rel_error) or step_dependent <= base.noise + w.noise:
