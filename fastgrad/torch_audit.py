@@ -122,8 +122,34 @@ class ModuleAuditLoss(ThreadLocalLoss):
         state = self.state()
         self.bind(state, theta)
         with torch.enable_grad(), self.pinned():
-            out = flat_gradient(self.forward(state), state.params)
+            loss = self.forward(state)
+            if theta.dtype == np.float64 and loss.requires_grad:
+                out = self._accumulated(loss, state.params)
+            else:
+                out = flat_gradient(loss, state.params)
         state.bound = None  # the state's parameters must not keep the caller-visible theta
+        return out
+
+    def _accumulated(self, loss: torch.Tensor, params: list) -> np.ndarray:
+        """The gradient accumulated by backward() straight into one flat float64 vector (each
+        parameter's ``.grad`` a view of it): no second full copy beside autograd's, which
+        matters at 10^8 parameters. A gradient autograd did not accumulate in place (a sparse
+        one) is copied in."""
+        out = np.zeros(self.size, dtype=np.float64)
+        flat = torch.from_numpy(out)
+        views = [flat[a:b].view(shape) for (a, b), shape in zip(self.bounds, self.shapes,
+                                                                   strict=True)]
+        for param, view in zip(params, views, strict=True):
+            param.grad = view
+        try:
+            loss.backward()
+            for param, view in zip(params, views, strict=True):
+                g = param.grad
+                if g is not None and g is not view and g.data_ptr() != view.data_ptr():
+                    view.copy_(g.to_dense() if g.is_sparse else g)
+        finally:
+            for param in params:
+                param.grad = None
         return out
 
 

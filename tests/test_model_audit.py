@@ -251,3 +251,33 @@ def test_jax_threads_same_as_serial():
     threads = fastgrad.jax.audit(loss, params, x, workers=2)
     assert (serial.path, threads.path) == ("serial", "threads")
     assert fingerprint(threads) == fingerprint(serial)
+
+
+def test_gradient_accumulated_in_place_equals_autograd_grad():
+    # audit_module's gradient is accumulated by backward() into views of one flat vector (no
+    # second full copy at 10^8 parameters): the same values as autograd.grad, with a tied weight
+    # used twice and a sparse embedding gradient (which autograd does not accumulate in place)
+    from fastgrad.torch_tensors import flat_gradient
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(50, 6, sparse=True)
+    head = torch.nn.Linear(6, 50, bias=False)
+    head.weight = emb.weight  # tied
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head, self.ln = emb, head, torch.nn.LayerNorm(6)
+
+        def forward(self, tokens):
+            return self.head(torch.tanh(self.ln(self.emb(tokens))))
+
+    net, tokens = Tied(), torch.randint(0, 50, (4, 3))
+    problem = fastgrad.torch.module_problem(net, lambda out: out.pow(2).mean(), tokens)
+    state = problem.f.state()
+    problem.f.bind(state, problem.theta)
+    with torch.enable_grad():
+        expected = flat_gradient(problem.f.forward(state), state.params)
+    np.testing.assert_array_equal(problem.grad, expected)
+    assert np.count_nonzero(problem.grad) > 0
+    assert all(p.grad is None for p in state.params)
