@@ -223,7 +223,7 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
     blas_helps = t_eval >= BLAS_PROBE_MIN_SECONDS and \
         t_eval >= BLAS_SPEEDUP_TO_PROBE * ev.time_with_blas_threads()
     rates = [outer, timed(size, 1, None) if blas_helps else serial]
-    best = 1 if rates[1] > BLAS_MARGIN * rates[0] else 0
+    best = 1 if one_worker_wins(rates[0], rates[1], t_eval, jit) else 0
     how = "prange kernel" if jit else "thread pool"
     one = "1 thread x BLAS threads" if blas_helps else "1 thread"
     if best == 0:
@@ -234,6 +234,9 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
         backend, workers, blas = ("jit" if jit else "serial"), 1, None
     else:
         chosen = "one worker (outer threads were slower)" if threads_ok else "one worker"
+        if threads_ok and rates[0] > rates[1]:
+            chosen = (f"one worker (one evaluation takes {t_eval * 1e6:.0f} us, GIL-bound: "
+                      f"outer threads did not win by {BLAS_MARGIN:.2f}x)")
         backend, workers, blas = ("jit" if jit else "serial"), 1, 1
     measured = (f"calibrated: {rates[0]:.3g} coords/s on {ev.workers} threads x 1 BLAS "
                 f"thread vs {rates[1]:.3g} coords/s on {one}" if threads_ok else
@@ -254,6 +257,18 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
     remember_calibrated(ev.work.f, plan_key(ev.work.theta, ev.work.args, ev.workers, jit),
                         ev.plan, narrow=rates[1] <= BLAS_PLAN_MARGIN * rates[0])
     return done
+
+
+def one_worker_wins(outer: float, one: float, t_eval: float, jit: bool) -> bool:
+    """Does the one-worker strategy (``one`` coordinates per second) beat outer threads
+    (``outer``)? Outer threads keep a nogil or long loss unless one worker is BLAS_MARGIN
+    faster; a GIL-bound Python loss (under GIL_BOUND_SECONDS) gets threads only when they are
+    BLAS_MARGIN faster: a narrow win of a short probe is noise, and over a whole check their
+    handoffs cost more (the 4.8k net's full check, remembered on threads after a 5% win, ran
+    1.6x slower than serially)."""
+    if not jit and t_eval < GIL_BOUND_SECONDS:
+        return not outer > BLAS_MARGIN * one
+    return one > BLAS_MARGIN * outer
 
 
 def retry_size(half: int, remaining: int, outer: float, serial: float, workers: int) -> int:
