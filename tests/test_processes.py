@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -94,6 +95,40 @@ def test_an_unpicklable_loss_is_refused_naming_what_and_the_fixes():
     assert "backend='threads'" in message and "workers=1" in message
     # threads and serial still check it
     assert fg.check(locked, X, 2 * X, backend="threads", workers=2).passed
+
+
+def test_a_loss_the_workers_cannot_import_is_refused_naming_why_and_the_fixes(monkeypatch):
+    # a class in a module that exists only in this process (a script run with runpy, a module
+    # made at run time): cloudpickle sends it by reference, and loky's workers (fork+exec, as
+    # when torch is loaded) cannot import it
+    processes.stop_pool()
+    monkeypatch.setattr(processes, "FORK", False)
+    module = types.ModuleType("made_at_run_time")
+    module.__file__ = "/nonexistent/made_at_run_time.py"  # as runpy.run_path sets it
+    exec(textwrap.dedent("""
+        import time
+        import numpy as np
+
+        class Model:
+            def loss(self, theta):
+                time.sleep(1e-3)  # batches long enough to go to the workers
+                return float(np.sum(theta ** 2))
+        """), module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        with pytest.raises(fg.errors.InvalidType) as caught:
+            fg.check(module.Model().loss, X, 2 * X, backend="processes", workers=2)
+        message = str(caught.value)
+        assert "cannot be loaded in the worker processes" in message
+        assert "made_at_run_time" in message
+        assert "backend='threads'" in message and "workers=1" in message
+        # the pool is still usable, and the other backends check it
+        assert fg.check(lambda t: float(np.sum(t ** 2)), X, 2 * X, backend="processes",
+                        workers=2).passed
+        assert fg.check(module.Model().loss, X, 2 * X, backend="threads", workers=2).passed
+    finally:
+        del sys.modules[module.__name__]
+        processes.stop_pool()  # later tests start their own (forked) pool
 
 
 def test_a_loss_raising_in_a_worker_names_the_coordinate():

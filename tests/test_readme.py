@@ -102,7 +102,7 @@ def run_block(tmp_path_factory):
             script.write_text(code)
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
-                namespace = runpy.run_path(str(script), run_name="readme_example")
+                namespace = runpy.run_path(str(script), run_name="__main__")  # as `python script.py`
                 called = []
                 for name, value in list(namespace.items()):
                     if name.startswith("test_") and callable(value):

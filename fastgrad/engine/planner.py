@@ -24,7 +24,7 @@ from ..arguments import optional_positive_int
 from ..errors import InvalidType
 from ..steps import JIT_AGREEMENT_EPS
 from .plan import Plan, forget_plan, plan_key, remember, remembered_plan
-from .processes import pool_alive, start_up_seconds, start_workers
+from .processes import NotLoadable, pool_alive, start_up_seconds, start_workers
 
 if TYPE_CHECKING:
     from .evaluator import Evaluator
@@ -339,17 +339,22 @@ def _processes_rate(ev: Evaluator, remaining: int, size: int, timed):
     except InvalidType:
         return None
     note = ""
-    if cold:
-        start = time.perf_counter()
-        started = start_workers(ev.workers, backend.shared.ref)
-        while not all(f.done() for f in started) and 2 * size * ev.workers < remaining:
-            timed(size, 1, 1)  # real coordinates while the workers start
-            remaining -= size
-        for f in started:
-            f.result()
-        note = f" (after {time.perf_counter() - start:.2g} s starting them)"
-    plan = Plan("processes", ev.workers, 1, "calibration")
-    return timed(max(size, 2 * CHUNKS_FOR_PROBE * ev.workers), ev.workers, 1, plan), note
+    # a problem the workers cannot unpickle (NotLoadable, InvalidType from the backend): no
+    # processes for this check; the probe's coordinates are evaluated by the plan chosen instead
+    try:
+        if cold:
+            start = time.perf_counter()
+            started = start_workers(ev.workers, backend.shared.ref)
+            while not all(f.done() for f in started) and 2 * size * ev.workers < remaining:
+                timed(size, 1, 1)  # real coordinates while the workers start
+                remaining -= size
+            for f in started:
+                f.result()
+            note = f" (after {time.perf_counter() - start:.2g} s starting them)"
+        plan = Plan("processes", ev.workers, 1, "calibration")
+        return timed(max(size, 2 * CHUNKS_FOR_PROBE * ev.workers), ev.workers, 1, plan), note
+    except (NotLoadable, InvalidType):
+        return None
 
 
 # chunks per worker process in the calibration's probe of processes

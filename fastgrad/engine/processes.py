@@ -207,6 +207,16 @@ def ship(f, args: tuple, terms) -> bytes:
         f"process); or make that object picklable (e.g. create the lock or file inside f).")
 
 
+def not_loadable(exc: NotLoadable) -> InvalidType:
+    """The error for a problem the worker processes could not unpickle, with the fixes."""
+    return InvalidType(
+        f"f: cannot be loaded in the worker processes (backend='processes'): {exc}. cloudpickle "
+        f"sends a function or class by reference to its module when that module is imported "
+        f"here, and the workers could not import it. Fixes: backend='threads' if f is "
+        f"thread-safe, or workers=1 (serial, in this process); or define f in a module the "
+        f"workers can import, or in the script you run (__main__: sent by value).")
+
+
 # -- the shared block --------------------------------------------------------------------------------
 class SharedProblem:
     """theta and the pickled problem in one shared-memory block, unlinked with this object."""
@@ -237,6 +247,12 @@ def _unlink(block) -> None:
 
 
 # -- the worker side ----------------------------------------------------------------------------------
+class NotLoadable(Exception):
+    """A worker could not unpickle the check's problem (its text says why): f or an argument
+    was pickled by reference to a module the worker cannot import, e.g. one that exists only in
+    the parent (a script run with runpy, a module created at run time)."""
+
+
 class _Attached:
     """A worker's view of one check: the problem, theta (shared, read-only), its working copy."""
 
@@ -248,7 +264,13 @@ class _Attached:
         nbytes = n * dtype.itemsize
         self.theta = shared[:nbytes].view(dtype)
         self.theta.flags.writeable = False
-        self.f, self.args, self.terms = pickle.loads(shared[nbytes:nbytes + blob_size].tobytes())
+        try:
+            self.f, self.args, self.terms = pickle.loads(
+                shared[nbytes:nbytes + blob_size].tobytes())
+        except Exception as exc:
+            self.theta = shared = None  # the views of the block go before the block
+            self._close()
+            raise NotLoadable(f"{type(exc).__name__}: {exc}") from None
         self.work = self.theta.copy()
 
     def close(self) -> None:
@@ -357,8 +379,10 @@ class ProcessBackend(ChunkedBackend):
             stop_pool()  # no worker outlives a Ctrl-C
             self.close()
             raise
-        except BaseException:
+        except BaseException as exc:
             for fut in futures:
                 fut.cancel()
+            if isinstance(exc, NotLoadable):
+                raise not_loadable(exc) from None
             raise
         self.work.count(2 * k)
