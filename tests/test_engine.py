@@ -380,12 +380,12 @@ def test_outer_threads_are_measured_again_only_where_a_slow_retry_is_cheap():
 def test_a_gil_bound_loss_needs_a_clear_win_for_threads():
     # the 4.8k net's full check (51 us per evaluation): outer threads calibrated 5% faster than
     # one thread, remembered, then ran 1.6x slower than serially over the whole check
-    from fastgrad.engine.planner import BLAS_MARGIN, GIL_BOUND_SECONDS, one_worker_wins
+    from fastgrad.engine.planner import GIL_BOUND_SECONDS, STRATEGY_MARGIN, one_worker_wins
 
     short, long = GIL_BOUND_SECONDS / 2, GIL_BOUND_SECONDS * 10
     assert one_worker_wins(outer=1.05, one=1.0, t_eval=short, jit=False)
-    assert not one_worker_wins(outer=1.05 * BLAS_MARGIN, one=1.0, t_eval=short, jit=False)
+    assert not one_worker_wins(outer=1.05 * STRATEGY_MARGIN, one=1.0, t_eval=short, jit=False)
     # longer evaluations (and the nogil kernel) keep the bias towards outer threads
     assert not one_worker_wins(outer=1.05, one=1.0, t_eval=long, jit=False)
     assert not one_worker_wins(outer=1.05, one=1.0, t_eval=short, jit=True)
-    assert one_worker_wins(outer=1.0, one=1.05 * BLAS_MARGIN, t_eval=long, jit=False)
+    assert one_worker_wins(outer=1.0, one=1.05 * STRATEGY_MARGIN, t_eval=long, jit=False)

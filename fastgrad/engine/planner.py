@@ -43,9 +43,11 @@ AUTO_JIT_MIN_SECONDS = 3.0
 CALIBRATION_SECONDS = 0.05
 # a plan of one worker with BLAS threads is remembered only when it beat outer threads by this
 BLAS_PLAN_MARGIN = 1.3
-# BLAS threads (one outer worker) must beat outer threads by this factor to be chosen: the
-# measurement is noisy on a shared machine, and outer threads are the right guess for most losses
-BLAS_MARGIN = 1.15
+# the calibration's margin between outer threads and one worker (with or without BLAS threads):
+# the measurement is noisy on a shared machine, so the strategy that is the right guess wins
+# unless the other is this much faster: outer threads for most losses, one worker for a
+# GIL-bound Python loss (one_worker_wins)
+STRATEGY_MARGIN = 1.15
 # a batch of evaluations shorter than this (seconds, serially) runs on one thread
 SERIAL_BATCH_SECONDS = 0.002
 # below this predicted time (seconds) the first strategy is used without calibrating
@@ -236,7 +238,7 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
         chosen = "one worker (outer threads were slower)" if threads_ok else "one worker"
         if threads_ok and rates[0] > rates[1]:
             chosen = (f"one worker (one evaluation takes {t_eval * 1e6:.0f} us, GIL-bound: "
-                      f"outer threads did not win by {BLAS_MARGIN:.2f}x)")
+                      f"outer threads did not win by {STRATEGY_MARGIN:.2f}x)")
         backend, workers, blas = ("jit" if jit else "serial"), 1, 1
     measured = (f"calibrated: {rates[0]:.3g} coords/s on {ev.workers} threads x 1 BLAS "
                 f"thread vs {rates[1]:.3g} coords/s on {one}" if threads_ok else
@@ -261,14 +263,14 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
 
 def one_worker_wins(outer: float, one: float, t_eval: float, jit: bool) -> bool:
     """Does the one-worker strategy (``one`` coordinates per second) beat outer threads
-    (``outer``)? Outer threads keep a nogil or long loss unless one worker is BLAS_MARGIN
+    (``outer``)? Outer threads keep a nogil or long loss unless one worker is STRATEGY_MARGIN
     faster; a GIL-bound Python loss (under GIL_BOUND_SECONDS) gets threads only when they are
-    BLAS_MARGIN faster: a narrow win of a short probe is noise, and over a whole check their
+    STRATEGY_MARGIN faster: a narrow win of a short probe is noise, and over a whole check their
     handoffs cost more (the 4.8k net's full check, remembered on threads after a 5% win, ran
     1.6x slower than serially)."""
     if not jit and t_eval < GIL_BOUND_SECONDS:
-        return not outer > BLAS_MARGIN * one
-    return one > BLAS_MARGIN * outer
+        return not outer > STRATEGY_MARGIN * one
+    return one > STRATEGY_MARGIN * outer
 
 
 def retry_size(half: int, remaining: int, outer: float, serial: float, workers: int) -> int:
