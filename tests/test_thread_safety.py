@@ -118,10 +118,13 @@ class ScratchNet:
 class PausingScratchNet(ScratchNet):
     """ScratchNet pausing after it wrote its hidden layer (as a model that logs, or waits on
     I/O, between layers): on threads another call overwrites the buffer in that pause, every
-    time two calls overlap, not only when the scheduler happens to interleave them."""
+    time two calls overlap, not only when the scheduler happens to interleave them. The pause
+    (2 ms) is several evaluations long, so that two threads' calls overlap even when one thread
+    starts late (with 0.2 ms, one CI run's threaded audit saw no overlap at all, and nothing to
+    refuse)."""
 
     def between_layers(self):
-        time.sleep(2e-4)
+        time.sleep(2e-3)
 
 
 def scratch_net(seed=0, cls=ScratchNet):
