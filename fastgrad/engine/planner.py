@@ -71,10 +71,19 @@ PROCESS_PROBE_SECONDS = 0.02
 # the call, holding a core the next probe needs (on a busy 2-core machine they made the nets'
 # evaluations 15x slower)
 BLAS_PROBE_MIN_SECONDS = 1e-3
+# ... and only when outer threads' parallel efficiency (their rate / (workers x the serial rate))
+# is below this: above it BLAS threads could win by at most 1 / BLAS_PROBE_EFFICIENCY, and the
+# probe leaves OpenBLAS's threads spinning on the cores the check then needs (the separable loss
+# of 10^6, 2 ms an evaluation: 50 ms of a 0.35 s first check)
+BLAS_PROBE_EFFICIENCY = 0.6
 # after the guard, outer threads are measured once more (the guard's threaded batch also started
 # the pool, and BLAS workers the caller left spinning can slow it) on a batch whose cost, should
 # threads be as slow as the guard saw, stays below this fraction of the check's remaining work
 RETRY_FRACTION = 0.03
+# ... and measured again (retry_threads), up to this many rounds, while each round's rate is
+# at least this factor above the previous one (threads still warming up)
+RETRY_ROUNDS = 4
+RETRY_GAIN = 1.2
 
 
 def resolve_workers(workers) -> int:
@@ -215,14 +224,15 @@ def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
         if not threads_ok:
             outer = 0.0
         else:
-            outer = max(outer, timed(retry_size(half, k - done, outer, serial, ev.workers),
-                                     ev.workers, 1))
+            outer = retry_threads(outer, serial, t_eval, jit, ev.workers, half, k - done,
+                                  lambda size: timed(size, ev.workers, 1))
     else:
         outer = timed(half, ev.workers, 1) if threads_ok else 0.0
         serial = timed(size, 1, 1)
         if threads_ok:
             outer = max(outer, timed(half, ev.workers, 1))
     blas_helps = t_eval >= BLAS_PROBE_MIN_SECONDS and \
+        outer < BLAS_PROBE_EFFICIENCY * ev.workers * serial and \
         t_eval >= BLAS_SPEEDUP_TO_PROBE * ev.time_with_blas_threads()
     rates = [outer, timed(size, 1, None) if blas_helps else serial]
     best = 1 if one_worker_wins(rates[0], rates[1], t_eval, jit) else 0
@@ -271,6 +281,32 @@ def one_worker_wins(outer: float, one: float, t_eval: float, jit: bool) -> bool:
     if not jit and t_eval < GIL_BOUND_SECONDS:
         return not outer > STRATEGY_MARGIN * one
     return one > STRATEGY_MARGIN * outer
+
+
+def retry_threads(outer: float, serial: float, t_eval: float, jit: bool, workers: int,
+                  half: int, remaining: int, timed) -> float:
+    """Outer threads measured again after the guard (``timed(size)`` runs ``size`` coordinates
+    on them and returns their rate): the best rate seen. Threads that still lose to one worker
+    (``serial``) are measured twice, then again while they keep getting faster (by RETRY_GAIN),
+    up to RETRY_ROUNDS times, each round sized by retry_size at the latest rate: a thread's
+    first batches pay for their first touch of a large loss's temporaries (the separable loss of
+    10^6: 15, 28, 240, 280, then 350 coords/s on successive batches of 2-8 coordinates on 2
+    threads, against 235 serially; a thread's first evaluation took 20-55 ms against 2 ms); a
+    loss that threads really slow down stops after two rounds of at most RETRY_FRACTION of the
+    remaining work each."""
+    best = latest = outer
+    for round_ in range(RETRY_ROUNDS):
+        if remaining <= 0:
+            break
+        size = retry_size(half, remaining, latest, serial, workers)
+        rate = timed(size)
+        remaining -= size
+        best = max(best, rate)
+        if not one_worker_wins(best, serial, t_eval, jit) or \
+                (round_ > 0 and rate < RETRY_GAIN * latest):
+            break
+        latest = rate
+    return best
 
 
 def retry_size(half: int, remaining: int, outer: float, serial: float, workers: int) -> int:
