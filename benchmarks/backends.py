@@ -2,6 +2,7 @@
 
     python benchmarks/backends.py                 # the table, the references, the scaling table
     python benchmarks/backends.py --quick         # tiny sizes (a smoke run)
+    python benchmarks/backends.py --repeats 5     # medians of 5 interleaved runs of each row
 
 Every row runs in a fresh interpreter, so the first check pays for everything a user's first check
 pays for (the planner's calibration, the worker processes' start-up). Per problem: fastgrad with
@@ -109,11 +110,31 @@ def in_fresh_process(name, k, config, quick, workers=None) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def backends_table(quick: bool) -> str:
+def median_runs(runs: list[dict]) -> dict:
+    """One row from ``runs`` of the same configuration: the median of each time, the path of
+    the run whose first check was the median one."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    for key in ("second", "startup"):
+        if key in row:
+            row[key] = float(np.median([r[key] for r in runs]))
+    return row
+
+
+def backends_table(quick: bool, repeats: int = 1) -> str:
+    """One row per configuration; with ``repeats`` > 1 every configuration runs that many times,
+    the configurations interleaved (round-robin, so all see the same load), medians shown."""
     rows = ["| problem | n | coords | run | first check (s) | second check (s) | CS231n / first | "
             "path of the first check |", "|---|---:|---:|---|---:|---:|---:|---|"]
+    summary = []
     for name, k in (QUICK_CASES if quick else CASES):
-        results = {c: in_fresh_process(name, k, c, quick) for c in CONFIGS}
+        runs: dict[str, list] = {c: [] for c in CONFIGS}
+        for _ in range(repeats):
+            for c in CONFIGS:
+                runs[c].append(in_fresh_process(name, k, c, quick))
+        results = {c: median_runs(runs[c]) for c in CONFIGS}
+        forced = min(results[c]["seconds"] for c in ("serial", "threads", "processes"))
+        summary.append(f"| {name} | {results['default']['seconds'] / forced:.2f} |")
         cs = results["cs231n"]["seconds"]
         for config in CONFIGS:
             r = results[config]
@@ -128,7 +149,11 @@ def backends_table(quick: bool) -> str:
             rows.append(f"| {name} | {r['n']} | {r['coords']} | {config} | {first} | {second} | "
                         f"{ratio} | {path[:140]} |")
         print(f"# {name}: done", file=sys.stderr, flush=True)
-    return "\n".join(rows)
+    header = (["", f"Default first check / best forced backend's first check (medians of "
+               f"{repeats} runs each):" if repeats > 1 else
+               "Default first check / best forced backend's first check:", "",
+               "| problem | default / best forced |", "|---|---:|"])
+    return "\n".join(rows + header + summary)
 
 
 def scaling_table(quick: bool) -> str:
@@ -150,6 +175,9 @@ def scaling_table(quick: bool) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every configuration this many times, interleaved, and show "
+                             "medians (single runs on a shared machine vary by 10-20%%)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # PROBLEM:K:CONFIG, in a fresh process
     parser.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
@@ -158,7 +186,7 @@ def main(argv=None) -> int:
         print(json.dumps(run_one(name, int(k), config, opts.quick, opts.workers)))
         return 0
     print(f"# {CORES} cores; every row in a fresh process (first check included)")
-    print(backends_table(opts.quick))
+    print(backends_table(opts.quick, opts.repeats))
     print()
     print(scaling_table(opts.quick))
     return 0
