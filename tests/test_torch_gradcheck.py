@@ -553,3 +553,56 @@ def test_large_mostly_zero_jacobians_are_judged_where_they_can_fail():
         ScaledSin.bug, ScaledSin.at = 1.0, 0
     assert [c.where for c in info.value.report.failures] == ["input0[123] -> output0[123]"]
     assert info.value.report.segments["input0/output0"].checked == 300 * 300
+
+
+class TwiceWrongAt5(torch.autograd.Function):
+    """2 x; the backward's element 5 is 1% off (only the one-by-one backward runs it)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        scale = torch.ones(g.shape[-1], dtype=g.dtype)
+        scale[5] = 1.01
+        return g * 2 * scale
+
+
+def test_batched_rows_are_probed_on_every_row_against_the_real_backward(monkeypatch):
+    """The analytic rows come from one batched backward (is_grads_batched), probed against the
+    backward users run. A batching rule that is right where the real backward is wrong must not
+    hide the bug on any row: the probe is one plain backward of a random combination of every
+    row (a probe of the first row of each output let row 5 through)."""
+    import numpy as np
+
+    import fastgrad.torch_gradcheck as G
+
+    real = G._vjp_rows
+
+    def right_when_batched(fn, leaves, outputs, rows, batched):
+        out = real(fn, leaves, outputs, rows, batched)
+        if batched:  # a batching rule computing the true Jacobian, 2 I
+            out[:] = 2.0 * np.eye(fn.layout.size)[rows]
+        return out
+
+    monkeypatch.setattr(G, "_vjp_rows", right_when_batched)
+    x = leaf(8, seed=23)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(TwiceWrongAt5.apply, (x,))
+    report = info.value.report
+    assert {c.where for c in report.failures} == {"input0[5] -> output0[5]"}
+    assert any("differ from the backward itself" in n for n in report.notes)
+    # the probe's own rule: agreement within roundoff, a 1% change on any one row shows
+    fn = G._Function(lambda t: t.sin() * 3, (x,), ["input0"], needs_grad=False)
+    leaves, outputs, positions = fn.reference()
+    fn.set_outputs(outputs, positions)
+    jac = real(fn, leaves, outputs, np.arange(8), batched=False)
+    assert G._batched_rows_agree(fn, leaves, outputs, jac, 0)
+    for row in range(8):
+        off = jac.copy()
+        off[row] *= 1.01
+        assert not G._batched_rows_agree(fn, leaves, outputs, off, 0)
+    nan = jac.copy()
+    nan[3, 3] = np.nan  # a non-finite entry the real backward does not have
+    assert not G._batched_rows_agree(fn, leaves, outputs, nan, 0)
