@@ -22,7 +22,7 @@ from torch.autograd import forward_ad
 from torch.autograd.gradcheck import GradcheckError as TorchGradcheckError
 
 from .arguments import non_negative_float
-from .checks.jacobian import ColumnEvaluator, Layout, judge_jacobian
+from .checks.jacobian import ColumnEvaluator, Judged, Layout, judge_jacobian, screen_streamed
 from .errors import GradientCheckError, InvalidType, InvalidValue
 from .results.jacobian_report import ChainedRecords, JacobianReport
 from .results.report import max_all, overall_status
@@ -33,6 +33,9 @@ __all__ = ["GradcheckError", "gradcheck", "gradgradcheck"]
 TORCH_EPS = 1e-6  # torch.autograd.gradcheck's default step: "auto" steps replace it
 # batched evaluation holds at most this many input values at once (chunks of perturbations)
 BATCH_VALUES = 1 << 22
+# a numeric Jacobian (coordinates x outputs) of more values than this is screened chunk by chunk
+# and not kept when the check passes (screen_streamed); smaller ones are kept for the judges
+STREAM_MIN_VALUES = 1 << 20
 # up to this many analytic rows are one backward pass each, twice (reentrancy): a batched pass
 # and its probe cost about as much as 8 plain ones
 UNBATCHED_ROWS = 4
@@ -245,6 +248,8 @@ class _Function:
         self.why_serial = ("sparse inputs (torch.func.vmap does not batch sparse tensors)"
                            if self.sparse else "")
         self.evaluations = 0
+        # vmap's randomness: "error" until a random op is met, then "same" (many)
+        self.randomness = "error"
 
     def tensors(self, flat: np.ndarray, requires_grad: bool = True) -> list[torch.Tensor]:
         """The checked inputs for a batch of flat rows: tensors of shape (B, *shape)."""
@@ -337,7 +342,7 @@ class _Function:
         with (torch.no_grad() if functional else self._grad_mode()), \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            outputs = torch.func.vmap(fn, in_dims=in_dims)(*args)
+            outputs = torch.func.vmap(fn, in_dims=in_dims, randomness=self.randomness)(*args)
         if len(outputs) == 1:  # no copy of a large batch
             return _real_flat(outputs[0], batch)
         return np.concatenate([_real_flat(o, batch) for o in outputs], axis=-1)
@@ -354,6 +359,12 @@ class _Function:
             try:
                 out = self._vmapped(np.concatenate([rows, self.x64[None]]) if probe else rows)
             except Exception as exc:  # vmap cannot run this function: say so, go one by one
+                if self.randomness == "error" and "randomness" in str(exc):
+                    # a random op: a function that fixes its seed at every call (torch's own
+                    # test wrappers do) draws the same numbers for every row, as vmap's
+                    # randomness="same" does; the probe at x tells whether it does
+                    self.randomness = "same"
+                    return self.many(rows)
                 self.batched = False
                 self.why_serial = (f"torch.func.vmap raised {type(exc).__name__}: "
                                    f"{_first_words(str(exc))}")
@@ -382,11 +393,27 @@ class _Evaluator(ColumnEvaluator):
 
     vmap = "torch.func.vmap"
 
+    @property
+    def path_reason(self) -> str:
+        reason = super().path_reason
+        if self.fn.batched and self.fn.randomness == "same":
+            reason += (" with randomness='same' (f draws random numbers: the same at every "
+                       "call, as the batched value at x showed)")
+        return reason
+
     def _pairs(self, index, step):
+        k, n_out = index.size, self.fn.out_layout.size
+        f_plus, f_minus = np.empty((k, n_out)), np.empty((k, n_out))
+        for a, fp, fm in self.chunks(index, step):
+            f_plus[a:a + fp.shape[0]], f_minus[a:a + fp.shape[0]] = fp, fm
+        return f_plus, f_minus
+
+    def chunks(self, index, step):
+        """(a, f_plus, f_minus) of coordinates a:a+len(f_plus), a vmap'd chunk at a time. The
+        arrays may share memory with the next chunk's inputs (a function that returns its
+        input): read them before asking for the next chunk."""
         x = self.fn.x64
         k = index.size
-        n_out = self.fn.out_layout.size
-        f_plus, f_minus = np.empty((k, n_out)), np.empty((k, n_out))
         chunk = max(1, BATCH_VALUES // max(1, 2 * x.size))
         # one buffer of perturbed inputs for every chunk: fresh pages per chunk would cost
         # their first touch each time (a large Jacobian's chunks add up to gigabytes)
@@ -400,8 +427,7 @@ class _Evaluator(ColumnEvaluator):
             rows[lanes, idx] += h
             rows[lanes + (b - a), idx] -= h
             out = self.fn.many(rows)
-            f_plus[a:b], f_minus[a:b] = out[: b - a], out[b - a:]
-        return f_plus, f_minus
+            yield a, out[: b - a], out[b - a:]
 
 
 # ---------------------------------------------------------------- analytic Jacobians
@@ -431,13 +457,12 @@ def _dense(g: torch.Tensor) -> torch.Tensor:
     return g if g.layout == torch.strided else g.to_dense()
 
 
-def _input_rows(fn: _Function, grads, batch: int, leaves, into: np.ndarray | None = None
-                ) -> np.ndarray:
+def _input_rows(fn: _Function, grads, batch: int, into: np.ndarray | None = None) -> np.ndarray:
     """The flat real input gradients (batch, inputs' real size), written into ``into`` when
     given (a large Jacobian's rows go straight to their place: no temporary of its size)."""
     starts = fn.layout.starts
     out = np.empty((batch, fn.layout.size)) if into is None else into
-    for p, (g, leaf, k) in enumerate(zip(grads, leaves, fn.checked)):
+    for p, (g, k) in enumerate(zip(grads, fn.checked)):
         if g is None:
             out[:, starts[p]:starts[p + 1]] = 0.0
             continue
@@ -469,15 +494,14 @@ def _vjp_rows(fn: _Function, leaves, outputs, rows: np.ndarray, batched: bool) -
                 grads = torch.autograd.grad(outputs[j], leaves, basis, retain_graph=True,
                                             allow_unused=True, is_grads_batched=True)
             if mine[-1] - mine[0] + 1 == mine.size:  # contiguous (always, for whole outputs)
-                _input_rows(fn, grads, mine.size, leaves, into=out[mine[0]:mine[-1] + 1])
+                _input_rows(fn, grads, mine.size, into=out[mine[0]:mine[-1] + 1])
             else:
-                out[mine] = _input_rows(fn, grads, mine.size, leaves)
+                out[mine] = _input_rows(fn, grads, mine.size)
             continue
         for m, cotangent in zip(mine, basis):
             grads = torch.autograd.grad(outputs[j], leaves, cotangent, retain_graph=True,
                                         allow_unused=True)
-            out[m] = _input_rows(fn, [None if g is None else _dense(g)[None] for g in grads], 1,
-                                 leaves)[0]
+            out[m] = _input_rows(fn, [None if g is None else _dense(g)[None] for g in grads], 1)[0]
     return out
 
 
@@ -500,8 +524,7 @@ def _batched_rows_agree(fn: _Function, leaves, outputs, jac: np.ndarray, seed: i
                              o.device)[0] for p, o in enumerate(chosen)]
     grads = torch.autograd.grad(chosen, leaves, cotangents, retain_graph=True,
                                 allow_unused=True)
-    single = _input_rows(fn, [None if g is None else _dense(g)[None] for g in grads], 1,
-                         leaves)[0]
+    single = _input_rows(fn, [None if g is None else _dense(g)[None] for g in grads], 1)[0]
     finite = np.isfinite(jac)
     if finite.all():
         if not np.isfinite(single).all():
@@ -651,87 +674,42 @@ def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, che
                      raise_exception=raise_exception)
     step = coordinate_steps(x[index], h, dtype)
     ev = _Evaluator(fn)
-    ev.pairs(index, step)  # the numeric columns, kept for the judges; the vmap probe runs here
-    message = "" if fn.probed else _nondeterministic(fn, f0, nondet_tol)
-    if message:
-        return _fail(message, None, raise_exception)
-    notes: list[str] = []
-    reports = []
-    if check_backward_ad:
-        rows = np.arange(fn.out_layout.size)
-        try:
-            if rows.size <= UNBATCHED_ROWS and not check_batched_grad:
-                # a few backward passes cost less than one batched pass and its probe
-                raise _Unbatched
-            jac = _vjp_rows(fn, leaves, outputs, rows, batched=True)
-            batched = True
-            # the backward users run is the unbatched one: the first row of every output is
-            # compared with it, and a batching rule that differs (a decomposition that is
-            # right where the real backward is not, or the reverse) is not trusted
-            if not _batched_rows_agree(fn, leaves, outputs, jac, seed):
-                jac = _vjp_rows(fn, leaves, outputs, rows, batched=False)
-                batched = False
-                notes.append("batched vector-Jacobian products differ from the backward "
-                             "itself: every row computed one by one")
-        except _Unbatched:
-            jac = _vjp_rows(fn, leaves, outputs, rows, batched=False)
-            batched = False
-        except Exception as exc:
-            if check_batched_grad:
-                return _fail(f"check_batched_grad: vmap over the backward failed: "
-                             f"{type(exc).__name__}: {exc}", None, raise_exception)
-            jac = _vjp_rows(fn, leaves, outputs, rows, batched=False)
-            batched = False
-        if check_grad_dtypes:
-            message = _grad_dtypes(fn, leaves, outputs)
-            if message:
-                return _fail(message, None, raise_exception)
-        if check_batched_grad:
-            single = _vjp_rows(fn, leaves, outputs, rows, batched=False)
-            if not np.allclose(single, jac, rtol=1e-10, atol=1e-12, equal_nan=True):
-                bad = np.argwhere(~np.isclose(single, jac, rtol=1e-10, atol=1e-12))[0]
-                return _fail(f"check_batched_grad: the vmap'd vector-Jacobian products differ "
-                             f"from the one-by-one ones at {fn.layout.where(int(bad[1]))} -> "
-                             f"{fn.out_layout.where(int(bad[0]))}: {jac[tuple(bad)]!r} vs "
-                             f"{single[tuple(bad)]!r}", None, raise_exception)
-            message = _reentrant(fn, leaves, outputs, single, nondet_tol)
-        else:
-            message = _reentrant(fn, leaves, outputs, jac, nondet_tol) if nondet_tol > 0 \
-                or not batched else ""
+    # the numeric columns of a large Jacobian are screened as they come and never kept, once
+    # the analytic Jacobians are known: evaluate them first then
+    streamed = index.size > 1 and index.size * fn.out_layout.size > STREAM_MIN_VALUES
+    if not streamed:
+        ev.pairs(index, step)  # the numeric columns, kept for the judges; the vmap probe runs
+        message = "" if fn.probed else _nondeterministic(fn, f0, nondet_tol)
         if message:
             return _fail(message, None, raise_exception)
-
-        def refine(r):
-            return _vjp_rows(fn, leaves, outputs, r, batched=False)
-
-        reports.append(judge_jacobian(
-            ev, x, f0, jac, index, step, tol=tol, tol_reason=tol_reason,
-            noise_eps=noise_eps(dtype), atol=atol, rtol=rtol, inputs=fn.layout,
-            outputs=fn.out_layout, seed=seed, skipped=skipped, notes=tuple(notes),
-            refine=refine if batched else None, lazy=True))
-    if check_forward_ad:
-        cols = np.arange(fn.layout.size)
-        try:
-            jac_fwd = _jvp_columns(fn, cols, batched=True)
-            fwd_note = "forward AD: batched torch.func.jvp"
-        except Exception as exc:
-            if check_batched_forward_grad:
-                return _fail(f"check_batched_forward_grad: vmap over forward AD failed: "
-                             f"{type(exc).__name__}: {exc}", None, raise_exception)
-            jac_fwd = _jvp_columns(fn, cols, batched=False)
-            fwd_note = "forward AD: one dual-number pass per input coordinate"
-        if check_batched_forward_grad:
-            single = _jvp_columns(fn, cols, batched=False)
-            if not np.allclose(single, jac_fwd, rtol=1e-10, atol=1e-12, equal_nan=True):
-                return _fail("check_batched_forward_grad: the vmap'd Jacobian-vector products "
-                             "differ from the one-by-one ones", None, raise_exception)
-        reports.append(judge_jacobian(
-            ev, x, f0, jac_fwd, index, step, tol=tol, tol_reason=tol_reason,
-            noise_eps=noise_eps(dtype), atol=atol, rtol=rtol, inputs=fn.layout,
-            outputs=fn.out_layout, seed=seed, skipped=skipped, notes=(fwd_note,),
-            mode=" (forward AD)", lazy=True))
-    if not reports:
+    analytic = _analytic(fn, leaves, outputs, seed=seed, nondet_tol=nondet_tol,
+                         check_backward_ad=check_backward_ad,
+                         check_forward_ad=check_forward_ad,
+                         check_batched_grad=check_batched_grad,
+                         check_batched_forward_grad=check_batched_forward_grad,
+                         check_grad_dtypes=check_grad_dtypes)
+    if isinstance(analytic, str):
+        return _fail(analytic, None, raise_exception)
+    if not analytic:
         return True
+    common = dict(tol=tol, tol_reason=tol_reason, noise_eps=noise_eps(dtype), atol=atol,
+                  rtol=rtol, inputs=fn.layout, outputs=fn.out_layout, seed=seed,
+                  skipped=skipped)
+
+    def judged(jac, options, lazy=True):
+        return judge_jacobian(ev, x, f0, jac, index, step, **common, **options, lazy=lazy)
+
+    if streamed:
+        quick = screen_streamed(ev, index, step, [jac for jac, _ in analytic], tol=tol,
+                                noise_eps=noise_eps(dtype), atol=atol, rtol=rtol)
+        message = "" if fn.probed else _nondeterministic(fn, f0, nondet_tol)
+        if message:
+            return _fail(message, None, raise_exception)
+        # passed: the report (columns evaluated again) only if somebody reads it
+        reports = [Judged(True, lambda a=a: judged(*a, lazy=False)) for a in analytic] \
+            if quick else [judged(*a) for a in analytic]
+    else:
+        reports = [judged(*a) for a in analytic]
 
     def report():  # built only when a failure shows it
         built = [r.report for r in reports]
@@ -745,6 +723,83 @@ def _check(fn: _Function, *, eps, atol, rtol, nondet_tol, check_backward_ad, che
         if message:
             return _fail(message, report(), raise_exception)
     return True
+
+
+def _analytic(fn: _Function, leaves, outputs, *, seed, nondet_tol, check_backward_ad,
+              check_forward_ad, check_batched_grad, check_batched_forward_grad,
+              check_grad_dtypes) -> list[tuple[np.ndarray, dict]] | str:
+    """The analytic Jacobians to judge, each with judge_jacobian's options: the backward's
+    rows (vector-Jacobian products, batched and probed against the real backward) and the
+    forward-mode columns. A string: the message of a failure found on the way (the batched
+    rows differ from one-by-one ones when check_batched_grad asks, dtypes, reentrancy)."""
+    out: list[tuple[np.ndarray, dict]] = []
+    if check_backward_ad:
+        notes: list[str] = []
+        rows = np.arange(fn.out_layout.size)
+        try:
+            if rows.size <= UNBATCHED_ROWS and not check_batched_grad:
+                # a few backward passes cost less than one batched pass and its probe
+                raise _Unbatched
+            jac = _vjp_rows(fn, leaves, outputs, rows, batched=True)
+            batched = True
+            # the backward users run is the unbatched one: a batching rule that differs from
+            # it on any row (a decomposition that is right where the real backward is not, or
+            # the reverse) is not trusted
+            if not _batched_rows_agree(fn, leaves, outputs, jac, seed):
+                jac = _vjp_rows(fn, leaves, outputs, rows, batched=False)
+                batched = False
+                notes.append("batched vector-Jacobian products differ from the backward "
+                             "itself: every row computed one by one")
+        except _Unbatched:
+            jac = _vjp_rows(fn, leaves, outputs, rows, batched=False)
+            batched = False
+        except Exception as exc:
+            if check_batched_grad:
+                return (f"check_batched_grad: vmap over the backward failed: "
+                        f"{type(exc).__name__}: {exc}")
+            jac = _vjp_rows(fn, leaves, outputs, rows, batched=False)
+            batched = False
+        if check_grad_dtypes:
+            message = _grad_dtypes(fn, leaves, outputs)
+            if message:
+                return message
+        if check_batched_grad:
+            single = _vjp_rows(fn, leaves, outputs, rows, batched=False)
+            if not np.allclose(single, jac, rtol=1e-10, atol=1e-12, equal_nan=True):
+                bad = np.argwhere(~np.isclose(single, jac, rtol=1e-10, atol=1e-12))[0]
+                return (f"check_batched_grad: the vmap'd vector-Jacobian products differ "
+                        f"from the one-by-one ones at {fn.layout.where(int(bad[1]))} -> "
+                        f"{fn.out_layout.where(int(bad[0]))}: {jac[tuple(bad)]!r} vs "
+                        f"{single[tuple(bad)]!r}")
+            message = _reentrant(fn, leaves, outputs, single, nondet_tol)
+        else:
+            message = _reentrant(fn, leaves, outputs, jac, nondet_tol) if nondet_tol > 0 \
+                or not batched else ""
+        if message:
+            return message
+
+        def refine(r):
+            return _vjp_rows(fn, leaves, outputs, r, batched=False)
+
+        out.append((jac, dict(notes=tuple(notes), refine=refine if batched else None)))
+    if check_forward_ad:
+        cols = np.arange(fn.layout.size)
+        try:
+            jac_fwd = _jvp_columns(fn, cols, batched=True)
+            fwd_note = "forward AD: batched torch.func.jvp"
+        except Exception as exc:
+            if check_batched_forward_grad:
+                return (f"check_batched_forward_grad: vmap over forward AD failed: "
+                        f"{type(exc).__name__}: {exc}")
+            jac_fwd = _jvp_columns(fn, cols, batched=False)
+            fwd_note = "forward AD: one dual-number pass per input coordinate"
+        if check_batched_forward_grad:
+            single = _jvp_columns(fn, cols, batched=False)
+            if not np.allclose(single, jac_fwd, rtol=1e-10, atol=1e-12, equal_nan=True):
+                return ("check_batched_forward_grad: the vmap'd Jacobian-vector products "
+                        "differ from the one-by-one ones")
+        out.append((jac_fwd, dict(notes=(fwd_note,), mode=" (forward AD)")))
+    return out
 
 
 def _merge(reports: list[JacobianReport]) -> JacobianReport:
@@ -841,7 +896,7 @@ def _vjp_contracted(fn: _Function, leaves, outputs, u: np.ndarray) -> np.ndarray
         cot.append(part.to(o.dtype).reshape(o.shape))
     diff = [outputs[j] for j in fn.positions]
     grads = torch.autograd.grad(diff, leaves, cot, retain_graph=True, allow_unused=True)
-    return _input_rows(fn, [None if g is None else _dense(g)[None] for g in grads], 1, leaves)[0]
+    return _input_rows(fn, [None if g is None else _dense(g)[None] for g in grads], 1)[0]
 
 
 # ---------------------------------------------------------------- public API

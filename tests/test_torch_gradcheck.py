@@ -606,3 +606,98 @@ def test_batched_rows_are_probed_on_every_row_against_the_real_backward(monkeypa
     nan = jac.copy()
     nan[3, 3] = np.nan  # a non-finite entry the real backward does not have
     assert not G._batched_rows_agree(fn, leaves, outputs, nan, 0)
+
+
+class VmappableTwiceWrongAt5(torch.autograd.Function):
+    """TwiceWrongAt5 for torch.func (setup_context, a generated vmap rule)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x * 2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    backward = TwiceWrongAt5.backward
+
+
+def test_a_function_that_fixes_its_seed_at_every_call_is_batched_with_the_same_randomness():
+    # torch's own test wrappers (wrapper_set_seed) reseed before a random op: every call draws
+    # the same mask, so vmap(randomness="same") gives the one-by-one values (checked at x)
+    x = leaf(6, seed=27)
+
+    def seeded(t):
+        torch.manual_seed(7)
+        return torch.nn.functional.dropout(t, 0.5, training=True) * 3
+
+    assert ft.gradcheck(seeded, (x,))
+    assert ft.gradgradcheck(seeded, (x,))
+
+    def seeded_wrong(t):
+        torch.manual_seed(1)  # keeps element 5 (and drops 4 and 7)
+        return torch.nn.functional.dropout(VmappableTwiceWrongAt5.apply(t), 0.5, training=True)
+
+    y = leaf(8, seed=28)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(seeded_wrong, (y,))
+    report = info.value.report
+    assert report.path == "vmap" and "randomness='same'" in report.path_reason
+    assert {c.where for c in report.failures} == {"input0[5] -> output0[5]"}
+
+
+class MatVec(torch.autograd.Function):
+    """A @ x; ``bug`` scales the gradient of x at element 777."""
+
+    bug = 1.0
+
+    @staticmethod
+    def forward(ctx, A, x):
+        ctx.save_for_backward(A, x)
+        return A @ x
+
+    @staticmethod
+    def backward(ctx, g):
+        A, x = ctx.saved_tensors
+        grad_x = A.t() @ g
+        grad_x[777] *= MatVec.bug
+        return None, grad_x
+
+
+def test_a_large_jacobian_is_screened_chunk_by_chunk_and_not_kept(monkeypatch):
+    """A Jacobian over STREAM_MIN_VALUES (lowered here so that the test stays fast: 1,000 inputs
+    x 800 outputs, in chunks of 256 coordinates): the numeric columns are screened as the
+    chunks come; a passing check never builds the two Jacobian-sized loss arrays, and a planted
+    bug is still named by its element."""
+    import fastgrad.torch_gradcheck as G
+
+    monkeypatch.setattr(G, "STREAM_MIN_VALUES", 100_000)
+    monkeypatch.setattr(G, "BATCH_VALUES", 512 * 1000)
+    gen = torch.Generator().manual_seed(29)
+    A = torch.randn(800, 1000, generator=gen, dtype=F64)
+    x = leaf(1000, seed=30)
+    kept = []
+    real_pairs = G._Evaluator._pairs
+
+    def spy(self, index, step):
+        kept.append(index.size)
+        return real_pairs(self, index, step)
+
+    monkeypatch.setattr(G._Evaluator, "_pairs", spy)
+    assert ft.gradcheck(lambda v: MatVec.apply(A, v), (x,))
+    # backward and forward AD judged on one stream of the columns
+    assert ft.gradcheck(lambda v: torch.tanh(A @ v / 30), (x,), check_forward_ad=True)
+    assert kept == []  # passed without keeping the columns
+    MatVec.bug = 1.001
+    try:
+        with pytest.raises(ft.GradcheckError) as info:
+            ft.gradcheck(lambda v: MatVec.apply(A, v), (x,))
+    finally:
+        MatVec.bug = 1.0
+    failures = info.value.report.failures
+    assert {c.where.split(" -> ")[0] for c in failures} == {"input0[777]"}
+    # the output elements where 0.1% of the gradient is beyond atol (1e-5)
+    assert 700 < len(failures) <= 800
+    assert kept[0] == 1000  # the failing check judged the kept columns (then re-checks)

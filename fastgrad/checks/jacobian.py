@@ -27,7 +27,7 @@ from ..judge.verdicts import KINK, NAN, NOISE, coordinate_stats, segment_stats
 from ..results.jacobian_report import JacobianRecords, JacobianReport
 from ..results.report import SegmentReport, overall_status
 
-__all__ = ["Judged", "Layout", "judge_jacobian"]
+__all__ = ["Judged", "Layout", "judge_jacobian", "screen_streamed"]
 
 
 @dataclass(frozen=True)
@@ -171,41 +171,84 @@ ATOL_BLOCK_VALUES = 1 << 18
 _FIELDS = ("numeric", "rel_error", "noise", "verdict", "failed", "kink")
 
 
+class _FarElements:
+    """The elements of one analytic Jacobian farther than ``atol`` from their numeric value,
+    collected block by block of coordinates (the others never fail; a large sparse Jacobian is
+    mostly such elements), with their two loss values: what _within_atol judges in C.
+
+    ``add`` returns False as soon as more than half of all the elements are far: judging them
+    saves nothing, and the caller judges the whole Jacobian instead."""
+
+    def __init__(self, jacobian: np.ndarray, index: np.ndarray, atol: float):
+        self.jacobian, self.index, self.atol = jacobian, index, atol
+        full = index.size == jacobian.shape[1] and np.array_equal(index, np.arange(index.size))
+        # (k, n_out), a view when full
+        self.analytic_t = (jacobian if full else jacobian[:, index]).T
+        self.coord, self.row, self.fp, self.fm = [], [], [], []
+        self.count = 0
+
+    def add(self, a: int, fp: np.ndarray, fm: np.ndarray, step: np.ndarray) -> bool:
+        """Coordinates a:a+len(fp) (their loss values fp, fm: (coordinates, outputs))."""
+        n_out = self.jacobian.shape[0]
+        b = a + fp.shape[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for c in range(a, b, max(1, ATOL_BLOCK_VALUES // max(1, n_out))):
+                d = min(b, c + max(1, ATOL_BLOCK_VALUES // max(1, n_out)))
+                # one temporary of a block, in place: reused memory (a Jacobian-sized one is
+                # fresh pages, whose first touch cost ~0.2 s per 268 MB on the 2-core VM)
+                gap = np.subtract(fp[c - a:d - a], fm[c - a:d - a])
+                gap /= (2.0 * step[c - a:d - a])[:, None]  # the numeric values
+                gap -= self.analytic_t[c:d]
+                np.abs(gap, out=gap)
+                coord, row = np.nonzero(~(gap <= self.atol))
+                self.coord.append(coord + c)
+                self.row.append(row)
+                self.fp.append(fp[coord + c - a, row])
+                self.fm.append(fm[coord + c - a, row])
+                self.count += coord.size
+                if self.count * 2 > self.analytic_t.size:
+                    return False
+        return True
+
+    def passed(self, step: np.ndarray, tol: float, noise_eps: float, rtol) -> bool:
+        """True when the check passes without re-checks (every far element judged in C; the
+        numeric values are the C judge's, bit for bit)."""
+        if self.count == 0:
+            return True
+        coord, row = np.concatenate(self.coord), np.concatenate(self.row)
+        analytic = self.jacobian[row, self.index[coord]]
+        screen = coordinate_stats(analytic, np.concatenate(self.fp), np.concatenate(self.fm),
+                                  0.0, step[coord], tol, noise_eps)
+        table = _Table(*(getattr(screen, name) for name in _FIELDS))
+        if table.failed.any() or (table.verdict == NOISE).any():
+            return False
+        return not _final_failures(table, analytic, self.atol, rtol).any()
+
+
 def _within_atol(jacobian, index, fp, fm, step, tol, noise_eps, atol, rtol) -> bool:
     """True when the check passes without re-checks, judging in C only the elements farther
-    than ``atol`` from their numeric value (the others never fail; a large sparse Jacobian
-    is mostly such elements). The numeric values are the C judge's, bit for bit; the arrays
-    are (coordinates, outputs) as the pairs come, one temporary in place."""
-    n_out = jacobian.shape[0]
-    full = index.size == jacobian.shape[1] and np.array_equal(index, np.arange(index.size))
-    analytic_t = (jacobian if full else jacobian[:, index]).T  # (k, n_out), a view when full
-    # in blocks of coordinates: the temporary stays small (reused memory; a Jacobian-sized one
-    # is fresh pages, whose first touch cost ~0.2 s per 268 MB on the 2-core VM)
-    block = max(1, ATOL_BLOCK_VALUES // max(1, n_out))
-    pieces = []
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for a in range(0, index.size, block):
-            b = min(index.size, a + block)
-            gap = np.subtract(fp[a:b], fm[a:b])
-            gap /= (2.0 * step[a:b])[:, None]  # the numeric values
-            gap -= analytic_t[a:b]
-            np.abs(gap, out=gap)
-            pieces.append(np.flatnonzero(~(gap <= atol)) + a * n_out)
-            if sum(p.size for p in pieces) * 2 > analytic_t.size:
-                return False  # most elements need judging: no saving
-    far = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
-    if far.size == 0:
-        return True
-    if far.size * 2 > analytic_t.size:  # most elements need judging: no saving
-        return False
-    coord, row = np.divmod(far, n_out)
-    analytic = jacobian[row, index[coord]]
-    screen = coordinate_stats(analytic, fp[coord, row], fm[coord, row], 0.0, step[coord], tol,
-                              noise_eps)
-    table = _Table(*(getattr(screen, name) for name in _FIELDS))
-    if table.failed.any() or (table.verdict == NOISE).any():
-        return False
-    return not _final_failures(table, analytic, atol, rtol).any()
+    than ``atol`` from their numeric value; the arrays are (coordinates, outputs) as the pairs
+    come."""
+    far = _FarElements(jacobian, index, atol)
+    return far.add(0, fp, fm, step) and far.passed(step, tol, noise_eps, rtol)
+
+
+def screen_streamed(ev, index: np.ndarray, step: np.ndarray, jacobians: list[np.ndarray], *,
+                    tol: float, noise_eps: float, atol: float, rtol) -> bool:
+    """judge_jacobian(lazy=True)'s quick pass for each of ``jacobians`` (the analytic Jacobians
+    of one function), with the numeric columns evaluated and screened chunk by chunk
+    (``ev.chunks``) and never kept: True when every one passes without re-checks. A large
+    Jacobian's two loss arrays are each the Jacobian's size; torch's gradcheck keeps one.
+
+    False says nothing yet: the caller judges with judge_jacobian, which evaluates the columns
+    again and keeps them (a failing check, or one whose elements are mostly far from atol,
+    pays for the columns twice). Stops evaluating as soon as one Jacobian is beyond saving."""
+    far = [_FarElements(j, index, atol) for j in jacobians]
+    for a, fp, fm in ev.chunks(index, step):
+        for f in far:
+            if not f.add(a, fp, fm, step[a:a + fp.shape[0]]):
+                return False
+    return all(f.passed(step, tol, noise_eps, rtol) for f in far)
 
 
 @dataclass
@@ -312,6 +355,12 @@ class ColumnEvaluator:
             f_plus.flags.writeable = f_minus.flags.writeable = False
             self._last = (key, f_plus, f_minus)
         return self._last[1], self._last[2]
+
+    def chunks(self, index, step):
+        """(a, f_plus, f_minus) for coordinates a:a+len(f_plus), chunk by chunk, nothing kept:
+        screen_streamed's columns. Subclasses that evaluate in chunks give their own."""
+        f_plus, f_minus = self._pairs(index, step)
+        yield 0, f_plus, f_minus
 
     def _pairs(self, index, step):
         raise NotImplementedError

@@ -40,23 +40,36 @@ class JacobianRecords(Sequence):
 
     def _all(self) -> list[JacobianRecord]:
         if self._records is None:
-            c = self._columns
-            where_in = {i: self._inputs.where(i) for i in set(np.asarray(c["index"]).tolist())}
-            local = {i: self._inputs.local(i) for i in where_in}
-            where_out = {r: self._outputs.where(r) for r in set(np.asarray(c["row"]).tolist())}
-            cols = [np.asarray(c[name]).tolist() for name in (
-                "row", "position", "index", "segment", "analytic", "numeric", "rel_error",
-                "kink", "verdict", "step", "failed", "noise")]
-            self._records = [
-                JacobianRecord(
-                    index=index, segment=self._segment_names[seg], local=local[index],
-                    analytic=a, numeric=n, rel_error=rel, kink=kink, verdict=VERDICTS[verdict],
-                    step=step, failed=failed, noise=noise,
-                    input_where=where_in[index], output_where=where_out[row])
-                for row, pos, index, seg, a, n, rel, kink, verdict, step, failed, noise
-                in zip(*cols)
-            ]
+            self._records = self.pick(np.arange(len(self)))
         return self._records
+
+    def column(self, name: str) -> np.ndarray:
+        """One field over every element, as an array (``"failed"``, ``"rel_error"``,
+        ``"verdict"`` codes...): a large Jacobian's failures are found without making a record
+        per element."""
+        return np.asarray(self._columns[name])
+
+    def pick(self, positions: np.ndarray) -> list[JacobianRecord]:
+        """The records at ``positions`` (made now, only these)."""
+        if self._records is not None:
+            return [self._records[int(p)] for p in positions]
+        c = {name: np.asarray(self._columns[name])[positions] for name in (
+            "row", "index", "segment", "analytic", "numeric", "rel_error", "kink", "verdict",
+            "step", "failed", "noise")}
+        where_in = {i: self._inputs.where(i) for i in set(c["index"].tolist())}
+        local = {i: self._inputs.local(i) for i in where_in}
+        where_out = {r: self._outputs.where(r) for r in set(c["row"].tolist())}
+        cols = [c[name].tolist() for name in (
+            "row", "index", "segment", "analytic", "numeric", "rel_error", "kink", "verdict",
+            "step", "failed", "noise")]
+        return [
+            JacobianRecord(
+                index=index, segment=self._segment_names[seg], local=local[index],
+                analytic=a, numeric=n, rel_error=rel, kink=kink, verdict=VERDICTS[verdict],
+                step=step, failed=failed, noise=noise,
+                input_where=where_in[index], output_where=where_out[row])
+            for row, index, seg, a, n, rel, kink, verdict, step, failed, noise in zip(*cols)
+        ]
 
     def __len__(self) -> int:
         return len(self._columns["row"])
@@ -80,6 +93,22 @@ class ChainedRecords(Sequence):
     def _all(self) -> list:
         return [c for part in self._parts for c in part]
 
+    def column(self, name: str) -> np.ndarray:
+        """JacobianRecords.column over the parts, in order."""
+        return np.concatenate([part.column(name) for part in self._parts])
+
+    def pick(self, positions: np.ndarray) -> list:
+        """JacobianRecords.pick over the parts (``positions`` into the chained sequence)."""
+        ends = np.cumsum([len(part) for part in self._parts])
+        owner = np.searchsorted(ends, positions, side="right")
+        starts = ends - np.array([len(part) for part in self._parts])
+        out: list = [None] * len(positions)
+        for k, part in enumerate(self._parts):
+            mine = np.flatnonzero(owner == k)
+            for slot, record in zip(mine, part.pick(np.asarray(positions)[mine] - starts[k])):
+                out[slot] = record
+        return out
+
     def __len__(self) -> int:
         return sum(len(p) for p in self._parts)
 
@@ -101,6 +130,25 @@ class JacobianReport(Report):
 
     skipped: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def failures(self) -> list:
+        """The records that make the check fail (made only for those)."""
+        return self.coords.pick(np.flatnonzero(self.coords.column("failed")))
+
+    def _worst_records(self, worst: int) -> tuple[list, int, int]:
+        """Report._worst_records from the records' columns: a record is made only for the
+        elements shown (a large Jacobian has a million)."""
+        coords = self.coords
+        failed = coords.column("failed").astype(bool)
+        rel = coords.column("rel_error").astype(float)
+        excellent = VERDICTS.index("excellent")
+        candidates = np.flatnonzero((coords.column("verdict") != excellent) | failed)
+        key = np.where(np.isfinite(rel[candidates]), rel[candidates], 1e300)
+        # failed first, then by decreasing relative error (a stable sort, as sorted() is)
+        order = candidates[np.lexsort((-key, ~failed[candidates]))]
+        rest = order[worst:]
+        return coords.pick(order[:worst]), rest.size, int(np.count_nonzero(failed[rest]))
 
     def to_dict(self) -> dict:
         out = super().to_dict()

@@ -535,11 +535,7 @@ class Report(RunInfo):
                 lines.append(f"loss term {term!r}: "
                              f"{status if status == 'passed' else status.upper()}")
             lines += _segment_table(segments.values())
-        candidates = sorted(
-            (c for c in self.coords if c.verdict not in ("excellent",) or c.failed),
-            key=lambda c: (not c.failed, -(c.rel_error if math.isfinite(c.rel_error) else 1e300)),
-        )
-        shown = candidates[:worst]
+        shown, rest, rest_failed = self._worst_records(worst)
         if shown:
             lines += ["", "worst coordinates:"]
             rows = [("where", "analytic", "numeric", "rel.err", "verdict")]
@@ -549,12 +545,20 @@ class Report(RunInfo):
                              fmt_rel(c.rel_error), verdict + (" (kink)" if c.kink and
                                                                c.verdict != "kink" else "")))
             lines += columns(rows, indent="  ")
-            rest = candidates[worst:]
             if rest:
-                failed = sum(1 for c in rest if c.failed)
-                lines.append(f"  ... and {len(rest)} more ({failed} failed)" if failed
-                             else f"  ... and {len(rest)} more")
+                lines.append(f"  ... and {rest} more ({rest_failed} failed)" if rest_failed
+                             else f"  ... and {rest} more")
         return "\n".join(lines)
+
+    def _worst_records(self, worst: int) -> tuple[list, int, int]:
+        """The records the table shows (failed first, then by decreasing relative error, every
+        one that is not excellent), how many more there are, and how many of those failed."""
+        candidates = sorted(
+            (c for c in self.coords if c.verdict not in ("excellent",) or c.failed),
+            key=lambda c: (not c.failed, -(c.rel_error if math.isfinite(c.rel_error) else 1e300)),
+        )
+        rest = candidates[worst:]
+        return candidates[:worst], len(rest), sum(1 for c in rest if c.failed)
 
     def __str__(self) -> str:
         return self.table()
