@@ -459,7 +459,10 @@ def _dense(g: torch.Tensor) -> torch.Tensor:
 
 def _input_rows(fn: _Function, grads, batch: int, into: np.ndarray | None = None) -> np.ndarray:
     """The flat real input gradients (batch, inputs' real size), written into ``into`` when
-    given (a large Jacobian's rows go straight to their place: no temporary of its size)."""
+    given (a large Jacobian's rows go straight to their place: no temporary of its size). One
+    dense real input and no ``into``: the gradient's own memory, not a copy."""
+    if into is None and len(fn.checked) == 1 and not fn.sparse and grads[0] is not None:
+        return _real_flat(grads[0], batch)
     starts = fn.layout.starts
     out = np.empty((batch, fn.layout.size)) if into is None else into
     for p, (g, k) in enumerate(zip(grads, fn.checked)):
@@ -487,17 +490,25 @@ def _vjp_rows(fn: _Function, leaves, outputs, rows: np.ndarray, batched: bool) -
         mine = np.flatnonzero(owner == p)
         if mine.size == 0:
             continue
-        basis = _unit_rows(rows[mine] - starts[p], outputs[j])
         if batched:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                grads = torch.autograd.grad(outputs[j], leaves, basis, retain_graph=True,
-                                            allow_unused=True, is_grads_batched=True)
-            if mine[-1] - mine[0] + 1 == mine.size:  # contiguous (always, for whole outputs)
-                _input_rows(fn, grads, mine.size, into=out[mine[0]:mine[-1] + 1])
-            else:
-                out[mine] = _input_rows(fn, grads, mine.size)
+            # blocks of rows: the unit cotangents and the gradients of a block stay small
+            # (reused memory); only the Jacobian itself is new
+            per = max(1, BATCH_VALUES // max(1, fn.layout.size + outputs[j].numel()))
+            for a in range(0, mine.size, per):
+                block = mine[a:a + per]
+                basis = _unit_rows(rows[block] - starts[p], outputs[j])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    grads = torch.autograd.grad(outputs[j], leaves, basis, retain_graph=True,
+                                                allow_unused=True, is_grads_batched=True)
+                if block.size == rows.size == out.shape[0]:  # every row: the gradients' memory
+                    out = _input_rows(fn, grads, block.size)
+                elif block[-1] - block[0] + 1 == block.size:  # contiguous (whole outputs)
+                    _input_rows(fn, grads, block.size, into=out[block[0]:block[-1] + 1])
+                else:
+                    out[block] = _input_rows(fn, grads, block.size)
             continue
+        basis = _unit_rows(rows[mine] - starts[p], outputs[j])
         for m, cotangent in zip(mine, basis):
             grads = torch.autograd.grad(outputs[j], leaves, cotangent, retain_graph=True,
                                         allow_unused=True)
@@ -525,18 +536,23 @@ def _batched_rows_agree(fn: _Function, leaves, outputs, jac: np.ndarray, seed: i
     grads = torch.autograd.grad(chosen, leaves, cotangents, retain_graph=True,
                                 allow_unused=True)
     single = _input_rows(fn, [None if g is None else _dense(g)[None] for g in grads], 1)[0]
-    finite = np.isfinite(jac)
-    if finite.all():
-        if not np.isfinite(single).all():
-            return False
-        clean, bad = jac, None
-    else:  # a non-finite entry: the single pass must show it in the same columns
-        clean, bad = np.where(finite, jac, 0.0), ~finite.all(axis=0)
-        if np.any(bad != ~np.isfinite(single)):
-            return False
+    # u^T jac and |u|^T |jac| a block of rows at a time: no Jacobian-sized temporary
+    combined, scale = np.zeros(jac.shape[1]), np.zeros(jac.shape[1])
+    bad = np.zeros(jac.shape[1], dtype=bool)  # columns with a non-finite entry
+    block = max(1, BATCH_VALUES // 4 // max(1, jac.shape[1]))
+    for a in range(0, jac.shape[0], block):
+        part = jac[a:a + block]
+        finite = np.isfinite(part)
+        if not finite.all():
+            bad |= ~finite.all(axis=0)
+            part = np.where(finite, part, 0.0)
+        combined += u[a:a + block] @ part
+        scale += np.abs(u[a:a + block]) @ np.abs(part)
+    if np.any(bad != ~np.isfinite(single)):  # the single pass shows the same columns
+        return False
     rtol = 1e-10 if not fn.low else 1e-4  # roundoff of a different summation order
-    ok = np.abs(single - u @ clean) <= rtol * (np.abs(u) @ np.abs(clean)) + 1e-12
-    return bool(ok.all() if bad is None else (ok | bad).all())
+    ok = np.abs(single - combined) <= rtol * scale + 1e-12
+    return bool((ok | bad).all())
 
 
 def _tangent_basis(fn: _Function, cols: np.ndarray) -> list[torch.Tensor]:
