@@ -189,13 +189,13 @@ class _FarElements:
 
     def add(self, a: int, fp: np.ndarray, fm: np.ndarray, step: np.ndarray) -> bool:
         """Coordinates a:a+len(fp) (their loss values fp, fm: (coordinates, outputs))."""
-        n_out = self.jacobian.shape[0]
         b = a + fp.shape[0]
+        block = max(1, ATOL_BLOCK_VALUES // max(1, self.jacobian.shape[0]))
         with np.errstate(invalid="ignore", divide="ignore"):
-            for c in range(a, b, max(1, ATOL_BLOCK_VALUES // max(1, n_out))):
-                d = min(b, c + max(1, ATOL_BLOCK_VALUES // max(1, n_out)))
+            for c in range(a, b, block):
+                d = min(b, c + block)
                 # one temporary of a block, in place: reused memory (a Jacobian-sized one is
-                # fresh pages, whose first touch cost ~0.2 s per 268 MB on the 2-core VM)
+                # fresh pages, whose first touch cost up to 1 s per 268 MB on the 2-core VM)
                 gap = np.subtract(fp[c - a:d - a], fm[c - a:d - a])
                 gap /= (2.0 * step[c - a:d - a])[:, None]  # the numeric values
                 gap -= self.analytic_t[c:d]
