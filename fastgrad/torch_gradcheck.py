@@ -457,17 +457,21 @@ def _dense(g: torch.Tensor) -> torch.Tensor:
     return g if g.layout == torch.strided else g.to_dense()
 
 
-def _input_rows(fn: _Function, grads, batch: int, into: np.ndarray | None = None) -> np.ndarray:
+def _input_rows(fn: _Function, grads, batch: int, into: np.ndarray | None = None,
+                zeroed: bool = False) -> np.ndarray:
     """The flat real input gradients (batch, inputs' real size), written into ``into`` when
-    given (a large Jacobian's rows go straight to their place: no temporary of its size). One
-    dense real input and no ``into``: the gradient's own memory, not a copy."""
+    given (a large Jacobian's rows go straight to their place: no temporary of its size;
+    ``zeroed``: it holds zeros already, and an undefined gradient's block is not written, so
+    its pages are never touched). One dense real input and no ``into``: the gradient's own
+    memory, not a copy."""
     if into is None and len(fn.checked) == 1 and not fn.sparse and grads[0] is not None:
         return _real_flat(grads[0], batch)
     starts = fn.layout.starts
     out = np.empty((batch, fn.layout.size)) if into is None else into
     for p, (g, k) in enumerate(zip(grads, fn.checked)):
         if g is None:
-            out[:, starts[p]:starts[p + 1]] = 0.0
+            if not zeroed:
+                out[:, starts[p]:starts[p + 1]] = 0.0
             continue
         if k in fn.sparse:
             g = fn.sparse[k].gradient(g, batch)
@@ -504,7 +508,8 @@ def _vjp_rows(fn: _Function, leaves, outputs, rows: np.ndarray, batched: bool) -
                 if block.size == rows.size == out.shape[0]:  # every row: the gradients' memory
                     out = _input_rows(fn, grads, block.size)
                 elif block[-1] - block[0] + 1 == block.size:  # contiguous (whole outputs)
-                    _input_rows(fn, grads, block.size, into=out[block[0]:block[-1] + 1])
+                    _input_rows(fn, grads, block.size, into=out[block[0]:block[-1] + 1],
+                                zeroed=True)
                 else:
                     out[block] = _input_rows(fn, grads, block.size)
             continue
