@@ -701,3 +701,31 @@ def test_a_large_jacobian_is_screened_chunk_by_chunk_and_not_kept(monkeypatch):
     # the output elements where 0.1% of the gradient is beyond atol (1e-5)
     assert 700 < len(failures) <= 800
     assert kept[0] == 1000  # the failing check judged the kept columns (then re-checks)
+
+
+class DriftingBackward(torch.autograd.Function):
+    """2 x; every backward call scales its result by 1 + 1e-7 * (calls so far): right to within
+    the tolerances, but a second backward pass does not give the first one's values."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        DriftingBackward.calls += 1
+        return g * 2 * (1 + 1e-7 * DriftingBackward.calls)
+
+
+@pytest.mark.parametrize("n", [3, 8])  # one backward per row; batched rows (above 4)
+def test_a_backward_that_is_not_reentrant_fails_and_a_reentrant_one_passes(n):
+    x = leaf(n, seed=31)
+    with pytest.raises(ft.GradcheckError, match="not reentrant"):
+        ft.gradcheck(DriftingBackward.apply, (x,), nondet_tol=1e-12)
+    assert not ft.gradcheck(DriftingBackward.apply, (x,), raise_exception=False)
+    # a deterministic backward is reentrant, nondet_tol or not (the second pass is batched
+    # when the first was)
+    assert ft.gradcheck(lambda t: torch.tanh(t) * 2, (x,), nondet_tol=1e-12)
+    assert ft.gradgradcheck(lambda t: torch.tanh(t) * 2, (x,), nondet_tol=1e-12)
