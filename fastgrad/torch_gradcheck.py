@@ -10,7 +10,6 @@ said in the report's path line); the analytic rows are batched vector-Jacobian p
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -521,19 +520,14 @@ def _vjp_rows(fn: _Function, leaves, outputs, rows: np.ndarray, batched: bool) -
     return out
 
 
-@functools.lru_cache(maxsize=64)
-def _probe_vector(size: int, seed: int) -> np.ndarray:
-    """The random combination of output elements _batched_rows_agree uses (a generator costs
-    ~20 us: one vector per size; nothing writes it)."""
-    return np.random.default_rng([seed, size]).standard_normal(size)
-
-
 def _batched_rows_agree(fn: _Function, leaves, outputs, jac: np.ndarray, seed: int) -> bool:
     """Do the batched analytic rows ``jac`` agree with the backward users run? One unbatched
     backward of a random combination u of every output element (u^T J, all outputs at once)
     against u^T jac: a batching rule that differs from the real backward on any row shows,
     at the cost of one plain backward pass."""
-    u = _probe_vector(fn.out_layout.size, seed)
+    # made per check (~10 us): a cached vector would be module state that a backward writing
+    # into its grad_output could change for every later check
+    u = np.random.default_rng([seed, fn.out_layout.size]).standard_normal(fn.out_layout.size)
     starts = fn.out_layout.starts
     chosen = [outputs[j] for j in fn.positions]
     cotangents = [_from_real(u[None, starts[p]:starts[p + 1]], tuple(o.shape), o.dtype,

@@ -556,11 +556,18 @@ def test_large_mostly_zero_jacobians_are_judged_where_they_can_fail():
 
 
 class TwiceWrongAt5(torch.autograd.Function):
-    """2 x; the backward's element 5 is 1% off (only the one-by-one backward runs it)."""
+    """2 x for torch.func too (setup_context, a generated vmap rule); the backward's element 5
+    is 1% off."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(x):
         return x * 2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
 
     @staticmethod
     def backward(ctx, g):
@@ -608,22 +615,6 @@ def test_batched_rows_are_probed_on_every_row_against_the_real_backward(monkeypa
     assert not G._batched_rows_agree(fn, leaves, outputs, nan, 0)
 
 
-class VmappableTwiceWrongAt5(torch.autograd.Function):
-    """TwiceWrongAt5 for torch.func (setup_context, a generated vmap rule)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x):
-        return x * 2
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    backward = TwiceWrongAt5.backward
-
-
 def test_a_function_that_fixes_its_seed_at_every_call_is_batched_with_the_same_randomness():
     # torch's own test wrappers (wrapper_set_seed) reseed before a random op: every call draws
     # the same mask, so vmap(randomness="same") gives the one-by-one values (checked at x)
@@ -638,7 +629,7 @@ def test_a_function_that_fixes_its_seed_at_every_call_is_batched_with_the_same_r
 
     def seeded_wrong(t):
         torch.manual_seed(1)  # keeps element 5 (and drops 4 and 7)
-        return torch.nn.functional.dropout(VmappableTwiceWrongAt5.apply(t), 0.5, training=True)
+        return torch.nn.functional.dropout(TwiceWrongAt5.apply(t), 0.5, training=True)
 
     y = leaf(8, seed=28)
     with pytest.raises(ft.GradcheckError) as info:
