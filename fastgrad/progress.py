@@ -51,6 +51,7 @@ class Progress:
         self.start = time.perf_counter()
         self._last_draw = 0.0
         self._drawn = False
+        self._width = 0
         self._lock = threading.Lock()
 
     @property
@@ -85,6 +86,30 @@ class Progress:
             self._last_draw = now
             self._draw()
 
+    def count_to(self, done: int) -> None:
+        """Set the count of evaluations done to ``done`` (a caller that knows the true count:
+        the audit, whose evaluations also run outside the backends that call ``update``)."""
+        with self._lock:
+            self.done = int(done)
+        self.update(0)
+
+    def expect(self, remaining: int, label: str | None = None) -> None:
+        """Re-estimate: ``remaining`` more evaluations from now (the total may shrink, as when
+        an audit finds nothing to localize), and optionally a new label (the phase).
+
+        Parameters
+        ----------
+        remaining : int
+            Evaluations still expected after those done so far.
+        label : str, optional
+            The text in front of the bar from now on.
+        """
+        with self._lock:
+            self.total = self.done + max(int(remaining), 0)
+            if label is not None:
+                self.label = label
+        self.update(0)
+
     def _draw(self, final: bool = False) -> None:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         rate = self.done / elapsed
@@ -94,8 +119,9 @@ class Progress:
         filled = int(round(width * min(frac, 1.0)))
         bar = "#" * filled + "-" * (width - filled)
         tail = f"{elapsed:5.1f}s" if final else f"ETA {eta:5.1f}s"
-        self.stream.write(
-            f"\r{self.label} [{bar}] {self.done}/{self.total} evals  {rate:,.0f}/s  {tail}"
-        )
+        line = f"{self.label} [{bar}] {self.done}/{self.total} evals  {rate:,.0f}/s  {tail}"
+        # a shorter line (a shorter phase label) overwrites all of the previous one
+        self.stream.write("\r" + line.ljust(self._width))
+        self._width = len(line)
         self.stream.flush()
         self._drawn = True

@@ -118,9 +118,24 @@ class Workload:
         return LossError(f"f raised while evaluating {self.describe(i)}: {text}", i)
 
 
+# chunks per worker: a few keep the workers balanced when evaluations differ in cost
+CHUNKS_PER_WORKER = {"pairs": 4, "directions": 2}
+# with a progress bar on screen, a batch goes in at least this many chunks so that the bar moves
+# while it runs (an audit's first batch of a 124M-parameter model takes about a minute)
+PROGRESS_CHUNKS = 32
+
+
 def chunk_bounds(k: int, n_chunks: int) -> list[tuple[int, int]]:
     bounds = np.linspace(0, k, max(1, min(k, n_chunks)) + 1).astype(np.int64)
     return [(int(bounds[c]), int(bounds[c + 1])) for c in range(bounds.size - 1)]
+
+
+def batch_chunks(k: int, workers: int, kind: str, bar) -> list[tuple[int, int]]:
+    """The chunks a batch of k pairs or directions goes in, over ``workers`` workers."""
+    n_chunks = workers * CHUNKS_PER_WORKER[kind] if workers > 1 else 1
+    if bar.active:
+        n_chunks = max(n_chunks, PROGRESS_CHUNKS)
+    return chunk_bounds(k, n_chunks)
 
 
 class Backend:
@@ -143,16 +158,11 @@ class Backend:
 class ThreadBackend(Backend):
     """A thread pool of ``workers`` threads; one worker: serially, in the calling thread."""
 
-    # a few chunks per worker keep them balanced when evaluations differ in cost
-    CHUNKS_PER_WORKER = {"pairs": 4, "directions": 2}
-
     @property
     def name(self) -> str:
         return "serial" if self.workers == 1 else "threads"
 
     def _run(self, k, kind, fill, bar):
-        n_chunks = (self.workers * self.CHUNKS_PER_WORKER[kind] if self.workers > 1 else 1)
-
         def task(a, b):
             def run():
                 work = self.work.borrow()
@@ -164,7 +174,7 @@ class ThreadBackend(Backend):
                 return failure
             return run
 
-        chunks = chunk_bounds(k, n_chunks)
+        chunks = batch_chunks(k, self.workers, kind, bar)
         with blas_limited(self.blas_threads):
             results = run_chunks([task(a, b) for a, b in chunks], self.workers)
         self.work.count(2 * k)
@@ -385,8 +395,7 @@ class ExecutorBackend(ChunkedBackend):
             attach = self.workers
 
     def _run(self, k, kind, payload, fail, f_plus, f_minus, bar) -> None:
-        chunks = chunk_bounds(k, self.workers * (4 if kind == "pairs" else 2)
-                              if self.workers > 1 else 1)
+        chunks = batch_chunks(k, self.workers, kind, bar)
         for c, (fp, fm, failure) in self._ship(kind, [payload(a, b) for a, b in chunks]):
             a, b = chunks[c]
             if failure is not None:

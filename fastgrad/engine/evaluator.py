@@ -7,6 +7,7 @@ perturbs its own copy and restores it.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -271,21 +272,22 @@ class Evaluator:
 
     # -- coordinate pairs ------------------------------------------------------------------------
     def pairs(self, index: np.ndarray, step: np.ndarray, label: str = "coordinates",
-              plan: bool = True):
+              plan: bool = True, bar: Progress | None = None):
         """Losses at theta +- step[j] e_index[j]: two arrays of shape (k, terms).
 
         The first call with ``plan=True`` lets the planner choose the strategy (calibration); a
         small batch before the real one (the noise probe) passes ``plan=False`` so as not to
         decide for it; such a batch also runs serially in this thread: the noise probe evaluates
         one coordinate again and again, and must measure f's own noise, not what threads do to
-        a loss that is not thread-safe.
+        a loss that is not thread-safe. ``bar``: a caller's progress bar (an audit's, over all
+        its phases) that these evaluations move, instead of a bar of their own.
         """
         index = np.ascontiguousarray(index, dtype=np.int64)
         step = np.ascontiguousarray(step, dtype=np.float64)
         k = index.size
         f_plus = np.empty((k, self.work.width))
         f_minus = np.empty((k, self.work.width))
-        with Progress(total=2 * k, label=label, enabled=self.progress) as bar:
+        with self._bar(bar, 2 * k, label) as bar:
             done = 0
             if plan and not self._planned:
                 self._planned = True
@@ -293,6 +295,12 @@ class Evaluator:
             self.run_pairs(done, k, index, step, f_plus, f_minus, bar,
                            workers=None if plan else 1)
         return f_plus, f_minus
+
+    def _bar(self, outer: Progress | None, total: int, label: str):
+        """The caller's bar (left open: it spans more than this batch), or one of this batch."""
+        if outer is not None:
+            return contextlib.nullcontext(outer)
+        return Progress(total=total, label=label, enabled=self.progress)
 
     def confirm_serially(self, index, step, f_plus, f_minus, suspect) -> bool:
         """The suspect coordinates (those that would fail), when threads evaluated a Python
@@ -392,14 +400,15 @@ class Evaluator:
 
     # -- random directions (audit) ---------------------------------------------------------------
     def directions(self, key: np.ndarray, lo: np.ndarray, hi: np.ndarray, step: np.ndarray,
-                   label: str = "directions", serial: bool = False):
+                   label: str = "directions", serial: bool = False,
+                   bar: Progress | None = None):
         """Losses at theta +- step[j] v_j, where v_j is the direction ``key[j]`` (kernels.py)
         supported on the flat range [lo[j], hi[j]): two arrays of shape (k, terms).
 
         The directions are generated where they are used; no n x k matrix is ever built.
         ``serial=True`` (the audit's noise probe) evaluates them one after another in this
         thread, as pairs(plan=False) does: the probe must measure f's own noise, not what
-        threads do to a loss that is not thread-safe.
+        threads do to a loss that is not thread-safe. ``bar``: as in pairs().
         """
         key = np.ascontiguousarray(key, dtype=np.uint64)
         lo = np.ascontiguousarray(lo, dtype=np.int64)
@@ -408,7 +417,7 @@ class Evaluator:
         k = key.size
         f_plus = np.empty((k, self.work.width))
         f_minus = np.empty((k, self.work.width))
-        with Progress(total=2 * k, label=label, enabled=self.progress) as bar:
+        with self._bar(bar, 2 * k, label) as bar:
             backend = self.backend(self.plan, 1, 1) if serial and \
                 self.plan.backend in ("threads", "serial") else self.backend(self.plan)
             done = 0

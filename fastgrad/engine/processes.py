@@ -36,13 +36,11 @@ from multiprocessing.util import Finalize
 import numpy as np
 
 from ..errors import InvalidType
-from .backends import ChunkedBackend, Workload, chunk_bounds
+from .backends import ChunkedBackend, Workload, batch_chunks
 from .loops import fill_directions, fill_pairs
 
 # idle worker processes started by loky exit after this many seconds (the next check restarts them)
 IDLE_SECONDS = 300
-# chunks per worker: a few keep the workers balanced when evaluations differ in cost
-CHUNKS_PER_WORKER = {"pairs": 4, "directions": 2}
 # forked workers where fork is the platform's default, unless a library whose own threads make a
 # forked child hang (OpenMP, XLA thread pools) is loaded: then loky's fork+exec
 FORK = sys.platform.startswith("linux")
@@ -364,7 +362,7 @@ class ProcessBackend(ChunkedBackend):
 
     def _run(self, k, kind, payload, fail, f_plus, f_minus, bar) -> None:
         pool = process_pool(self.workers)
-        chunks = chunk_bounds(k, self.workers * CHUNKS_PER_WORKER[kind])
+        chunks = batch_chunks(k, self.workers, kind, bar)
         futures = []
         try:
             futures = [pool.submit(run_chunk, self.shared.ref, kind, payload(a, b),
