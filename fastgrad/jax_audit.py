@@ -2,8 +2,10 @@
 
 ``fastgrad.audit`` over the floating leaves of ``params`` (segments named by their key paths,
 ``"layers/0/w"``), with the gradient from ``jax.grad``. The loss of the flat vector is jitted
-once per process; it pickles to ``f``, the pytree's structure and the arguments (the jitted
-function is rebuilt on arrival), so it can go to a Dask cluster.
+once per process. It goes to other processes (a Dask cluster) as the compiled program itself,
+serialized by ``jax.export``: a worker needs neither the code that defines ``f`` nor its
+``custom_vjp`` objects (which do not pickle). Without ``jax.export``'s serialization (the
+``flatbuffers`` package, in the ``jax`` extra) ``f`` and the arguments are pickled instead.
 """
 
 from __future__ import annotations
@@ -34,11 +36,15 @@ class PytreeLoss:
         constant).
     args : tuple
         The further arguments of ``f``, held constant.
+    size, dtype : int, numpy dtype
+        The flat vector's length and dtype.
     """
 
-    def __init__(self, f: Callable, layout: PytreeLayout, args: tuple):
+    def __init__(self, f: Callable, layout: PytreeLayout, args: tuple, size: int, dtype):
         self.f, self.layout, self.args = f, layout, args
+        self.size, self.dtype = int(size), np.dtype(dtype)
         self._jitted = None
+        self._exported: bytes | None = None  # the serialized program, in another process
 
     def flat_loss(self, theta) -> Any:
         return self.f(self.layout.params(theta), *self.args)
@@ -46,7 +52,8 @@ class PytreeLoss:
     def __call__(self, theta: np.ndarray) -> float:
         with x64():
             if self._jitted is None:
-                self._jitted = jax.jit(self.flat_loss)
+                self._jitted = jax.jit(self.flat_loss) if self._exported is None else \
+                    jax.jit(jax.export.deserialize(bytearray(self._exported)).call)
             return float(self._jitted(theta))
 
     def gradient(self, theta: np.ndarray) -> np.ndarray:
@@ -57,7 +64,22 @@ class PytreeLoss:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_jitted"] = None  # a jitted function does not pickle; it is rebuilt on arrival
+        if self._exported is None:
+            exported = self._export()
+            if exported is not None:  # the program instead of f's code and the arguments
+                state.update(f=None, args=(), _exported=exported)
         return state
+
+    def _export(self) -> bytes | None:
+        """The jitted loss of a flat vector of this layout's size, serialized by jax.export;
+        None without its serialization (no ``flatbuffers``): f is pickled then."""
+        with x64():
+            shape = jax.ShapeDtypeStruct((self.size,), self.dtype)
+            program = jax.export.export(jax.jit(self.flat_loss))(shape)
+            try:
+                return bytes(program.serialize())
+            except ImportError:
+                return None
 
 
 def pytree_problem(f: Callable[..., Any], params: Any, *args: Any, dtype=np.float64,
@@ -107,7 +129,7 @@ def pytree_problem(f: Callable[..., Any], params: Any, *args: Any, dtype=np.floa
         raise TypeError(f"dtype: expected float64 or float32, got {dtype}")
     with x64():
         layout, theta = flatten_leaves(params, dtype, "audit")
-        loss = PytreeLoss(f, layout, tuple(args))
+        loss = PytreeLoss(f, layout, tuple(args), theta.size, theta.dtype)
         scalar_value(jax.jit(loss.flat_loss)(theta))
         grad = loss.gradient(theta)
     return Problem(loss, theta, grad, segments=layout.segments, options=dict(options))

@@ -7,6 +7,7 @@ every "passes" test audits a correct model with real kinks (ReLU) and asserts no
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import numpy as np
@@ -144,6 +145,15 @@ def test_threads_same_as_serial(row_bug_report):
     assert fingerprint(threads) == fingerprint(row_bug_report)
 
 
+def test_worker_processes_same_as_serial(row_bug_report):
+    # backend="processes": each worker process holds the module once, as the Dask workers do
+    net = mlp(WIDTHS, bug_layer=1, row=17, factor=1.01)
+    report = fastgrad.torch.audit_module(net, mean_square, _x(4, 32), workers=2,
+                                         backend="processes")
+    assert report.path == "processes"
+    assert fingerprint(report) == fingerprint(row_bug_report)
+
+
 @pytest.mark.slow
 def test_dask_local_cluster_of_processes_same_as_serial(row_bug_report):
     distributed = pytest.importorskip("distributed")
@@ -251,6 +261,57 @@ def test_jax_threads_same_as_serial():
     threads = fastgrad.jax.audit(loss, params, x, workers=2)
     assert (serial.path, threads.path) == ("serial", "threads")
     assert fingerprint(threads) == fingerprint(serial)
+
+
+@pytest.mark.slow
+def test_jax_dask_local_cluster_of_processes_same_as_serial():
+    distributed = pytest.importorskip("distributed")
+    loss, params, x = _jax_problem(bug=True)
+    serial = fastgrad.jax.audit(loss, params, x, workers=1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        report = fastgrad.jax.audit(loss, params, x, executor=client)
+        pids = set(client.run(lambda: __import__("os").getpid()).values())
+    assert report.path == "executor"
+    assert len(pids) == 2 and not ({__import__("os").getpid()} & pids)
+    assert [s.where for s in report.suspect_records] == ["layers/0/w[5, 7]"]
+    assert fingerprint(report) == fingerprint(serial)
+
+
+def test_cli_audits_a_jax_problem(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("jax")
+    from fastgrad.cli import main
+
+    (tmp_path / "jax_factory.py").write_text(textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np, fastgrad.jax
+
+        @jax.custom_vjp
+        def scale(w, x):
+            return x * w
+
+        def scale_fwd(w, x):
+            return x * w, (w, x)
+
+        def scale_bwd(res, g):
+            w, x = res
+            return (g * x).sum(0).at[3].multiply(1.02), g * w   # entry 3 of dw 2% off
+
+        scale.defvjp(scale_fwd, scale_bwd)
+
+        def buggy():
+            rng = np.random.default_rng(0)
+            params = {"gain": {"w": rng.standard_normal(64)}, "bias": np.zeros(64)}
+            loss = lambda p, x: jnp.mean(jnp.tanh(scale(p["gain"]["w"], x) + p["bias"]) ** 2)
+            return fastgrad.jax.pytree_problem(loss, params, rng.standard_normal((8, 64)))
+    """))
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "jax_factory:buggy", "--audit"]) == 1
+    out = capsys.readouterr().out
+    assert "gain/w[3]" in out
+    assert main(["check", "jax_factory:buggy", "--audit", "--json", "report.json"]) == 1
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert [(s["segment"], s["local"]) for s in saved["suspects"]] == [("gain/w", [3])]
 
 
 def test_gradient_accumulated_in_place_equals_autograd_grad():
