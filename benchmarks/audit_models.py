@@ -3,6 +3,7 @@
     python benchmarks/audit_models.py --table resnet18           # 4 cases, each in a fresh process
     python benchmarks/audit_models.py --table resnet18 gpt2      # + the 124M-parameter decoder
     python benchmarks/audit_models.py --model resnet18 --runner dask --bug   # one case, JSON
+    (runners: threads, processes (backend="processes"), dask (a LocalCluster of processes))
 
 Models (built from torch.nn layers):
 
@@ -15,11 +16,12 @@ Models (built from torch.nn layers):
 
 With ``--bug`` the custom layer's backward scales one row of its weight gradient (one output
 unit / filter: a contiguous block of the flat parameters) by 1.01. A case reports evaluations,
-wall time, peak resident memory (the audit's process, plus the Dask workers' peak), whether
+wall time, peak resident memory (the audit's process, plus the peak of one worker process: Dask's
+or ``backend="processes"``'s), the activations of one float64 forward and backward pass, whether
 exactly the planted row's really wrong coordinates were found (and nothing else: the row's
 taps whose gradient is exactly 0 stay 0 when scaled, and are right), the evaluations per
-phase of the audit, the target 40 k log2(n) evaluations
-(k = 1), the memory bound (workers + 2) float64 copies, and the cost of a full coordinate sweep
+phase of the audit, the target 40 k log2(n) evaluations (k = 1), the memory bound
+(workers + 2) float64 copies plus activations, and the cost of a full coordinate sweep
 (2 n evaluations at the measured time of one forward pass, spread over the workers).
 Each case runs in a fresh process so that peak memory is the case's own.
 """
@@ -43,6 +45,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import fastgrad  # noqa: E402
 import fastgrad.torch  # noqa: E402
 
 FACTOR = 1.01
@@ -244,6 +247,44 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
+def children_peak_rss_gb() -> float:
+    """The largest peak resident memory (VmHWM) of this process's child processes (the worker
+    processes of ``backend="processes"``); 0 when there is none."""
+    peak = 0.0
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) / 2 ** 20)
+            except OSError:  # exited meanwhile
+                pass
+    return peak
+
+
+def activations_gb(net, loss_fn, inputs, target) -> float:
+    """The activations of one float64 forward pass that autograd saves for backward (the memory a
+    pass holds beside the parameters): every tensor saved for backward that is not a parameter,
+    counted once per storage."""
+    import copy
+
+    model = copy.deepcopy(net).double()
+    args = [x.double() if torch.is_floating_point(x) else x for x in inputs]
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(*args)
+        loss_fn(out) if target is None else loss_fn(out, target)
+    return sum(saved.values()) / 2 ** 30
+
+
 def reset_peak_rss() -> None:
     """Start the peak (VmHWM) afresh: the set-up's own peak (the reference model and gradient
     built above to know which coordinates are wrong) is not the audit's."""
@@ -273,6 +314,10 @@ def run_case(args) -> dict:
         del correct, reference
     zero_gradient = probe.grad == 0  # one byte per parameter, not a float64 copy
     del probe
+    # fastgrad's fixed memory (numba and its compiled kernels, ~0.1 GB, whatever the model's
+    # size) is loaded by a tiny audit first: "added" is then what this model's audit costs
+    tiny = np.linspace(-1.0, 1.0, 64)
+    fastgrad.audit(lambda t: float(np.sum(t ** 3)), tiny, 3 * tiny ** 2, workers=1)
     rss_before = current_rss_gb()
     reset_peak_rss()
     client = cluster = None
@@ -286,14 +331,19 @@ def run_case(args) -> dict:
         client = distributed.Client(cluster)
         client.run(torch.set_num_threads, 1)
         options["executor"] = client
+    elif args.runner == "processes":
+        options["backend"] = "processes"
     start = time.perf_counter()
     report = fastgrad.torch.audit_module(net, loss_fn, *inputs, target=target, **options)
     wall = time.perf_counter() - start
-    worker_rss = 0.0
+    worker_rss = children_peak_rss_gb() if args.runner == "processes" else 0.0
     if client is not None:
         worker_rss = max(client.run(peak_rss_gb).values())
         client.close()
         cluster.close()
+    peak = peak_rss_gb()
+    # after the audit, so that its own peak and the RSS before it are not the measurement's
+    activations = activations_gb(net, loss_fn, inputs, target)
     lo, hi = planted_range(net, name, row)
     found = bool(np.array_equal(report.suspects, wrong)) if args.bug else None
     outside = int(np.count_nonzero((report.suspects < lo) | (report.suspects >= hi)))
@@ -302,8 +352,10 @@ def run_case(args) -> dict:
         "backward": "bug: 1 row 1% off" if args.bug else "correct",
         "evaluations": report.evaluations, "target": int(40 * math.log2(n)),
         "wall_s": round(wall, 1), "t_eval_s": round(t_eval, 3),
-        "peak_rss_gb": round(peak_rss_gb(), 2), "worker_peak_rss_gb": round(worker_rss, 2),
+        "peak_rss_gb": round(peak, 2), "worker_peak_rss_gb": round(worker_rss, 2),
         "bound_gb": round((args.workers + 2) * 8 * n / 2 ** 30, 2),
+        # the issue's bound adds the activations: one forward per worker, the gradient's backward
+        "activations_gb": round(activations, 3),
         "found_exactly": found, "suspects": int(report.suspects.size),
         "really_wrong": int(wrong.size), "row_size": hi - lo, "suspects_outside_row": outside,
         "rss_before_audit_gb": round(rss_before, 2),
@@ -320,7 +372,7 @@ def run_case(args) -> dict:
 def table(models: list[str], argv_extra: list[str]) -> None:
     rows = []
     for model in models:
-        for runner in ("threads", "dask"):
+        for runner in ("threads", "processes", "dask"):
             for bug in (True, False):
                 cmd = [sys.executable, __file__, "--model", model, "--runner", runner,
                        *(["--bug"] if bug else []), *argv_extra]
@@ -331,7 +383,8 @@ def table(models: list[str], argv_extra: list[str]) -> None:
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print("| model | params | runner | backward | evaluations (target 40 log2 n) | wall "
-          "| RSS before -> audit's peak, added (Dask worker peak) | (workers+2) float64 copies "
+          "| RSS before -> audit's peak, added (worker process peak) "
+          "| (workers+2) float64 copies + activations "
           "| found exactly | suspects (really wrong; outside the row) | blocks "
           "| full sweep (est.) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -341,7 +394,7 @@ def table(models: list[str], argv_extra: list[str]) -> None:
               f"| {r['evaluations']} ({r['target']}) | {r['wall_s']} s "
               f"| {r['rss_before_audit_gb']} -> {r['peak_rss_gb']} GB, "
               f"+{r['peak_rss_gb'] - r['rss_before_audit_gb']:.2f} GB "
-              f"({r['worker_peak_rss_gb']} GB) | {r['bound_gb']} GB "
+              f"({r['worker_peak_rss_gb']} GB) | {r['bound_gb']} + {r['activations_gb']} GB "
               f"| {found} | {r['suspects']} ({r['really_wrong']}; {r['suspects_outside_row']}) "
               f"| {_blocks(r)} | {r['sweep_estimate_h']} h |")
 
@@ -358,7 +411,7 @@ def _blocks(row: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["gpt2", "resnet18"], default="resnet18")
-    parser.add_argument("--runner", choices=["threads", "dask"], default="threads")
+    parser.add_argument("--runner", choices=["threads", "processes", "dask"], default="threads")
     parser.add_argument("--bug", action="store_true")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seq", type=int, default=16, help="gpt2: tokens per sequence")

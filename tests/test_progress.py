@@ -3,6 +3,7 @@ import io
 import numpy as np
 
 import fastgrad as fg
+from fastgrad.example_problems import weighted_logcosh, weighted_logcosh_data, weighted_logcosh_grad
 from fastgrad.progress import Progress
 
 
@@ -44,9 +45,6 @@ def test_check_with_progress_true_still_gives_the_same_report(capsys):
 def test_audit_bar_names_each_phase_moves_within_a_batch_and_ends_full(monkeypatch):
     # a loss with a wrong row among 40 segments: every phase of the audit runs. Each update of
     # the bar is recorded (the drawing itself is throttled to 0.1 s)
-    from fastgrad.example_problems import weighted_logcosh, weighted_logcosh_data, \
-        weighted_logcosh_grad
-
     n = 40 * 500
     a, c, theta = weighted_logcosh_data(n, seed=3)
     grad = weighted_logcosh_grad(theta, a, c)
