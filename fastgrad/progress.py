@@ -87,8 +87,14 @@ class Progress:
             self._draw()
 
     def count_to(self, done: int) -> None:
-        """Set the count of evaluations done to ``done`` (a caller that knows the true count:
-        the audit, whose evaluations also run outside the backends that call ``update``)."""
+        """Set the count of evaluations done (a caller that knows the true count: the audit,
+        whose evaluations also run outside the backends that call ``update``).
+
+        Parameters
+        ----------
+        done : int
+            Evaluations finished so far.
+        """
         with self._lock:
             self.done = int(done)
         self.update(0)
