@@ -228,3 +228,29 @@ def test_the_audit_confirms_disagreeing_directions_serially_when_the_guard_misse
     assert sum(report.phases.values()) == report.evaluations
     serial = fg.audit(net.loss, theta, grad, segments=net.segments, workers=1)
     assert serial.suspects.tolist() == report.suspects.tolist()
+
+
+@pytest.mark.skipif(fg.engine.planner.resolve_workers(None) < 2, reason="needs 2 cores for threads")
+def test_the_audit_does_not_rerun_serially_a_disagreement_that_was_truncation(monkeypatch):
+    """A direction that disagrees at step h only from truncation (a steep exponential) is shown to
+    be truncation by the second step and reports nothing: its threaded values are not evaluated
+    again serially (on GPT-2 these serial re-runs were ~15% of the audit, the workers idle)."""
+    from fastgrad.engine.evaluator import Evaluator
+    from fastgrad.steps import DIRECTIONS_PER_TEST
+
+    rows = []
+    confirm = Evaluator.confirm_directions_serially
+
+    def counting(self, key, lo, hi, step, f_plus, f_minus, suspect, threaded=None):
+        rows.append(int(np.count_nonzero(suspect)))
+        return confirm(self, key, lo, hi, step, f_plus, f_minus, suspect, threaded)
+
+    monkeypatch.setattr(Evaluator, "confirm_directions_serially", counting)
+    theta = np.random.default_rng(0).uniform(-0.2, 0.2, 200_000)
+    report = fg.audit(lambda t: float(np.sum(np.exp(1000 * t)) / 1000), theta,
+                      np.exp(1000 * theta), segments={"a": (100_000,), "b": (100_000,)},
+                      workers=2)
+    assert report.passed and report.path == "threads"
+    # the premise: the segments' directions disagreed at h and were measured at a second step
+    assert report.phases["segments"] > 2 * 2 * DIRECTIONS_PER_TEST
+    assert rows and sum(rows) == 0

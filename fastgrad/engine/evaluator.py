@@ -431,12 +431,22 @@ class Evaluator:
                                    f_minus[rest], bar)
         return f_plus, f_minus
 
-    def confirm_directions_serially(self, key, lo, hi, step, f_plus, f_minus, suspect) -> bool:
-        """confirm_serially for the last batch of directions: the suspect ones (those that
-        disagree), when threads evaluated them for a Python loss, evaluated again serially. Any
-        bitwise difference refuses threads for this loss (the guard's registry and path line);
-        returns True then, and the caller evaluates its directions again with the new plan."""
-        if not self._directions_threaded or not np.any(suspect):
+    @property
+    def last_directions_threaded(self) -> bool:
+        """Whether threads evaluated a Python loss in the last batch of directions."""
+        return self._directions_threaded
+
+    def confirm_directions_serially(self, key, lo, hi, step, f_plus, f_minus, suspect,
+                                    threaded: bool | None = None) -> bool:
+        """confirm_serially for a batch of directions: the suspect ones (those that disagree),
+        when threads evaluated them for a Python loss, evaluated again serially. Any bitwise
+        difference refuses threads for this loss (the guard's registry and path line); returns
+        True then, and the caller evaluates its directions again with the new plan.
+        ``threaded``: whether threads evaluated that batch (``last_directions_threaded`` when
+        it was taken); None: the last batch's."""
+        if threaded is None:
+            threaded = self._directions_threaded
+        if not threaded or not np.any(suspect):
             return False
         rows = np.flatnonzero(suspect)
         return self._differs_serially(
