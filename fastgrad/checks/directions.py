@@ -233,8 +233,8 @@ class _Auditor:
         guard's first batch can miss a loss that is not thread-safe, and such a loss must not
         make a correct gradient disagree. A difference refuses threads (_ThreadsRefused: the
         audit starts again on the new plan). A disagreement at step h that the second step
-        shows to be truncation is not re-run: it reports nothing (on GPT-2 these were ~15% of
-        the audit's evaluations, serial while the workers waited)."""
+        shows to be truncation is not re-run: it reports nothing (GPT-2's first 382 evaluations
+        on 2 threads had 114 such serial re-runs, the workers idle: 71 s, 50 s without)."""
         standing = {id(parts[j]) for j, r in enumerate(records) if r.significant}
         for batch, keys, lo, hi, step, f_plus, f_minus, threaded in self.measured:
             suspect = np.array([id(p) in standing for p in batch])
