@@ -17,7 +17,7 @@ Models (built from torch.nn layers):
 With ``--bug`` the custom layer's backward scales one row of its weight gradient (one output
 unit / filter: a contiguous block of the flat parameters) by 1.01. A case reports evaluations,
 wall time, peak resident memory (the audit's process, plus the peak of one worker process: Dask's
-or ``backend="processes"``'s), the activations of one float64 forward and backward pass, whether
+or ``backend="processes"``'s), the activations autograd saves in one float64 forward pass, whether
 exactly the planted row's really wrong coordinates were found (and nothing else: the row's
 taps whose gradient is exactly 0 stay 0 when scaled, and are right), the evaluations per
 phase of the audit, the target 40 k log2(n) evaluations (k = 1), the memory bound
@@ -354,7 +354,7 @@ def run_case(args) -> dict:
         "wall_s": round(wall, 1), "t_eval_s": round(t_eval, 3),
         "peak_rss_gb": round(peak, 2), "worker_peak_rss_gb": round(worker_rss, 2),
         "bound_gb": round((args.workers + 2) * 8 * n / 2 ** 30, 2),
-        # the issue's bound adds the activations: one forward per worker, the gradient's backward
+        # the memory bound adds the activations: one forward per worker, the gradient's backward
         "activations_gb": round(activations, 3),
         "found_exactly": found, "suspects": int(report.suspects.size),
         "really_wrong": int(wrong.size), "row_size": hi - lo, "suspects_outside_row": outside,
