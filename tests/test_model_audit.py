@@ -255,12 +255,14 @@ def test_large_mlp_row_localized_as_a_block_and_correct_segments_pass():
     assert r.evaluations <= 40 * np.log2(n)
 
 
-def test_jax_threads_same_as_serial():
+def test_jax_threads_and_processes_same_as_serial():
+    # worker processes evaluate the jax.export program the loss ships as, not f itself
     loss, params, x = _jax_problem(bug=True)
     serial = fastgrad.jax.audit(loss, params, x, workers=1)
     threads = fastgrad.jax.audit(loss, params, x, workers=2)
-    assert (serial.path, threads.path) == ("serial", "threads")
-    assert fingerprint(threads) == fingerprint(serial)
+    processes = fastgrad.jax.audit(loss, params, x, workers=2, backend="processes")
+    assert (serial.path, threads.path, processes.path) == ("serial", "threads", "processes")
+    assert fingerprint(threads) == fingerprint(serial) == fingerprint(processes)
 
 
 @pytest.mark.slow
