@@ -358,10 +358,9 @@ def test_checks_in_sequence_do_not_leak_into_each_other():
         assert not ft.gradcheck(Exp.apply, (y,), check_forward_ad=True, raise_exception=False)
 
 
-class WrongBatchingRule(torch.autograd.Function):
-    """2 x with a vmap rule that computes 3 x; ``scale`` plants a bug in the backward."""
-
-    scale = 1.0
+class Doubles(torch.autograd.Function):
+    """2 x in torch.func's style (forward without ctx, setup_context): the base of the test
+    Functions below, which plant their bugs in backward or in a vmap rule."""
 
     @staticmethod
     def forward(x):
@@ -370,6 +369,12 @@ class WrongBatchingRule(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         pass
+
+
+class WrongBatchingRule(Doubles):
+    """2 x with a vmap rule that computes 3 x; ``scale`` plants a bug in the backward."""
+
+    scale = 1.0
 
     @staticmethod
     def backward(ctx, g):
@@ -555,19 +560,10 @@ def test_large_mostly_zero_jacobians_are_judged_where_they_can_fail():
     assert info.value.report.segments["input0/output0"].checked == 300 * 300
 
 
-class TwiceWrongAt5(torch.autograd.Function):
-    """2 x for torch.func too (setup_context, a generated vmap rule); the backward's element 5
-    is 1% off."""
+class TwiceWrongAt5(Doubles):
+    """2 x for torch.func too (a generated vmap rule); the backward's element 5 is 1% off."""
 
     generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x):
-        return x * 2
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
 
     @staticmethod
     def backward(ctx, g):
