@@ -10,7 +10,7 @@
 from . import _numba_cache  # noqa: F401
 from .checks.coordinates import Problem, assert_gradients, check
 from .checks.directions import audit
-from .errors import GradientCheckError, LossError, NondeterminismError
+from .errors import GradcheckWarning, GradientCheckError, LossError, NondeterminismError
 from .models import check_layer, check_model
 from .results.audit_report import AuditReport
 from .results.report import CoordRecord, Report, SegmentReport
@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AuditReport",
     "CoordRecord",
+    "GradcheckWarning",
     "GradientCheckError",
     "LossError",
     "NondeterminismError",

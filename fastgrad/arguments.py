@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .errors import InvalidType, InvalidValue
@@ -33,6 +35,19 @@ def non_negative_float(name: str, value) -> float:
     if isinstance(value, bool) or not (np.isfinite(number) and number >= 0):
         raise InvalidValue(f"{name}: expected a non-negative float, got {value!r}")
     return number
+
+
+STRICT_ENV = "FASTGRAD_STRICT"  # "1": drop-in checks fail where fastgrad's band fails
+
+
+def strict_option(strict) -> bool:
+    """The drop-ins' ``strict``: the caller's bool, or None for the suite's default, read at call
+    time from ``$FASTGRAD_STRICT`` (``pytest --fastgrad-strict`` sets it for a session)."""
+    if strict is None:
+        return os.environ.get(STRICT_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    if not isinstance(strict, (bool, np.bool_)):
+        raise InvalidType(f"strict: expected True, False or None, got {strict!r}")
+    return bool(strict)
 
 
 def extra_args(value) -> tuple:

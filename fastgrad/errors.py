@@ -72,6 +72,36 @@ class NondeterminismError(InvalidValue):
         super().__init__(message)
 
 
+class GradcheckWarning(UserWarning):
+    """A drop-in check passed by the caller's tolerance, with elements beyond fastgrad's band.
+
+    ``fastgrad.torch.gradcheck``/``gradgradcheck`` and ``fastgrad.jax.check_grads`` judge by
+    the caller's rule (torch: ``|a - n| <= atol + rtol |n|``; jax: its tolerances by dtype).
+    Elements that rule accepts but whose relative error is beyond fastgrad's own band (1e-4 in
+    float64) are named in this warning (pytest lists it); ``strict=True``, or
+    ``FASTGRAD_STRICT=1`` in the environment (``pytest --fastgrad-strict``), makes them fail.
+
+    Parameters
+    ----------
+    message : str
+        The check and the elements, each with its relative error.
+    elements : tuple of str
+        The elements (``"input0[3] -> output0[2] (rel. error 9.0e-04)"``), as ``.elements``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     fastgrad.torch.gradcheck(f, (x,))     # a gradient 9e-4 off: torch's rule holds
+    >>> caught[0].category.__name__
+    'GradcheckWarning'
+    """
+
+    def __init__(self, message: str, elements: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.elements = tuple(elements)
+
+
 class GradientCheckError(AssertionError):
     """Raised by ``assert_gradients`` when a check does not pass (failed or inconclusive).
 

@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 
 from torch.autograd.gradcheck import GradcheckError as TorchGradcheckError  # noqa: E402
 
+import fastgrad  # noqa: E402
 import fastgrad.torch as ft  # noqa: E402
 
 F64 = torch.float64
@@ -75,7 +76,8 @@ def test_torch_class_in_pytest_raises(buggy_two_outputs):
 
 
 class Scaled(torch.autograd.Function):
-    """x ** 2 with a backward 0.05% off: torch's rtol 1e-3 lets it through, fastgrad does not."""
+    """x ** 2 with a backward 0.05% off: torch's rtol 1e-3 lets it through, fastgrad's band
+    (1e-4) does not: a warning by the caller's tolerance, a failure with strict=True."""
 
     @staticmethod
     def forward(ctx, x):
@@ -88,9 +90,21 @@ class Scaled(torch.autograd.Function):
         return 2 * x * g * 1.0005
 
 
-def test_catches_a_small_error_torch_passes():
+def test_a_small_error_torch_passes_warns_and_fails_when_strict(monkeypatch):
+    monkeypatch.delenv("FASTGRAD_STRICT", raising=False)
     x = leaf(6, seed=5)
     assert torch.autograd.gradcheck(Scaled.apply, (x,))
+    with pytest.warns(fastgrad.GradcheckWarning) as caught:
+        assert ft.gradcheck(Scaled.apply, (x,)) is True
+    (warning,) = caught
+    assert len(warning.message.elements) == 6
+    assert "input0[3] -> output0[3] (rel. error 5.0e-04)" in str(warning.message)
+    assert not ft.gradcheck(Scaled.apply, (x,), raise_exception=False, strict=True)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(Scaled.apply, (x,), strict=True)
+    assert [n for n, s in info.value.report.segments.items() if not s.passed] == ["input0/output0"]
+    # the suite's default, as pytest --fastgrad-strict sets it
+    monkeypatch.setenv("FASTGRAD_STRICT", "1")
     assert not ft.gradcheck(Scaled.apply, (x,), raise_exception=False)
 
 
@@ -677,7 +691,7 @@ def test_a_large_jacobian_is_screened_chunk_by_chunk_and_not_kept(monkeypatch):
     # backward and forward AD judged on one stream of the columns
     assert ft.gradcheck(lambda v: torch.tanh(A @ v / 30), (x,), check_forward_ad=True)
     assert kept == []  # passed without keeping the columns
-    MatVec.bug = 1.001
+    MatVec.bug = 1.01  # beyond torch's rtol too (1.001 is within it: a GradcheckWarning)
     try:
         with pytest.raises(ft.GradcheckError) as info:
             ft.gradcheck(lambda v: MatVec.apply(A, v), (x,))

@@ -87,7 +87,8 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
                    atol: float, rtol: float | None, inputs: Layout, outputs: Layout, seed: int,
                    skipped: tuple[str, ...] = (), notes: tuple[str, ...] = (),
                    refine: Callable[[np.ndarray], np.ndarray] | None = None,
-                   mode: str = "", lazy: bool = False) -> JacobianReport | Judged:
+                   mode: str = "", lazy: bool = False,
+                   strict: bool = False) -> JacobianReport | Judged:
     """Judge the analytic ``jacobian`` (outputs x inputs, flat real) against centered
     differences at the coordinates ``index`` (steps ``step``).
 
@@ -96,7 +97,9 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
     ``mode`` is appended to segment names (``" (forward AD)"``). ``rtol`` None: torch's rule
     is not applied (only fastgrad's verdict and the ``atol`` slack). ``lazy``: return a
     ``Judged`` whose report is built only when read (a passing check of a small function
-    spends a good part of its time building a report nobody reads).
+    spends a good part of its time building a report nobody reads). ``strict``: elements
+    beyond fastgrad's band but within the caller's ``atol``/``rtol`` fail instead of being
+    listed in ``report.tolerated`` (see ``_final_failures``).
     """
     notes = tuple(notes)
     fp, fm = ev.pairs(index, step)
@@ -113,18 +116,18 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
     def build(table=None) -> JacobianReport:  # the report of a check without re-checks
         table = screened() if table is None else table
         table.kink[:] = False
+        failed, tolerated = _final_failures(table, jacobian[:, index], atol, rtol, strict)
         return _report(evaluations, path, path_reason, x, f0, jacobian, index, table,
-                       [step] * n_out, np.zeros(index.size, dtype=bool),
-                       _final_failures(table, jacobian[:, index], atol, rtol), tol=tol,
-                       tol_reason=tol_reason, inputs=inputs, outputs=outputs, seed=seed,
-                       skipped=skipped, notes=notes, mode=mode)
+                       [step] * n_out, np.zeros(index.size, dtype=bool), failed, tolerated,
+                       tol=tol, tol_reason=tol_reason, inputs=inputs, outputs=outputs,
+                       seed=seed, skipped=skipped, notes=notes, mode=mode)
 
     if lazy and _within_atol(jacobian, index, fp, fm, step, tol, noise_eps, atol, rtol):
         return Judged(True, build)
     table = screened()
     if not (table.failed.any() or (table.verdict == NOISE).any()):
         table.kink[:] = False
-        if not _final_failures(table, jacobian[:, index], atol, rtol).any():
+        if not _final_failures(table, jacobian[:, index], atol, rtol, strict)[0].any():
             return Judged(True, lambda: build(table)) if lazy else build(table)
     for _ in range(2):
         grads = {r: jacobian[r] for r in range(n_out)}
@@ -133,7 +136,7 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
         steps, rechecked = judge.recheck(index, step, stats)
         table = _Table(*(np.stack([getattr(st, name) for st in stats]).reshape(n_out, -1)
                          for name in _FIELDS))
-        failed = _final_failures(table, jacobian[:, index], atol, rtol)
+        failed, tolerated = _final_failures(table, jacobian[:, index], atol, rtol, strict)
         if refine is None or not failed.any():
             break
         rows = np.flatnonzero(failed.any(axis=1))
@@ -146,18 +149,26 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
                   f"{rows.size} output element(s); the one-by-one values were judged",)
         refine = None
     report = _report(ev.evaluations, ev.path, ev.path_reason, x, f0, jacobian, index, table,
-                     steps, rechecked, failed, tol=tol, tol_reason=tol_reason, inputs=inputs,
-                     outputs=outputs, seed=seed, skipped=skipped, notes=notes, mode=mode)
-    return Judged(report.passed, lambda: report) if lazy else report
+                     steps, rechecked, failed, tolerated, tol=tol, tol_reason=tol_reason,
+                     inputs=inputs, outputs=outputs, seed=seed, skipped=skipped, notes=notes,
+                     mode=mode)
+    if lazy:
+        judged = Judged(report.passed, lambda: report)
+        judged.tolerated, judged.tolerated_count = report.tolerated, report.tolerated_count
+        return judged
+    return report
 
 
 class Judged:
     """The outcome of ``judge_jacobian(..., lazy=True)``: ``passed`` now, ``report`` built on
-    first read (then kept)."""
+    first read (then kept); ``tolerated`` the elements the caller's tolerance accepted beyond
+    fastgrad's band (the first few, named) and ``tolerated_count`` how many."""
 
     def __init__(self, passed: bool, build: Callable[[], JacobianReport]):
         self.passed = passed
         self._build = build
+        self.tolerated: tuple[str, ...] = ()
+        self.tolerated_count = 0
 
     @cached_property
     def report(self) -> JacobianReport:
@@ -222,7 +233,7 @@ class _FarElements:
         table = _Table(*(getattr(screen, name) for name in _FIELDS))
         if table.failed.any() or (table.verdict == NOISE).any():
             return False
-        return not _final_failures(table, analytic, self.atol, rtol).any()
+        return not _final_failures(table, analytic, self.atol, rtol)[0].any()
 
 
 def _within_atol(jacobian, index, fp, fm, step, tol, noise_eps, atol, rtol) -> bool:
@@ -263,20 +274,49 @@ class _Table:
     kink: np.ndarray
 
 
-def _final_failures(table: _Table, analytic: np.ndarray, atol: float, rtol) -> np.ndarray:
-    """(outputs, coordinates): fastgrad's verdict or torch's rule fails, beyond atol."""
+def _final_failures(table: _Table, analytic: np.ndarray, atol: float, rtol,
+                    strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(failed, tolerated), each (outputs, coordinates).
+
+    The caller's rule is the contract: with ``rtol`` given (torch's and jax's drop-ins), an
+    element fails where ``|a - n| <= atol + rtol |n|`` fails at fastgrad's numeric value (after
+    its re-checks) and the disagreement is not roundoff noise or an excused kink. Elements that
+    rule accepts but fastgrad's own band fails are ``tolerated`` (a warning), or failed with
+    ``strict``. ``rtol`` None: fastgrad's band is the rule, beyond the ``atol`` slack."""
     numeric, verdict = table.numeric, table.verdict
     diff = np.abs(analytic - numeric)
     excused = (verdict == NOISE) | (verdict == KINK)
     with np.errstate(invalid="ignore"):
-        torch_rule = (np.zeros(diff.shape, dtype=bool) if rtol is None
-                      else ~(diff <= atol + rtol * np.abs(numeric)) & ~excused)
         beyond = ~(diff <= atol)
-    return (verdict == NAN) | ((table.failed | torch_rule) & beyond)
+        band = table.failed & beyond
+        nan = verdict == NAN
+        if rtol is None:
+            return nan | band, np.zeros(diff.shape, dtype=bool)
+        caller = ~(diff <= atol + rtol * np.abs(numeric)) & ~excused
+    failed = nan | caller
+    tolerated = band & ~failed
+    if strict:
+        return failed | tolerated, np.zeros(diff.shape, dtype=bool)
+    return failed, tolerated
+
+
+# a warning names at most this many tolerated elements (and counts the rest)
+TOLERATED_SHOWN = 10
+
+
+def _tolerated_names(tolerated: np.ndarray, table: _Table, index: np.ndarray, inputs: Layout,
+                     outputs: Layout) -> tuple[tuple[str, ...], int]:
+    """The first TOLERATED_SHOWN tolerated elements, worst first, and how many there are."""
+    rows, cols = np.nonzero(tolerated)
+    rel = table.rel_error[rows, cols]
+    order = np.argsort(-np.where(np.isfinite(rel), rel, np.inf), kind="stable")[:TOLERATED_SHOWN]
+    names = tuple(f"{inputs.where(int(index[cols[m]]))} -> {outputs.where(int(rows[m]))} "
+                  f"(rel. error {rel[m]:.1e})" for m in order)
+    return names, int(rows.size)
 
 
 def _report(evaluations, path, path_reason, x, f0, jacobian, index, table: _Table, steps,
-            rechecked, failed, *, tol, tol_reason, inputs: Layout, outputs: Layout, seed,
+            rechecked, failed, tolerated, *, tol, tol_reason, inputs: Layout, outputs: Layout, seed,
             skipped, notes, mode) -> JacobianReport:
     n_out, k = jacobian.shape[0], index.size
     in_tensor = inputs.tensor_of(index)  # (k,)
@@ -308,6 +348,7 @@ def _report(evaluations, path, path_reason, x, f0, jacobian, index, table: _Tabl
         "failed": failed.ravel(), "noise": table.noise.ravel(),
     }
     records = JacobianRecords(columns, inputs, outputs, names)
+    shown, count = _tolerated_names(tolerated, table, index, inputs, outputs)
     eligible = [s.max_rel_error for s in segments.values() if s.checked]
     return JacobianReport(
         status=overall_status(segments.values()),
@@ -318,7 +359,8 @@ def _report(evaluations, path, path_reason, x, f0, jacobian, index, table: _Tabl
         tol_reason=tol_reason, path=path, path_reason=path_reason,
         dtype=str(x.dtype), depth=1, seed=seed,
         loss=float(np.max(np.abs(f0))) if f0.size else 0.0,
-        rechecked=int(np.count_nonzero(rechecked)), skipped=tuple(skipped), notes=notes)
+        rechecked=int(np.count_nonzero(rechecked)), skipped=tuple(skipped), notes=notes,
+        tolerated=shown, tolerated_count=count)
 
 
 class ColumnEvaluator:

@@ -130,6 +130,9 @@ class JacobianReport(Report):
 
     skipped: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # elements the caller's tolerance accepts beyond fastgrad's band: the first few, and a count
+    tolerated: tuple[str, ...] = ()
+    tolerated_count: int = 0
 
     @property
     def failures(self) -> list:
@@ -154,6 +157,8 @@ class JacobianReport(Report):
         out = super().to_dict()
         out["skipped"] = list(self.skipped)
         out["notes"] = list(self.notes)
+        out["tolerated"] = list(self.tolerated)
+        out["tolerated_count"] = self.tolerated_count
         return out
 
     def table(self, worst: int = 8) -> str:
@@ -162,5 +167,10 @@ class JacobianReport(Report):
             shown = ", ".join(self.skipped[:8]) + (" ..." if len(self.skipped) > 8 else "")
             lines.append(f"\nskipped (non-finite input values, not perturbed): "
                          f"{len(self.skipped)}: {shown}")
+        if self.tolerated_count:
+            more = self.tolerated_count - len(self.tolerated)
+            lines.append(f"\nwithin the caller's tolerance, beyond fastgrad's band "
+                         f"({self.tolerated_count}): " + ", ".join(self.tolerated)
+                         + (f" and {more} more" if more > 0 else ""))
         lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
