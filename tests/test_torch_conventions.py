@@ -1,0 +1,282 @@
+"""fastgrad.torch.gradcheck calls the function as torch's gradcheck does, judges what torch
+judges (outputs that lost their gradient path included), takes the caller's tolerance as the
+contract, survives a function that rejects one step, and spends torch's evaluations in fast mode.
+
+Each detection test plants a real bug and asserts where it is named; each passes-test uses a
+correct derivative."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch.autograd.gradcheck import GradcheckError as TorchGradcheckError  # noqa: E402
+
+import fastgrad  # noqa: E402
+import fastgrad.torch as ft  # noqa: E402
+
+F64 = torch.float64
+
+
+def leaf(*shape, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen, dtype=F64).requires_grad_(True)
+
+
+@pytest.fixture(autouse=True)
+def not_strict(monkeypatch):
+    monkeypatch.delenv("FASTGRAD_STRICT", raising=False)
+
+
+# ---------------------------------------------------------------- outputs without a gradient
+
+
+@pytest.mark.parametrize("fast_mode", [False, True])
+def test_an_output_that_lost_its_gradient_path_fails(fast_mode):
+    x = leaf(4, seed=1)
+    with pytest.raises(TorchGradcheckError):  # torch's verdict
+        torch.autograd.gradcheck(lambda x: (2 * x).detach(), (x,), fast_mode=fast_mode)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(lambda x: (2 * x).detach(), (x,), fast_mode=fast_mode)
+    assert str(info.value).startswith("output0 does not require grad")
+    assert not ft.gradcheck(lambda x: (2 * x).detach(), (x,), fast_mode=fast_mode,
+                            raise_exception=False)
+
+
+def test_a_detached_second_output_is_named():
+    x = leaf(3, seed=2)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(lambda x: (x.sin(), x.exp().detach()), (x,))
+    report = info.value.report
+    assert [n for n, s in report.segments.items() if not s.passed] == ["input0/output1"]
+    assert str(info.value).startswith("output1 does not require grad")
+
+
+def test_outputs_without_a_gradient_that_are_constant_pass():
+    # an integer output (indices) is not judged; a float output that does not depend on the
+    # input (a constant mask) has a zero numeric Jacobian
+    x = leaf(5, seed=3)
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0], dtype=F64)
+    assert ft.gradcheck(lambda x: x.max(0), (x,))
+    assert ft.gradcheck(lambda x: (x * mask, mask.clone()), (x,))
+    assert ft.gradcheck(lambda x: (x * mask, mask.clone()), (x,), fast_mode=True)
+
+
+# ---------------------------------------------------------------- what the function sees
+
+
+def test_the_function_sees_the_callers_parameters_requires_grad_and_grad_mode():
+    seen = []
+
+    def f(w):
+        seen.append((type(w), w.requires_grad, torch.is_grad_enabled()))
+        return (w * 2).sum(0)
+
+    w = torch.nn.Parameter(torch.randn(3, 2, dtype=F64))
+    for fast_mode in (False, True):
+        seen.clear()
+        torch.autograd.gradcheck(f, (w,), fast_mode=fast_mode)
+        theirs = set(seen)
+        seen.clear()
+        assert ft.gradcheck(f, (w,), fast_mode=fast_mode)
+        # every call outside a vmap'd batch sees what torch's calls see
+        assert {s for s in seen if s[0] is not torch.Tensor} == theirs == {
+            (torch.nn.Parameter, True, True)}
+
+
+def module_from(weight, bias, x):
+    """A function building an nn.Module from its Parameter inputs (as some libraries' tests do):
+    a plain tensor would be wrapped in a new Parameter, a new leaf without a gradient path."""
+    layer = torch.nn.Linear(3, 2, dtype=F64)
+    layer.weight = weight if isinstance(weight, torch.nn.Parameter) else torch.nn.Parameter(weight)
+    layer.bias = bias if isinstance(bias, torch.nn.Parameter) else torch.nn.Parameter(bias)
+    return torch.tanh(layer(x))
+
+
+class WrongWeightGrad(torch.autograd.Function):
+    """x @ w.T with the weight's gradient transposed the wrong way round (a square weight)."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return x @ w.t()
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        return g @ w, (g.t() @ x).t()  # bug: should be g.t() @ x
+
+
+class BuggyLayer(torch.nn.Module):
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x):
+        return WrongWeightGrad.apply(x, self.weight)
+
+
+def test_a_function_building_a_module_from_parameters_passes_and_a_planted_bug_is_named():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 3, generator=gen, dtype=F64)
+    weight = torch.nn.Parameter(torch.randn(2, 3, generator=gen, dtype=F64))
+    bias = torch.nn.Parameter(torch.randn(2, generator=gen, dtype=F64))
+    args = (weight, bias, x)
+    assert torch.autograd.gradcheck(module_from, args)
+    assert ft.gradcheck(module_from, args)
+    assert ft.gradcheck(module_from, args, fast_mode=True)
+
+    square = torch.nn.Parameter(torch.randn(3, 3, generator=gen, dtype=F64))
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(lambda w, x: BuggyLayer(w)(x), (square, x.requires_grad_(False)))
+    failing = [n for n, s in info.value.report.segments.items() if not s.passed]
+    assert failing == ["input0/output0"]  # the weight, not x
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(lambda w, x: BuggyLayer(w)(x), (square, x), fast_mode=True)
+    assert "input0" in str(info.value)
+    assert all(int(i) < square.numel() for i in info.value.report.suspects)
+
+
+def forces(positions, charges):
+    """A Jacobian helper as some libraries write it: gradients only for inputs that require
+    grad, indexed by position (an IndexError when an input is passed without requires_grad)."""
+    squared = ((positions[:, None] - positions[None, :]) ** 2).sum(-1)
+    energy = (charges[:, None] * charges[None, :] / (1 + squared)).sum()
+    wanted = [t for t in (positions, charges) if t.requires_grad]
+    grads = torch.autograd.grad(energy, wanted, create_graph=True)
+    return -grads[0], grads[1]
+
+
+def test_a_function_indexing_a_per_requires_grad_result():
+    positions, charges = leaf(4, 3, seed=5), leaf(4, seed=6)
+    assert torch.autograd.gradcheck(forces, (positions, charges))
+    assert ft.gradcheck(forces, (positions, charges))
+    assert ft.gradcheck(forces, (positions, charges), fast_mode=True)
+
+
+def test_the_callers_tensors_are_restored_bitwise_even_when_func_raises():
+    x = leaf(6, seed=7)
+    before = x.detach().clone()
+    calls = []
+
+    def fails_once_perturbed(x):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("solver diverged")
+        return x.sin()
+
+    with pytest.raises(RuntimeError, match="solver diverged"):
+        ft.gradcheck(fails_once_perturbed, (x,))
+    assert torch.equal(x, before) and x.grad is None and x.requires_grad
+
+
+# ---------------------------------------------------------------- a step the function rejects
+
+
+def solver(x0, radius):
+    """sin(x), from an iteration that gives up ("Jacobian inversion yielded zero vector") when
+    the point is farther than ``radius`` from where it was set up."""
+
+    def f(x):
+        if float((x.detach() - x0).abs().max()) > radius:
+            raise RuntimeError("Jacobian inversion yielded zero vector")
+        return x.sin()
+
+    return f
+
+
+def test_a_solver_that_rejects_fastgrads_step_is_checked_at_the_callers_eps():
+    x = leaf(5, seed=8)
+    f = solver(x.detach().clone(), radius=3e-6)  # fastgrad's automatic step is >= 6e-6
+    assert torch.autograd.gradcheck(f, (x,))
+    assert ft.gradcheck(f, (x,))
+    assert ft.gradcheck(f, (x,), fast_mode=True)
+
+
+def test_a_solver_that_rejects_both_steps_names_the_coordinate_and_step():
+    x = leaf(5, seed=9)
+    f = solver(x.detach().clone(), radius=1e-7)
+    with pytest.raises(RuntimeError, match="Jacobian inversion") as info:
+        ft.gradcheck(f, (x,))
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "input0[0] + 1e-06" in notes and "also at fastgrad's automatic step" in notes
+
+
+# ---------------------------------------------------------------- the caller's tolerance
+
+
+class SolverTolerance(torch.autograd.Function):
+    """An implicit-function gradient 9e-4 off (the solver's tolerance, not a wrong formula)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.exp()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * x.exp() * (1 + 9e-4)
+
+
+@pytest.mark.parametrize("fast_mode", [False, True])
+def test_a_gradient_within_torchs_tolerance_warns_and_fails_when_strict(fast_mode):
+    x = leaf(8, seed=10)
+    assert torch.autograd.gradcheck(SolverTolerance.apply, (x,), fast_mode=fast_mode)
+    with pytest.warns(fastgrad.GradcheckWarning, match="beyond fastgrad's relative band"):
+        assert ft.gradcheck(SolverTolerance.apply, (x,), fast_mode=fast_mode)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(SolverTolerance.apply, (x,), fast_mode=fast_mode, strict=True)
+    assert "input0" in str(info.value)
+
+
+def test_a_real_bug_beyond_the_callers_tolerance_fails_without_strict():
+    class OnePercent(SolverTolerance):
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * x.exp() * 1.01
+
+    x = leaf(8, seed=11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failure, not a warning
+        with pytest.raises(ft.GradcheckError):
+            ft.gradcheck(OnePercent.apply, (x,))
+
+
+# ---------------------------------------------------------------- fast mode's cost
+
+
+def counted(fn):
+    calls = []
+
+    def f(*args):
+        calls.append(1)
+        float(args[0].sum())  # .item(): no vmap, one call per evaluation
+        return fn(*args)
+
+    return f, calls
+
+
+def test_a_passing_fast_mode_check_spends_torchs_evaluations_plus_one():
+    a, b = leaf(3, 4, seed=12), leaf(4, seed=13)
+    f, calls = counted(lambda a, b: torch.tanh(a @ b))
+    torch.autograd.gradcheck(f, (a, b), fast_mode=True)
+    theirs = len(calls)
+    calls.clear()
+    assert ft.gradcheck(f, (a, b), fast_mode=True)
+    assert len(calls) <= theirs + 1, (len(calls), theirs)
+
+
+def test_a_relu_network_with_kinks_passes_fast_mode():
+    gen = torch.Generator().manual_seed(14)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3),
+                              torch.nn.MaxPool1d(1)).double()
+    x = torch.randn(8, 6, generator=gen, dtype=F64, requires_grad=True)
+    assert ft.gradcheck(lambda x: net(x), (x,), fast_mode=True)
+    assert ft.gradcheck(lambda *p: torch.func.functional_call(
+        net, dict(zip([n for n, _ in net.named_parameters()], p)), (x,)),
+        tuple(p.detach().requires_grad_() for p in net.parameters()), fast_mode=True)
