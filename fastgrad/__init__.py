@@ -8,13 +8,38 @@
 # first, before anything imports numba: fastgrad's kernels are cached in a per-user folder,
 # never in the installed package
 from . import _numba_cache  # noqa: F401
-from .checks.coordinates import Problem, assert_gradients, check
-from .checks.directions import audit
 from .errors import GradcheckWarning, GradientCheckError, LossError, NondeterminismError
-from .models import check_layer, check_model
-from .results.audit_report import AuditReport
 from .results.report import CoordRecord, Report, SegmentReport
 from .segments import Segment, SegmentMap, flatten, unflatten
+
+# the checks and their engine load on first use: ``import fastgrad.torch`` for a drop-in
+# gradcheck (a test suite's first call) does not pay for the planner, the process pool and the
+# audit it does not run
+_LAZY = {
+    "Problem": "checks.coordinates",
+    "assert_gradients": "checks.coordinates",
+    "check": "checks.coordinates",
+    "audit": "checks.directions",
+    "check_layer": "models",
+    "check_model": "models",
+    "AuditReport": "results.audit_report",
+}
+
+
+def __getattr__(name: str):
+    """The public names of ``_LAZY``, imported on first access (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastgrad' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __version__ = "0.1.0"
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -423,9 +423,20 @@ def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any) 
 
 
 # ---------------------------------------------------------------- audits of whole models
-from .torch_audit import audit_module, module_problem  # noqa: E402
-
+# (fastgrad/torch_audit.py, loaded on first use: a test suite that only runs the drop-in
+# gradcheck does not import the audit and its engine)
 __all__ += ["audit_module", "module_problem"]
+if TYPE_CHECKING:
+    from .torch_audit import audit_module, module_problem
+
+
+def __getattr__(name: str):
+    """``audit_module`` and ``module_problem``, imported on first access (PEP 562)."""
+    if name in ("audit_module", "module_problem"):
+        from . import torch_audit
+
+        return getattr(torch_audit, name)
+    raise AttributeError(f"module 'fastgrad.torch' has no attribute {name!r}")
 
 # the drop-ins for torch's own checkers (fastgrad/torch_gradcheck.py)
 from .torch_gradcheck import GradcheckError, gradcheck, gradgradcheck  # noqa: E402

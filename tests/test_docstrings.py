@@ -62,6 +62,7 @@ DOCUMENTED = [
     "fastgrad.GradientCheckError",
     "fastgrad.NondeterminismError",
     "fastgrad.LossError",
+    "fastgrad.GradcheckWarning",
 ]
 
 # Helpers outside the public API (pytest's hooks, the built-in example problems, the progress
