@@ -35,7 +35,18 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ._adapt import ThreadLocalLoss, check_seed, core_check, cotangent_rng, serial_by_default
 from .results.report import Report
 from .segments import SegmentMap
-from .torch_tensors import CPU, SavedBuffers, flat_gradient, rebuild, scalar_loss, seeded
+from .torch_tensors import (
+    ANALYTIC_ON_CALLERS_MODULE,
+    CPU,
+    SavedBuffers,
+    backward_gradient,
+    flat_gradient,
+    has_forward_hooks,
+    on_callers_module,
+    rebuild,
+    scalar_loss,
+    seeded,
+)
 
 __all__ = ["check_function", "check_module"]
 
@@ -119,6 +130,9 @@ class _TorchLoss(ThreadLocalLoss):
 
     framework = "the torch loss"
 
+    # a forward hook may register tensor hooks on outputs: the evaluations then record autograd
+    grad_in_forward = False
+
     def __init__(self, initial: dict[str, torch.Tensor], seed: int):
         super().__init__(seed)
         self.initial = initial  # segment name -> float64 value at theta
@@ -135,7 +149,7 @@ class _TorchLoss(ThreadLocalLoss):
 
     def evaluate(self, state: Any, theta: np.ndarray) -> float:
         np.copyto(state.flat_np, theta, casting="same_kind")
-        with torch.no_grad():
+        with torch.enable_grad() if self.grad_in_forward else torch.no_grad():
             return self.loss(state, state.inputs).item()
 
     def loss(self, state: Any, inputs: tuple) -> torch.Tensor:
@@ -175,23 +189,29 @@ class _ModuleLoss(_TorchLoss):
 
     def loss(self, state: _State, inputs: tuple) -> torch.Tensor:
         state.buffers.restore()
-        output = state.module(*inputs)
+        return self.output_loss(state.module(*inputs))
+
+    def output_loss(self, output: Any) -> torch.Tensor:
         if self.loss_fn is not None:
             return scalar_loss(self.loss_fn(output, *self.target), "loss_fn")
         if self.cotangents is None:
             self.cotangents = _cotangents(output, self.seed, "module(*inputs)")
         return _contract(output, self.cotangents, "module(*inputs)")
 
-    def analytic(self, theta: np.ndarray) -> np.ndarray:
-        state = self.state()
-        np.copyto(state.flat_np, theta)
-        leaves = {name: t.detach().clone().requires_grad_(True)
-                  for name, t in self.views(state.flat).items() if name not in self.params}
-        inputs = self.inputs.bind(leaves.get)
-        wrt = [*state.params, *leaves.values()]
-        with torch.enable_grad(), self.pinned():
-            loss = self.loss(state, inputs)
-        return flat_gradient(loss, wrt)
+    def callers_gradient(self, module: torch.nn.Module, theta: np.ndarray) -> np.ndarray:
+        """``loss.backward()`` on the caller's own module (hooks and all), its parameters
+        bound to views of theta for the pass: the gradient its training gets."""
+        values = self.views(torch.from_numpy(np.array(theta, dtype=np.float64)))
+        out = np.zeros(theta.size, dtype=np.float64)
+        into = self.views(torch.from_numpy(out))
+        leaves = {name: values[name].clone().requires_grad_(True)
+                  for name in self.initial if name not in self.params}
+        with on_callers_module(module, {n: values[n] for n in self.params}, _F64) as bound, \
+                torch.enable_grad(), self.pinned():
+            loss = self.output_loss(module(*self.inputs.bind(leaves.get)))
+            backward_gradient(loss, [bound[n] for n in self.params] + list(leaves.values()),
+                              [into[n] for n in self.params] + [into[n] for n in leaves])
+        return out
 
 
 class _FunctionLoss(_TorchLoss):
@@ -225,14 +245,18 @@ class _FunctionLoss(_TorchLoss):
         return flat_gradient(loss, list(leaves.values()))
 
 
-def _run(loss: _TorchLoss, check_options: dict):
+def _run(loss: _TorchLoss, check_options: dict,
+         analytic: Callable[[np.ndarray], np.ndarray] | None = None, path_note: str = ""):
     theta = np.concatenate([v.reshape(-1).numpy() for v in loss.initial.values()])
     # The first evaluations (main thread) fix the cotangents from the output shapes and tell
     # whether the loss is random, before any worker thread runs.
     loss.pin_randomness(theta, check_options)
-    grad = loss.analytic(theta)
+    grad = (analytic or loss.analytic)(theta)
     segments = {name: shape for name, (_, _, shape) in loss.slices.items()}
-    return core_check(loss, theta, grad, segments=segments, **check_options)
+    report = core_check(loss, theta, grad, segments=segments, **check_options)
+    if path_note:
+        report.path_reason += f"; {path_note}"
+    return report
 
 
 # ---------------------------------------------------------------- public API
@@ -347,8 +371,11 @@ def check_module(
     if targets and loss_fn is None:
         raise ValueError("target: given, but loss_fn is None; pass the loss_fn(output, target)")
     loss = _ModuleLoss(template, loss_fn, targets, args, params, initial, seed)
+    loss.grad_in_forward = has_forward_hooks(module)
     with torch.random.fork_rng(devices=[]):
-        return _run(loss, serial_by_default(check_options))
+        return _run(loss, serial_by_default(check_options),
+                    analytic=lambda theta: loss.callers_gradient(module, theta),
+                    path_note=ANALYTIC_ON_CALLERS_MODULE)
 
 
 def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any) -> Report:

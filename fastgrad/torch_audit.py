@@ -29,7 +29,17 @@ from ._adapt import ThreadLocalLoss, check_seed
 from .checks.coordinates import Problem
 from .checks.directions import audit
 from .results.audit_report import AuditReport
-from .torch_tensors import CPU, SavedBuffers, converted, flat_gradient, scalar_loss, seeded
+from .torch_tensors import (
+    ANALYTIC_ON_CALLERS_MODULE,
+    CPU,
+    SavedBuffers,
+    backward_gradient,
+    converted,
+    has_forward_hooks,
+    on_callers_module,
+    scalar_loss,
+    seeded,
+)
 
 __all__ = ["audit_module", "module_problem"]
 
@@ -65,6 +75,8 @@ class ModuleAuditLoss(ThreadLocalLoss):
     """
 
     framework = "loss_fn(module(*inputs))"
+    # a forward hook may register tensor hooks on outputs: the evaluations then record autograd
+    grad_in_forward = False
 
     def __init__(self, template: torch.nn.Module, names: list[str], shapes: list[tuple],
                  loss_fn: Callable | None, inputs: tuple, target: tuple, seed: int):
@@ -103,7 +115,9 @@ class ModuleAuditLoss(ThreadLocalLoss):
 
     def forward(self, state: _ModuleState) -> torch.Tensor:
         state.buffers.restore()
-        output = state.module(*self.inputs)
+        return self.output_loss(state.module(*self.inputs))
+
+    def output_loss(self, output: Any) -> torch.Tensor:
         if self.loss_fn is None:
             return scalar_loss(output, "module(*inputs)")
         return scalar_loss(self.loss_fn(output, *self.target), "loss_fn")
@@ -113,43 +127,25 @@ class ModuleAuditLoss(ThreadLocalLoss):
             self.bind(state, theta)
         else:  # a read-only view (never the engine's working copies): bind a private copy
             self.bind(state, np.array(theta))
-        with torch.no_grad():
+        with torch.enable_grad() if self.grad_in_forward else torch.no_grad():
             return float(self.forward(state).item())
 
-    def gradient(self, theta: np.ndarray) -> np.ndarray:
-        """Autograd's gradient at ``theta``, flat float64 (zeros where the loss does not
-        depend on a parameter)."""
-        state = self.state()
-        self.bind(state, theta)
-        with torch.enable_grad(), self.pinned():
-            loss = self.forward(state)
-            if theta.dtype == np.float64 and loss.requires_grad:
-                out = self._accumulated(loss, state.params)
-            else:
-                out = flat_gradient(loss, state.params)
-        state.bound = None  # the state's parameters must not keep the caller-visible theta
-        return out
-
-    def _accumulated(self, loss: torch.Tensor, params: list) -> np.ndarray:
-        """The gradient accumulated by backward() straight into one flat float64 vector (each
-        parameter's ``.grad`` a view of it): no second full copy beside autograd's, which
-        matters at 10^8 parameters. A gradient autograd did not accumulate in place (a sparse
-        one) is copied in."""
+    def callers_gradient(self, module: torch.nn.Module, theta: np.ndarray) -> np.ndarray:
+        """``loss.backward()`` on the caller's own module (hooks and all), its audited
+        parameters bound to views of theta for the pass (no copy of a 10^8-parameter model):
+        the gradient its training gets, flat float64."""
+        flat = torch.from_numpy(theta)
+        bound = {name: flat[a:b].view(shape)
+                 for name, (a, b), shape in zip(self.names, self.bounds, self.shapes, strict=True)}
         out = np.zeros(self.size, dtype=np.float64)
-        flat = torch.from_numpy(out)
-        views = [flat[a:b].view(shape) for (a, b), shape in zip(self.bounds, self.shapes,
+        grads = torch.from_numpy(out)
+        into = [grads[a:b].view(shape) for (a, b), shape in zip(self.bounds, self.shapes,
                                                                    strict=True)]
-        for param, view in zip(params, views, strict=True):
-            param.grad = view
-        try:
-            loss.backward()
-            for param, view in zip(params, views, strict=True):
-                g = param.grad
-                if g is not None and g is not view and g.data_ptr() != view.data_ptr():
-                    view.copy_(g.to_dense() if g.is_sparse else g)
-        finally:
-            for param in params:
-                param.grad = None
+        dtype = torch.float64 if theta.dtype == np.float64 else torch.float32
+        with on_callers_module(module, bound, dtype) as params, torch.enable_grad(), \
+                self.pinned():
+            loss = self.output_loss(module(*self.inputs))
+            backward_gradient(loss, [params[n] for n in self.names], into)
         return out
 
 
@@ -252,9 +248,10 @@ def module_problem(
     targets = () if target is None else (converted(target, dtype, "target"),)
     loss = ModuleAuditLoss(template, names, shapes, loss_fn, converted(inputs, dtype), targets,
                            seed)
+    loss.grad_in_forward = has_forward_hooks(module)
     with torch.random.fork_rng(devices=[]):
         loss.pin_randomness(theta, options)
-        grad = loss.gradient(theta)
+        grad = loss.callers_gradient(module, theta)
     return Problem(loss, theta, grad, segments=dict(zip(names, shapes, strict=True)),
                    options=dict(options))
 
@@ -332,5 +329,7 @@ def audit_module(
                              nondet_tol=audit_options.get("nondet_tol", 0.0))
     options = {"workers": 1, **audit_options}
     with torch.random.fork_rng(devices=[]):
-        return audit(problem.f, problem.theta, problem.grad, segments=problem.segments,
-                     budget=budget, seed=seed, **options)
+        report = audit(problem.f, problem.theta, problem.grad, segments=problem.segments,
+                       budget=budget, seed=seed, **options)
+    report.path_reason += f"; {ANALYTIC_ON_CALLERS_MODULE}"
+    return report

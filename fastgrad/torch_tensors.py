@@ -99,3 +99,93 @@ def flat_gradient(loss: torch.Tensor, wrt: list[torch.Tensor]) -> np.ndarray:
             out[start:stop] = g.detach().reshape(-1).to(torch.float64).numpy()
         start = stop
     return out
+
+
+# what a report's path line says about the analytic side of check_module / audit_module
+ANALYTIC_ON_CALLERS_MODULE = (
+    "analytic gradient: loss.backward() on your module itself (its parameter and module hooks, "
+    "post-accumulate-grad hooks, parametrizations, tied parameters and train/eval mode as your "
+    "training sees them), its parameters bound to fastgrad's float64 values for that pass and "
+    "put back afterwards")
+
+
+def has_forward_hooks(module: torch.nn.Module) -> bool:
+    """A forward (pre-)hook anywhere in the module: it may register tensor hooks on outputs,
+    which needs grad mode on (the numeric evaluations then record autograd too)."""
+    from torch.nn.modules import module as module_globals
+
+    if getattr(module_globals, "_global_forward_hooks", None) or \
+            getattr(module_globals, "_global_forward_pre_hooks", None):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
+@contextlib.contextmanager
+def on_callers_module(module: torch.nn.Module, bound: dict[str, torch.Tensor],
+                      dtype: torch.dtype) -> Iterator[dict[str, torch.nn.Parameter]]:
+    """The caller's own module, for one forward and backward pass as its training runs them.
+
+    Inside, each parameter named in ``bound`` has ``bound[name]`` as its data (fastgrad's
+    values: views of theta), every other floating parameter and every buffer a private copy
+    in ``dtype`` (integers keep theirs), and no ``.grad``; hooks, parametrizations, tied
+    parameters and the module's mode are the caller's own. Afterwards every parameter gets its
+    own data tensor and ``.grad`` back and every buffer its own tensor (reassigned: the caller's
+    tensors are never written, bitwise unchanged). Yields the bound Parameters by name.
+
+    A hook that changes a bound parameter in place during the pass (an optimizer step inside a
+    post-accumulate-grad hook) would change fastgrad's theta: that is refused with the reason.
+    """
+    params, buffers = [], []
+    named = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, p in named.items():
+            params.append((p, p.data, p.grad))
+            if name in bound:
+                p.data = bound[name]
+            elif p.is_floating_point():
+                p.data = p.data.to(device=CPU, dtype=dtype, copy=True)
+            p.grad = None
+        for owner in module.modules():
+            for key, buf in list(owner._buffers.items()):
+                if buf is None:
+                    continue
+                buffers.append((owner._buffers, key, buf))
+                owner._buffers[key] = buf.detach().to(
+                    device=CPU, dtype=dtype if buf.is_floating_point() else buf.dtype, copy=True)
+    originals = {id(p): data for p, data, _ in params}
+    try:
+        yield {name: named[name] for name in bound}
+        # theta's values are the caller's (bitwise, one tensor at a time): none was stepped
+        changed = [name for name in bound if not torch.equal(
+            bound[name], originals[id(named[name])].to(device=CPU, dtype=bound[name].dtype))]
+        if changed:
+            raise InvalidValue(
+                f"module: the backward pass changed parameter {changed[0]!r} in place (an "
+                "optimizer step in a post-accumulate-grad hook?): the gradient of such a "
+                "training step is not a gradient fastgrad can check; remove that hook for "
+                "the check")
+    finally:
+        with torch.no_grad():
+            for p, data, grad in params:
+                p.data = data
+                p.grad = grad
+            for table, key, buf in buffers:
+                table[key] = buf
+
+
+def backward_gradient(loss: torch.Tensor, params: list[torch.nn.Parameter],
+                      into: list[torch.Tensor]) -> None:
+    """``loss.backward()`` accumulating into ``into`` (each parameter's ``.grad`` a view of
+    fastgrad's flat gradient, so no second copy): tensor hooks and post-accumulate-grad hooks
+    run as in training. A gradient autograd did not accumulate in place (a sparse one, or one a
+    hook replaced) is copied in."""
+    for param, view in zip(params, into, strict=True):
+        param.grad = view if view.dtype == param.dtype else None
+    if loss.requires_grad:
+        loss.backward()
+    for param, view in zip(params, into, strict=True):
+        g = param.grad
+        if g is None:
+            view.zero_()
+        elif g is not view and g.data_ptr() != view.data_ptr():
+            view.copy_(g.to_dense() if g.is_sparse else g)
