@@ -274,11 +274,16 @@ def check_module(
     Segments are the module's trainable parameters, named as ``named_parameters()`` names them
     (``"0.weight"``), followed by one segment per input tensor that requires grad (``"input0"``;
     ``"input1.0"`` for the first tensor of a tuple argument such as an LSTM's ``(h0, c0)``).
-    Everything is evaluated on float64 CPU copies of the module (one per worker thread), in the
-    module's current train/eval mode; buffers such as BatchNorm running statistics are restored
-    before every evaluation, and when the loss is random (dropout in train mode) torch's RNG is
-    re-seeded from ``seed`` before every evaluation, so the same dropout mask is used throughout.
-    The caller's module, its ``.grad``, its mode, its tensors and torch's RNG are untouched.
+    The numeric side evaluates float64 CPU copies of the module (one per worker thread), in the
+    module's current train/eval mode; the analytic gradient is ``loss.backward()`` on your
+    module itself, as your training runs it (parameter and post-accumulate-grad hooks, module
+    hooks, forward hooks that register tensor hooks, parametrizations, tied parameters), its
+    parameters bound to the same float64 values for that one pass and put back afterwards.
+    Buffers such as BatchNorm running statistics are restored before every evaluation, and when
+    the loss is random (dropout in train mode) torch's RNG is re-seeded from ``seed`` before
+    every evaluation, so the same dropout mask is used throughout. The caller's module (its
+    parameters, ``.grad``, buffers, hooks and mode), its tensors and torch's RNG are bitwise
+    unchanged afterwards.
 
     Parameters
     ----------

@@ -274,8 +274,10 @@ def audit_module(
     (``report.suspect_records[0].where == "0.weight[3, 1]"``, ``report.blocks`` for whole rows).
     Memory: ``workers + 2`` copies of the parameters (theta, the float64 gradient, one working
     copy per worker that the workers' module copies use as their parameters) beside the
-    activations. The caller's module, parameters, buffers, ``.grad`` and torch's RNG are
-    untouched.
+    activations. The analytic gradient is ``loss.backward()`` on your module itself (hooks,
+    parametrizations and tied parameters as your training sees them), its parameters bound to
+    views of theta for that pass; the caller's module, parameters, buffers, ``.grad`` and
+    torch's RNG are bitwise unchanged afterwards.
 
     Parameters
     ----------
