@@ -304,9 +304,14 @@ def test_non_finite_values_read_back_as_they_were_logged(bad, tmp_path):
     np.testing.assert_array_equal(loaded.update_ratios()[1]["W"], mon.update_ratios()[1]["W"])
     assert str(loaded.epochs()[0]["val_loss"]) == str(bad)
     assert loaded.epochs()[0]["val_acc"] is None  # not given: still None
-    (live,), (read,) = mon.diagnose(), loaded.diagnose()
-    assert live.to_dict() == read.to_dict()
-    assert f"the loss became {bad} at step 3" in read.message
+    live, read = mon.diagnose(), loaded.diagnose()
+    assert [f.to_dict() for f in live] == [f.to_dict() for f in read]
+    assert [f.kind for f in read] == ["lr_too_high", "nonfinite_values"]
+    assert f"the loss became {bad} at step 3" in read[0].message
+    # the other series' NaN/inf are reported once, by name and step, not printed anywhere
+    assert read[1].evidence["series"] == [
+        {"series": "update ratio of W", "count": 1, "first_step": 3},
+        {"series": "val_loss", "count": 1, "first_epoch": 0}]
 
 
 def _public_monitor_api():

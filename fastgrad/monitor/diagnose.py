@@ -34,6 +34,15 @@ SLOW_LINEARITY = 0.5
 #: Plateau high: most of the drop in the first chunk, then flat, while still this high.
 PLATEAU_LEVEL = 0.5
 PLATEAU_FLAT = 0.05
+#: A loss spike: a loss at least this many times the median of the SPIKE_WINDOW losses before it.
+SPIKE_FACTOR = 5.0
+SPIKE_WINDOW = 10
+#: ...followed by a plateau: the losses after it stay above this share of the first loss (the net
+#: lost what it had learned: for cross-entropy the first loss is about log(classes)).
+SPIKE_NO_GAIN = 0.9
+#: Updates this large against the weights' norm (500x the 1e-3 target), then ~0, with the loss
+#: above LOSS_ROSE times the first loss meanwhile: the first steps were too large.
+UPDATE_BLOWUP, LOSS_ROSE = 0.5, 2.0
 #: Batch too small: spread of the loss around its trend, relative to the trend's level.
 NOISE_RATIO = 1.0
 #: Overfitting: final train/val accuracy gap at least this, grown by at least OVERFIT_GROWTH.
@@ -116,6 +125,61 @@ def loss_trend(steps: np.ndarray, losses: np.ndarray, chunks: int = TREND_CHUNKS
     return np.array([part.mean() for part in np.array_split(losses, min(chunks, losses.size))])
 
 
+def loss_spike(steps: np.ndarray, losses: np.ndarray) -> dict | None:
+    """The first loss spike that the run never recovered from, or None.
+
+    A spike is a loss at least ``SPIKE_FACTOR`` times the median of the ``SPIKE_WINDOW`` losses
+    before it; it counts when the second half of the losses after it stays above
+    ``SPIKE_NO_GAIN`` times the first loss and is not clearly falling (a plateau at the level of
+    an untrained net: with a too-high learning rate the first updates are huge, ReLUs die, and
+    the gradients and updates are ~0 from then on).  Only the first spike is judged: a run that
+    recovered from it (a noisy batch) gives None.
+
+    Parameters
+    ----------
+    steps : numpy.ndarray
+        The steps of ``losses`` (``TrainingMonitor.losses()[0]``).
+    losses : numpy.ndarray
+        The per-step training losses; None is returned unless at least ``MIN_LOSSES`` are given,
+        all finite (a NaN/inf loss is divergence, told apart) and the first positive.
+
+    Returns
+    -------
+    dict or None
+        ``index`` and ``step`` of the spike, ``before`` (the loss at the step before),
+        ``level_before`` (the median the jump is measured against), ``loss`` (at the spike),
+        ``peak`` and ``peak_step`` (the largest loss within ``SPIKE_WINDOW`` steps),
+        ``plateau`` (the median of the last half after it) and ``plateau_from_step``.
+
+    Examples
+    --------
+    >>> spike = loss_spike(np.arange(30), np.r_[2.3, 2.3, 40.0, 9.0, np.full(26, 2.3)])
+    >>> spike["step"], spike["loss"], spike["plateau"]
+    (2, 40.0, 2.3)
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    first = float(losses[0]) if losses.size else math.nan
+    if losses.size < MIN_LOSSES or not np.all(np.isfinite(losses)) or first <= 0:
+        return None
+    for k in range(1, losses.size - MIN_LOSSES // 2):
+        before = float(np.median(losses[max(0, k - SPIKE_WINDOW):k]))
+        if before <= 0 or losses[k] < SPIKE_FACTOR * before:
+            continue
+        after = losses[k + 1:]
+        tail = after[after.size // 2:]
+        plateau = float(np.median(tail))
+        x = np.arange(tail.size, dtype=np.float64)
+        if plateau < SPIKE_NO_GAIN * first or _slope_t(x, tail) < -FALLING_T:
+            return None  # the run recovered from its first spike: not this pattern
+        episode = losses[k:k + SPIKE_WINDOW]
+        peak = k + int(np.argmax(episode))
+        return {"index": k, "step": int(steps[k]), "before": float(losses[k - 1]),
+                "level_before": before, "loss": float(losses[k]), "peak": float(losses[peak]),
+                "peak_step": int(steps[peak]), "plateau": plateau,
+                "plateau_from_step": int(steps[k + 1 + after.size // 2])}
+    return None
+
+
 def _loss_findings(mon) -> list[Finding]:
     steps, losses = mon.losses()
     if losses.size == 0:
@@ -140,6 +204,22 @@ def _loss_findings(mon) -> list[Finding]:
     base = {"initial_loss": _r(first_loss), "trend_start": _r(start), "trend_end": _r(end),
             "relative_drop": _r(drop), "steps": int(losses.size)}
     findings = []
+    spike = loss_spike(steps, losses)
+    if spike is not None:
+        peak_text = (f"; peak {spike['peak']:.4g} at step {spike['peak_step']}"
+                     if spike["peak_step"] != spike["step"] else "")
+        findings.append(Finding(
+            "lr_too_high", "error",
+            f"loss spike at step {spike['step']}: the loss jumped from {spike['before']:.4g} to "
+            f"{spike['loss']:.4g} ({spike['loss'] / spike['level_before']:.3g}x its level "
+            f"before{peak_text}), then stayed at {spike['plateau']:.4g} (first loss "
+            f"{first_loss:.4g}: about what an untrained net scores): learning rate too high; lower it "
+            f"3-10x (or warm it up), and restart from a fresh initialization",
+            {**base, "spike_step": spike["step"], "loss_before": _r(spike["before"]),
+             "spike_loss": _r(spike["loss"]), "jump": _r(spike["loss"] / spike["level_before"]),
+             "peak": _r(spike["peak"]), "peak_step": spike["peak_step"],
+             "plateau": _r(spike["plateau"]), "plateau_from_step": spike["plateau_from_step"]}))
+        return findings  # the spike explains the rest of the curve
     peak = float(trend.max())
     rose = end > DIVERGE_RISE * start
     if rose or end > DIVERGE_RISE * first_loss:
@@ -182,6 +262,11 @@ def _loss_findings(mon) -> list[Finding]:
                 f"rate is probably too low; raise it 3-10x",
                 {**base, "slope_t": _r(falling_t), "slope_first_half": _r(slope_first),
                  "slope_second_half": _r(slope_second), "linearity": _r(linearity)}))
+    return findings + _noise_findings(losses)
+
+
+def _noise_findings(losses: np.ndarray) -> list[Finding]:
+    findings = []
     # spread of the loss around its moving average, against the average's level
     window = max(5, losses.size // 20)
     kernel = np.ones(window) / window
@@ -226,6 +311,15 @@ def _judged(name: str, shape) -> bool:
     return shape is None or len(shape) >= 2
 
 
+def _low_since(series: np.ndarray) -> int:
+    """Index of the first update below the band after which the median stays below it."""
+    for i, ratio in enumerate(series):
+        rest = series[i:][np.isfinite(series[i:])]
+        if ratio < RATIO_LOW and np.median(rest) < RATIO_LOW:
+            return i
+    return 0
+
+
 def _update_findings(mon) -> list[Finding]:
     steps, ratios = mon.update_ratios()
     shapes = mon.segment_shapes()
@@ -240,6 +334,13 @@ def _update_findings(mon) -> list[Finding]:
         median = float(np.median(recent))
         evidence = {"segment": name, "median_ratio": _r(median), "updates": int(recent.size),
                     "band": [RATIO_LOW, RATIO_HIGH]}
+        if median < RATIO_LOW:
+            since = _low_since(series)
+            evidence["low_since_step"] = int(steps[since])
+            earlier = np.where(np.isfinite(series[:since]), series[:since], -np.inf)
+            if since and np.isfinite(earlier.max()):
+                evidence["max_ratio_before"] = _r(float(earlier.max()))
+                evidence["max_ratio_step"] = int(steps[int(np.argmax(earlier))])
         if median > RATIO_HIGH:
             findings.append(Finding(
                 "update_ratio_high", "warning",
@@ -258,6 +359,27 @@ def _latest(entries: list[dict]) -> dict | None:
         if entry.get("finite"):
             return entry
     return None
+
+
+def _epoch_steps(mon, epoch: int) -> tuple[int, int]:
+    """(first, last) logged step of ``epoch``; the epoch still open ends at the last loss."""
+    steps, _ = mon.losses()
+    ends = {e["epoch"]: e["step"] for e in mon.epochs() if e.get("step") is not None}
+    earlier = [step for e, step in ends.items() if e < epoch]
+    first = max(earlier) + 1 if earlier else (int(steps[0]) if steps.size else 0)
+    last = ends.get(epoch, int(steps[-1]) if steps.size else first)
+    return int(first), int(last)
+
+
+def _dead_since(mon, entries: list[dict]) -> dict:
+    """The first epoch from which the layer's dead share stayed at or above DEAD_SHARE."""
+    since = entries[-1]["epoch"]
+    for entry in reversed(entries):
+        if not entry.get("finite") or entry["dead_unit_fraction"] < DEAD_SHARE:
+            break
+        since = entry["epoch"]
+    first, last = _epoch_steps(mon, since)
+    return {"epoch": since, "first_step": first, "last_step": last}
 
 
 def _activation_findings(mon) -> list[Finding]:
@@ -279,13 +401,17 @@ def _activation_findings(mon) -> list[Finding]:
                 {**evidence, "saturated_fraction": _r(h["saturated_fraction"]),
                  "saturated_unit_fraction": _r(h["saturated_unit_fraction"])}))
         if h["rows"] >= 10 and h["dead_unit_fraction"] >= DEAD_SHARE:
+            since = _dead_since(mon, entries)
             findings.append(Finding(
                 "dead_units", "error" if h["dead_unit_fraction"] >= 0.5 else "warning",
                 f"layer {layer}: {100 * h['dead_unit_fraction']:.0f}% of units output 0 for every "
-                f"sample of epoch {h['epoch']}: dead ReLUs; lower the learning rate or check the "
-                f"initialization and biases",
+                f"sample of epoch {h['epoch']} (dead since epoch {since['epoch']}, steps "
+                f"{since['first_step']}-{since['last_step']}): dead ReLUs; lower the learning rate "
+                f"or check the initialization and biases",
                 {**evidence, "dead_unit_fraction": _r(h["dead_unit_fraction"]),
-                 "zero_fraction": _r(h["zero_fraction"]), "rows": h["rows"]}))
+                 "zero_fraction": _r(h["zero_fraction"]), "rows": h["rows"],
+                 "dead_since_epoch": since["epoch"], "dead_since_step": since["first_step"],
+                 "dead_since_epoch_last_step": since["last_step"]}))
     return findings
 
 
@@ -395,8 +521,122 @@ def _kink_findings(mon) -> list[Finding]:
          "kinks_per_segment": {name: n for name, n in kinks.items() if n}})]
 
 
+def _nonfinite_findings(mon) -> list[Finding]:
+    """NaN/inf in the monitor's own series: kept in the log, left out of plots and TensorBoard.
+
+    A non-finite loss is not listed: the divergence finding (``lr_too_high``) names its step.
+    """
+    places = []
+    update_steps, ratios = mon.update_ratios()
+    series = [(f"update ratio of {name}", update_steps, r) for name, r in ratios.items()]
+    rows = mon.epochs()
+    metrics = sorted({k for e in rows for k in e} - {"epoch", "step"})
+    for key in metrics:
+        values = [e.get(key) for e in rows]
+        given = [i for i, v in enumerate(values) if v is not None]
+        series.append((key, np.array([rows[i]["epoch"] for i in given]),
+                       np.array([values[i] for i in given], dtype=np.float64)))
+    for what, at, values in series:
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            unit = "epoch" if what in metrics else "step"
+            places.append({"series": what, "count": int(bad.size),
+                           f"first_{unit}": int(at[bad[0]])})
+    if not places:
+        return []
+    listed = "; ".join(
+        f"{p['series']}: {p['count']} from {'epoch' if 'first_epoch' in p else 'step'} "
+        f"{p.get('first_epoch', p.get('first_step'))}" for p in places)
+    return [Finding(
+        "nonfinite_values", "info",
+        f"NaN/inf values ({listed}): kept in the log, left out of the plots and TensorBoard",
+        {"series": places})]
+
+
 RULES = (_gradcheck_findings, _kink_findings, _loss_findings, _accuracy_findings, _update_findings,
-         _activation_findings, _gradient_findings, _filter_findings)
+         _activation_findings, _gradient_findings, _filter_findings, _nonfinite_findings)
+
+
+def _blowup_finding(findings: list[Finding], mon) -> Finding | None:
+    """lr_too_high from huge first updates that collapsed to ~0 while the loss jumped."""
+    steps, losses = mon.losses()
+    for f in findings:
+        ev = f.evidence
+        if f.kind != "update_ratio_low" or (ev.get("max_ratio_before") or 0) < UPDATE_BLOWUP:
+            continue
+        during = (steps <= ev["low_since_step"]) & np.isfinite(losses)
+        if losses.size == 0 or not during.any() or losses[0] <= 0:
+            continue
+        worst = int(np.argmax(np.where(during, losses, -np.inf)))
+        if losses[worst] < LOSS_ROSE * losses[0]:
+            continue
+        return Finding(
+            "lr_too_high", "error",
+            f"segment {ev['segment']}: an update of {ev['max_ratio_before']:.2g}x the weights' "
+            f"norm at step {ev['max_ratio_step']} (aim ~1e-3), the loss up from {losses[0]:.4g} "
+            f"to {losses[worst]:.4g} at step {steps[worst]}, then updates ~0 since step "
+            f"{ev['low_since_step']}: learning rate too high; lower it 3-10x (or warm it up), and "
+            f"restart from a fresh initialization",
+            {"segment": ev["segment"], "max_ratio": ev["max_ratio_before"],
+             "max_ratio_step": ev["max_ratio_step"], "low_since_step": ev["low_since_step"],
+             "initial_loss": _r(float(losses[0])), "worst_loss": _r(float(losses[worst])),
+             "worst_loss_step": int(steps[worst])})
+    return None
+
+
+def _explained(findings: list[Finding], mon) -> list[Finding]:
+    """Findings that follow from another say so, instead of contradicting it.
+
+    With the learning rate too high (a loss spike, or a loss that rose) ReLUs die, and then the
+    gradients and updates of the layers around them are ~0: the low update ratios are not a low
+    learning rate, and the dead units are the high one's doing when they died after the spike.
+    """
+    high = next((f for f in findings if f.kind == "lr_too_high"), None)
+    dead = [f for f in findings if f.kind == "dead_units" and f.severity == "error"]
+    if high is None:
+        high = _blowup_finding(findings, mon)
+        if high is not None:
+            findings = [high, *findings]
+    spike_step = high.evidence.get("spike_step") if high is not None else None
+    after_spike = ""
+    if spike_step is not None:
+        after_spike = f", after the loss spike at step {spike_step}"
+    result = []
+    for f in findings:
+        if f.kind == "dead_units" and high is not None:
+            ev = f.evidence
+            if spike_step is None or ev["dead_since_epoch_last_step"] >= spike_step:
+                f = Finding(f.kind, f.severity, (
+                    f"layer {ev['layer']}: {100 * ev['dead_unit_fraction']:.0f}% of units output 0 "
+                    f"for every sample of epoch {ev['epoch']}: dead ReLUs since epoch "
+                    f"{ev['dead_since_epoch']} (steps {ev['dead_since_step']}-"
+                    f"{ev['dead_since_epoch_last_step']}){after_spike}: a consequence of the "
+                    f"too-high learning rate (see lr_too_high); lower it and re-initialize: dead "
+                    f"units do not come back"), {**ev, "consequence_of": "lr_too_high"})
+        elif f.kind == "update_ratio_low" and (high is not None or dead):
+            ev = f.evidence
+            since = ev.get("low_since_step")
+            when = f" since step {since}" if since is not None else ""
+            if (ev.get("max_ratio_before") or 0) > RATIO_HIGH:
+                when += f" (before: up to {ev['max_ratio_before']:.2g}, far above the band)"
+            if dead:
+                layers = ", ".join(d.evidence["layer"] for d in dead)
+                why = (f"the gradients are ~0 because the units of layer {layers} died"
+                       f"{after_spike} (see dead_units)")
+                cause = ["dead_units"] + (["lr_too_high"] if high is not None else [])
+            else:
+                why = f"a consequence of the too-high learning rate{after_spike} (see lr_too_high)"
+                cause = ["lr_too_high"]
+            f = Finding(f.kind, "info", (
+                f"segment {ev['segment']}: updates are {ev['median_ratio']:.2g} of the weights' "
+                f"norm{when}: {why}, not a learning rate that is low"),
+                {**ev, "consequence_of": cause})
+        elif f.kind == "vanishing_gradients" and dead:
+            layers = ", ".join(d.evidence["layer"] for d in dead)
+            f = Finding(f.kind, f.severity, f"{f.message}; here the units of layer {layers} are "
+                        f"dead (see dead_units)", {**f.evidence, "consequence_of": "dead_units"})
+        result.append(f)
+    return result
 
 
 def diagnose(mon) -> list[Finding]:
@@ -406,6 +646,6 @@ def diagnose(mon) -> list[Finding]:
     >>> diagnose(TrainingMonitor())
     []
     """
-    findings = [f for rule in RULES for f in rule(mon)]
+    findings = _explained([f for rule in RULES for f in rule(mon)], mon)
     rank = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(findings, key=lambda f: (f.kind != "gradcheck_failed", rank[f.severity]))

@@ -99,6 +99,28 @@ def _check_fraction(value, name: str) -> float | None:
     return value
 
 
+def _update_ratio(weights_norm: float, update_norm: float) -> float:
+    """||update|| / ||weights||, also defined when the weights are all 0.
+
+    A block whose weights are all 0 before the update (a zero-initialised bias at step 0) is
+    measured against its norm after the update, which is then the update's own: 1 when the
+    update moves it, 0 when it stays 0.  NaN only when the weights or the update are not finite.
+    """
+    if not (math.isfinite(weights_norm) and math.isfinite(update_norm)):
+        return math.nan  # diverged parameters: kept as NaN, reported by diagnose
+    if weights_norm == 0.0:
+        return 1.0 if update_norm > 0.0 else 0.0
+    return update_norm / weights_norm
+
+
+def _scaled_norm(values: np.ndarray) -> float:
+    """The 2-norm without overflow in the squares (huge but finite values); inf/NaN propagate."""
+    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    if largest == 0.0 or not math.isfinite(largest):
+        return largest
+    return largest * float(np.linalg.norm(values / largest))
+
+
 def _flat_view(array, name: str) -> np.ndarray:
     array = np.asarray(array)
     if array.dtype.kind not in "fiu":
@@ -261,6 +283,12 @@ class TrainingMonitor:
     def log_update(self, theta: np.ndarray | Mapping, update: np.ndarray | Mapping) -> None:
         """Record ``||update|| / ||weights||`` per segment (aim: about 1e-3).
 
+        The weights' norm is the one before the update.  A segment whose weights are all 0 (a
+        zero-initialised bias at the first step) is measured against its norm after the update,
+        which is then the update's own: its ratio is 1 (0 if the update leaves it at 0), never
+        0/0.  Only non-finite weights or updates give a non-finite ratio; it is kept in the
+        history, left out of the plots and TensorBoard, and reported by ``diagnose``.
+
         Parameters
         ----------
         theta : numpy.ndarray or dict of {str: numpy.ndarray}
@@ -298,7 +326,7 @@ class TrainingMonitor:
                     raise ValueError(f"update[{name!r}]: size {u.size} != theta's {w.size}")
                 sums = _segment_sumsq(w, u, np.array([w.size], dtype=np.int64))
                 self._shapes[str(name)] = list(np.shape(theta[name]))
-                ratios[str(name)] = (sums[0][0], sums[1][0])
+                ratios[str(name)] = (sums[0][0], sums[1][0], w, u)
         else:
             w = _flat_view(theta, "theta")
             u = _flat_view(update, "update")
@@ -311,11 +339,15 @@ class TrainingMonitor:
                     f"theta: size {w.size} does not match the segment map (size {table[-1][2]})")
             stops = np.array([stop for _, _, stop, _ in table], dtype=np.int64)
             weights, updates = _segment_sumsq(w, u, stops)
-            ratios = {name: (weights[k], updates[k]) for k, (name, *_rest) in enumerate(table)}
+            ratios = {name: (weights[k], updates[k], w[start:stop], u[start:stop])
+                      for k, (name, start, stop, _shape) in enumerate(table)}
         step = self._steps[-1] if self._steps else len(self._update_steps)
         count = len(self._update_steps)
-        for name, (w2, u2) in ratios.items():
-            ratio = math.sqrt(u2) / math.sqrt(w2) if w2 > 0 else math.nan
+        for name, (w2, u2, w_part, u_part) in ratios.items():
+            if math.isfinite(w2) and math.isfinite(u2):
+                ratio = _update_ratio(math.sqrt(w2), math.sqrt(u2))
+            else:  # the squares overflowed, or values are inf/NaN
+                ratio = _update_ratio(_scaled_norm(w_part), _scaled_norm(u_part))
             series = self._ratios.setdefault(name, [math.nan] * count)
             series.append(ratio)
         self._update_steps.append(step)
@@ -514,8 +546,9 @@ class TrainingMonitor:
         step = self._steps[-1] if self._steps else None
         if not force and not self.warmed_up:
             warnings.warn(
-                f"gradcheck skipped at step {step}: the warm-up is not over (the loss has not "
-                f"started to fall yet); checks at the initial parameters can mislead",
+                f"fastgrad.monitor: gradcheck skipped at step {step}: the warm-up is not over "
+                f"(the loss has not started to fall yet); checks at the initial parameters can "
+                f"mislead",
                 RuntimeWarning, stacklevel=2)
             return None
         import fastgrad

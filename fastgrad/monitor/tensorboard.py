@@ -11,6 +11,11 @@
 - ``findings``                      the findings as text, at each ``save`` and at ``close``
 
 The histograms are the monitor's own per-epoch bins (no raw values are kept or sent).
+
+Non-finite numbers are never handed to tensorboardX (it would log "NaN or Inf found in input
+tensor" without saying where): a NaN/inf scalar or histogram is left out, NaN/inf pixels of the
+filter grid are drawn as 0, and ``skipped`` counts them per tag.  The monitor's history keeps the
+values and ``diagnose`` reports them (``nonfinite_values``), with the step and the segment.
 """
 
 from __future__ import annotations
@@ -64,11 +69,21 @@ class TensorBoardWriter:
             raise ValueError(f"tensorboard: {path!r} exists and is not a folder")
         self.logdir = path
         self._writer = _summary_writer()(logdir=path)
+        #: {tag: {"count": n, "first_step": step}} of the non-finite values left out
+        self.skipped: dict[str, dict[str, int]] = {}
+
+    def _skip(self, tag: str, step: int, count: int = 1) -> None:
+        entry = self.skipped.setdefault(tag, {"count": 0, "first_step": int(step)})
+        entry["count"] += int(count)
 
     def scalar(self, tag: str, value: float | None, step: int) -> None:
-        """One number (None is skipped: e.g. an accuracy that was not given)."""
-        if value is not None:
-            self._writer.add_scalar(tag, float(value), global_step=int(step))
+        """One number (None is skipped: e.g. an accuracy that was not given; NaN/inf too)."""
+        if value is None:
+            return
+        if not np.isfinite(value):
+            self._skip(tag, step)
+            return
+        self._writer.add_scalar(tag, float(value), global_step=int(step))
 
     def histogram(self, tag: str, summary: dict, step: int) -> None:
         """A per-epoch histogram summary of the monitor (``HistogramAccumulator.summary``)."""
@@ -79,6 +94,10 @@ class TensorBoardWriter:
         lo, hi = summary["range"]
         edges = np.linspace(lo, hi, counts.size + 1)
         mean, std = summary["mean"], summary["std"]
+        stats = [summary["min"], summary["max"], mean, std]
+        if any(v is None or not np.isfinite(v) for v in stats) or not np.all(np.isfinite(edges)):
+            self._skip(tag, step)  # e.g. a mean that overflowed: no honest histogram to draw
+            return
         self._writer.add_histogram_raw(
             tag, min=summary["min"], max=summary["max"], num=n, sum=mean * n,
             sum_squares=(std * std + mean * mean) * n, bucket_limits=edges[1:].tolist(),
@@ -87,8 +106,12 @@ class TensorBoardWriter:
     def image(self, tag: str, grid: np.ndarray, step: int) -> None:
         """A grid image in [0, 1]: (H, W) grey or (H, W, 3) colour."""
         formats = "HW" if grid.ndim == 2 else "HWC"
-        self._writer.add_image(tag, np.asarray(grid, dtype=np.float32), global_step=int(step),
-                               dataformats=formats)
+        pixels = np.asarray(grid, dtype=np.float32)
+        bad = ~np.isfinite(pixels)
+        if bad.any():
+            self._skip(tag, step, int(bad.sum()))
+            pixels = np.where(bad, np.float32(0.0), pixels)
+        self._writer.add_image(tag, pixels, global_step=int(step), dataformats=formats)
 
     def text(self, tag: str, text: str, step: int) -> None:
         """Markdown text (TensorBoard's Text tab)."""
