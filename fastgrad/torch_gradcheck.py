@@ -1076,15 +1076,16 @@ def _judge_fast(fn: _Function, leaves, outputs, *, h, notes, tolerated, dtype, f
         v = rng.uniform(size=int(out_starts[p + 1] - out_starts[p]))
         contractions[p, out_starts[p]:out_starts[p + 1]] = v / max(np.linalg.norm(v), 1e-300)
 
-    def measure(h_r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(f+, f-, effective directions): outputs at x +- h u rounded to the inputs' dtypes
-        and the directions the rounded points really differ along, per unit of h."""
-        plus = (x + h_r[:, None] * directions).astype(dtype).astype(np.float64)
-        minus = (x - h_r[:, None] * directions).astype(dtype).astype(np.float64)
+    def measure(h_r: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(f+, f-, effective directions) of the directions ``which``: outputs at x +- h u
+        rounded to the inputs' dtypes, and the directions the rounded points really differ
+        along, per unit of h."""
+        plus = (x + h_r[:, None] * directions[which]).astype(dtype).astype(np.float64)
+        minus = (x - h_r[:, None] * directions[which]).astype(dtype).astype(np.float64)
         values = fn.many(np.concatenate([plus, minus]))
         return values[:len(h_r)], values[len(h_r):], (plus - minus) / (2 * h_r[:, None])
 
-    f_plus, f_minus, effective = measure(step)
+    f_plus, f_minus, effective = measure(step, np.arange(len(tensors)))
     message = "" if fn.probed else _nondeterministic(fn, f0, nondet_tol)
     if message:
         return message, None
@@ -1121,7 +1122,7 @@ def _judge_fast(fn: _Function, leaves, outputs, *, h, notes, tolerated, dtype, f
             # half the step for the directions in question: truncation shrinks about 4x
             again = np.flatnonzero((bad | band).any(axis=1))
             half_step = step[again] * FAST_SECOND_STEP
-            fp2, fm2, _ = measure(half_step)
+            fp2, fm2, _ = measure(half_step, again)
             half = _contracted_numeric(fp2, fm2, half_step, contractions)
             numeric[again] = (4 * half - numeric[again]) / 3
             bad[:], band[:] = False, False

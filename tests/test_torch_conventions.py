@@ -280,3 +280,24 @@ def test_a_relu_network_with_kinks_passes_fast_mode():
     assert ft.gradcheck(lambda *p: torch.func.functional_call(
         net, dict(zip([n for n, _ in net.named_parameters()], p)), (x,)),
         tuple(p.detach().requires_grad_() for p in net.parameters()), fast_mode=True)
+
+
+class ScaledSecond(torch.autograd.Function):
+    """(a * b).sum(1) of three inputs' worth: a right, b's gradient 0.05% off (beyond fastgrad's
+    band, within torch's rtol): fast mode measures b's direction again at half the step."""
+
+    @staticmethod
+    def forward(ctx, a, b, c):
+        ctx.save_for_backward(a, b, c)
+        return (a * b).sum(1) + c
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, c = ctx.saved_tensors
+        return g[:, None] * b, g[:, None] * a * 1.0005, g
+
+
+def test_fast_mode_remeasures_one_direction_among_several_inputs():
+    a, b, c = leaf(3, 4, seed=15), leaf(3, 4, seed=16), leaf(3, seed=17)
+    with pytest.warns(fastgrad.GradcheckWarning, match="input1 -> output0"):
+        assert ft.gradcheck(ScaledSecond.apply, (a, b, c), fast_mode=True)
