@@ -8,7 +8,13 @@
 # first, before anything imports numba: fastgrad's kernels are cached in a per-user folder,
 # never in the installed package
 from . import _numba_cache  # noqa: F401
-from .errors import GradcheckWarning, GradientCheckError, LossError, NondeterminismError
+from .errors import (
+    GradcheckWarning,
+    GradientCheckError,
+    LossError,
+    LossTimeout,
+    NondeterminismError,
+)
 from .results.report import CoordRecord, Report, SegmentReport
 from .segments import Segment, SegmentMap, flatten, unflatten
 
@@ -49,6 +55,7 @@ __all__ = [
     "GradcheckWarning",
     "GradientCheckError",
     "LossError",
+    "LossTimeout",
     "NondeterminismError",
     "Problem",
     "Report",

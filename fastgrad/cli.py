@@ -1,7 +1,8 @@
 """The ``fastgrad`` command: demo, check MODULE:FACTORY, monitor LOG.jsonl.
 
-Exit status: 0 passed, 1 a gradient check failed, 2 bad usage or input (an argument, the loss
-raising or returning something unusable), 3 inconclusive (the measured noise of f left coordinates
+Exit status: 0 passed, 1 a gradient check failed, 2 bad usage or input (an argument, any
+``fastgrad.errors.InputError``, the loss raising or returning something unusable, FACTORY raising
+in the user's code), 3 inconclusive (the measured noise of f left coordinates
 or directions unjudgeable), 70 an internal error of fastgrad (a traceback to report).
 """
 
@@ -12,9 +13,10 @@ import importlib
 import json
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 
-from .errors import InputError, LossError
+from .errors import InputError, InvalidType, InvalidValue, LossError
 
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: not "the gradient is wrong", not the user's input
@@ -22,6 +24,24 @@ EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: not "the gradient is wrong", not th
 
 class UsageError(Exception):
     """Bad usage or input: exit status 2."""
+
+
+class FactoryError(UsageError):
+    """FACTORY() raised in the user's code (not in fastgrad's): exit status 2, with the
+    traceback, the way a loss that raises is the user's input and not fastgrad's bug."""
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _raised_in_fastgrad(exc: BaseException) -> bool:
+    """Whether the innermost frame of exc's traceback is fastgrad's own code."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
 
 
 def _samples(value: str):
@@ -53,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("target", help="MODULE:FACTORY; FACTORY() returns fastgrad.Problem(...)")
     chk.add_argument("--samples", type=_samples, default=None,
                      help="coordinates per segment (an int or 'all'; default: the Problem's, or 16)")
-    chk.add_argument("--seed", type=int, default=0, help="which coordinates are sampled")
+    chk.add_argument("--seed", type=int, default=None,
+                     help="which coordinates are sampled (default: the Problem's, or 0)")
     chk.add_argument("--depth", type=int, default=None, help="network depth (tolerance grows)")
     chk.add_argument("--tol", type=float, default=None, help="explicit failure threshold")
     chk.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
@@ -62,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--audit", action="store_true",
                      help="audit with directional checks + localization instead of sampling")
     chk.add_argument("--budget", type=int, default=None, help="max loss evaluations (--audit)")
+    chk.add_argument("--timeout", type=float, default=None, metavar="S",
+                     help="seconds one loss evaluation may take; one past it fails the check")
 
     from .monitor.cli import configure_parser as configure_monitor  # the monitor owns its arguments
 
@@ -87,12 +110,36 @@ def _load_problem(target: str):
     factory = getattr(module, attr, None)
     if factory is None:
         raise UsageError(f"target: module {module_name!r} has no attribute {attr!r}")
-    problem = factory() if callable(factory) and not isinstance(factory, Problem) else factory
+    try:
+        problem = factory() if callable(factory) and not isinstance(factory, Problem) else factory
+    except (InputError, LossError):
+        raise  # exit 2 with its message, like the same error raised by the check
+    except Exception as exc:
+        if _raised_in_fastgrad(exc):
+            raise  # a bug of fastgrad's (exit 70), even when the factory called it
+        raise FactoryError(f"target: {target}() raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(problem, Problem):
         raise UsageError(
             f"target: {target}() returned {type(problem).__name__}, expected fastgrad.Problem"
         )
     return problem
+
+
+def _problem_options(problem, accepted) -> dict:
+    """The Problem's options, refused by name when check()/audit() takes no such option."""
+    if not isinstance(problem.options, Mapping):
+        raise InvalidType(f"Problem.options: expected a dict of check() options, got "
+                          f"{type(problem.options).__name__}")
+    unknown = sorted(str(k) for k in problem.options if k not in accepted)
+    if unknown:
+        raise InvalidValue(f"Problem.options: {unknown} are not options of fastgrad.check or "
+                           f"fastgrad.audit; they take {sorted(accepted)}")
+    return dict(problem.options)
+
+
+def _problem_args(problem) -> tuple:
+    """A list or tuple of extra arguments as a tuple; anything else is refused by check()."""
+    return tuple(problem.args) if isinstance(problem.args, (list, tuple)) else problem.args
 
 
 def _write_json(report, destination: str | None) -> None:
@@ -125,32 +172,37 @@ def _demo(args) -> int:
 
 
 def _check(args) -> int:
+    import inspect
+
+    from .checks.coordinates import check
+    from .checks.directions import audit
+
     problem = _load_problem(args.target)
-    options = dict(problem.options)
-    for key in ("depth", "tol", "workers"):
+    options = _problem_options(problem, {
+        name for run in (check, audit) for name in inspect.signature(run).parameters
+        if name not in ("f", "theta", "grad", "args", "segments")})
+    seed = options.pop("seed", 0) if args.seed is None else args.seed
+    options.pop("seed", None)
+    for key in ("depth", "tol", "workers", "timeout"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value
     if args.audit:
-        import inspect
-
-        from .checks.directions import audit
-
         # a Problem's options are check() options; keep the ones audit() takes too
         accepted = inspect.signature(audit).parameters
         options = {k: v for k, v in options.items() if k in accepted}
         if args.budget is not None:
             options["budget"] = args.budget
         report = audit(problem.f, problem.theta, problem.grad, segments=problem.segments,
-                       args=tuple(problem.args), seed=args.seed, **options)
+                       args=_problem_args(problem), seed=seed, **options)
     else:
-        from .checks.coordinates import check
-
+        options = {k: v for k, v in options.items()
+                   if k in inspect.signature(check).parameters}  # audit's budget, say
         if args.samples is not None:
             options["samples"] = args.samples
         options.setdefault("samples", 16)
         report = check(problem.f, problem.theta, problem.grad, segments=problem.segments,
-                       args=tuple(problem.args), seed=args.seed, **options)
+                       args=_problem_args(problem), seed=seed, **options)
     if args.json != "-":
         print(report)
     _write_json(report, args.json)
@@ -174,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except UsageError as exc:
+        if isinstance(exc, FactoryError):  # the user's code raised: show where
+            traceback.print_exception(exc.__cause__)
         print(f"fastgrad: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except InputError as exc:

@@ -45,6 +45,28 @@ class LossError(RuntimeError):
         self.index = index
 
 
+class LossTimeout(LossError):
+    """One evaluation of the loss took longer than ``timeout=`` seconds.
+
+    The message names the coordinate (or direction) and the timeout; ``.index`` is the flat
+    index of the coordinate when one was being evaluated.
+
+    Parameters
+    ----------
+    message : str
+        What took too long, and where.
+    index : int or None
+        The flat index of the coordinate, when one was evaluated.
+
+    Examples
+    --------
+    >>> try:
+    ...     fg.check(loss, theta, grad, timeout=2.0)
+    ... except fg.LossTimeout as error:
+    ...     print(error)   # f took more than 2.0 s at W1[4, 0] (flat index 99): ...
+    """
+
+
 class LossValueError(LossError, InvalidValue):
     """The loss at theta is unusable (None, not a scalar, not a number): bad input, not a crash."""
 

@@ -1,6 +1,8 @@
 """check() on the two-layer network: correct gradients pass, each planted bug fails in its
 own segment and only there; the JIT and Python paths agree; the caller's arrays are untouched."""
 
+import re
+
 import numpy as np
 import pytest
 from numba import njit
@@ -14,6 +16,12 @@ from fastgrad.steps import NOISE_PROBE_EVALUATIONS, coordinate_steps
 from naive import centered_differences
 
 DATA = two_layer_data()  # N=16, D=H=64, C=10: W1 is square, so its transpose is a planted bug
+
+
+def guard_reruns(report) -> int:
+    """The thread-safety guard's serial re-runs, which the path line counts (0: none)."""
+    found = re.search(r"(\d+) of the evaluations were the thread-safety guard", report.path_reason)
+    return int(found.group(1)) if found else 0
 
 
 def failing_segments(report):
@@ -30,8 +38,9 @@ def test_correct_two_layer_gradient_passes(loss):
     assert failing_segments(report) == set()
     assert report.path == "jit" if loss is two_layer_loss_jit else report.path in ("threads", "serial")
     # f at theta twice, then two per coordinate: nothing failed at the floor assumed from eps,
-    # so the noise of f was not measured
-    assert report.evaluations == 2 + 2 * sum(s.checked for s in report.segments.values())
+    # so the noise of f was not measured (on threads the guard's serial re-runs count too)
+    assert report.evaluations == 2 + 2 * sum(s.checked for s in report.segments.values()) \
+        + guard_reruns(report)
     assert report.noise_sigma is None
 
 
@@ -136,11 +145,15 @@ def test_jit_and_python_paths_agree_with_the_naive_loop():
     np.testing.assert_allclose(numeric[1], numeric[2], rtol=0, atol=0)
 
 
-def test_grad_may_be_a_callable_and_theta_any_shape():
-    theta = np.arange(12, dtype=float).reshape(3, 4) / 10
+def test_grad_may_be_a_callable_and_theta_must_be_flat():
+    theta = np.arange(12, dtype=float) / 10
     report = fg.check(lambda t: float(np.sum(np.sin(t))), theta, lambda t: np.cos(t),
                       samples="all")
     assert report.passed and report.segments["theta"].checked == 12
+    # f is called with the flat vector: a 2-D theta would reach f with a shape it never had
+    with pytest.raises(fg.errors.InvalidValue, match=r"theta: expected a flat 1-D vector, got "
+                                                     r"shape \(3, 4\).*theta.ravel\(\)"):
+        fg.check(lambda t: float(np.sum(np.sin(t))), theta.reshape(3, 4), np.cos)
 
 
 def test_report_table_and_dict():

@@ -46,6 +46,7 @@ DOCUMENTED = [
     "fastgrad.torch.gradgradcheck",
     "fastgrad.torch.GradcheckError",
     "fastgrad.testing.assert_passed",
+    "fastgrad.testing.assert_audit",
     "fastgrad.testing.assert_module",
     "fastgrad.testing.assert_function",
     "fastgrad.testing.assert_jax",
@@ -62,6 +63,7 @@ DOCUMENTED = [
     "fastgrad.GradientCheckError",
     "fastgrad.NondeterminismError",
     "fastgrad.LossError",
+    "fastgrad.LossTimeout",
     "fastgrad.GradcheckWarning",
 ]
 

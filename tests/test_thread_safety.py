@@ -17,6 +17,7 @@ import pytest
 
 import fastgrad as fg
 from fastgrad.engine import plan as plans
+from fastgrad.engine import planner  # noqa: F401 - fg.engine.planner below
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
@@ -172,8 +173,10 @@ def test_a_pure_loss_keeps_its_threads_and_the_guard_costs_one_small_batch():
     serial = Evaluator(pure, x, workers=1)
     sp, sm = serial.pairs(index, np.full(x.size, 1e-5))
     assert np.array_equal(f_plus, sp) and np.array_equal(f_minus, sm)
-    # the guard's duplicates are not the method's evaluations
-    assert ev.evaluations == 1 + 2 * x.size
+    # every call of f is counted: the guard's duplicates too, and said in the path line
+    assert ev.evaluations == 1 + 2 * x.size + ev.guard_evaluations
+    assert f"{ev.guard_evaluations} of the evaluations were the thread-safety guard's" \
+        in ev.path_reason
 
 
 @pytest.mark.skipif(fg.engine.planner.resolve_workers(None) < 2, reason="needs 2 cores for threads")

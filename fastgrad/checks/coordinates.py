@@ -86,6 +86,7 @@ def check(
     nondet_tol: float = 0.0,
     jit: bool | str = "auto",
     backend: str | None = None,
+    timeout: float | None = None,
 ) -> Report:
     """Compare the analytic gradient with centered differences on sampled coordinates.
 
@@ -101,11 +102,19 @@ def check(
     f : callable
         The loss, ``f(theta, *args) -> float`` (or a dict of loss terms, or ``(loss,
         gradient)`` with ``grad=True``). A Numba ``@njit`` function runs in parallel kernels.
-    theta : numpy.ndarray
-        The flat parameter vector (float64 or float32).
+        A loss value is any real value with exactly one element (what ``float(x)`` accepts:
+        a number, a 0-d array, an array of shape ``(1,)`` or ``(1, 1)``); more elements are
+        refused.
+    theta : numpy.ndarray or list
+        The flat parameter vector: a 1-D float64 or float32 array, or a list/tuple of numbers,
+        taken as ``np.asarray(theta, np.float64)`` (f then receives that array). Any other
+        shape is refused (f is called with the flat vector): pass ``theta.ravel()``, or
+        ``fastgrad.flatten`` several arrays.
     grad : numpy.ndarray, callable, mapping or bool
         The analytic gradient at theta, ``grad(theta, *args)``, one gradient per loss term, or
-        True when f returns ``(loss, gradient)``.
+        True when f returns ``(loss, gradient)``. Each gradient has theta's shape ``(n,)``
+        (a list is converted); an ``(n, 1)`` column or ``(1, n)`` row is refused, never
+        reinterpreted: pass ``np.ravel(grad)`` when its values are in theta's order.
     args : tuple
         Extra arguments of f.
     segments : SegmentMap, mapping or None
@@ -137,6 +146,12 @@ def check(
         The relative difference between two evaluations at theta that is accepted.
     jit : bool or str
         "auto": compile a plain numpy loss with Numba when that gives the same values.
+    timeout : float or None
+        Seconds one evaluation of f may take; one past it ends the check with ``LossTimeout``
+        (a ``LossError``) naming the coordinate. Worker processes are stopped; a thread cannot
+        be: the check raises at the deadline and the evaluation finishes in the background,
+        its result discarded (serial evaluations run on a helper thread for this). Not applied
+        to f at theta, the Numba kernel or ``executor=`` (refused there). None: no limit.
 
     Returns
     -------
@@ -154,7 +169,8 @@ def check(
     NondeterminismError
         f gave two different values at theta.
     LossError
-        f raised at a perturbed point (the message names the coordinate).
+        f raised at a perturbed point (the message names the coordinate), or took longer than
+        ``timeout`` there (``fastgrad.LossTimeout``).
 
     Examples
     --------
@@ -166,7 +182,16 @@ def check(
         raise InvalidValue(f"kinks: expected 'detect', 'ignore' or a callable, got {kinks!r}")
     problem, ev = prepare(f, theta, grad, args=args, segments=segments, seed=seed, depth=depth,
                           tol=tol, workers=workers, executor=executor, progress=progress,
-                          jit=jit, nondet_tol=nondet_tol, backend=backend)
+                          jit=jit, nondet_tol=nondet_tol, backend=backend, timeout=timeout)
+    try:
+        return _check(problem, ev, samples, h, kinks)
+    finally:
+        ev.close()  # the worker processes' shared block goes now, also on error
+
+
+def _check(problem: Prepared, ev, samples, h, kinks) -> Report:
+    """check() after the preparation: sample, evaluate, judge, re-check, report."""
+    seed = problem.seed
     x = problem.x
     index = sample_coordinates(problem.segments, samples, seed)
     step = coordinate_steps(x[index], h, x.dtype)

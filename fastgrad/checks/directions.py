@@ -223,11 +223,12 @@ class _Auditor:
         self.measured = []
         records = self.measure(parts, keys, step, phase)
         records = self.extrapolate(parts, keys, step, records, phase)
-        self.confirm_disagreements(parts, records)
+        self.confirm_disagreements(parts, records, phase)
         self.directions += records
         return records
 
-    def confirm_disagreements(self, parts: list[_Part], records: list[DirectionRecord]) -> None:
+    def confirm_disagreements(self, parts: list[_Part], records: list[DirectionRecord],
+                              phase: str) -> None:
         """Every measurement behind a disagreement that stands (after the second step and the
         smaller ones), evaluated again serially when threads measured it for a Python loss: the
         guard's first batch can miss a loss that is not thread-safe, and such a loss must not
@@ -236,11 +237,18 @@ class _Auditor:
         shows to be truncation is not re-run: it reports nothing (GPT-2's first 382 evaluations
         on 2 threads had 114 such serial re-runs, the workers idle: 71 s, 50 s without)."""
         standing = {id(parts[j]) for j, r in enumerate(records) if r.significant}
-        for batch, keys, lo, hi, step, f_plus, f_minus, threaded in self.measured:
-            suspect = np.array([id(p) in standing for p in batch])
+        suspects = [np.array([id(p) in standing for p in batch]) for batch, *_ in self.measured]
+        cost = sum(self.ev.confirmation_cost(suspect, m[-1])
+                   for suspect, m in zip(suspects, self.measured))
+        if cost > self.remaining():
+            raise _BudgetExhausted  # an unconfirmed disagreement on threads is not reported
+        before = self.ev.evaluations
+        for (_, keys, lo, hi, step, f_plus, f_minus, threaded), suspect in zip(
+                self.measured, suspects):
             if self.ev.confirm_directions_serially(keys, lo, hi, step, f_plus, f_minus, suspect,
                                                    threaded):
                 raise _ThreadsRefused
+        self.spend(phase, before)
         self.measured = []
 
     def extrapolate(self, parts, keys, step, records, phase) -> list[DirectionRecord]:
@@ -349,6 +357,9 @@ class _Auditor:
         self.phase(phase, 2 * index.size)
         fp, fm = self.ev.pairs(index, step, bar=self.bar)
         stats = self.judge.verdicts(index, step, fp, fm)
+        if self.ev.confirmation_cost(stats[0].failed, rerun=index.size) > self.remaining():
+            self.spend(phase, before)
+            raise _BudgetExhausted  # threads' failures must be confirmed, and cannot be
         if self.ev.confirm_serially(index, step, fp, fm, stats[0].failed):
             raise _ThreadsRefused  # threads changed f's values: as in measure()
         s = stats[0]
@@ -650,6 +661,7 @@ def audit(
     nondet_tol: float = 0.0,
     jit: bool | str = "auto",
     backend: str | None = None,
+    timeout: float | None = None,
 ) -> AuditReport:
     """Audit every segment with random directions, then localize the wrong coordinates.
 
@@ -662,17 +674,19 @@ def audit(
     Parameters
     ----------
     f : callable
-        The loss, ``f(theta, *args) -> float``.
-    theta : numpy.ndarray
-        The flat parameter vector.
+        The loss, ``f(theta, *args) -> float``: a value with exactly one element, as in
+        ``fastgrad.check``.
+    theta : numpy.ndarray or list
+        The flat parameter vector (1-D, or a list of numbers), as in ``fastgrad.check``.
     grad : numpy.ndarray or callable
-        The analytic gradient at theta, or ``grad(theta, *args)``.
+        The analytic gradient at theta, or ``grad(theta, *args)``, of theta's shape ``(n,)``.
     args : tuple
         Extra arguments of f.
     segments : SegmentMap, mapping or None
         The segment map or ``{name: shape}``; None: one segment "theta".
     budget : int or None
-        The most loss evaluations to spend (at least 4); None: as many as localization needs.
+        The most loss evaluations to spend (at least 4): every call of f counts, the
+        thread-safety guard's serial re-runs included; None: as many as localization needs.
     seed : int
         The seed of the random directions.
     depth : int
@@ -694,6 +708,9 @@ def audit(
         The relative difference between two evaluations at theta that is accepted.
     jit : bool or str
         "auto": compile a plain numpy loss with Numba when that gives the same values.
+    timeout : float or None
+        Seconds one evaluation of f may take, as for check(): one past it raises
+        ``LossTimeout`` naming the direction or coordinate. None: no limit.
 
     Returns
     -------
@@ -710,7 +727,8 @@ def audit(
     NondeterminismError
         f gave two different values at theta.
     LossError
-        f raised at a perturbed point.
+        f raised at a perturbed point, or took longer than ``timeout`` there
+        (``fastgrad.LossTimeout``).
 
     Examples
     --------
@@ -724,7 +742,17 @@ def audit(
     # one bar for the whole audit (the engine's per-batch bars stay off)
     problem, ev = prepare(f, theta, grad, args=args, segments=segments, seed=seed, depth=depth,
                           tol=tol, workers=workers, executor=executor, progress=False, jit=jit,
-                          nondet_tol=nondet_tol, terms_allowed=False, backend=backend)
+                          nondet_tol=nondet_tol, terms_allowed=False, backend=backend,
+                          timeout=timeout)
+    ev.budget = budget  # the engine keeps the guard's duplicates inside it too
+    try:
+        return _audit(problem, ev, budget, progress)
+    finally:
+        ev.close()  # the worker processes' shared block goes now, also on error
+
+
+def _audit(problem, ev: Evaluator, budget: int | None, progress) -> AuditReport:
+    """audit() after the preparation."""
     segs = problem.segments
     judge = Judge(ev, problem.x, problem.f0, problem.grads, problem.tol, problem.eps)
     # the noise probe, the whole vector's direction and one per segment; re-estimated by phase

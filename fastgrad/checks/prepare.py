@@ -14,6 +14,7 @@ import numpy as np
 from ..arguments import extra_args, non_negative_float, positive_int
 from ..engine.blas import blas_limited
 from ..engine.evaluator import Evaluator
+from ..engine.faults import check_timeout
 from ..engine.planner import resolve_workers, theta_blas_limit
 from ..engine.values import LossPart, as_loss, loss_terms
 from ..errors import (
@@ -69,8 +70,19 @@ def describe_index(segments: SegmentMap, i: int) -> str:
 
 def flat_theta(theta) -> np.ndarray:
     """theta as a read-only flat view (a copy only when it is not contiguous): every evaluation
-    runs on a worker's own copy, and nothing can write through this one, whatever f does."""
-    if not isinstance(theta, np.ndarray):
+    runs on a worker's own copy, and nothing can write through this one, whatever f does.
+
+    A list or tuple of numbers is taken as ``np.asarray(theta, float64)`` (f receives that
+    array); any other theta must be a 1-D float array: f is called with the flat vector, so a
+    2-D theta would reach f with a shape it never had."""
+    if isinstance(theta, (list, tuple)):
+        try:
+            theta = np.asarray(theta, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InvalidType(
+                f"theta: expected a flat list of numbers or a float array, got {theta!r}"[:300]
+            ) from None
+    elif not isinstance(theta, np.ndarray):
         try:
             theta = np.asarray(theta)
         except Exception:
@@ -84,6 +96,11 @@ def flat_theta(theta) -> np.ndarray:
     precision_of(theta.dtype)
     if theta.size == 0:
         raise InvalidValue("theta: is empty; there is nothing to check")
+    if theta.ndim != 1:
+        raise InvalidValue(
+            f"theta: expected a flat 1-D vector, got shape {theta.shape}; f is called with the "
+            f"flat vector: pass theta.ravel() and reshape inside f, or fastgrad.flatten("
+            f"{{name: array}}) for several arrays")
     x = np.ascontiguousarray(theta).reshape(-1).view()
     x.flags.writeable = False
     return x
@@ -107,6 +124,10 @@ def _flat_grad(g, n: int, argument: str) -> np.ndarray:
         raise InvalidValue(
             f"{argument}: has {arr.size} values (shape {arr.shape}) but theta has {n}"
         )
+    if arr.shape != (n,):  # a column or row of the right size: refused, never reinterpreted
+        raise InvalidValue(
+            f"{argument}: expected shape ({n},) like theta, got {arr.shape}: pass "
+            f"np.ravel({argument}) if its values are in theta's order")
     # only read from here on: a float64 gradient is not copied (one copy of theta less)
     flat = np.ascontiguousarray(arr, dtype=np.float64).reshape(-1).view()
     flat.flags.writeable = False
@@ -156,7 +177,8 @@ def _check_deterministic(first: np.ndarray, second: np.ndarray, nondet_tol: floa
 
 def prepare(f: Callable, theta, grad, *, args: tuple, segments, seed, depth, tol,
             workers, executor, progress, jit="auto", nondet_tol=0.0,
-            terms_allowed: bool = True, backend: str | None = None) -> tuple[Prepared, Evaluator]:
+            terms_allowed: bool = True, backend: str | None = None,
+            timeout: float | None = None) -> tuple[Prepared, Evaluator]:
     """Validate, evaluate f at theta (twice: the second time as a nondeterminism check) and
     build the engine. Returns the Prepared problem and its Evaluator.
 
@@ -183,6 +205,7 @@ def prepare(f: Callable, theta, grad, *, args: tuple, segments, seed, depth, tol
         raise InvalidType(f"grad: expected an array, a callable grad(theta, *args), a mapping "
                           f"of loss terms or True, got {type(grad).__name__}")
     resolve_workers(workers)  # a bad value is refused before f runs
+    timeout = check_timeout(timeout)
     work = x.copy()
     try:
         with blas_limited(theta_blas_limit(workers)):
@@ -217,7 +240,7 @@ def prepare(f: Callable, theta, grad, *, args: tuple, segments, seed, depth, tol
                            f"check the starting point before its gradient")
     ev = Evaluator(loss, x, args, workers=workers, executor=executor, progress=progress,
                    describe=describe, terms=terms, jit=jit, first_copy=work, spent=1,
-                   backend=backend)
+                   backend=backend, timeout=timeout)
     del work  # the engine's now (which may let it go)
     _check_deterministic(f0, ev.at(x), nondet_tol, x.dtype)
     grads = _gradients(grad, x, args, terms, describe)

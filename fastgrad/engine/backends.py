@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import LossError
 from .blas import blas_limited
+from .faults import Lap, overdue, timeout_error
 from .kernel_errors import collecting_kernel_errors
 from .loops import direction_where, fill_directions, fill_pairs
 from .pool import run_chunks
@@ -45,25 +46,26 @@ class Workload:
         self.terms = terms
         self.width = 1 if terms is None else len(terms)  # loss values per evaluation
         self.describe = describe
-        self.evaluations = 0
-        self.guard_evaluations = 0  # the thread-safety guard's serial duplicates
+        self.timeout: float | None = None  # seconds per evaluation (faults.py), None: no limit
+        self.evaluations = 0  # every call of f this check made
+        self.guard_evaluations = 0  # of which the thread-safety guard's serial duplicates
+        self.notes: list[str] = []  # what happened to the workers (the path line says it)
         self._count_lock = threading.Lock()
         self._duplicating = threading.local()
         self._copies: list[np.ndarray] = [first_copy] if first_copy is not None else []
 
     def count(self, n: int) -> None:
-        """Count n loss evaluations: the check's own, or the thread-safety guard's serial
-        duplicates when they run inside ``guard_duplicates()`` in this thread."""
+        """Count n loss evaluations (every call of f is one); those inside
+        ``guard_duplicates()`` in this thread are also counted as the guard's."""
         with self._count_lock:
+            self.evaluations += n
             if getattr(self._duplicating, "active", False):
                 self.guard_evaluations += n
-            else:
-                self.evaluations += n
 
     @contextlib.contextmanager
     def guard_duplicates(self):
         """Evaluations made inside, in this thread, repeat points the check already has (the
-        guard's serial comparison): counted in ``guard_evaluations``, not ``evaluations``."""
+        guard's serial comparison): counted in ``evaluations`` and in ``guard_evaluations``."""
         self._duplicating.active = True
         try:
             yield
@@ -162,43 +164,63 @@ class ThreadBackend(Backend):
     def name(self) -> str:
         return "serial" if self.workers == 1 else "threads"
 
-    def _run(self, k, kind, fill, bar):
-        def task(a, b):
+    def _run(self, k, kind, fill, bar, where):
+        """k items in chunks, ``fill(work, a, b, lap)`` each; with a timeout every evaluation is
+        watched (faults.py) and one past it raises LossTimeout naming ``where(position)``."""
+        chunks = batch_chunks(k, self.workers, kind, bar)
+        timeout = self.work.timeout
+        table = np.zeros((len(chunks), 3)) if timeout is not None else None
+        stopped = threading.Event() if timeout is not None else None
+
+        def task(c, a, b):
             def run():
+                lap = None if table is None else Lap(table, c, timeout, stopped)
                 work = self.work.borrow()
                 try:
-                    failure = fill(work, a, b)
+                    failure = fill(work, a, b, lap)
                 finally:
                     self.work.give_back(work)
                 bar.update(2 * (b - a))
                 return failure
             return run
 
-        chunks = batch_chunks(k, self.workers, kind, bar)
+        def watch():
+            late = overdue(table, len(chunks), timeout)
+            if late is not None:
+                text, index = where(chunks[late[0]][0] + late[1])
+                raise timeout_error(timeout, text, index)
+
         with blas_limited(self.blas_threads):
-            results = run_chunks([task(a, b) for a, b in chunks], self.workers)
+            results = run_chunks([task(c, a, b) for c, (a, b) in enumerate(chunks)],
+                                 self.workers, None if table is None else watch, stopped)
         self.work.count(2 * k)
         return chunks, results
 
     def pairs(self, index, step, f_plus, f_minus, bar) -> None:
         w = self.work
 
-        def fill(work, a, b):
+        def fill(work, a, b, lap):
             return fill_pairs(w.f, work, index[a:b], step[a:b], w.args, w.terms, f_plus[a:b],
-                              f_minus[a:b])
+                              f_minus[a:b], lap)
 
-        for _, failure in zip(*self._run(index.size, "pairs", fill, bar)):
+        def where(j):
+            return w.describe(int(index[j])), int(index[j])
+
+        for _, failure in zip(*self._run(index.size, "pairs", fill, bar, where)):
             if failure is not None:
                 raise w.coordinate_error(*failure) from failure[1]
 
     def directions(self, key, lo, hi, step, f_plus, f_minus, bar) -> None:
         w = self.work
 
-        def fill(work, a, b):
+        def fill(work, a, b, lap):
             return fill_directions(w.f, work, w.theta, key[a:b], lo[a:b], hi[a:b], step[a:b],
-                                   w.args, w.terms, f_plus[a:b], f_minus[a:b])
+                                   w.args, w.terms, f_plus[a:b], f_minus[a:b], lap)
 
-        for (a, _), failure in zip(*self._run(key.size, "directions", fill, bar)):
+        def where(j):
+            return direction_where(lo[j], hi[j]), None
+
+        for (a, _), failure in zip(*self._run(key.size, "directions", fill, bar, where)):
             if failure is not None:
                 j, exc = failure
                 raise LossError(f"f raised while evaluating "
@@ -300,6 +322,17 @@ class KernelBackend(Backend):
         self._batches(key.size, bar, run, rerun, where)
 
 
+# rounds of a Dask batch: the first, and one more after the cluster lost what it needed
+DASK_ATTEMPTS = 2
+
+
+def _lost_on_dask(exc: BaseException) -> bool:
+    """A Dask future that failed because a worker was lost (not because of f)."""
+    from concurrent.futures import CancelledError
+
+    return isinstance(exc, CancelledError) or type(exc).__name__ == "KilledWorker"
+
+
 def is_dask_client(executor) -> bool:
     """A dask.distributed Client (public API: submit, scatter, nthreads)."""
     return type(executor).__name__ == "Client" and type(executor).__module__.startswith(
@@ -308,11 +341,12 @@ def is_dask_client(executor) -> bool:
 
 class ChunkedBackend(Backend):
     """A backend that sends chunks of items to workers elsewhere (an executor, worker
-    processes): ``_run(k, kind, payload, fail, f_plus, f_minus, bar)`` sends ``payload(a, b)``
-    for each chunk and calls ``fail(a, (position, text))`` for the first chunk whose worker
-    reports that f raised (the text is ``"Type: message"``: an exception may not pickle)."""
+    processes): ``_run(k, kind, payload, fail, where, f_plus, f_minus, bar)`` sends
+    ``payload(a, b)`` for each chunk and calls ``fail(a, (position, text))`` for the first chunk
+    whose worker reports that f raised (the text is ``"Type: message"``: an exception may not
+    pickle); ``where(position)`` is (text, flat index or None) of an item of the batch."""
 
-    def _run(self, k, kind, payload, fail, f_plus, f_minus, bar) -> None:
+    def _run(self, k, kind, payload, fail, where, f_plus, f_minus, bar) -> None:
         raise NotImplementedError
 
     def pairs(self, index, step, f_plus, f_minus, bar) -> None:
@@ -320,8 +354,11 @@ class ChunkedBackend(Backend):
             i, text = failure
             raise self.work.raised_at(int(i), text)
 
+        def where(j):
+            return self.work.describe(int(index[j])), int(index[j])
+
         if index.size:
-            self._run(index.size, "pairs", lambda a, b: (index[a:b], step[a:b]), fail,
+            self._run(index.size, "pairs", lambda a, b: (index[a:b], step[a:b]), fail, where,
                       f_plus, f_minus, bar)
 
     def directions(self, key, lo, hi, step, f_plus, f_minus, bar) -> None:
@@ -330,9 +367,12 @@ class ChunkedBackend(Backend):
             j = a + j
             raise LossError(f"f raised while evaluating {direction_where(lo[j], hi[j])}: {text}")
 
+        def where(j):
+            return direction_where(lo[j], hi[j]), None
+
         if key.size:
             self._run(key.size, "directions",
-                      lambda a, b: (key[a:b], lo[a:b], hi[a:b], step[a:b]), fail,
+                      lambda a, b: (key[a:b], lo[a:b], hi[a:b], step[a:b]), fail, where,
                       f_plus, f_minus, bar)
 
 
@@ -368,12 +408,7 @@ class ExecutorBackend(ChunkedBackend):
         """(payload position, result) for every payload, as results arrive in order."""
         token = self.problem.token
         if self.client is not None:
-            if self._scattered is None:
-                self._scattered = self.client.scatter(self.problem, broadcast=True, hash=False)
-                self.shipments += 1
-            futures = [self._submit(token, self._scattered, kind, p) for p in payloads]
-            for c, fut in enumerate(futures):
-                yield c, fut.result()
+            yield from self._ship_dask(token, kind, payloads)
             return
         pending = list(range(len(payloads)))
         attach = 0 if self._sent else self.workers
@@ -394,7 +429,35 @@ class ExecutorBackend(ChunkedBackend):
             pending = missing
             attach = self.workers
 
-    def _run(self, k, kind, payload, fail, f_plus, f_minus, bar) -> None:
+    def _ship_dask(self, token, kind: str, payloads: list):
+        """_ship on a Dask client. Dask re-runs the tasks of a worker it loses; what it cannot
+        recover (the scattered problem lost with the worker that held the only copy: the
+        futures fail as cancelled or KilledWorker) is scattered again and the chunks without a
+        result sent again, once; the path line says so."""
+        pending = list(range(len(payloads)))
+        for attempt in range(DASK_ATTEMPTS):
+            if self._scattered is None:
+                self._scattered = self.client.scatter(self.problem, broadcast=True, hash=False)
+                self.shipments += 1
+            futures = {c: self._submit(token, self._scattered, kind, payloads[c])
+                       for c in pending}
+            try:
+                for c in list(pending):
+                    result = futures[c].result()
+                    pending.remove(c)
+                    yield c, result
+                return
+            except Exception as exc:  # run_shipped returns f's failures: this is the cluster's
+                if attempt + 1 == DASK_ATTEMPTS or not _lost_on_dask(exc):
+                    raise
+                for fut in futures.values():
+                    fut.cancel()
+                self._scattered = None
+                self.work.notes.append(
+                    f"a Dask worker was lost ({type(exc).__name__}); the problem was scattered "
+                    f"again and {len(pending)} chunks re-sent")
+
+    def _run(self, k, kind, payload, fail, where, f_plus, f_minus, bar) -> None:
         chunks = batch_chunks(k, self.workers, kind, bar)
         for c, (fp, fm, failure) in self._ship(kind, [payload(a, b) for a, b in chunks]):
             a, b = chunks[c]

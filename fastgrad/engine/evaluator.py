@@ -21,6 +21,7 @@ from ..progress import Progress
 from . import planner
 from .backends import Backend, ExecutorBackend, KernelBackend, ThreadBackend, Workload, is_dask_client
 from .blas import blas_limited
+from .faults import check_timeout
 from .loops import direction_where
 from .plan import Plan, refuse_threads, thread_unsafe
 from .processes import ProcessBackend
@@ -65,8 +66,15 @@ class Evaluator:
     def __init__(self, f: Callable, theta: np.ndarray, args: tuple = (), *, workers=None,
                  executor=None, progress=None, describe=None,
                  terms: tuple[str, ...] | None = None, jit: bool | str = "auto",
-                 first_copy: np.ndarray | None = None, spent: int = 0, backend: str | None = None):
+                 first_copy: np.ndarray | None = None, spent: int = 0, backend: str | None = None,
+                 timeout: float | None = None):
         one_of("jit", jit, (True, False, "auto"))
+        timeout = check_timeout(timeout)
+        if timeout is not None and executor is not None:
+            raise InvalidValue(
+                f"timeout: {timeout:g} s cannot be enforced on executor= (its workers are not "
+                f"fastgrad's to watch or stop); use the executor's own limits (a Dask worker's "
+                f"lifetime, a future's timeout), or backend='processes'")
         one_of("backend", backend, BACKENDS)
         if backend is not None and executor is not None:
             raise InvalidValue(f"backend: {backend!r} and executor= both say who evaluates the "
@@ -80,6 +88,8 @@ class Evaluator:
         self.work = Workload(f, theta, args, terms, describe or (lambda i: f"theta[{i}]"),
                              first_copy if executor is None else None)
         self.work.count(spent)  # evaluations made before the engine existed (f at theta)
+        self.work.timeout = timeout
+        self.budget: int | None = None  # the most evaluations the caller may spend (audit)
         self.workers = planner.resolve_workers(workers)
         self.workers_given = workers is not None
         self.jit_option = jit
@@ -119,9 +129,13 @@ class Evaluator:
 
     @property
     def guard_evaluations(self) -> int:
-        """The thread-safety guard's serial duplicates: not in ``evaluations`` (the method's own
-        count, which an audit's budget bounds and which must not depend on who evaluated)."""
+        """Of ``evaluations``, the thread-safety guard's serial duplicates (points evaluated
+        again serially to compare them with threads)."""
         return self.work.guard_evaluations
+
+    @property
+    def timeout(self) -> float | None:
+        return self.work.timeout
 
     @property
     def path(self) -> str:
@@ -129,7 +143,13 @@ class Evaluator:
 
     @property
     def path_reason(self) -> str:
-        return self.plan.reason
+        """The plan's reason, then what else the evaluations cost or met: the guard's serial
+        re-runs (counted in ``evaluations``), a worker process that died."""
+        notes = [self.plan.reason]
+        if self.work.guard_evaluations:
+            notes.append(f"{self.work.guard_evaluations} of the evaluations were the "
+                         f"thread-safety guard's serial re-runs")
+        return "; ".join(notes + self.work.notes)
 
     @property
     def shipments(self) -> int:
@@ -332,6 +352,8 @@ class Evaluator:
                 and 2 * (hi - lo) * self.t_eval < planner.SERIAL_BATCH_SECONDS:
             workers = 1  # waking threads up costs more than this batch (e.g. a re-check)
         backend = self.backend(plan or self.plan, workers, blas)
+        if self._needs_guard(backend) and not self._guard_fits(hi - lo):
+            backend = self.backend(plan or self.plan, 1, blas)  # serially: nothing to verify
         if self._needs_guard(backend):
             lo += self.verify_threads(lo, hi, index, step, f_plus, f_minus, bar, backend)
             if lo >= hi:
@@ -344,6 +366,24 @@ class Evaluator:
     def _needs_guard(self, backend: Backend) -> bool:
         return (isinstance(backend, ThreadBackend) and backend.workers > 1
                 and not self._threads_verified)
+
+    def _guard_fits(self, k: int) -> bool:
+        """Whether the guard's serial duplicates of a batch of k fit in the budget (an audit's
+        ``budget=`` counts them); when they do not, the batch runs serially, unverified
+        threads never evaluate."""
+        if self.budget is None:
+            return True
+        g = min(k, self.guard_size(k))
+        return self.evaluations + 2 * k + 2 * g <= self.budget
+
+    def confirmation_cost(self, suspect, threaded: bool | None = None,
+                          rerun: int = 0) -> int:
+        """The most evaluations confirm_serially (``rerun``: the batch's size, evaluated again
+        when threads are refused) or confirm_directions_serially (``threaded``: as there) can
+        spend on ``suspect``: nothing when threads did not evaluate them."""
+        ran = self._threads_ran if threaded is None else threaded
+        rows = int(np.count_nonzero(suspect))
+        return 2 * (rows + rerun) if ran and rows else 0
 
     def guard_size(self, k: int | None = None) -> int:
         """Coordinates the thread-safety guard evaluates twice (of a batch of ``k``)."""
@@ -421,6 +461,8 @@ class Evaluator:
             backend = self.backend(self.plan, 1, 1) if serial and \
                 self.plan.backend in ("threads", "serial") else self.backend(self.plan)
             done = 0
+            if self._needs_guard(backend) and not self._guard_fits(k):
+                backend = self.backend(self.plan, 1, 1)  # serially: nothing to verify
             if self._needs_guard(backend):
                 done = self._verify_directions(key, lo, hi, step, f_plus, f_minus, bar, backend)
                 backend = self.backend(self.plan)

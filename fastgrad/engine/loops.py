@@ -9,17 +9,21 @@ import numpy as np
 from .values import as_loss, plain_loss
 
 
-def fill_pairs(f, work, index, step, args, terms, f_plus, f_minus):
-    """f(work +- step[j] e_index[j]) into f_plus[j], f_minus[j]; returns (index, exc) or None."""
+def fill_pairs(f, work, index, step, args, terms, f_plus, f_minus, lap=None):
+    """f(work +- step[j] e_index[j]) into f_plus[j], f_minus[j]; returns (index, exc) or None.
+    ``lap``: a faults.Lap told of every call (timeout, calls made)."""
     loss = plain_loss if terms is None else as_loss
+    g = f if lap is None else lap.wrap(f)
     for j in range(index.size):
         i = int(index[j])
         x = work[i]
+        if lap is not None:
+            lap.position = j
         try:
             work[i] = x + step[j]
-            f_plus[j] = loss(f(work, *args), terms, "a perturbed point")
+            f_plus[j] = loss(g(work, *args), terms, "a perturbed point")
             work[i] = x - step[j]
-            f_minus[j] = loss(f(work, *args), terms, "a perturbed point")
+            f_minus[j] = loss(g(work, *args), terms, "a perturbed point")
         except Exception as exc:
             return i, exc
         finally:
@@ -49,18 +53,21 @@ def _displace(work, theta, key, a, b, step, sign, buffer) -> None:
         combine(theta[c:e], hv, out=work[c:e], casting="same_kind")
 
 
-def fill_directions(f, work, theta, key, lo, hi, step, args, terms, f_plus, f_minus):
+def fill_directions(f, work, theta, key, lo, hi, step, args, terms, f_plus, f_minus, lap=None):
     """f(theta +- step[j] v_j) for the directions key[j] on [lo[j], hi[j]); returns
-    (position, exc) or None."""
+    (position, exc) or None. ``lap``: as in fill_pairs."""
     widest = int(np.max(np.asarray(hi) - np.asarray(lo))) if key.size else 0
     buffer = np.empty(min(widest, DIRECTION_CHUNK))
+    g = f if lap is None else lap.wrap(f)
     for j in range(key.size):
         a, b = int(lo[j]), int(hi[j])
+        if lap is not None:
+            lap.position = j
         try:
             _displace(work, theta, key[j], a, b, step[j], 1, buffer)
-            f_plus[j] = as_loss(f(work, *args), terms, "a perturbed point")
+            f_plus[j] = as_loss(g(work, *args), terms, "a perturbed point")
             _displace(work, theta, key[j], a, b, step[j], -1, buffer)
-            f_minus[j] = as_loss(f(work, *args), terms, "a perturbed point")
+            f_minus[j] = as_loss(g(work, *args), terms, "a perturbed point")
         except Exception as exc:
             return j, exc
         finally:

@@ -41,9 +41,19 @@ def _pool(n: int) -> ThreadPoolExecutor | None:
         return _POOL
 
 
-def run_chunks(tasks: list[Callable[[], object]], workers: int) -> list:
+def run_chunks(tasks: list[Callable[[], object]], workers: int, watch=None,
+               stopped: threading.Event | None = None) -> list:
     """Run every task, at most ``workers`` at once; their results in order. The first exception
-    raised by a task is raised here after every runner has stopped."""
+    raised by a task is raised here after every runner has stopped.
+
+    ``watch`` (a timeout is set): called every POLL_SECONDS while the tasks run, and once at the
+    end; what it raises (LossTimeout) ends the wait at once. The tasks then run on their own
+    daemon threads, even with one worker: a Python function cannot be stopped, so a task that
+    hangs is left running in the background (its result is discarded, ``stopped`` is set so that
+    it stops at its next evaluation) and does not hold a pool thread or the exit of the process.
+    """
+    if watch is not None:
+        return _run_watched(tasks, workers, watch, stopped or threading.Event())
     pool = _pool(workers) if workers > 1 and len(tasks) > 1 else None
     if pool is None:
         return [task() for task in tasks]
@@ -64,4 +74,46 @@ def run_chunks(tasks: list[Callable[[], object]], workers: int) -> list:
     for exc in errors:
         if exc is not None:
             raise exc
+    return results
+
+
+def _run_watched(tasks, workers, watch, stopped: threading.Event) -> list:
+    if getattr(_IN_POOL, "active", False):  # a check inside a loss: inline, watched after
+        results = [task() for task in tasks]
+        watch()
+        return results
+    from .faults import POLL_SECONDS
+
+    results: list = [None] * len(tasks)
+    errors: list = []
+    taken = iter(range(len(tasks)))
+    lock = threading.Lock()
+
+    def runner():
+        _mark_pool_thread()
+        try:
+            while not stopped.is_set():
+                with lock:
+                    j = next(taken, None)
+                if j is None:
+                    return
+                results[j] = tasks[j]()
+        except BaseException as exc:  # noqa: BLE001 - raised in the waiting thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner, daemon=True, name="fastgrad-watched")
+               for _ in range(max(1, min(workers, len(tasks))))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(POLL_SECONDS)
+                watch()
+        watch()
+    except BaseException:
+        stopped.set()  # the runners take no more chunks; a running one stops at its next call
+        raise
+    if errors:
+        raise errors[0]
     return results

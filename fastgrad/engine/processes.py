@@ -15,6 +15,11 @@
   (loops.py), BLAS on one thread: the values are bitwise those of a serial evaluation.
 - Ctrl-C (or any exception) while the results are awaited kills the workers: none outlives it;
   at exit the pool is stopped before multiprocessing joins its children.
+- A worker that dies (the OOM killer's SIGKILL) breaks the pool: it is discarded, never used
+  again, and the chunks without a result run on a fresh pool (in this process when that breaks
+  too); the path line says so. A pool found broken while idle is replaced before use.
+- Every loss call is noted in a lap table in shared memory (faults.py): the count survives a
+  worker's death, and ``timeout=`` is watched from here, the pool stopped when one is past it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import threading
 import uuid
 import weakref
 from collections import OrderedDict
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import shared_memory
 from multiprocessing.util import Finalize
 
@@ -37,6 +43,8 @@ import numpy as np
 
 from ..errors import InvalidType
 from .backends import ChunkedBackend, Workload, batch_chunks
+from .blas import blas_limited
+from .faults import CALLS, POLL_SECONDS, Lap, exit_signals, overdue, timeout_error
 from .loops import fill_directions, fill_pairs
 
 # idle worker processes started by loky exit after this many seconds (the next check restarts them)
@@ -96,6 +104,12 @@ def process_pool(workers: int):
         if _POOL_PID != os.getpid():  # a forked child: the parent's pool is not ours to use
             _POOL, _POOL_SIZE, _POOL_PID = None, 0, os.getpid()
             _FORKED.clear()
+        if _POOL is not None and _broken(_POOL):  # a worker died while the pool was idle
+            old, old_workers = _POOL, list(_FORKED)
+            _POOL, _POOL_SIZE = None, 0
+            _FORKED.clear()
+            with contextlib.suppress(Exception):
+                _stop(old, old_workers, wait=False)
         if _POOL is None or _POOL_SIZE < workers:
             old, old_workers = _POOL, list(_FORKED)
             _POOL = _new_pool(workers)
@@ -106,6 +120,13 @@ def process_pool(workers: int):
             # a check does it before os._exit): the idle workers are stopped first, not awaited
             Finalize(None, stop_pool, exitpriority=10)
         return _POOL
+
+
+def _broken(pool) -> bool:
+    """True when the pool can take no more work (a worker died): the standard library's
+    ``_broken``, loky's ``_flags.broken``."""
+    flags = getattr(pool, "_flags", None)
+    return bool(getattr(pool, "_broken", False) or getattr(flags, "broken", None))
 
 
 def pool_alive(workers: int) -> bool:
@@ -120,6 +141,20 @@ def _stop(pool, forked: list, wait: bool) -> None:
         pool.shutdown(wait=wait, cancel_futures=True)
     else:
         pool.shutdown(wait=wait, kill_workers=True)
+
+
+def discard_pool(pool) -> None:
+    """A broken pool is never used again: its workers are stopped and the next check (or the
+    re-run of this one) starts a fresh pool. Another check may have replaced it already."""
+    global _POOL, _POOL_SIZE
+    with _POOL_LOCK:
+        if _POOL is not pool:
+            return
+        _POOL, _POOL_SIZE = None, 0
+        forked = list(_FORKED)
+        _FORKED.clear()
+    with contextlib.suppress(Exception):
+        _stop(pool, forked, wait=False)
 
 
 def stop_pool() -> None:
@@ -273,16 +308,19 @@ class _Attached:
 
     def close(self) -> None:
         self.theta = None  # the last view of the buffer: it may be closed now
-        self._close()
+        # a view still alive (held by a traceback of f, say): the mapping goes with it
+        with contextlib.suppress(BufferError):
+            self._close()
 
 
-def _map_block(name: str):
-    """The block as (buffer, close), mapped read-only without registering it with a resource
-    tracker (the parent owns it and unlinks it)."""
+def _map_block(name: str, writable: bool = False):
+    """The block as (buffer, close), mapped read-only (or writable: a lap table) without
+    registering it with a resource tracker (the parent owns it and unlinks it)."""
     path = os.path.join("/dev/shm", name.lstrip("/"))
     if os.path.exists(path):
-        with open(path, "rb") as fh:
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        with open(path, "r+b" if writable else "rb") as fh:
+            mapped = mmap.mmap(fh.fileno(), 0,
+                               access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
         return mapped, mapped.close
     try:  # Python >= 3.13
         block = shared_memory.SharedMemory(name=name, track=False)
@@ -322,25 +360,52 @@ def _limit_blas(threads) -> None:
     _BLAS_THREADS[:] = [threads]
 
 
-def run_chunk(ref, kind: str, payload: tuple, blas_threads):
-    """One chunk in a worker process: (f_plus, f_minus, failure); failure is (position, text)."""
-    problem = _attached(ref)
-    m = 1 if problem.terms is None else len(problem.terms)
+_LAP_TABLES: OrderedDict[str, tuple] = OrderedDict()  # name -> (table, close), the last few
+
+
+def _lap_table(name: str) -> np.ndarray:
+    """The check's lap table (faults.py), mapped writable once per worker."""
+    entry = _LAP_TABLES.get(name)
+    if entry is None:
+        buffer, close = _map_block(name, writable=True)
+        table = np.frombuffer(buffer, dtype=np.float64).reshape(-1, 3)
+        entry = _LAP_TABLES[name] = (table, close)
+        while len(_LAP_TABLES) > 2 * _KEEP:
+            old_table, old_close = _LAP_TABLES.popitem(last=False)[1]
+            del old_table
+            with contextlib.suppress(BufferError):  # a view still alive: closed with the process
+                old_close()
+    return entry[0]
+
+
+def evaluate_chunk(f, work, theta, args, terms, kind: str, payload: tuple, lap=None):
+    """One chunk on a working copy: (f_plus, f_minus, failure); failure is (position, text)."""
+    m = 1 if terms is None else len(terms)
     size = payload[0].size
     f_plus, f_minus = np.empty((size, m)), np.empty((size, m))
-    _limit_blas(blas_threads)
     if kind == "pairs":
         index, step = payload
-        failure = fill_pairs(problem.f, problem.work, index, step, problem.args,
-                             problem.terms, f_plus, f_minus)
+        failure = fill_pairs(f, work, index, step, args, terms, f_plus, f_minus, lap)
     else:
         key, lo, hi, step = payload
-        failure = fill_directions(problem.f, problem.work, problem.theta, key, lo, hi, step,
-                                  problem.args, problem.terms, f_plus, f_minus)
+        failure = fill_directions(f, work, theta, key, lo, hi, step, args, terms, f_plus,
+                                  f_minus, lap)
     if failure is not None:  # the exception itself may not pickle: its text does
         at, exc = failure
         failure = (at, f"{type(exc).__name__}: {exc}")
     return f_plus, f_minus, failure
+
+
+def run_chunk(ref, kind: str, payload: tuple, blas_threads, lap=None):
+    """One chunk in a worker process: (f_plus, f_minus, failure); failure is (position, text).
+    ``lap``: (lap table name, slot, timeout) to tell of every call (faults.Lap)."""
+    problem = _attached(ref)
+    _limit_blas(blas_threads)
+    if lap is not None:
+        name, slot, timeout = lap
+        lap = Lap(_lap_table(name), slot, timeout)
+    return evaluate_chunk(problem.f, problem.work, problem.theta, problem.args, problem.terms,
+                          kind, payload, lap)
 
 
 # -- the backend -------------------------------------------------------------------------------------
@@ -356,31 +421,152 @@ class ProcessBackend(ChunkedBackend):
     def __init__(self, work: Workload, workers: int, blas_threads: int | None = 1):
         super().__init__(work, workers, 1 if blas_threads is None else blas_threads)
         self.shared = SharedProblem(work.theta, ship(work.f, work.args, work.terms))
+        self._lap_block: LapBlock | None = None
+        self._lap_rows = 0
 
     def close(self) -> None:
         self.shared.close()
+        if self._lap_block is not None:
+            self._lap_block.close()
+            self._lap_block = None
 
-    def _run(self, k, kind, payload, fail, f_plus, f_minus, bar) -> None:
-        pool = process_pool(self.workers)
+    def _laps(self, rows: int) -> np.ndarray:
+        """The lap table of at least ``rows`` slots, zeroed (a bigger block when needed)."""
+        if self._lap_block is None or self._lap_rows < rows:
+            if self._lap_block is not None:
+                self._lap_block.close()
+            self._lap_rows = max(rows, 64)
+            self._lap_block = LapBlock(self._lap_rows)
+        table = self._lap_block.table
+        table[:rows] = 0.0
+        return table
+
+    def _run(self, k, kind, payload, fail, where, f_plus, f_minus, bar) -> None:
+        """The chunks on the pool; when a worker dies (the pool breaks) the chunks without a
+        result go to a fresh pool, and when that breaks too, run in this process."""
         chunks = batch_chunks(k, self.workers, kind, bar)
-        futures = []
+        timeout = self.work.timeout
+        table = self._laps(2 * len(chunks))
+        name = self._lap_block.name
+        slot_of: dict[int, int] = {}  # chunk -> its slot in the latest submission
+        slots = 0  # slots used so far (each submission has its own)
+        pending = list(range(len(chunks)))
+        in_process = 0  # evaluations run in this process after two pools broke
+        futures: dict = {}
+
+        def handle(c, result):
+            fp, fm, failure = result
+            if failure is not None:
+                check_late()  # an evaluation that ended the chunk by running late
+                fail(chunks[c][0], failure)
+            a, b = chunks[c]
+            f_plus[a:b], f_minus[a:b] = fp, fm
+            bar.update(2 * (b - a))
+            pending.remove(c)
+
+        def check_late():
+            late = overdue(table, slots, timeout)
+            if late is not None:
+                slot, j = late
+                c = next(c for c, s in slot_of.items() if s == slot)
+                stop_pool()  # the evaluation may still run: its worker is stopped with the pool
+                text, index = where(chunks[c][0] + j)
+                raise timeout_error(timeout, text, index)
+
+        def result_of(fut):
+            if timeout is None:
+                return fut.result()
+            while True:
+                try:
+                    return fut.result(timeout=POLL_SECONDS)
+                except TimeoutError:
+                    check_late()
+
+        attempts = 0
         try:
-            futures = [pool.submit(run_chunk, self.shared.ref, kind, payload(a, b),
-                                   self.blas_threads) for a, b in chunks]
-            for (a, b), fut in zip(chunks, futures):
-                fp, fm, failure = fut.result()
-                if failure is not None:
-                    fail(a, failure)
-                f_plus[a:b], f_minus[a:b] = fp, fm
-                bar.update(2 * (b - a))
+            while pending:
+                if attempts == 2:  # two pools broke: the rest in this process
+                    in_process = self._in_process(chunks, pending, kind, payload, handle)
+                    self.work.notes[-1] += (f"; {in_process} evaluations run in this process (a "
+                                       f"fresh pool broke too)")
+                    break
+                pool = process_pool(self.workers)
+                forked = list(_FORKED)
+                try:
+                    for c in pending:
+                        slot_of[c] = slots
+                        slots += 1
+                        futures[c] = pool.submit(run_chunk, self.shared.ref, kind,
+                                                 payload(*chunks[c]), self.blas_threads,
+                                                 (name, slot_of[c], timeout))
+                    for c in list(pending):
+                        handle(c, result_of(futures[c]))
+                except (BrokenProcessPool, CancelledError) as exc:
+                    for c in list(pending):  # what finished before the pool broke stands
+                        fut = futures.get(c)
+                        if fut is not None and fut.done() and not fut.cancelled() \
+                                and fut.exception() is None:
+                            handle(c, fut.result())
+                    why = exit_signals(pool, exc, forked)
+                    discard_pool(pool)
+                    attempts += 1
+                    again = sum(2 * (chunks[c][1] - chunks[c][0]) for c in pending)
+                    if attempts == 1:
+                        self.work.notes.append(f"a worker process died ({why}); {again} "
+                                          f"evaluations re-run on a fresh pool")
         except KeyboardInterrupt:
             stop_pool()  # no worker outlives a Ctrl-C
             self.close()
             raise
         except BaseException as exc:
-            for fut in futures:
+            for fut in futures.values():
                 fut.cancel()
             if isinstance(exc, NotLoadable):
                 raise not_loadable(exc) from None
             raise
-        self.work.count(2 * k)
+        finally:
+            # every call of f the workers made, those of a worker that died included
+            self.work.count(int(table[:slots, CALLS].sum()) + in_process)
+
+    def _in_process(self, chunks, pending, kind, payload, handle) -> int:
+        """The chunks left, in this process (every pool broke); returns the evaluations."""
+        w = self.work
+        done = 0
+        work = w.borrow()
+        try:
+            with blas_limited(self.blas_threads):
+                for c in list(pending):
+                    a, b = chunks[c]
+                    handle(c, evaluate_chunk(w.f, work, w.theta, w.args, w.terms, kind,
+                                             payload(a, b)))
+                    done += 2 * (b - a)
+        finally:
+            w.give_back(work)
+        return done
+
+
+class LapBlock:
+    """A lap table (faults.py) in a shared-memory block the workers write; unlinked with this
+    object (the mapping goes with the last view of the table)."""
+
+    def __init__(self, rows: int):
+        block = shared_memory.SharedMemory(create=True, size=rows * 3 * 8)
+        self.name = block.name
+        try:
+            buffer, _ = _map_block(self.name, writable=True)
+        except BaseException:
+            _unlink_lap(block)
+            raise
+        block.close()  # no view of its own buffer exists: the table maps the file itself
+        self.table = np.frombuffer(buffer, dtype=np.float64).reshape(rows, 3)
+        self.table[:] = 0.0
+        self._finalizer = weakref.finalize(self, _unlink_lap, block)
+
+    def close(self) -> None:
+        self.table = None
+        self._finalizer()
+
+
+def _unlink_lap(block) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        block.unlink()
