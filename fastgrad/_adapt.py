@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InvalidType, InvalidValue
+
 
 def core_check(f, theta, grad, **check_options):
     """``fastgrad.check``, imported when called so that adapters import before the core does."""
@@ -37,7 +39,7 @@ def check_seed(check_options: dict) -> int:
     """The check's seed, also used for the adapters' random cotangents and RNG pinning."""
     seed = check_options.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+        raise InvalidValue(f"seed: expected a non-negative int, got {seed!r}")
     return int(seed)
 
 
@@ -153,7 +155,7 @@ def float64_copy(name: str, value: Any) -> np.ndarray:
     """A float64 copy of a real numeric array, refusing complex and non-finite values by name."""
     arr = np.asarray(value)
     if np.iscomplexobj(arr):
-        raise TypeError(f"{name}: complex values are not supported (dtype {arr.dtype})")
+        raise InvalidType(f"{name}: complex values are not supported (dtype {arr.dtype})")
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+        raise InvalidType(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
     return np.array(arr, dtype=np.float64, copy=True)

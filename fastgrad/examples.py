@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit
 
 from .checks.coordinates import Problem
+from .errors import InvalidValue
 from .segments import SegmentMap, flatten
 
 BUGS = ("bias", "transpose", "reg")
@@ -139,7 +140,7 @@ def two_layer_grad(
         When ``bug`` is not None or one of ``BUGS``.
     """
     if bug is not None and bug not in BUGS:
-        raise ValueError(f"bug: expected one of {BUGS} or None, got {bug!r}")
+        raise InvalidValue(f"bug: expected one of {BUGS} or None, got {bug!r}")
     W1 = theta[: D * H].reshape(D, H)
     b1 = theta[D * H : D * H + H]
     W2 = theta[D * H + H : D * H + H + H * C].reshape(H, C)

@@ -29,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._adapt import core_check
+from .errors import InvalidType
 from .jax_pytrees import flatten_leaves, scalar_value, x64
 from .results.report import Report
 
@@ -98,7 +99,7 @@ def check(f: Callable[..., Any], params: Any, *args: Any, **check_options: Any) 
     True
     """
     if not callable(f):
-        raise TypeError(f"f: expected a callable f(params, *args), got {f!r}")
+        raise InvalidType(f"f: expected a callable f(params, *args), got {f!r}")
     with x64():
         layout, theta = flatten_leaves(params, np.float64, "check")
 

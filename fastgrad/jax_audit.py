@@ -18,6 +18,7 @@ import numpy as np
 
 from .checks.coordinates import Problem
 from .checks.directions import audit as core_audit
+from .errors import InvalidType
 from .jax_pytrees import PytreeLayout, flatten_leaves, scalar_value, x64
 from .results.audit_report import AuditReport
 
@@ -123,10 +124,10 @@ def pytree_problem(f: Callable[..., Any], params: Any, *args: Any, dtype=np.floa
     {'w': (3,)}
     """
     if not callable(f):
-        raise TypeError(f"f: expected a callable f(params, *args), got {f!r}")
+        raise InvalidType(f"f: expected a callable f(params, *args), got {f!r}")
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
-        raise TypeError(f"dtype: expected float64 or float32, got {dtype}")
+        raise InvalidType(f"dtype: expected float64 or float32, got {dtype}")
     with x64():
         layout, theta = flatten_leaves(params, dtype, "audit")
         loss = PytreeLoss(f, layout, tuple(args), theta.size, theta.dtype)

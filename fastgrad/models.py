@@ -29,6 +29,7 @@ from ._adapt import (
     numpy_seeded,
     serial_by_default,
 )
+from .errors import InvalidType, InvalidValue
 from .results.report import Report
 from .segments import SegmentMap
 
@@ -79,7 +80,7 @@ class _ModelLoss(_NumpyLoss):
         np.copyto(flat, theta)
         result = self.loss_and_grads(model, *self.data)
         if not (isinstance(result, tuple) and len(result) == 2):
-            raise TypeError(
+            raise InvalidType(
                 f"loss_and_grads: must return (loss, grads), got {type(result).__name__}"
             )
         return result
@@ -92,13 +93,13 @@ class _ModelLoss(_NumpyLoss):
             loss, grads = self.call(self.state(), theta)
         _scalar(loss, "loss_and_grads: the loss")
         if not isinstance(grads, Mapping):
-            raise TypeError(
+            raise InvalidType(
                 f"loss_and_grads: grads must be a dict name -> array, got {type(grads).__name__}"
             )
         parts = []
         for name, (_, _, shape) in self.slices.items():
             if name not in grads:
-                raise ValueError(
+                raise InvalidValue(
                     f"loss_and_grads: grads has no entry for parameter {name!r} "
                     f"(it has {sorted(grads)})"
                 )
@@ -177,28 +178,28 @@ def check_model(
     """
     values = getattr(model, "params", None)
     if not isinstance(values, Mapping) or not values:
-        raise TypeError(
+        raise InvalidType(
             f"model: expected an object with a non-empty `params` dict, got {type(model).__name__}"
             f" with params={values!r}"[:300]
         )
     if loss_and_grads is None:
         if not callable(getattr(model, "loss", None)):
-            raise TypeError(
+            raise InvalidType(
                 f"model: {type(model).__name__} has no loss(...) method; pass loss_and_grads"
             )
         loss_and_grads = _default_loss_and_grads
     elif not callable(loss_and_grads):
-        raise TypeError(f"loss_and_grads: expected a callable or None, got {loss_and_grads!r}")
+        raise InvalidType(f"loss_and_grads: expected a callable or None, got {loss_and_grads!r}")
     names = list(values) if params is None else list(params)
     for name in names:
         if name not in values:
-            raise ValueError(f"params: {name!r} is not in model.params ({list(values)})")
+            raise InvalidValue(f"params: {name!r} is not in model.params ({list(values)})")
     seed = check_seed(check_options)
     initial = {name: float64_copy(f"model.params[{name!r}]", values[name]) for name in names}
     try:
         template = copy.deepcopy(model)
     except Exception as exc:
-        raise TypeError(f"model: cannot be deep-copied ({type(exc).__name__}: {exc})") from exc
+        raise InvalidType(f"model: cannot be deep-copied ({type(exc).__name__}: {exc})") from exc
     data = tuple(d for d in (X, y) if d is not None)
     shapes = {name: v.shape for name, v in initial.items()}
     loss = _ModelLoss(template, loss_and_grads, data, shapes, seed)
@@ -257,17 +258,17 @@ class _LayerLoss(_NumpyLoss):
         call = [a if _is_checked_input(a) else copy.deepcopy(a) for a in args]
         result = self.forward(*call)
         if not (isinstance(result, tuple) and len(result) == 2):
-            raise TypeError(
+            raise InvalidType(
                 f"forward: must return (out, cache), got {type(result).__name__}; "
                 "see fastgrad.check_layer for the calling convention"
             )
         out = np.asarray(result[0])
         if not np.issubdtype(out.dtype, np.floating):
-            raise TypeError(f"forward: out must be a floating-point array, got dtype {out.dtype}")
+            raise InvalidType(f"forward: out must be a floating-point array, got dtype {out.dtype}")
         if self.dout is None:
             self.dout = cotangent_rng(self.seed).standard_normal(out.shape)
         elif out.shape != self.dout.shape:
-            raise ValueError(
+            raise InvalidValue(
                 f"forward: out changed shape between evaluations ({self.dout.shape} -> {out.shape})"
             )
         return out, result[1]
@@ -283,7 +284,7 @@ class _LayerLoss(_NumpyLoss):
         if isinstance(grads, np.ndarray) or not isinstance(grads, (tuple, list)):
             grads = (grads,)
         if len(grads) != count:
-            raise ValueError(
+            raise InvalidValue(
                 f"backward: returned {len(grads)} gradient(s) but forward has {count} "
                 "floating-point array input(s); it must return one gradient per float array "
                 "input, in order"
@@ -358,9 +359,9 @@ def check_layer(
     >>> report.segments["w"].passed
     """
     if not callable(forward):
-        raise TypeError(f"forward: expected a callable, got {forward!r}")
+        raise InvalidType(f"forward: expected a callable, got {forward!r}")
     if not callable(backward):
-        raise TypeError(f"backward: expected a callable, got {backward!r}")
+        raise InvalidType(f"backward: expected a callable, got {backward!r}")
     seed = check_seed(check_options)
     names = _argument_names(forward, len(inputs))
     args: list[Any] = []
@@ -368,12 +369,12 @@ def check_layer(
     for position, (name, value) in enumerate(zip(names, inputs, strict=True)):
         if _is_checked_input(value):
             if np.iscomplexobj(value):
-                raise TypeError(f"{name}: complex arrays are not supported")
+                raise InvalidType(f"{name}: complex arrays are not supported")
             value = float64_copy(name, value)
             checked[name] = position
         args.append(value)
     if not checked:
-        raise ValueError(
+        raise InvalidValue(
             "inputs: no floating-point ndarray among the inputs, so there is nothing to check "
             f"(got {[type(v).__name__ for v in inputs]})"
         )
@@ -392,9 +393,9 @@ def check_layer(
 def _scalar(value: Any, what: str) -> float:
     arr = np.asarray(value)
     if arr.size != 1:
-        raise ValueError(f"{what} must be a scalar, got an array of shape {arr.shape}")
+        raise InvalidValue(f"{what} must be a scalar, got an array of shape {arr.shape}")
     if np.iscomplexobj(arr):
-        raise ValueError(f"{what} must be real, got {arr.dtype}")
+        raise InvalidValue(f"{what} must be real, got {arr.dtype}")
     return float(arr.reshape(()))
 
 
@@ -404,7 +405,7 @@ def _gradient_like(value: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
         if arr.size == int(np.prod(shape, dtype=np.int64)) and arr.ndim != len(shape):
             pass  # e.g. a (1, n) gradient for an (n,) bias: same values, accept
         else:
-            raise ValueError(f"{what}: has shape {arr.shape}, expected {tuple(shape)}")
+            raise InvalidValue(f"{what}: has shape {arr.shape}, expected {tuple(shape)}")
     if np.iscomplexobj(arr):
-        raise TypeError(f"{what}: complex gradients are not supported")
+        raise InvalidType(f"{what}: complex gradients are not supported")
     return np.asarray(arr, dtype=np.float64).ravel()

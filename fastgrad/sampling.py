@@ -6,20 +6,21 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .errors import InvalidType, InvalidValue
 from .segments import SegmentMap
 
 
 def _count(name: str, size: int, samples) -> int:
     if isinstance(samples, str):
         if samples != "all":
-            raise ValueError(f"samples: expected an int, a mapping or 'all', got {samples!r}")
+            raise InvalidValue(f"samples: expected an int, a mapping or 'all', got {samples!r}")
         return size
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)):
-        raise TypeError(
+        raise InvalidType(
             f"samples[{name!r}]: expected a positive int or 'all', got {samples!r}"
         )
     if samples < 1:
-        raise ValueError(f"samples[{name!r}]: must be at least 1, got {samples}")
+        raise InvalidValue(f"samples[{name!r}]: must be at least 1, got {samples}")
     return min(size, int(samples))
 
 
@@ -28,7 +29,7 @@ def counts_per_segment(segments: SegmentMap, samples) -> dict[str, int]:
     if isinstance(samples, Mapping):
         unknown = set(samples) - set(segments.names)
         if unknown:
-            raise ValueError(
+            raise InvalidValue(
                 f"samples: names {sorted(unknown)} are not segments; segments are "
                 f"{list(segments.names)}"
             )

@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .errors import InvalidType, InvalidValue
+
 
 class Segment(NamedTuple):
     """A named, contiguous slice ``[start, stop)`` of the flat vector with its original shape.
@@ -57,9 +59,9 @@ def _as_shape(name: str, shape) -> tuple[int, ...]:
     try:
         shape = tuple(int(d) for d in shape)
     except TypeError:
-        raise TypeError(f"segment {name!r}: shape must be a tuple of ints, got {shape!r}") from None
+        raise InvalidType(f"segment {name!r}: shape must be a tuple of ints, got {shape!r}") from None
     if any(d < 0 for d in shape):
-        raise ValueError(f"segment {name!r}: shape {shape} has a negative dimension")
+        raise InvalidValue(f"segment {name!r}: shape {shape} has a negative dimension")
     return shape
 
 
@@ -100,38 +102,38 @@ class SegmentMap:
                 if isinstance(seg, tuple) and len(seg) == 4:
                     seg = Segment(*seg)
                 else:
-                    raise TypeError(
+                    raise InvalidType(
                         f"segments: expected Segment(name, start, stop, shape), got {seg!r}"
                     )
             name, start, stop = seg.name, seg.start, seg.stop
             if not isinstance(name, str) or not name:
-                raise ValueError(f"segment {name!r}: name must be a non-empty string")
+                raise InvalidValue(f"segment {name!r}: name must be a non-empty string")
             shape = _as_shape(name, seg.shape)
             segs.append(Segment(name, int(start), int(stop), shape))
         if not segs:
-            raise ValueError("segments: a segment map needs at least one segment")
+            raise InvalidValue("segments: a segment map needs at least one segment")
         seen: set[str] = set()
         expected_start = 0
         for seg in segs:
             if seg.name in seen:
-                raise ValueError(f"segment {seg.name!r}: duplicate name")
+                raise InvalidValue(f"segment {seg.name!r}: duplicate name")
             seen.add(seg.name)
             if seg.stop - seg.start <= 0:
-                raise ValueError(
+                raise InvalidValue(
                     f"segment {seg.name!r}: non-positive size ({seg.start}..{seg.stop})"
                 )
             if seg.start < expected_start:
-                raise ValueError(
+                raise InvalidValue(
                     f"segment {seg.name!r}: overlaps the previous segment "
                     f"(starts at {seg.start}, previous ends at {expected_start})"
                 )
             if seg.start > expected_start:
-                raise ValueError(
+                raise InvalidValue(
                     f"segment {seg.name!r}: gap before it "
                     f"(starts at {seg.start}, previous ends at {expected_start})"
                 )
             if math.prod(seg.shape) != seg.size:
-                raise ValueError(
+                raise InvalidValue(
                     f"segment {seg.name!r}: shape {seg.shape} holds {math.prod(seg.shape)} "
                     f"values but the segment spans {seg.size}"
                 )
@@ -162,7 +164,7 @@ class SegmentMap:
             When a shape has a negative dimension or holds no values, or a name is empty.
         """
         if not isinstance(shapes, Mapping):
-            raise TypeError(f"shapes: expected a mapping name -> shape, got {type(shapes).__name__}")
+            raise InvalidType(f"shapes: expected a mapping name -> shape, got {type(shapes).__name__}")
         segs, start = [], 0
         for name, shape in shapes.items():
             shape = _as_shape(name, shape)
@@ -258,7 +260,7 @@ class SegmentMap:
             When ``i`` is outside ``0 .. size - 1``.
         """
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise TypeError(f"locate: index must be an int, got {i!r}")
+            raise InvalidType(f"locate: index must be an int, got {i!r}")
         i = int(i)
         if not 0 <= i < self.size:
             raise IndexError(f"locate: index {i} is outside 0..{self.size - 1}")
@@ -282,7 +284,7 @@ class SegmentMap:
             When ``n != size``, naming ``argument`` and both sizes.
         """
         if n != self.size:
-            raise ValueError(
+            raise InvalidValue(
                 f"{argument}: has {n} values but the segment map covers {self.size} "
                 f"(last segment {self._segments[-1].name!r} ends at {self.size})"
             )
@@ -300,7 +302,7 @@ def as_segment_map(segments, n: int) -> SegmentMap:
     elif isinstance(segments, Mapping):
         segs = SegmentMap.from_shapes(segments)
     else:
-        raise TypeError(
+        raise InvalidType(
             f"segments: expected a SegmentMap or a {{name: shape}} mapping, "
             f"got {type(segments).__name__}"
         )
@@ -338,15 +340,15 @@ def flatten(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, SegmentMap]:
     ((9,), Segment(name='b', start=6, stop=9, shape=(3,)))
     """
     if not isinstance(arrays, Mapping) or not arrays:
-        raise TypeError("arrays: expected a non-empty mapping name -> array")
+        raise InvalidType("arrays: expected a non-empty mapping name -> array")
     shapes = {}
     parts = []
     for name, value in arrays.items():
         arr = np.asarray(value)
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise TypeError(f"arrays[{name!r}]: expected a numeric array, got dtype {arr.dtype}")
+            raise InvalidType(f"arrays[{name!r}]: expected a numeric array, got dtype {arr.dtype}")
         if np.iscomplexobj(arr):
-            raise TypeError(f"arrays[{name!r}]: complex parameters are not supported")
+            raise InvalidType(f"arrays[{name!r}]: complex parameters are not supported")
         shapes[name] = arr.shape
         parts.append(arr.astype(np.float64).ravel())
     segs = SegmentMap.from_shapes(shapes)
@@ -384,12 +386,12 @@ def unflatten(theta: np.ndarray, segments: SegmentMap) -> dict[str, np.ndarray]:
     (2, 3)
     """
     if not isinstance(segments, (SegmentMap, Mapping)):
-        raise TypeError(
+        raise InvalidType(
             f"segments: expected a SegmentMap or a {{name: shape}} mapping, "
             f"got {type(segments).__name__}"
         )
     theta = np.asarray(theta)
     if theta.ndim != 1:
-        raise ValueError(f"theta: expected a flat 1-D vector, got shape {theta.shape}")
+        raise InvalidValue(f"theta: expected a flat 1-D vector, got shape {theta.shape}")
     segments = as_segment_map(segments, theta.size)
     return {seg.name: theta[seg.start : seg.stop].reshape(seg.shape) for seg in segments}

@@ -285,7 +285,7 @@ def noise_sigma(values: np.ndarray) -> float:
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or values.size < 7:
-        raise ValueError(f"values: expected f at 7 or more equally spaced points, got shape "
+        raise InvalidValue(f"values: expected f at 7 or more equally spaced points, got shape "
                          f"{values.shape}")
     if not np.all(np.isfinite(values)):
         return float("nan")

@@ -1,16 +1,18 @@
 """Assertions for test suites: each raises ``fastgrad.GradientCheckError`` when a check fails.
 
->>> from fastgrad.testing import assert_gradients, assert_module
+>>> from fastgrad.testing import assert_audit, assert_gradients, assert_module
 >>> assert_gradients(loss, theta, grad, segments=segs)
+>>> assert_audit(loss, theta, grad, segments=segs)      # every coordinate, by directions
 >>> assert_module(net, lambda out: out.sum(), x)        # torch
 
 ``GradientCheckError`` is an ``AssertionError`` whose message is the report table and whose
-``.report`` is the ``Report``; with the fastgrad pytest plugin (installed with the package) a
-failing test shows that table instead of a traceback through fastgrad's internals. Every
-function returns the report when the check passes, and takes the same arguments as the check it
-wraps. ``assert_module``/``assert_function`` need PyTorch and ``assert_jax`` needs JAX: the
-adapters are imported on first use (an ``ImportError`` saying how to install the extra when the
-framework is missing), so importing this module never imports torch or jax.
+``.report`` is the report (``Report``, ``AuditReport`` or a drop-in's ``JacobianReport``); with
+the fastgrad pytest plugin (installed with the package) a failing test shows that table instead
+of a traceback through fastgrad's internals. Every function returns the report when the check
+passes, and takes the same arguments as the check it wraps.
+``assert_module``/``assert_function`` need PyTorch and ``assert_jax`` needs JAX: the adapters
+are imported on first use (an ``ImportError`` saying how to install the extra when the framework
+is missing), so importing this module never imports torch or jax.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .checks.coordinates import assert_gradients
-from .errors import GradientCheckError
+from .checks.directions import audit
+from .errors import GradientCheckError, InvalidType
+from .results.audit_report import AuditReport
 from .results.report import Report
 
 __all__ = [
     "GradientCheckError",
+    "assert_audit",
     "assert_function",
     "assert_gradients",
     "assert_jax",
@@ -34,19 +39,20 @@ __all__ = [
 ]
 
 
-def assert_passed(report: Report) -> Report:
+def assert_passed(report: Report | AuditReport) -> Report | AuditReport:
     """Raise unless ``report.passed``; return the report.
 
-    For a report computed elsewhere (``fastgrad.check``, an adapter, a saved problem).
+    For a report computed elsewhere (``fastgrad.check``, ``fastgrad.audit``, an adapter, a
+    drop-in's ``JacobianReport``, a saved problem).
 
     Parameters
     ----------
-    report : fastgrad.Report
-        A check's report.
+    report : fastgrad.Report or fastgrad.AuditReport
+        A check's report (a ``JacobianReport`` is a ``Report``) or an audit's.
 
     Returns
     -------
-    fastgrad.Report
+    fastgrad.Report or fastgrad.AuditReport
         ``report`` itself, when it passed.
 
     Raises
@@ -54,8 +60,8 @@ def assert_passed(report: Report) -> Report:
     fastgrad.GradientCheckError
         When the check does not pass: an ``AssertionError`` whose message is the report table
         and whose ``.report`` is the report.
-    TypeError
-        When ``report`` is not a ``fastgrad.Report``.
+    fastgrad.errors.InvalidType
+        When ``report`` is none of these (a ``TypeError``).
 
     Examples
     --------
@@ -64,11 +70,52 @@ def assert_passed(report: Report) -> Report:
     >>> assert_passed(report).passed
     True
     """
-    if not isinstance(report, Report):
-        raise TypeError(f"report: expected a fastgrad Report, got {type(report).__name__}")
+    if not isinstance(report, (Report, AuditReport)):
+        raise InvalidType(f"report: expected a fastgrad Report or AuditReport, got "
+                          f"{type(report).__name__}")
     if not report.passed:
         raise GradientCheckError(report)
     return report
+
+
+def assert_audit(loss: Callable, theta: Any, grad: Any, **audit_options: Any) -> AuditReport:
+    """``fastgrad.audit``, raising when the audit does not pass.
+
+    The audit tests every coordinate through random directions and localizes the wrong ones,
+    so a bug in one bias entry is found without checking each coordinate on its own.
+
+    Parameters
+    ----------
+    loss : callable
+        The loss, ``loss(theta, *args) -> float``.
+    theta : numpy.ndarray
+        The flat parameter vector.
+    grad : numpy.ndarray or callable
+        The analytic gradient at theta, or ``grad(theta, *args)``.
+    **audit_options
+        ``segments=``, ``args=``, ``budget=`` and the other options of ``fastgrad.audit``.
+
+    Returns
+    -------
+    fastgrad.AuditReport
+        The report of the passing audit.
+
+    Raises
+    ------
+    fastgrad.GradientCheckError
+        When the audit does not pass (failed or inconclusive): an ``AssertionError`` whose
+        message is the audit's table, naming the failing segments and coordinates, and whose
+        ``.report`` is the ``AuditReport``.
+    TypeError, ValueError, fastgrad.NondeterminismError, fastgrad.LossError
+        As ``fastgrad.audit`` raises them (bad input is a ``fastgrad.errors.InputError``).
+
+    Examples
+    --------
+    >>> theta, segs = fastgrad.flatten({"W": W, "b": b})
+    >>> assert_audit(loss, theta, grad, segments=segs, args=(X, y)).passed
+    True
+    """
+    return assert_passed(audit(loss, theta, grad, **audit_options))
 
 
 def assert_module(module: Any, loss_fn: Callable | None, *inputs: Any, **check_options: Any) -> Report:

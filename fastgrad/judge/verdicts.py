@@ -89,7 +89,8 @@ def coordinate_stats(analytic, f_plus, f_minus, f0: float, step, tol: float,
     f_minus, p_fm = _in(f_minus, np.float64)
     step, p_h = _in(step, np.float64)
     if not (f_plus.size == f_minus.size == step.size == n):
-        raise ValueError("coordinate_stats: analytic, f_plus, f_minus and step differ in size")
+        # fastgrad's own arrays, never the user's: a mismatch is a bug (exit 70), not bad input
+        raise RuntimeError("coordinate_stats: analytic, f_plus, f_minus and step differ in size")
     method = ffi.new("fg_method *", {
         "tol": float(tol), "noise_eps": float(noise_eps), "band_wrong": BAND_WRONG,
         "band_suspect": BAND_SUSPECT, "band_ok": BAND_OK, "kink_explains": KINK_EXPLAINS})
@@ -116,7 +117,7 @@ def segment_stats(segment, rel_error, verdict, failed, kink, n_segments: int) ->
     kink, p_kink = _in(np.asarray(kink).view(np.uint8) if np.asarray(kink).dtype == bool
                        else kink, np.uint8)
     if not (rel_error.size == verdict.size == failed.size == kink.size == n):
-        raise ValueError("segment_stats: the coordinate arrays differ in size")
+        raise RuntimeError("segment_stats: the coordinate arrays differ in size")
     checked, p_checked = _out(n_segments, np.int64)
     n_failed, p_n_failed = _out(n_segments, np.int64)
     kinks, p_kinks = _out(n_segments, np.int64)
@@ -126,6 +127,6 @@ def segment_stats(segment, rel_error, verdict, failed, kink, n_segments: int) ->
     status = lib.fg_segments(n, p_seg, p_rel, p_verdict, p_failed, p_kink, n_segments,
                              p_checked, p_n_failed, p_kinks, p_max, p_argmax, p_hist)
     if status != 0:
-        raise ValueError(f"segment_stats: a segment id is outside 0..{n_segments - 1}")
+        raise RuntimeError(f"segment_stats: a segment id is outside 0..{n_segments - 1}")
     return SegmentStats(checked, n_failed, kinks, max_rel, argmax,
                         hist.reshape(n_segments, HIST_BINS))
