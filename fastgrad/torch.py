@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._adapt import ThreadLocalLoss, check_seed, core_check, cotangent_rng, serial_by_default
+from .errors import InvalidType, InvalidValue
 from .results.report import Report
 from .segments import SegmentMap
 from .torch_tensors import (
@@ -83,7 +84,7 @@ class _Inputs:
 
         def convert(t: torch.Tensor, path: str) -> torch.Tensor:
             if t.is_complex():
-                raise TypeError(f"{path}: complex tensors are not supported (dtype {t.dtype})")
+                raise InvalidType(f"{path}: complex tensors are not supported (dtype {t.dtype})")
             if not t.is_floating_point():
                 return t.detach().to(CPU).clone()
             value = t.detach().to(device=CPU, dtype=_F64).clone()
@@ -106,7 +107,7 @@ class _Inputs:
 def _cotangents(output: Any, seed: int, what: str) -> list[torch.Tensor]:
     leaves = _float_leaves(output)
     if not leaves:
-        raise ValueError(f"{what}: returned no floating-point tensor to take the gradient of")
+        raise InvalidValue(f"{what}: returned no floating-point tensor to take the gradient of")
     rng = cotangent_rng(seed)
     return [torch.from_numpy(rng.standard_normal(t.shape)) for t in leaves]
 
@@ -115,7 +116,7 @@ def _contract(output: Any, cotangents: list[torch.Tensor], what: str) -> torch.T
     """``sum(output * c)`` over the floating tensors of the output: a scalar loss."""
     leaves = _float_leaves(output)
     if [t.shape for t in leaves] != [c.shape for c in cotangents]:
-        raise ValueError(
+        raise InvalidValue(
             f"{what}: output shapes changed between evaluations "
             f"({[tuple(c.shape) for c in cotangents]} then {[tuple(t.shape) for t in leaves]})"
         )
@@ -343,19 +344,19 @@ def check_module(
     True
     """
     if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+        raise InvalidType(f"module: expected a torch.nn.Module, got {type(module).__name__}")
     if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"loss_fn: expected a callable or None, got {loss_fn!r}")
+        raise InvalidType(f"loss_fn: expected a callable or None, got {loss_fn!r}")
     seed = check_seed(check_options)
     for name, param in module.named_parameters():
         if param.is_complex():
-            raise TypeError(f"module: parameter {name!r} is complex ({param.dtype}); not supported")
+            raise InvalidType(f"module: parameter {name!r} is complex ({param.dtype}); not supported")
     try:
         template = copy.deepcopy(module)
         if isinstance(loss_fn, torch.nn.Module):  # e.g. CrossEntropyLoss(weight=...)
             loss_fn = copy.deepcopy(loss_fn).to(device=CPU, dtype=_F64)
     except Exception as exc:
-        raise TypeError(f"module: cannot be deep-copied ({type(exc).__name__}: {exc})") from exc
+        raise InvalidType(f"module: cannot be deep-copied ({type(exc).__name__}: {exc})") from exc
     template.to(device=CPU, dtype=_F64)
     initial: dict[str, torch.Tensor] = {}
     for name, param in template.named_parameters():
@@ -366,15 +367,15 @@ def check_module(
     args = _Inputs(inputs, "input")
     for name, value in args.wrt.items():
         if name in initial:
-            raise ValueError(f"inputs: segment name {name!r} is also a parameter name")
+            raise InvalidValue(f"inputs: segment name {name!r} is also a parameter name")
         initial[name] = value
     if not initial:
-        raise ValueError(
+        raise InvalidValue(
             "module: nothing to check: no parameter requires grad and no input tensor requires grad"
         )
     targets = () if target is None else (_Inputs((target,), "target").values[0],)
     if targets and loss_fn is None:
-        raise ValueError("target: given, but loss_fn is None; pass the loss_fn(output, target)")
+        raise InvalidValue("target: given, but loss_fn is None; pass the loss_fn(output, target)")
     loss = _ModuleLoss(template, loss_fn, targets, args, params, initial, seed)
     loss.grad_in_forward = has_forward_hooks(module)
     with torch.random.fork_rng(devices=[]):
@@ -436,7 +437,7 @@ def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any) 
     True
     """
     if not callable(fn):
-        raise TypeError(f"fn: expected a callable, got {fn!r}")
+        raise InvalidType(f"fn: expected a callable, got {fn!r}")
     seed = check_seed(check_options)
     args = _Inputs(tensors, "arg")
     if not args.wrt:
@@ -445,7 +446,7 @@ def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any) 
             + (f"(requires_grad={t.requires_grad})" if isinstance(t, torch.Tensor) else "")
             for i, t in enumerate(tensors)
         )
-        raise ValueError(
+        raise InvalidValue(
             "tensors: no floating tensor requires grad, so there is nothing to check "
             f"({described or 'no arguments'}); call .requires_grad_() on the ones to check"
         )

@@ -28,6 +28,7 @@ import torch
 from ._adapt import ThreadLocalLoss, check_seed
 from .checks.coordinates import Problem
 from .checks.directions import audit
+from .errors import InvalidType, InvalidValue
 from .results.audit_report import AuditReport
 from .torch_tensors import (
     ANALYTIC_ON_CALLERS_MODULE,
@@ -209,21 +210,21 @@ def module_problem(
     True
     """
     if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+        raise InvalidType(f"module: expected a torch.nn.Module, got {type(module).__name__}")
     if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"loss_fn: expected a callable or None, got {loss_fn!r}")
+        raise InvalidType(f"loss_fn: expected a callable or None, got {loss_fn!r}")
     if dtype not in _DTYPES:
-        raise TypeError(f"dtype: expected torch.float64 or torch.float32, got {dtype!r}")
+        raise InvalidType(f"dtype: expected torch.float64 or torch.float32, got {dtype!r}")
     if target is not None and loss_fn is None:
-        raise ValueError("target: given, but loss_fn is None; pass the loss_fn(output, target)")
+        raise InvalidValue("target: given, but loss_fn is None; pass the loss_fn(output, target)")
     seed = check_seed({"seed": seed})
     audited = [(name, p) for name, p in module.named_parameters()
                if p.requires_grad and p.numel() > 0]
     if not audited:
-        raise ValueError("module: nothing to audit: no parameter requires grad")
+        raise InvalidValue("module: nothing to audit: no parameter requires grad")
     for name, p in audited:
         if p.is_complex():
-            raise TypeError(f"module: parameter {name!r} is complex ({p.dtype}); not supported")
+            raise InvalidType(f"module: parameter {name!r} is complex ({p.dtype}); not supported")
     # the copy shares no storage with the caller's parameters: they are memoized to empty
     # placeholders, so a 10^8-parameter model is not copied here
     memo = {id(p): torch.nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=True)
@@ -233,7 +234,7 @@ def module_problem(
         if isinstance(loss_fn, torch.nn.Module):  # e.g. CrossEntropyLoss(weight=...)
             loss_fn = copy.deepcopy(loss_fn).to(device=CPU, dtype=dtype)
     except Exception as exc:
-        raise TypeError(f"module: cannot be deep-copied ({type(exc).__name__}: {exc})") from exc
+        raise InvalidType(f"module: cannot be deep-copied ({type(exc).__name__}: {exc})") from exc
     template.to(device=CPU, dtype=dtype)
     for p in template.parameters():
         p.grad = None

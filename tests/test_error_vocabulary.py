@@ -18,22 +18,9 @@ from fastgrad.errors import InputError, InvalidType, InvalidValue
 
 PACKAGE = Path(fg.__file__).resolve().parent
 
-# Files other engineers own right now, with the bare `raise TypeError/ValueError` they still
-# hold. The lead converts them (to InvalidType/InvalidValue, keeping each message) and lowers
-# the count here to 0; a listed file may hold fewer than listed, never more.
-ALLOWED_BARE_RAISES = {
-    "engine/kernels.py": 1,
-    "monitor/demo.py": 1,
-    "monitor/diagnose.py": 1,
-    "monitor/filters.py": 9,
-    "monitor/histograms.py": 4,
-    "monitor/log.py": 4,
-    "monitor/monitor.py": 18,
-    "monitor/plots.py": 1,
-    "monitor/tensorboard.py": 3,
-    "torch.py": 12,
-    "torch_audit.py": 7,
-}
+# Files allowed to hold bare `raise TypeError/ValueError` (none: every file uses errors.py's
+# classes); a listed file may hold fewer than listed, never more.
+ALLOWED_BARE_RAISES: dict[str, int] = {}
 
 
 def _bare_raises(path: Path) -> list[tuple[int, str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, typeof, types
 
+from ..errors import InvalidType
 from ..steps import DIRECTION_MIN_MAGNITUDE  # frozen into the cached kernels when compiled
 
 
@@ -77,7 +78,7 @@ def _overload_for(f, argtypes: tuple):
                 f.typingctx.can_convert(ours, theirs) is not None
                 for ours, theirs in zip(argtypes, declared)):
             return result
-    raise TypeError(f"no compiled version of {f} accepts {argtypes}")
+    raise InvalidType(f"no compiled version of {f} accepts {argtypes}")
 
 
 def first_class_loss(f, theta: np.ndarray, args: tuple) -> FirstClassLoss | None:

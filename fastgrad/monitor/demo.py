@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidValue
 from .monitor import TrainingMonitor
 
 #: A learning rate that trains the default network well with plain SGD.
@@ -51,7 +52,7 @@ def _activation(name: str):
         return (lambda z: np.maximum(z, 0.0)), (lambda z, h: (z > 0).astype(z.dtype))
     if name == "tanh":
         return np.tanh, (lambda z, h: 1.0 - h * h)
-    raise ValueError(f"activation: expected 'relu' or 'tanh', got {name!r}")
+    raise InvalidValue(f"activation: expected 'relu' or 'tanh', got {name!r}")
 
 
 def digits_loss(theta: np.ndarray, X: np.ndarray, y: np.ndarray, reg: float = 0.0,

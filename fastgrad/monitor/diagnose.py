@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import InvalidValue
 from .filters import NOISY_FILTER_THRESHOLD
 from .log import jsonable
 
@@ -78,7 +79,7 @@ class Finding:
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
-            raise ValueError(f"severity: expected one of {SEVERITIES}, got {self.severity!r}")
+            raise InvalidValue(f"severity: expected one of {SEVERITIES}, got {self.severity!r}")
         object.__setattr__(self, "evidence", jsonable(dict(self.evidence)))
 
     def to_dict(self) -> dict:

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..errors import InvalidType, InvalidValue
+
 #: Below this mean smoothness the first-layer filters look like noise (white noise scores ~0).
 NOISY_FILTER_THRESHOLD = 0.1
 
@@ -23,13 +25,13 @@ def _image_shape(image_shape: Sequence[int]) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in image_shape)
     except TypeError:
-        raise TypeError(f"image_shape: expected a tuple like (8, 8), got {image_shape!r}") from None
+        raise InvalidType(f"image_shape: expected a tuple like (8, 8), got {image_shape!r}") from None
     if len(shape) not in (2, 3) or min(shape) < 1:
-        raise ValueError(f"image_shape: expected (h, w) or (h, w, c), got {image_shape!r}")
+        raise InvalidValue(f"image_shape: expected (h, w) or (h, w, c), got {image_shape!r}")
     if len(shape) == 3 and shape[2] not in (1, 3):
-        raise ValueError(f"image_shape: channels (last axis) must be 1 or 3, got {image_shape!r}")
+        raise InvalidValue(f"image_shape: channels (last axis) must be 1 or 3, got {image_shape!r}")
     if shape[0] < 2 and shape[1] < 2:
-        raise ValueError(f"image_shape: an image needs at least 2 pixels, got {image_shape!r}")
+        raise InvalidValue(f"image_shape: an image needs at least 2 pixels, got {image_shape!r}")
     return shape
 
 
@@ -43,7 +45,7 @@ def filters_as_images(W: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
     shape = _image_shape(image_shape)
     W = np.asarray(W)
     if W.dtype.kind not in "fiu":
-        raise TypeError(f"W: expected a numeric array, got dtype {W.dtype}")
+        raise InvalidType(f"W: expected a numeric array, got dtype {W.dtype}")
     D = math.prod(shape)
     if W.ndim == 2 and W.shape[0] == D:
         filters = W.T
@@ -52,12 +54,12 @@ def filters_as_images(W: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
     elif W.ndim == len(shape) + 1 and W.shape[1:] == shape:
         filters = W.reshape(W.shape[0], D)
     else:
-        raise ValueError(
+        raise InvalidValue(
             f"W: shape {W.shape} does not match image_shape {shape} (expected (D, F), (F, D) with "
             f"D = {D}, or (F, *image_shape))"
         )
     if filters.shape[0] < 1:
-        raise ValueError(f"W: no filters in shape {W.shape}")
+        raise InvalidValue(f"W: no filters in shape {W.shape}")
     channels = shape[2] if len(shape) == 3 else 1
     return np.array(filters, dtype=np.float64).reshape(filters.shape[0], shape[0], shape[1], channels)
 
@@ -169,12 +171,12 @@ def filter_grid(W: np.ndarray, image_shape: Sequence[int], *, columns: int | Non
     """
     images = filters_as_images(W, image_shape)
     if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
-        raise ValueError(f"padding: expected a non-negative int, got {padding!r}")
+        raise InvalidValue(f"padding: expected a non-negative int, got {padding!r}")
     count, h, w, c = images.shape
     if columns is None:
         columns = math.ceil(math.sqrt(count))
     if isinstance(columns, bool) or not isinstance(columns, (int, np.integer)) or columns < 1:
-        raise ValueError(f"columns: expected a positive int, got {columns!r}")
+        raise InvalidValue(f"columns: expected a positive int, got {columns!r}")
     rows = math.ceil(count / columns)
     grid = np.full((rows * h + (rows + 1) * padding, columns * w + (columns + 1) * padding, c),
                    float(pad_value))

@@ -14,6 +14,8 @@ import math
 import numpy as np
 from numba import njit
 
+from ..errors import InvalidType, InvalidValue
+
 #: |v| at or above this counts as saturated (tanh outputs at +-1, sigmoid outputs at 1).
 SATURATION_LEVEL = 0.99
 _LARGEST_POWER = 2.0**1023
@@ -148,11 +150,11 @@ def as_rows(values: np.ndarray, name: str) -> np.ndarray:
     if not isinstance(values, np.ndarray):
         values = np.asarray(values)
     if values.dtype.kind not in "fiub":
-        raise TypeError(f"{name}: expected a numeric array, got dtype {values.dtype}")
+        raise InvalidType(f"{name}: expected a numeric array, got dtype {values.dtype}")
     if values.dtype.kind != "f":
         values = values.astype(np.float64)
     if values.size == 0:
-        raise ValueError(f"{name}: expected a non-empty array, got shape {values.shape}")
+        raise InvalidValue(f"{name}: expected a non-empty array, got shape {values.shape}")
     if values.ndim == 0:
         return values.reshape(1, 1)
     if values.ndim == 1:
@@ -171,7 +173,7 @@ class HistogramAccumulator:
 
     def __init__(self, units: int, bins: int = DEFAULT_BINS, log_magnitudes: bool = False) -> None:
         if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 4 or bins % 4:
-            raise ValueError(f"bins: expected a positive multiple of 4, got {bins!r}")
+            raise InvalidValue(f"bins: expected a positive multiple of 4, got {bins!r}")
         self.units = int(units)
         self.counts = np.zeros(int(bins), dtype=np.int64)
         self.bounds = np.zeros(2)  # [lo, hi]; [0, 0] until a non-zero value is seen
@@ -194,7 +196,7 @@ class HistogramAccumulator:
         """Add one batch: a single pass over it, never copied (when contiguous) nor modified."""
         rows = as_rows(values, name)
         if rows.shape[1] != self.units:
-            raise ValueError(
+            raise InvalidValue(
                 f"{name}: expected {self.units} units on the last axis (as logged before in this "
                 f"epoch), got shape {np.shape(values)}"
             )

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..errors import InvalidValue
+
 #: 2: non-finite numbers spelled "nan"/"inf"/"-inf" (1 wrote null); version 1 logs still load.
 FORMAT_VERSION = 2
 
@@ -103,7 +105,7 @@ def read_records(path: str | os.PathLike) -> Iterator[dict]:
     with open(path, encoding="utf-8") as stream:
         lines = stream.readlines()
     if not lines:
-        raise ValueError(f"path: {os.fspath(path)!r} is empty, not a fastgrad monitor log")
+        raise InvalidValue(f"path: {os.fspath(path)!r} is empty, not a fastgrad monitor log")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -112,15 +114,15 @@ def read_records(path: str | os.PathLike) -> Iterator[dict]:
         except json.JSONDecodeError as error:
             if number == len(lines) and not line.endswith("\n"):
                 return  # being written right now
-            raise ValueError(
+            raise InvalidValue(
                 f"path: {os.fspath(path)!r} line {number} is not JSON ({error.msg})"
             ) from None
         if not isinstance(record, dict) or "type" not in record:
-            raise ValueError(
+            raise InvalidValue(
                 f"path: {os.fspath(path)!r} line {number} is not a monitor record: {line[:80]!r}"
             )
         if number == 1 and record["type"] != "meta":
-            raise ValueError(
+            raise InvalidValue(
                 f"path: {os.fspath(path)!r} does not start with a fastgrad monitor 'meta' record"
             )
         yield record

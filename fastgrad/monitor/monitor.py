@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from ..errors import InvalidType, InvalidValue
 from ..segments import SegmentMap
 from .filters import filter_grid, filter_smoothness, filters_as_images
 from .histograms import DEFAULT_BINS, HistogramAccumulator, as_rows
@@ -54,7 +55,7 @@ def _segment_table(segments) -> list[tuple[str, int, int, tuple[int, ...]]]:
     try:
         items = list(segments)
     except TypeError:
-        raise TypeError(
+        raise InvalidType(
             f"segments: expected a fastgrad.SegmentMap or a {{name: shape}} dict, got "
             f"{type(segments).__name__}"
         ) from None
@@ -64,7 +65,7 @@ def _segment_table(segments) -> list[tuple[str, int, int, tuple[int, ...]]]:
         try:
             table.append((str(seg.name), int(seg.start), int(seg.stop), tuple(seg.shape)))
         except AttributeError:
-            raise TypeError(
+            raise InvalidType(
                 f"segments: expected segments with name/start/stop/shape, got {seg!r}"
             ) from None
     return table
@@ -72,13 +73,13 @@ def _segment_table(segments) -> list[tuple[str, int, int, tuple[int, ...]]]:
 
 def _check_name(value, name: str) -> str:
     if not isinstance(value, str) or not value:
-        raise TypeError(f"{name}: expected a non-empty str, got {value!r}")
+        raise InvalidType(f"{name}: expected a non-empty str, got {value!r}")
     return value
 
 
 def _check_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {value!r}")
+        raise InvalidType(f"{name}: expected an int, got {value!r}")
     return int(value)
 
 
@@ -86,7 +87,7 @@ def _check_real(value, name: str) -> float:
     if isinstance(value, np.ndarray) and value.size == 1:
         value = value.reshape(()).item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {value!r}")
+        raise InvalidType(f"{name}: expected a real number, got {value!r}")
     return float(value)
 
 
@@ -95,7 +96,7 @@ def _check_fraction(value, name: str) -> float | None:
         return None
     value = _check_real(value, name)
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}: expected an accuracy in [0, 1], got {value!r}")
+        raise InvalidValue(f"{name}: expected an accuracy in [0, 1], got {value!r}")
     return value
 
 
@@ -124,7 +125,7 @@ def _scaled_norm(values: np.ndarray) -> float:
 def _flat_view(array, name: str) -> np.ndarray:
     array = np.asarray(array)
     if array.dtype.kind not in "fiu":
-        raise TypeError(f"{name}: expected a numeric array, got dtype {array.dtype}")
+        raise InvalidType(f"{name}: expected a numeric array, got dtype {array.dtype}")
     if array.dtype.kind != "f":
         array = array.astype(np.float64)
     return array.reshape(-1)  # a view when contiguous
@@ -172,7 +173,7 @@ class TrainingMonitor:
     def __init__(self, segments: Any = None, *, bins: int = DEFAULT_BINS,
                  tensorboard: str | os.PathLike | None = None) -> None:
         if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 4 or bins % 4:
-            raise ValueError(f"bins: expected a positive multiple of 4, got {bins!r}")
+            raise InvalidValue(f"bins: expected a positive multiple of 4, got {bins!r}")
         self._tb = None
         if tensorboard is not None:
             from .tensorboard import TensorBoardWriter
@@ -263,7 +264,7 @@ class TrainingMonitor:
         }
         for key, value in metrics.items():
             if key in record:
-                raise ValueError(f"{key}: reserved name, cannot be passed as an extra metric")
+                raise InvalidValue(f"{key}: reserved name, cannot be passed as an extra metric")
             record[key] = _check_real(value, key)
         self._epochs.append(record)
         closed = [{"kind": kind, "layer": layer, "epoch": record["epoch"], **acc.summary()}
@@ -314,16 +315,16 @@ class TrainingMonitor:
         """
         if isinstance(theta, Mapping) or isinstance(update, Mapping):
             if not (isinstance(theta, Mapping) and isinstance(update, Mapping)):
-                raise TypeError("update: theta and update must both be arrays or both dicts, got "
+                raise InvalidType("update: theta and update must both be arrays or both dicts, got "
                                 f"{type(theta).__name__} and {type(update).__name__}")
             if set(theta) != set(update):
-                raise ValueError(f"update: keys {sorted(update)} differ from theta's {sorted(theta)}")
+                raise InvalidValue(f"update: keys {sorted(update)} differ from theta's {sorted(theta)}")
             ratios = {}
             for name in theta:
                 w = _flat_view(theta[name], f"theta[{name!r}]")
                 u = _flat_view(update[name], f"update[{name!r}]")
                 if w.size != u.size:
-                    raise ValueError(f"update[{name!r}]: size {u.size} != theta's {w.size}")
+                    raise InvalidValue(f"update[{name!r}]: size {u.size} != theta's {w.size}")
                 sums = _segment_sumsq(w, u, np.array([w.size], dtype=np.int64))
                 self._shapes[str(name)] = list(np.shape(theta[name]))
                 ratios[str(name)] = (sums[0][0], sums[1][0], w, u)
@@ -331,11 +332,11 @@ class TrainingMonitor:
             w = _flat_view(theta, "theta")
             u = _flat_view(update, "update")
             if w.size != u.size:
-                raise ValueError(f"update: size {u.size} does not match theta's size {w.size}")
+                raise InvalidValue(f"update: size {u.size} does not match theta's size {w.size}")
             table = self._segments or [("theta", 0, w.size, (w.size,))]
             self._shapes.setdefault(table[0][0], None if not self._segments else table[0][3])
             if table[-1][2] != w.size:
-                raise ValueError(
+                raise InvalidValue(
                     f"theta: size {w.size} does not match the segment map (size {table[-1][2]})")
             stops = np.array([stop for _, _, stop, _ in table], dtype=np.int64)
             weights, updates = _segment_sumsq(w, u, stops)
@@ -647,7 +648,7 @@ class TrainingMonitor:
         1.0
         """
         if kind not in KINDS:
-            raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+            raise InvalidValue(f"kind: expected one of {KINDS}, got {kind!r}")
         result: dict[str, list[dict]] = {}
         for layer in self._layers:
             entries = [dict(h, partial=False) for h in self._hists.get((kind, layer), [])]
@@ -798,7 +799,7 @@ class TrainingMonitor:
         """
         target = os.fspath(path)
         if not isinstance(target, str) or not target:
-            raise TypeError(f"path: expected a file path, got {path!r}")
+            raise InvalidType(f"path: expected a file path, got {path!r}")
         same = (self._save_path is not None and os.path.exists(target)
                 and os.path.samefile(self._save_path, target))
         records, cursor = self._records(self._saved if same else {})
@@ -875,9 +876,9 @@ class TrainingMonitor:
         records = list(read_records(path))
         meta = records[0]
         if meta.get("format") != "fastgrad.monitor":
-            raise ValueError(f"path: {os.fspath(path)!r} is not a fastgrad monitor log")
+            raise InvalidValue(f"path: {os.fspath(path)!r} is not a fastgrad monitor log")
         if meta.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(f"path: {os.fspath(path)!r} has log version {meta['version']}, newer "
+            raise InvalidValue(f"path: {os.fspath(path)!r} has log version {meta['version']}, newer "
                              f"than this fastgrad reads ({FORMAT_VERSION})")
         segments = None
         if meta.get("segments"):

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from ..errors import InvalidValue
 from .diagnose import RATIO_HIGH, RATIO_LOW
 from .filters import filter_grid
 
@@ -349,7 +350,7 @@ def plot_all(mon, outdir: str | os.PathLike, dpi: int = DEFAULT_DPI) -> list[str
     _matplotlib()
     outdir = os.fspath(outdir)
     if os.path.exists(outdir) and not os.path.isdir(outdir):
-        raise ValueError(f"outdir: {outdir!r} exists and is not a directory")
+        raise InvalidValue(f"outdir: {outdir!r} exists and is not a directory")
     os.makedirs(outdir, exist_ok=True)
     paths = []
     for name, draw in VIEWS:

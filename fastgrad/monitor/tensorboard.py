@@ -24,6 +24,8 @@ import os
 
 import numpy as np
 
+from ..errors import InvalidType, InvalidValue
+
 INSTALL_HINT = 'pip install "fastgrad[tensorboard]"'
 
 
@@ -62,11 +64,11 @@ class TensorBoardWriter:
         try:
             path = os.fspath(logdir)
         except TypeError:
-            raise TypeError(f"tensorboard: expected a folder path, got {logdir!r}") from None
+            raise InvalidType(f"tensorboard: expected a folder path, got {logdir!r}") from None
         if not isinstance(path, str) or not path:
-            raise TypeError(f"tensorboard: expected a folder path, got {logdir!r}")
+            raise InvalidType(f"tensorboard: expected a folder path, got {logdir!r}")
         if os.path.exists(path) and not os.path.isdir(path):
-            raise ValueError(f"tensorboard: {path!r} exists and is not a folder")
+            raise InvalidValue(f"tensorboard: {path!r} exists and is not a folder")
         self.logdir = path
         self._writer = _summary_writer()(logdir=path)
         #: {tag: {"count": n, "first_step": step}} of the non-finite values left out
