@@ -1,0 +1,149 @@
+"""JAX's own autodiff tests, run with jax's check_grads and then with fastgrad's swapped in.
+
+    python benchmarks/jax_suite/run.py --tests /path/to/jax/tests [--files a_test.py b_test.py]
+
+Fetches nothing: ``--tests`` is a checkout of JAX's ``tests/`` folder (its test files are not in
+the wheel; JAX's tests need ``absl-py``). Three pytest runs: discovery (jax's checker, the whole
+files: which tests call check_grads; ``--discovery LOG`` reuses one), then those tests with jax's
+checker and with fastgrad's (the other tests do not depend on the checker, and nn_test.py alone
+takes 13 minutes). Each run is a pytest process with JAX_ENABLE_X64=1 and plugin.py, which puts
+the checker behind ``jax.test_util.check_grads``,
+``jax._src.public_test_util.check_grads`` and ``jax._src.test_util.check_grads`` (the names the
+test modules import) and times every call. Prints the tests' outcomes, the check_grads calls and
+verdicts of each checker, crashes, the calls on which the verdicts differ (with fastgrad's
+message), and the time inside each checker on the calls both passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FILES = ("lax_autodiff_test.py", "nn_test.py")
+
+
+def run(checker: str, tests: Path, files, log: Path, extra: list[str]) -> float:
+    """One pytest process; ``files`` are paths or node ids relative to ``tests``."""
+    env = dict(os.environ, JAX_ENABLE_X64="1", JAX_SUITE_CHECKER=checker, JAX_SUITE_LOG=str(log),
+               PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "plugin", "-p", "no:cacheprovider",
+               "--rootdir", str(tests), "-o", "addopts=", *extra,
+               *files]
+    print(f"[{checker}] {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, cwd=tests, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    tail = done.stdout.strip().splitlines()[-1:] or [done.stderr.strip()[-500:]]
+    print(f"[{checker}] {tail[0]} ({wall:.0f} s)", flush=True)
+    return wall
+
+
+def read(log: Path):
+    calls, tests = {}, {}
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "call":
+            calls[(record["test"], record["call"])] = record
+        else:
+            tests[record["test"]] = record["outcome"]
+    return calls, tests
+
+
+def first_lines(text: str, count: int = 4) -> str:
+    return "\n      ".join(text.splitlines()[:count])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tests", type=Path, required=True, help="JAX's tests/ folder")
+    parser.add_argument("--files", nargs="+", default=list(FILES))
+    parser.add_argument("--pytest", nargs=argparse.REMAINDER, default=[],
+                        help="extra pytest arguments (e.g. -k softplus)")
+    parser.add_argument("--keep", type=Path, help="folder for the JSON-lines logs")
+    parser.add_argument("--compare", type=Path, nargs=2, metavar=("JAX_LOG", "FASTGRAD_LOG"),
+                        help="only print the table of two logs of earlier runs")
+    parser.add_argument("--discovery", type=Path,
+                        help="a discovery log of an earlier run (skips the discovery run)")
+    options = parser.parse_args(argv)
+    tests = options.tests.resolve()
+    folder = options.keep or Path(tempfile.mkdtemp(prefix="jax_suite_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    if options.compare:
+        report({"jax": read(options.compare[0]), "fastgrad": read(options.compare[1])},
+               {"jax": float("nan"), "fastgrad": float("nan")}, folder)
+        return 0
+    discovery = options.discovery
+    if discovery is None:
+        discovery = folder / "discovery.jsonl"
+        discovery.unlink(missing_ok=True)
+        run("jax", tests, options.files, discovery, options.pytest)
+    calling = sorted({c["test"] for c in read(discovery)[0].values()})
+    print(f"{len(calling)} tests call check_grads", flush=True)
+    results, walls = {}, {}
+    for checker in ("jax", "fastgrad"):
+        log = folder / f"{checker}.jsonl"
+        log.unlink(missing_ok=True)
+        walls[checker] = run(checker, tests, calling, log, options.pytest)
+        results[checker] = read(log)
+    report(results, walls, folder)
+    return 0
+
+
+def report(results: dict, walls: dict, folder: Path) -> None:
+    """The table, the time inside each checker, the calls whose verdicts differ."""
+    (jax_calls, jax_tests), (fg_calls, fg_tests) = results["jax"], results["fastgrad"]
+    calling = {k[0] for k in jax_calls} | {k[0] for k in fg_calls}
+    jax_tests = {t: o for t, o in jax_tests.items() if t in calling}
+    fg_tests = {t: o for t, o in fg_tests.items() if t in calling}
+    print(f"\nlogs: {folder}; tests: those that call check_grads")
+    print(f"\n{'':32}{'jax':>10}{'fastgrad':>10}")
+    for name, j, g in [
+        ("tests passed", Counter(jax_tests.values())["passed"],
+         Counter(fg_tests.values())["passed"]),
+        ("tests failed", Counter(jax_tests.values())["failed"],
+         Counter(fg_tests.values())["failed"]),
+        ("tests skipped", Counter(jax_tests.values())["skipped"],
+         Counter(fg_tests.values())["skipped"]),
+        ("check_grads calls", len(jax_calls), len(fg_calls)),
+        ("  passed", sum(c["verdict"] == "pass" for c in jax_calls.values()),
+         sum(c["verdict"] == "pass" for c in fg_calls.values())),
+        ("  failed", sum(c["verdict"] == "fail" for c in jax_calls.values()),
+         sum(c["verdict"] == "fail" for c in fg_calls.values())),
+        ("  crashed", sum(c["verdict"] == "crash" for c in jax_calls.values()),
+         sum(c["verdict"] == "crash" for c in fg_calls.values())),
+        ("  with a GradcheckWarning", 0, sum(bool(c["warnings"]) for c in fg_calls.values())),
+        ("wall time of the run (s)", f"{walls['jax']:.0f}", f"{walls['fastgrad']:.0f}"),
+    ]:
+        print(f"{name:32}{j:>10}{g:>10}")
+    both = [k for k in jax_calls if k in fg_calls and jax_calls[k]["verdict"] == "pass"
+            and fg_calls[k]["verdict"] == "pass"]
+    t_jax = sum(jax_calls[k]["seconds"] for k in both)
+    t_fg = sum(fg_calls[k]["seconds"] for k in both)
+    print(f"\ntime inside the checker on the {len(both)} calls both passed: jax {t_jax:.2f} s, "
+          f"fastgrad {t_fg:.2f} s ({t_fg / max(t_jax, 1e-12):.2f}x)")
+    differ = sorted(k for k in set(jax_calls) | set(fg_calls)
+                    if jax_calls.get(k, {}).get("verdict") != fg_calls.get(k, {}).get("verdict"))
+    print(f"\ncalls whose verdicts differ: {len(differ)}")
+    for k in differ:
+        j, g = jax_calls.get(k, {}), fg_calls.get(k, {})
+        print(f"  {k[0]} call {k[1]}: jax {j.get('verdict', '-')}, fastgrad "
+              f"{g.get('verdict', '-')}")
+        for side in (j, g):
+            if side.get("message"):
+                print(f"      {first_lines(side['message'])}")
+    warned = [k for k, c in fg_calls.items() if c["warnings"]]
+    print(f"\ncalls passed with a GradcheckWarning: {len(warned)}")
+    for k in warned[:20]:
+        print(f"  {k[0]} call {k[1]}: {fg_calls[k]['warnings'][0][:300]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
