@@ -7,11 +7,11 @@ True
 
 ``check`` returns a ``fastgrad.Report`` whose segments are the pytree's leaves, and takes the
 options of ``fastgrad.check``; ``check_grads`` is a drop-in for ``jax.test_util.check_grads``
-(full Jacobians, forward and reverse mode, any order). 64-bit mode is switched on only around
-fastgrad's own calls
-(``jax.enable_x64``, a thread-local context), so the caller's JAX configuration is left as it
-was. Importing this module without JAX installed raises an ``ImportError`` that says how to
-install it (``pip install fastgrad[jax]``).
+(random directions as jax checks them, the full Jacobian to localize a disagreement; forward,
+reverse and linearized mode, any order, the caller's dtypes). ``check`` switches 64-bit mode on
+only around fastgrad's own calls (``jax.enable_x64``, a thread-local context), so the caller's
+JAX configuration is left as it was. Importing this module without JAX installed raises an
+``ImportError`` that says how to install it (``pip install fastgrad[jax]``).
 """
 
 from __future__ import annotations
