@@ -82,6 +82,9 @@ def test_blas_limited_restores_the_thread_count():
 
 def test_calibration_keeps_every_evaluation_and_matches_the_serial_values(monkeypatch):
     monkeypatch.setattr(evaluate, "CALIBRATE_MIN_SECONDS", 0.0)  # calibrate even a tiny check
+    # threads against one worker (on an idle machine the planner may also try processes and
+    # keep them: a choice this test is not about)
+    monkeypatch.setattr(evaluate, "processes_may_pay", lambda *args, **kwargs: False)
     x = np.random.default_rng(2).standard_normal(400)
     index = np.arange(400, dtype=np.int64)
     step = np.full(400, 1e-5)
