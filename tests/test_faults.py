@@ -67,6 +67,13 @@ def _calls(args) -> int:
     return os.path.getsize(args[1])
 
 
+def _assert_counted(report, args, kills):
+    """report.evaluations is every call the engine started. A call is counted when it starts:
+    after a kill the pool may stop the other worker between that and the loss's first line, so
+    the loss's own count can be short by one per kill, never over."""
+    assert _calls(args) <= report.evaluations <= _calls(args) + kills
+
+
 def _fingerprint(report):
     return (report.status, [(c.index, c.verdict) for c in report.coords])
 
@@ -89,7 +96,7 @@ def test_a_worker_killed_mid_check_gives_the_serial_verdict_and_the_next_check_w
     assert "a worker process died (signal 9); " in report.path_reason
     assert "evaluations re-run on a fresh pool" in report.path_reason
     # every call counts, the killed worker's included (its calls were made)
-    assert report.evaluations == _calls(args)
+    _assert_counted(report, args, kills=1)
     # the broken pool was not kept: the next check runs on a working one
     again = fg.check(tanh_loss, THETA, g, segments=SEGMENTS, samples="all",
                      backend="processes", workers=2)
@@ -124,7 +131,7 @@ def test_when_the_fresh_pool_breaks_too_the_rest_runs_in_this_process(tmp_path,
     # call 45 before it dies) in the first one: either way every evaluation ran and was counted
     assert ("run in this process (a fresh pool broke too)" in report.path_reason
             or "a worker process died" in report.path_reason)
-    assert report.evaluations == _calls(args)
+    _assert_counted(report, args, kills=2)
     assert fg.check(tanh_loss, THETA, WRONG, segments=SEGMENTS, samples="all",
                     backend="processes", workers=2).status == "failed"
 
@@ -137,7 +144,7 @@ def test_a_worker_killed_mid_audit_gives_the_serial_audit(tmp_path):
     assert not os.path.exists(args[2][0][0])
     assert (report.status, report.suspects.tolist()) == (serial.status, serial.suspects.tolist())
     assert "a worker process died (signal 9)" in report.path_reason
-    assert report.evaluations == _calls(args)
+    _assert_counted(report, args, kills=1)
 
 
 @pytest.mark.slow
