@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
+from pathlib import Path
 
 import griffe
 
 PUBLIC_MODULES = ("fastgrad", "fastgrad.torch", "fastgrad.jax", "fastgrad.testing",
                   "fastgrad.monitor")
 
+# the checkout being documented: griffe reads its files, so the names are imported from it too
+# (not from another install of fastgrad that happens to be on the path)
+ROOT = str(Path(__file__).resolve().parents[2])
 _UNDERLINE = re.compile(r"^\s*-{3,}\s*$")
 
 
@@ -54,6 +59,8 @@ class PublicNames(griffe.Extension):
     def on_package(self, *, pkg: griffe.Module, **kwargs) -> None:
         if pkg.path != "fastgrad":
             return
+        if ROOT not in sys.path:
+            sys.path.insert(0, ROOT)
         for path in PUBLIC_MODULES:
             try:
                 module = importlib.import_module(path)
