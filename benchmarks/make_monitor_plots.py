@@ -1,4 +1,4 @@
-"""Train the digits demo network and write the README's monitor plots to docs/img/.
+"""Train the digits demo network and write the monitor guide's plots to docs/img/.
 
     python benchmarks/make_monitor_plots.py            # writes docs/img/monitor-*.png
     python benchmarks/make_monitor_plots.py --findings # also prints the findings of each scenario

@@ -1,4 +1,4 @@
-"""One flat parameter vector plus a map of named segments (API section 1).
+"""One flat parameter vector plus a map of named segments (docs/getting-started.md).
 
 >>> theta, segs = fastgrad.flatten({"W": np.ones((2, 3)), "b": np.zeros(3)})
 >>> segs.locate(7)

@@ -45,7 +45,7 @@ def _jobs(executor):
     common = dict(segments=segs, args=args, samples=24)
     # the gradients are computed here, before any check runs: a BLAS call of the program's own
     # (X @ W) in one thread while another thread's check starts or ends races with the change of
-    # OpenBLAS's thread count, which OpenBLAS does not support (README, "Thread-safety")
+    # OpenBLAS's thread count, which OpenBLAS does not support (docs/guides/parallel.md)
     grads = {bug: two_layer_grad(theta, *args, bug=bug)
              for bug in (None, "bias", "transpose", "reg")}
     right = _separable_grad(x)

@@ -23,7 +23,7 @@ from fastgrad.pytest_plugin import (
 )
 
 # Every run is a subprocess: pytester's in-process runs forget the modules first imported inside
-# them, and after one, README's Dask example (tests/test_readme.py, run next) hung in
+# them, and after one, the docs' Dask example (tests/test_docs.py, run next) hung in
 # client.close() whenever no earlier test had imported distributed.
 
 pytest_plugins = ["pytester"]

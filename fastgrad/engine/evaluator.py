@@ -26,7 +26,7 @@ from .loops import direction_where
 from .plan import Plan, refuse_threads, thread_unsafe
 from .processes import ProcessBackend
 
-# backend= values (API.md section 2); "kernel" runs the plan whose path is "jit"
+# backend= values (docs/guides/parallel.md); "kernel" runs the plan whose path is "jit"
 BACKENDS = (None, "serial", "threads", "kernel", "processes")
 # the thread-safety guard compares about this much serial work (seconds) with the same points
 # evaluated on threads, at most GUARD_FRACTION of the batch's serial work, and never fewer than
