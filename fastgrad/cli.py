@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import traceback
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from .errors import InputError, InvalidType, InvalidValue, LossError
 
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: not "the gradient is wrong", not the user's input
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, as a shell reports a writer whose reader left (| head)
 
 
 class UsageError(Exception):
@@ -236,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     except LossError as exc:
         print(f"fastgrad: the loss failed: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader stopped reading (fastgrad check ... | head): not a bug
+        # the interpreter flushes stdout again at exit: point it at devnull so that it is quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
     except Exception:  # a bug in fastgrad (or in a library under it): not the user's input
         traceback.print_exc()
         print("fastgrad: internal error (the traceback above is worth an issue)", file=sys.stderr)

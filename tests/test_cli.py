@@ -98,3 +98,13 @@ def test_bad_input_from_a_problem_exits_2(tmp_path, monkeypatch, capsys):
     assert "grad: has 4 values" in capsys.readouterr().err
     assert main(["check", "badproblems:raising"]) == 2
     assert "ZeroDivisionError" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_reading_is_not_an_internal_error(problems):
+    # fastgrad check ... | head: the reader leaves before the report is written (here at once)
+    done = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m fastgrad.cli check myproblems:bad --samples 4 "
+                       "| true; exit ${PIPESTATUS[0]}"],
+        capture_output=True, text=True, cwd=problems)
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 141  # as a shell reports a writer killed by SIGPIPE
