@@ -5,9 +5,6 @@
 >>> print(report)
 """
 
-# first, before anything imports numba: fastgrad's kernels are cached in a per-user folder,
-# never in the installed package
-from . import _numba_cache  # noqa: F401
 from .errors import (
     GradcheckWarning,
     GradientCheckError,

@@ -16,8 +16,8 @@ True
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from ._numba_cache import cached_per_user
 from .segments import SegmentMap, flatten, unflatten
 from .steps import coordinate_steps
 
@@ -406,7 +406,7 @@ def weighted_logcosh(theta: np.ndarray, a: np.ndarray, c: np.ndarray) -> float:
     return float(np.sum(a * np.log(np.cosh(theta)) + c * theta))
 
 
-@njit(cache=True, nogil=True)
+@cached_per_user(nogil=True)
 def weighted_logcosh_jit(theta, a, c):
     """``weighted_logcosh`` compiled by Numba, one coordinate at a time."""
     total = 0.0

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from numba import njit
 
+from .._numba_cache import cached_per_user
 from ..errors import InvalidType, InvalidValue
 from ..segments import SegmentMap
 from .filters import filter_grid, filter_smoothness, filters_as_images
@@ -26,7 +26,7 @@ WARMUP_DROP = 0.05
 WARMUP_MIN_STEPS = 5
 
 
-@njit(cache=True)
+@cached_per_user
 def _segment_sumsq(theta, update, stops):  # pragma: no cover - compiled
     """Sums of squares of ``theta`` and ``update`` per contiguous segment, in one pass."""
     count = stops.shape[0]
