@@ -17,7 +17,7 @@ from ..steps import DIRECTION_MIN_MAGNITUDE  # frozen into the cached kernels wh
 
 # The kernels that call the loss take it as a first-class function value (FirstClassLoss below),
 # never as a Numba dispatcher: their signature then names only types, so they are cached on disk
-# (cache=True) and a later process loads them in milliseconds instead of compiling for seconds.
+# (cached_per_user) and a later process loads them in milliseconds instead of compiling for seconds.
 # A kernel specialized on a dispatcher would put the loss's module in numba's cache index, and a
 # process that cannot import that module (another script, a test file) could not load it at all.
 @cached_per_user(nogil=True)
