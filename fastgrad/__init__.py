@@ -23,8 +23,8 @@ _LAZY = {
     "assert_gradients": "checks.coordinates",
     "check": "checks.coordinates",
     "audit": "checks.directions",
-    "check_layer": "models",
-    "check_model": "models",
+    "check_layer": "numpy_models",
+    "check_model": "numpy_models",
     "AuditReport": "results.audit_report",
 }
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numba_cache import cached_per_user
-from .checks.coordinates import Problem
-from .errors import InvalidValue
-from .segments import SegmentMap, flatten
+from .._numba_cache import cached_per_user
+from ..checks.coordinates import Problem
+from ..errors import InvalidValue
+from ..segments import SegmentMap, flatten
 
 BUGS = ("bias", "transpose", "reg")
 
