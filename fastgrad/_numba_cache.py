@@ -22,11 +22,13 @@ Numba version, so a cache survives reinstalls and never serves stale code.
 
 Numba has no public API for a library to choose where its own functions are cached (numba issue
 #9350): ``NUMBA_CACHE_DIR`` and ``NUMBA_CACHE_LOCATOR_CLASSES`` are process-wide and belong to the
-user. So each kernel carries its own cache object, numba's ``FunctionCache`` with one more locator
-class in front of numba's own; that object is built, and numba's non-public locator classes are
-imported, at the kernel's first compile (or when its ``stats.cache_path`` is first read). Nothing
-process-wide is touched: no import hook, no change to numba's own locator list, and the user's own
-``cache=True`` functions are cached where Numba puts them.
+user. So each kernel carries its own cache object in its dispatcher's cache slot (the one numba's
+own ``enable_caching()`` fills; set at decoration, it concerns that function alone): numba's
+``FunctionCache`` with one more locator class in front of numba's own. That object is built, and
+numba's non-public caching classes are imported and subclassed, at the kernel's first compile (or
+when its ``stats.cache_path`` is first read). Nothing process-wide is touched: no import hook, no
+change to numba's own locator list, and the user's own ``cache=True`` functions are cached where
+Numba puts them.
 """
 
 from __future__ import annotations
