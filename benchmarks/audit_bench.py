@@ -23,13 +23,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from fastgrad import audit, check
-from fastgrad.example_problems import (
+from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss
+from fastgrad.examples.problems import (
     plant,
     weighted_logcosh,
     weighted_logcosh_data,
     weighted_logcosh_grad,
 )
-from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss
 
 PROBABILITY = 0.99
 

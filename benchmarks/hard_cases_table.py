@@ -1,5 +1,5 @@
 """The issue-3 table: for each hard case, kink crossings counted, coordinates re-checked, verdict
-and loss evaluations, measured with the current code on the problems of fastgrad.example_problems
+and loss evaluations, measured with the current code on the problems of fastgrad.examples.problems
 (those of tests/test_hard_cases.py).
 
     python benchmarks/hard_cases_table.py
@@ -8,7 +8,7 @@ and loss evaluations, measured with the current code on the problems of fastgrad
 import numpy as np
 
 import fastgrad as fg
-from fastgrad import example_problems as hc
+from fastgrad.examples import problems as hc
 
 
 def row(case, report, term=None):

@@ -5,9 +5,6 @@
 >>> print(report)
 """
 
-# first, before anything imports numba: fastgrad's kernels are cached in a per-user folder,
-# never in the installed package
-from . import _numba_cache  # noqa: F401
 from .errors import (
     GradcheckWarning,
     GradientCheckError,
@@ -26,8 +23,8 @@ _LAZY = {
     "assert_gradients": "checks.coordinates",
     "check": "checks.coordinates",
     "audit": "checks.directions",
-    "check_layer": "models",
-    "check_model": "models",
+    "check_layer": "numpy_models",
+    "check_model": "numpy_models",
     "AuditReport": "results.audit_report",
 }
 

@@ -5,38 +5,43 @@ next to the source, i.e. into the installed package. pip does not know those fil
 leaves the folder behind, and the empty ``fastgrad/`` that remains shadows a later editable
 install (``import fastgrad`` then finds a namespace package without ``Segment``).
 
-So fastgrad registers one more Numba cache locator, first in Numba's list, that claims only source
-files inside this package and puts their cache in
+So fastgrad's kernels are decorated with ``cached_per_user`` instead of ``njit(cache=True)``; their
+cache goes to
 
 1. ``$NUMBA_CACHE_DIR`` (``numba.config.CACHE_DIR``) when the user set it, laid out as Numba
    itself would;
 2. otherwise the platform's user cache folder: ``$XDG_CACHE_HOME/fastgrad/numba`` or
    ``~/.cache/fastgrad/numba`` on Linux, ``~/Library/Caches/fastgrad/numba`` on macOS,
    ``%LOCALAPPDATA%\\fastgrad\\Cache\\numba`` on Windows;
-3. when that is not writable, a private folder in the temp dir (``fastgrad-<uid>/numba``).
+3. when that is not writable, a private folder in the temp dir (``fastgrad-<uid>/numba``);
+4. when nothing is writable, wherever Numba's own locators put it.
 
 Below the root, Numba's own sub-folder scheme (``<folder>_<sha1 of the source folder>``) keeps
 installs apart, and Numba's index keeps each entry tied to the source file's content hash and the
-Numba version, so a cache survives reinstalls and never serves stale code. Every other function,
-the user's own ``cache=True`` functions included, is left to Numba's own locators.
+Numba version, so a cache survives reinstalls and never serves stale code.
 
-``import fastgrad`` does not import Numba, so the locator is registered the moment
-``numba.core.caching`` is first imported (by fastgrad or anyone), or at once when it already is:
-either way before any fastgrad kernel is decorated.
+Numba has no public API for a library to choose where its own functions are cached (numba issue
+#9350): ``NUMBA_CACHE_DIR`` and ``NUMBA_CACHE_LOCATOR_CLASSES`` are process-wide and belong to the
+user. So each kernel carries its own cache object in its dispatcher's cache slot (the one numba's
+own ``enable_caching()`` fills; set at decoration, it concerns that function alone): numba's
+``FunctionCache`` with one more locator class in front of numba's own. That object is built, and
+numba's non-public caching classes are imported and subclassed, at the kernel's first compile (or
+when its ``stats.cache_path`` is first read). Nothing process-wide is touched: no import hook, no
+change to numba's own locator list, and the user's own ``cache=True`` functions are cached where
+Numba puts them.
 """
 
 from __future__ import annotations
 
+import functools
 import getpass
-import importlib.abc
 import os
 import stat
-import sys
 import tempfile
+import threading
 
-_CACHING = "numba.core.caching"
-_LOCATOR_NAME = "FastgradCacheLocator"
-PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
+from numba import njit
+from numba.extending import is_jitted
 
 
 def user_cache_root() -> str:
@@ -74,17 +79,16 @@ def _cache_roots():
         yield temp_root
 
 
-def _in_package(py_file: str) -> bool:
-    path = os.path.realpath(py_file)
-    try:
-        return os.path.commonpath([path, PACKAGE_DIR]) == PACKAGE_DIR
-    except ValueError:  # another drive (Windows)
-        return False
+@functools.cache
+def _function_cache_class():
+    """numba's FunctionCache whose locators are fastgrad's per-user one, then numba's own.
 
+    Built at the first compile of a fastgrad kernel: the only place that uses numba's
+    non-public caching classes."""
+    from numba.core import caching
 
-def _make_locator_class(caching):
-    class FastgradCacheLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
-        """Numba cache locator for fastgrad's own kernels (see fastgrad._numba_cache)."""
+    class PerUserCacheLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
+        """The first writable folder of ``_cache_roots()``, laid out as Numba's own."""
 
         def __init__(self, py_func, py_file, cache_path):
             self._py_file = py_file  # the mixin's source stamp and disambiguator read these two
@@ -96,7 +100,7 @@ def _make_locator_class(caching):
 
         @classmethod
         def from_function(cls, py_func, py_file):
-            if not (os.path.exists(py_file) and _in_package(py_file)):
+            if not os.path.exists(py_file):
                 return None
             subpath = cls.get_suitable_cache_subpath(py_file)
             for root in _cache_roots():
@@ -108,60 +112,65 @@ def _make_locator_class(caching):
                 return locator
             return None  # nothing writable: Numba's own locators decide, as for any package
 
-    FastgradCacheLocator.__name__ = FastgradCacheLocator.__qualname__ = _LOCATOR_NAME
-    return FastgradCacheLocator
+    class PerUserCacheImpl(caching.CompileResultCacheImpl):
+        _locator_classes = [PerUserCacheLocator, *caching.CompileResultCacheImpl._locator_classes]
+
+    class PerUserFunctionCache(caching.FunctionCache):
+        _impl_class = PerUserCacheImpl
+
+    return PerUserFunctionCache
 
 
-def register(caching) -> None:
-    """Put fastgrad's locator first in Numba's list (once; Numba's implementation classes share
-    that list)."""
-    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed in numba 0.59
-    locators = impl._locator_classes
-    if not any(cls.__name__ == _LOCATOR_NAME for cls in locators):
-        locators.insert(0, _make_locator_class(caching))
+class _CacheChosenAtFirstCompile:
+    """A kernel's cache: numba's dispatcher calls it as its own ``FunctionCache``; the folder is
+    chosen (and made) the first time the dispatcher loads, saves or reports its cache path."""
+
+    def __init__(self, py_func) -> None:
+        self._py_func = py_func
+        self._cache = None
+        self._lock = threading.Lock()
+
+    def _chosen(self):
+        with self._lock:
+            if self._cache is None:
+                self._cache = _function_cache_class()(self._py_func)
+            return self._cache
+
+    @property
+    def cache_path(self) -> str:
+        return self._chosen().cache_path
+
+    def load_overload(self, sig, target_context):
+        return self._chosen().load_overload(sig, target_context)
+
+    def save_overload(self, sig, data) -> None:
+        self._chosen().save_overload(sig, data)
+
+    def enable(self) -> None:
+        self._chosen().enable()
+
+    def disable(self) -> None:
+        self._chosen().disable()
+
+    def flush(self) -> None:
+        self._chosen().flush()
 
 
-class _RegisterAfterExec(importlib.abc.Loader):
-    """Runs numba.core.caching's own loader, then registers the locator."""
+def cached_per_user(py_func=None, /, **options):
+    """``numba.njit(**options)`` whose compiled code is cached in fastgrad's per-user folder.
 
-    def __init__(self, loader):
-        self._loader = loader
+    Use it instead of ``njit(cache=True)`` for fastgrad's own kernels; the folder is chosen at
+    the kernel's first compile, never at import.
 
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        self._loader.exec_module(module)
-        register(module)
-
-    def __getattr__(self, name):  # get_source, get_filename, ...: the original loader's
-        return getattr(self._loader, name)
-
-
-class _WatchForNumbaCaching(importlib.abc.MetaPathFinder):
-    """Waits in sys.meta_path for the import of numba.core.caching, then leaves."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != _CACHING:
-            return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        for finder in sys.meta_path:
-            find_spec = getattr(finder, "find_spec", None)
-            spec = find_spec(fullname, path, target) if find_spec is not None else None
-            if spec is not None:
-                if spec.loader is not None:
-                    spec.loader = _RegisterAfterExec(spec.loader)
-                return spec
-        return None
-
-
-def install() -> None:
-    """Register the locator now if Numba's caching module is loaded, else when it is imported."""
-    if _CACHING in sys.modules:
-        register(sys.modules[_CACHING])
-    elif not any(isinstance(finder, _WatchForNumbaCaching) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _WatchForNumbaCaching())
-
-
-install()
+    >>> @cached_per_user(nogil=True)
+    ... def total(x):
+    ...     return x.sum()
+    """
+    if py_func is None:
+        return functools.partial(cached_per_user, **options)
+    dispatcher = njit(**options)(py_func)
+    if not is_jitted(dispatcher):  # NUMBA_DISABLE_JIT: the plain function
+        return dispatcher
+    # the slot numba's own enable_caching() fills with a FunctionCache
+    dispatcher._cache = _CacheChosenAtFirstCompile(py_func)
+    return dispatcher

@@ -273,7 +273,7 @@ def assert_model(model: Any, loss_and_grads: Callable | None = None, **options: 
     >>> model = TwoLayerNet(input_dim=5, hidden_dim=4, num_classes=3)   # CS231n assignment 2
     >>> assert_model(model, X=X, y=y)
     """
-    from .models import check_model
+    from .numpy_models import check_model
 
     return assert_passed(check_model(model, loss_and_grads, **options))
 
@@ -311,6 +311,6 @@ def assert_layer(forward: Callable, backward: Callable, *inputs: Any, **check_op
     >>> x, w, b = np.random.randn(4, 5), np.random.randn(5, 3), np.random.randn(3)
     >>> assert_layer(affine_forward, affine_backward, x, w, b)          # CS231n layers
     """
-    from .models import check_layer
+    from .numpy_models import check_layer
 
     return assert_passed(check_layer(forward, backward, *inputs, **check_options))

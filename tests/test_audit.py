@@ -14,13 +14,13 @@ import pytest
 from fastgrad import AuditReport, audit
 from fastgrad.engine.kernels import direction_dot as _direction_dot
 from fastgrad.engine.kernels import direction_fill as _direction_fill
-from fastgrad.example_problems import (
+from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss
+from fastgrad.examples.problems import (
     plant,
     weighted_logcosh,
     weighted_logcosh_data,
     weighted_logcosh_grad,
 )
-from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss
 from fastgrad.sampling import direction_key as _direction_key
 
 from naive import naive_direction

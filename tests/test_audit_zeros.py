@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fastgrad import audit
-from fastgrad.example_problems import weighted_logcosh, weighted_logcosh_grad
+from fastgrad.examples.problems import weighted_logcosh, weighted_logcosh_grad
 
 ROWS, COLS = 256, 256
 N = ROWS * COLS

@@ -10,12 +10,12 @@ import pytest
 
 from fastgrad import audit, check
 from fastgrad.engine.evaluator import Evaluator
-from fastgrad.example_problems import (
+from fastgrad.examples.problems import (
     weighted_logcosh,
     weighted_logcosh_data,
     weighted_logcosh_grad,
 )
-from fastgrad.example_problems import weighted_logcosh_jit as separable_loss_jit
+from fastgrad.examples.problems import weighted_logcosh_jit as separable_loss_jit
 
 N = 1_000_000
 _rng = np.random.default_rng(7)

@@ -12,7 +12,7 @@ from numba import njit
 
 import fastgrad as fg
 from fastgrad.errors import LossError, NondeterminismError
-from fastgrad.example_problems import (
+from fastgrad.examples.problems import (
     POOL_SHAPES,
     RELU_SHAPES,
     SVM_SHAPES,

@@ -18,3 +18,12 @@ def test_public_names_of_the_contract():
                  "GradientCheckError", "Problem", "audit", "check_model", "check_layer"):
         assert hasattr(fg, name), name
     assert issubclass(fg.GradientCheckError, AssertionError)
+
+
+def test_import_fastgrad_installs_nothing():
+    # no import hook, no numba patch: the kernels' cache folder is chosen at their first compile
+    code = ("import sys; finders = list(sys.meta_path); import fastgrad; "
+            "print(sys.meta_path == finders, 'fastgrad._numba_cache' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == ["True", "False"]

@@ -1,10 +1,10 @@
-"""fastgrad.models: CS231n-style numpy layers and a two-layer net pass; planted bugs fail."""
+"""fastgrad.numpy_models: CS231n-style numpy layers and a two-layer net pass; planted bugs fail."""
 
 import numpy as np
 import pytest
 
 import fastgrad
-from fastgrad.models import check_layer, check_model
+from fastgrad.numpy_models import check_layer, check_model
 from fastgrad.testing import assert_layer, assert_model
 
 # ---------------------------------------------------------------- layers, CS231n conventions

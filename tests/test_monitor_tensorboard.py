@@ -6,8 +6,13 @@ decoded with the protobuf classes tensorboardX ships, so the test needs no ``ten
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
+import subprocess
+import sys
+import textwrap
+import threading
 from collections import defaultdict
 
 import numpy as np
@@ -143,3 +148,80 @@ except ImportError as error:
     assert 'pip install "fastgrad[tensorboard]"' in out
     with pytest.raises(TypeError, match="tensorboard"):
         TrainingMonitor(tensorboard=3)
+
+
+def losses_in(logdir) -> list[tuple[int, float]]:
+    return by_tag(read_events(logdir)).get("loss", [])
+
+
+def test_closing_monitors_leaves_no_exit_handler_behind(tmp_path):
+    import atexit
+
+    with TrainingMonitor(tensorboard=tmp_path / "first") as mon:  # weakref's own hook, once
+        mon.log_loss(0, 1.0)
+    registered = atexit._ncallbacks()
+    for run in range(50):
+        with TrainingMonitor(tensorboard=tmp_path / f"run{run}") as mon:
+            mon.log_loss(0, float(run))
+    assert atexit._ncallbacks() == registered
+    assert losses_in(tmp_path / "run49") == [(0, 49.0)]
+
+
+def test_events_reach_the_file_before_close(tmp_path):
+    from fastgrad.monitor.tensorboard import TensorBoardWriter
+
+    mon = TrainingMonitor(tensorboard=tmp_path / "tb")
+    mon.log_loss(0, 2.5)
+    assert losses_in(tmp_path / "tb") == [(0, 2.5)]  # the first event is flushed at once
+    mon.log_loss(1, 2.0)
+    mon.save(tmp_path / "run.jsonl")  # flushes
+    assert losses_in(tmp_path / "tb") == [(0, 2.5), (1, 2.0)]
+    mon.log_loss(2, 1.5)
+    mon.close()
+    assert losses_in(tmp_path / "tb") == [(0, 2.5), (1, 2.0), (2, 1.5)]
+    # later events reach the disk within flush_seconds without any call
+    writer = TensorBoardWriter(tmp_path / "timed", flush_seconds=0.05)
+    writer.scalar("loss", 1.0, step=0)
+    writer.scalar("loss", 0.5, step=1)
+    for _ in range(400):
+        if len(losses_in(tmp_path / "timed")) == 2:
+            break
+        threading.Event().wait(0.05)
+    assert losses_in(tmp_path / "timed") == [(0, 1.0), (1, 0.5)]
+    writer.close()
+    with pytest.raises(ValueError, match="flush_seconds"):
+        TensorBoardWriter(tmp_path / "bad", flush_seconds=0)
+
+
+def test_a_monitor_left_open_is_flushed_when_collected_and_at_exit(tmp_path):
+    mon = TrainingMonitor(tensorboard=tmp_path / "collected")
+    for step in range(3):
+        mon.log_loss(step, 1.0 / (step + 1))
+    del mon
+    gc.collect()
+    assert [s for s, _ in losses_in(tmp_path / "collected")] == [0, 1, 2]
+    code = textwrap.dedent(f"""
+        from fastgrad.monitor import TrainingMonitor
+        mon = TrainingMonitor(tensorboard={str(tmp_path / "exit")!r})
+        for step in range(3):
+            mon.log_loss(step, 1.0)
+    """)  # no close: the program ends with the monitor alive
+    import fastgrad
+
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(fastgrad.__file__))}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env=env)
+    assert [s for s, _ in losses_in(tmp_path / "exit")] == [0, 1, 2]
+
+
+def test_a_second_run_in_the_same_second_keeps_the_first_runs_file(tmp_path, monkeypatch):
+    import tensorboardX.event_file_writer as event_file_writer
+
+    # both event files are named after the same second
+    monkeypatch.setattr(event_file_writer.time, "time", lambda: 1_700_000_000.25)
+    for run in range(2):
+        with TrainingMonitor(tensorboard=tmp_path) as mon:
+            for step in range(3):
+                mon.log_loss(step, float(run))
+    assert len([name for name in os.listdir(tmp_path) if "tfevents" in name]) == 2
+    assert sorted(losses_in(tmp_path)) == sorted((step, float(run)) for run in range(2)
+                                                 for step in range(3))

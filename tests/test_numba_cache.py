@@ -1,6 +1,7 @@
 """Numba's cache of fastgrad's kernels lives in a per-user folder, never in the installed package;
 the user's own cache=True functions are left where Numba puts them."""
 
+import ast
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import fastgrad
@@ -18,20 +20,31 @@ PACKAGE = Path(fastgrad.__file__).resolve().parent
 # a check on the JIT kernel path, then what it learned about the caches, as JSON on the last line
 CHECK_SCRIPT = textwrap.dedent("""
     import json, sys
+    finders = list(sys.meta_path)
+    locators = None
     if sys.argv[1] == "numba-first":
         import numba  # the user imported numba before fastgrad
+        from numba.core import caching
+        locators = list(caching.CompileResultCacheImpl._locator_classes)
     import numpy as np
     import fastgrad as fg
+    installed = {"after_import": sys.meta_path != finders}
     from fastgrad.engine.kernels import centered_losses as _centered_losses
     from user_loss import loss, user_cached
 
     theta = np.linspace(-1.0, 1.0, 6)
     report = fg.check(loss, theta, 2.0 * theta, samples="all")
     user_cached(theta)
+    installed["after_check"] = sys.meta_path != finders
+    from numba.core import caching
+    after = caching.CompileResultCacheImpl._locator_classes
     print(json.dumps({"path": report.path, "passed": report.passed,
                       "kernel_dir": _centered_losses.stats.cache_path,
                       "kernel_hits": sum(_centered_losses.stats.cache_hits.values()),
-                      "user_dir": user_cached.stats.cache_path}))
+                      "user_dir": user_cached.stats.cache_path,
+                      "finder_installed": installed,
+                      "locators_unchanged": locators is None or after == locators,
+                      "locators": [cls.__module__ for cls in after]}))
 """)
 
 USER_MODULE = textwrap.dedent("""
@@ -70,7 +83,13 @@ def run_check(user_dir, env_updates, order="fastgrad-first"):
     done = subprocess.run([sys.executable, str(user_dir / "check_script.py"), order],
                           capture_output=True, text=True, cwd=user_dir, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    # importing fastgrad and checking installs nothing process-wide: no import hook, and numba's
+    # own list of cache locators is numba's alone
+    assert found["finder_installed"] == {"after_import": False, "after_check": False}
+    assert found["locators_unchanged"]
+    assert set(found["locators"]) == {"numba.core.caching"}
+    return found
 
 
 def under(path, folder):
@@ -106,36 +125,55 @@ def test_numba_cache_dir_set_by_the_user_is_honoured(user_dir, tmp_path):
     assert cache_files(PACKAGE) == package_before
 
 
-# Without compiling anything: every cache=True function in fastgrad's sources points to the
-# per-user folder (a module added later with cache=True is covered without a change here).
+# Without compiling anything: every cached kernel in fastgrad's sources points to the per-user
+# folder (a module added later with @cached_per_user is covered without a change here), and the
+# folder is made when a kernel first needs it, not when its module is imported.
 PATHS_SCRIPT = textwrap.dedent("""
-    import importlib, json, sys
+    import importlib, json, os, sys
     from numba.core.caching import NullCache
     from numba.core.dispatcher import Dispatcher
+    modules = [importlib.import_module(name) for name in sys.argv[2:]]
+    made_at_import = os.path.exists(sys.argv[1])
     paths = {}
-    for name in sys.argv[1:]:
-        module = importlib.import_module(name)
+    for module in modules:
         for attr, value in vars(module).items():
-            if isinstance(value, Dispatcher) and value.__module__ == name \
+            if isinstance(value, Dispatcher) and value.__module__ == module.__name__ \
                 and not isinstance(value._cache, NullCache):
-                paths[name + "." + attr] = value.stats.cache_path
-    print(json.dumps(paths))
+                paths[module.__name__ + "." + attr] = value.stats.cache_path
+    print(json.dumps({"made_at_import": made_at_import, "paths": paths}))
 """)
+
+
+def _python_files():
+    return sorted(PACKAGE.rglob("*.py"))
 
 
 def modules_with_cached_kernels():
     names = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if "cache=True" in path.read_text():
+    for path in _python_files():
+        if "@cached_per_user" in path.read_text():
             parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
             names.append(".".join(parts))
     return names
 
 
+def test_no_kernel_uses_numbas_cache_true():
+    """cache=True would put the kernel's cache next to its source, inside the package."""
+    offences = []
+    for path in _python_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and any(
+                    kw.arg == "cache" and isinstance(kw.value, ast.Constant) and kw.value.value
+                    for kw in node.keywords):
+                offences.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert offences == []
+
+
 @pytest.mark.parametrize("case", ["writable", "unwritable"])
 def test_every_cached_kernel_points_outside_the_package(tmp_path, case):
     modules = modules_with_cached_kernels()
-    assert {"fastgrad.engine.kernels", "fastgrad.examples", "fastgrad.monitor.monitor"} <= set(modules)
+    assert {"fastgrad.engine.kernels", "fastgrad.examples.two_layer",
+            "fastgrad.examples.problems", "fastgrad.monitor.monitor"} <= set(modules)
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     env["PYTHONPATH"] = str(PACKAGE.parent)
     if case == "writable":
@@ -150,10 +188,12 @@ def test_every_cached_kernel_points_outside_the_package(tmp_path, case):
         expected = tmp_path / "tmp" / f"fastgrad-{owner}" / "numba"
         if owner is None:
             pytest.skip("the private temp folder is keyed by the POSIX uid")
-    done = subprocess.run([sys.executable, "-c", PATHS_SCRIPT, *modules], capture_output=True,
-                          text=True, cwd=tmp_path, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-c", PATHS_SCRIPT, str(expected), *modules],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
-    paths = json.loads(done.stdout)
+    found = json.loads(done.stdout)
+    assert not found["made_at_import"]
+    paths = found["paths"]
     assert len(paths) >= len(modules)
     for name, path in paths.items():
         assert under(path, expected), (name, path)
@@ -170,16 +210,25 @@ def test_private_temp_folder_refused_when_others_can_write(tmp_path, monkeypatch
     assert _numba_cache._private_temp_root() is None
 
 
-def test_locator_claims_only_fastgrad_sources_and_registers_once():
-    import numba.core.caching as caching
+def test_folder_chosen_at_first_compile_for_that_function_only(tmp_path, monkeypatch):
+    from numba.core import caching, config
 
-    locators = caching.CacheImpl._locator_classes
-    assert locators[0].__name__ == "FastgradCacheLocator"
-    _numba_cache.register(caching)
-    assert [cls.__name__ for cls in locators].count("FastgradCacheLocator") == 1
-    assert _numba_cache._in_package(str(PACKAGE / "kernels.py"))
-    assert _numba_cache._in_package(str(PACKAGE / "monitor" / "histograms.py"))
-    assert not _numba_cache._in_package(__file__)
-    assert not _numba_cache._in_package(str(PACKAGE.parent / "fastgrad_other" / "x.py"))
-    assert locators[0].from_function(test_private_temp_folder_refused_when_others_can_write,
-                                     __file__) is None
+    monkeypatch.setattr(config, "CACHE_DIR", "")
+    monkeypatch.setattr(_numba_cache, "user_cache_root", lambda: str(tmp_path / "user"))
+    finders = list(sys.meta_path)
+    locators = list(caching.CompileResultCacheImpl._locator_classes)
+
+    @_numba_cache.cached_per_user(nogil=True)
+    def total(x):
+        return x.sum()
+
+    assert not (tmp_path / "user").exists()  # decorating chooses nothing
+    assert total(np.arange(4.0)) == 6.0
+    assert under(total.stats.cache_path, tmp_path / "user")
+    written = cache_files(tmp_path / "user")
+    assert any(p.name.startswith("test_numba_cache.") and p.suffix == ".nbi" for p in written)
+    beside_source = cache_files(Path(__file__).parent / "__pycache__")
+    assert not [p for p in beside_source if ".total-" in p.name]  # not beside its source
+    # nothing process-wide: the import machinery and numba's own locators are as they were
+    assert sys.meta_path == finders
+    assert caching.CompileResultCacheImpl._locator_classes == locators

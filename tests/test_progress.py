@@ -3,7 +3,7 @@ import io
 import numpy as np
 
 import fastgrad as fg
-from fastgrad.example_problems import weighted_logcosh, weighted_logcosh_data, weighted_logcosh_grad
+from fastgrad.examples.problems import weighted_logcosh, weighted_logcosh_data, weighted_logcosh_grad
 from fastgrad.progress import Progress
 
 

@@ -7,7 +7,7 @@ import pytest
 
 import fastgrad as fg
 from fastgrad.errors import InvalidType
-from fastgrad.example_problems import RELU_SHAPES, relu_grad, relu_loss, relu_problem
+from fastgrad.examples.problems import RELU_SHAPES, relu_grad, relu_loss, relu_problem
 from fastgrad.testing import assert_audit, assert_passed
 
 SEGMENTS = fg.SegmentMap.from_shapes(RELU_SHAPES)

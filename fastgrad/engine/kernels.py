@@ -8,18 +8,19 @@ backend in ``backends.py``. Nothing here allocates per coordinate.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, typeof, types
+from numba import prange, typeof, types
 
+from .._numba_cache import cached_per_user
 from ..errors import InvalidType
 from ..steps import DIRECTION_MIN_MAGNITUDE  # frozen into the cached kernels when compiled
 
 
 # The kernels that call the loss take it as a first-class function value (FirstClassLoss below),
 # never as a Numba dispatcher: their signature then names only types, so they are cached on disk
-# (cache=True) and a later process loads them in milliseconds instead of compiling for seconds.
+# (cached_per_user) and a later process loads them in milliseconds instead of compiling for seconds.
 # A kernel specialized on a dispatcher would put the loss's module in numba's cache index, and a
 # process that cannot import that module (another script, a test file) could not load it at all.
-@njit(nogil=True, cache=True)
+@cached_per_user(nogil=True)
 def _centered_pair(f, work, i, step, args):
     """f at work +- step e_i; work[i] is restored before returning."""
     x = work[i]
@@ -31,7 +32,7 @@ def _centered_pair(f, work, i, step, args):
     return f_plus, f_minus
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@cached_per_user(parallel=True, nogil=True)
 def centered_losses(f, theta, index, step, args, f_plus, f_minus, n_chunks):
     """Fill f_plus[j], f_minus[j] = f(theta +- step[j] e_index[j]) for all j, in n_chunks
     chunks (one per thread, each with its own working copy); f is a FirstClassLoss.
@@ -101,7 +102,7 @@ def first_class_loss(f, theta: np.ndarray, args: tuple) -> FirstClassLoss | None
 
 
 
-@njit(cache=True, nogil=True)
+@cached_per_user(nogil=True)
 def direction_value(key, i):
     """The entry i of the direction whose key is ``key`` (a uint64)."""
     z = key + np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)
@@ -115,14 +116,14 @@ def direction_value(key, i):
     return magnitude
 
 
-@njit(cache=True, nogil=True)
+@cached_per_user(nogil=True)
 def direction_fill(key, lo, hi, out):
     """out[j] = v_{lo + j} for j < hi - lo (one support range of one direction)."""
     for i in range(lo, hi):
         out[i - lo] = direction_value(key, i)
 
 
-@njit(cache=True, nogil=True)
+@cached_per_user(nogil=True)
 def direction_dot(grad, theta, key, lo, hi, step):
     """grad . d over [lo, hi), where d_i = (fl(x_i + h v_i) - fl(x_i - h v_i)) / 2h is the
     displacement the loss really sees (rounded to theta's dtype), and sum |grad_i d_i|."""
@@ -139,7 +140,7 @@ def direction_dot(grad, theta, key, lo, hi, step):
     return dot, abs_gd
 
 
-@njit(nogil=True, cache=True)
+@cached_per_user(nogil=True)
 def _directional_pair(f, work, theta, key, lo, hi, step, args):
     """f at theta +- step v on [lo, hi) of the working copy; work is restored before returning."""
     for i in range(lo, hi):
@@ -153,7 +154,7 @@ def _directional_pair(f, work, theta, key, lo, hi, step, args):
     return f_plus, f_minus
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@cached_per_user(parallel=True, nogil=True)
 def directional_losses(f, theta, key, lo, hi, step, args, f_plus, f_minus, n_chunks):
     """Fill f_plus[j], f_minus[j] = f(theta +- step[j] v_j), v_j supported on [lo[j], hi[j]).
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
+from .._numba_cache import cached_per_user
 from ..errors import InvalidType, InvalidValue
 
 #: |v| at or above this counts as saturated (tanh outputs at +-1, sigmoid outputs at 1).
@@ -26,14 +26,14 @@ LOG_RANGE = (-12.0, 4.0)
 LOG_BINS = 64
 
 
-@njit(cache=True)
+@cached_per_user
 def _power_of_two_above(a):  # pragma: no cover - compiled
     """The smallest power of two > a > 0 (exact for subnormals too), capped at 2**1023."""
     exponent = math.frexp(a)[1]  # a = m * 2**exponent with 0.5 <= m < 1
     return math.ldexp(1.0, min(exponent, 1023))
 
 
-@njit(cache=True)
+@cached_per_user
 def _grow(counts, bounds, v):  # pragma: no cover - compiled
     """Double the bin width until the range covers v; exact, since the edges stay aligned.
 
@@ -66,7 +66,7 @@ def _grow(counts, bounds, v):  # pragma: no cover - compiled
         counts[offset:offset + half] = merged
 
 
-@njit(cache=True)
+@cached_per_user
 def _bin(v, bounds, nbins):  # pragma: no cover - compiled
     """Index of v's bin: bins are [a, b), sign-exact around 0 (v < hi always, but at the cap)."""
     lo, hi = bounds[0], bounds[1]
@@ -79,7 +79,7 @@ def _bin(v, bounds, nbins):  # pragma: no cover - compiled
     return min(max(k, 0), nbins - 1)
 
 
-@njit(cache=True)
+@cached_per_user
 def _summarize(values2d, bounds, counts, unit_nonzero, unit_saturated, saturation,
                log_counts, log_lo, log_hi):  # pragma: no cover
     """One pass over ``values2d`` (rows = samples, columns = units).

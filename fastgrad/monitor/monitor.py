@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import math
 import numbers
 import os
@@ -11,8 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from numba import njit
 
+from .._numba_cache import cached_per_user
 from ..errors import InvalidType, InvalidValue
 from ..segments import SegmentMap
 from .filters import filter_grid, filter_smoothness, filters_as_images
@@ -26,7 +25,7 @@ WARMUP_DROP = 0.05
 WARMUP_MIN_STEPS = 5
 
 
-@njit(cache=True)
+@cached_per_user
 def _segment_sumsq(theta, update, stops):  # pragma: no cover - compiled
     """Sums of squares of ``theta`` and ``update`` per contiguous segment, in one pass."""
     count = stops.shape[0]
@@ -150,7 +149,8 @@ class TrainingMonitor:
     tensorboard : str or os.PathLike, optional
         Also write TensorBoard event files into this folder (loss, accuracies, update ratios,
         histograms, the filter grid, the findings); needs ``pip install "fastgrad[tensorboard]"``.
-        Closed by ``close()``, at the end of a ``with`` block, or at program exit.
+        Closed by ``close()`` or at the end of a ``with`` block; a monitor left open has its
+        event file closed when it is garbage-collected or the program ends.
 
     Raises
     ------
@@ -179,7 +179,6 @@ class TrainingMonitor:
             from .tensorboard import TensorBoardWriter
 
             self._tb = TensorBoardWriter(tensorboard)
-            atexit.register(self._tb.close)  # events still queued when the program ends
         self.segments = segments
         self.bins = int(bins)
         self._segments = _segment_table(segments)
@@ -822,9 +821,10 @@ class TrainingMonitor:
     def close(self) -> None:
         """Write the findings to TensorBoard and close its event file (no-op without one).
 
-        The log file needs no closing: ``save`` writes it completely each time.  Called at
-        program exit and by ``with TrainingMonitor(...) as mon:``; logging after ``close``
-        opens a new event file.
+        The log file needs no closing: ``save`` writes it completely each time.  Called at the
+        end of ``with TrainingMonitor(...) as mon:``; logging after ``close`` opens a new event
+        file.  Without ``close`` the events are still flushed when the monitor is
+        garbage-collected or the program ends, but the findings are not written.
 
         Examples
         --------

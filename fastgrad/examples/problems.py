@@ -4,10 +4,10 @@ separable loss whose value is large where its gradient is tiny, and a way to pla
 
 Each ``*_problem`` returns ``(theta, args)``; the matching ``*_loss(theta, *args)`` and
 ``*_grad(theta, *args)`` are a correct loss and gradient pair, and ``*_SHAPES`` is the segment map.
-The two-layer demo network lives in ``fastgrad.examples``.
+The two-layer demo network lives in ``fastgrad.examples`` (``two_layer``).
 
 >>> import fastgrad as fg
->>> from fastgrad.example_problems import RELU_SHAPES, relu_grad, relu_loss, relu_problem
+>>> from fastgrad.examples.problems import RELU_SHAPES, relu_grad, relu_loss, relu_problem
 >>> theta, args = relu_problem()
 >>> fg.check(relu_loss, theta, relu_grad(theta, *args), args=args, segments=RELU_SHAPES).passed
 True
@@ -16,10 +16,10 @@ True
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from .segments import SegmentMap, flatten, unflatten
-from .steps import coordinate_steps
+from .._numba_cache import cached_per_user
+from ..segments import SegmentMap, flatten, unflatten
+from ..steps import coordinate_steps
 
 # -- a ReLU network with many pre-activations placed within h of zero ----------------------------
 
@@ -406,7 +406,7 @@ def weighted_logcosh(theta: np.ndarray, a: np.ndarray, c: np.ndarray) -> float:
     return float(np.sum(a * np.log(np.cosh(theta)) + c * theta))
 
 
-@njit(cache=True, nogil=True)
+@cached_per_user(nogil=True)
 def weighted_logcosh_jit(theta, a, c):
     """``weighted_logcosh`` compiled by Numba, one coordinate at a time."""
     total = 0.0

@@ -13,11 +13,11 @@ From the command line: ``fastgrad check fastgrad.examples:buggy_two_layer_proble
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from .checks.coordinates import Problem
-from .errors import InvalidValue
-from .segments import SegmentMap, flatten
+from .._numba_cache import cached_per_user
+from ..checks.coordinates import Problem
+from ..errors import InvalidValue
+from ..segments import SegmentMap, flatten
 
 BUGS = ("bias", "transpose", "reg")
 
@@ -94,7 +94,7 @@ def two_layer_loss(
     return data + reg * (np.sum(W1 * W1) + np.sum(W2 * W2))
 
 
-@njit(cache=True, nogil=True)
+@cached_per_user(nogil=True)
 def two_layer_loss_jit(theta, X, y, reg, D, H, C):
     """The same loss compiled by Numba (what the JIT kernel calls per perturbation)."""
     W1 = theta[: D * H].reshape((D, H))
