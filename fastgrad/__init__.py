@@ -25,7 +25,7 @@ _LAZY = {
     "Problem": "checks.coordinates",
     "assert_gradients": "checks.coordinates",
     "check": "checks.coordinates",
-    "audit": "checks.directions",
+    "audit": "checks.audit",
     "check_layer": "models",
     "check_model": "models",
     "AuditReport": "results.audit_report",

@@ -175,7 +175,7 @@ def _check(args) -> int:
     import inspect
 
     from .checks.coordinates import check
-    from .checks.directions import audit
+    from .checks.audit import audit
 
     problem = _load_problem(args.target)
     options = _problem_options(problem, {

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .checks.coordinates import assert_gradients
-from .checks.directions import audit
+from .checks.audit import audit
 from .errors import GradientCheckError, InvalidType
 from .results.audit_report import AuditReport
 from .results.report import Report

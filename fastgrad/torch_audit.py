@@ -27,7 +27,7 @@ import torch
 
 from ._adapt import ThreadLocalLoss, check_seed
 from .checks.coordinates import Problem
-from .checks.directions import audit
+from .checks.audit import audit
 from .errors import InvalidType, InvalidValue
 from .results.audit_report import AuditReport
 from .torch_tensors import (
