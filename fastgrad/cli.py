@@ -174,8 +174,8 @@ def _demo(args) -> int:
 def _check(args) -> int:
     import inspect
 
-    from .checks.coordinates import check
     from .checks.audit import audit
+    from .checks.coordinates import check
 
     problem = _load_problem(args.target)
     options = _problem_options(problem, {
