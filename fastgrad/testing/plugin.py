@@ -41,9 +41,10 @@ Options (``pytest --help`` lists them under "fastgrad gradient checks"):
 Only failures whose exception is a ``fastgrad.GradientCheckError`` (what
 ``fastgrad.assert_gradients`` and the ``fastgrad.testing`` assertions raise) are rewritten; any
 other failure, and a passing test, is reported as pytest reports it; rendering never breaks a
-run (a report it cannot render keeps pytest's traceback). The plugin does not import fastgrad
-(nor numba) at pytest start-up: it only looks at exceptions raised after fastgrad was imported by
-the tests; torch and jax are imported at start-up only with ``--fastgrad-gradcheck``, and fastgrad
+run (a report it cannot render keeps pytest's traceback). The plugin does not import fastgrad's
+checks (nor numba) at pytest start-up, only the package's light top level (``fastgrad.testing``
+loads its assertions on first use): it only looks at exceptions raised after the tests ran a
+check; torch and jax are imported at start-up only with ``--fastgrad-gradcheck``, and fastgrad
 at the first check it routes.
 
 The hooks are here; what they do is in ``render`` (the failure report), ``routing`` (the
