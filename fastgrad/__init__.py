@@ -22,7 +22,7 @@ _LAZY = {
     "Problem": "checks.coordinates",
     "assert_gradients": "checks.coordinates",
     "check": "checks.coordinates",
-    "audit": "checks.directions",
+    "audit": "checks.audit",
     "check_layer": "numpy_models",
     "check_model": "numpy_models",
     "AuditReport": "results.audit_report",

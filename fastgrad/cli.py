@@ -176,8 +176,8 @@ def _demo(args) -> int:
 def _check(args) -> int:
     import inspect
 
+    from .checks.audit import audit
     from .checks.coordinates import check
-    from .checks.directions import audit
 
     problem = _load_problem(args.target)
     options = _problem_options(problem, {

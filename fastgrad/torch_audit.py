@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from ._adapt import ThreadLocalLoss, check_seed
+from .checks.audit import audit
 from .checks.coordinates import Problem
-from .checks.directions import audit
 from .errors import InvalidType, InvalidValue
 from .results.audit_report import AuditReport
 from .torch_tensors import (

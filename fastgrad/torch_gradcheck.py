@@ -1194,7 +1194,7 @@ def _localize(fn: _Function, leaves, outputs, index, *, dtype, tol, seed, questi
     """fastgrad's audit of a random contraction of the outputs, run after a fast-mode direction
     disagreed: its verdict decides, and its report names the wrong coordinates. Non-finite
     (masked) input entries are held fixed."""
-    from .checks.directions import audit
+    from .checks.audit import audit
 
     rng = np.random.default_rng([seed, 0x6c6f_6361])
     u = rng.standard_normal(fn.out_layout.size)

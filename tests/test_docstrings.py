@@ -71,9 +71,9 @@ DOCUMENTED = [
 # bar): Parameters and Returns as above, no Raises or Examples required. The plugin's
 # user-facing part is its options, checked against its module docstring below.
 HELPERS = [
-    "fastgrad.pytest_plugin.pytest_addoption",
-    "fastgrad.pytest_plugin.pytest_runtest_makereport",
-    "fastgrad.pytest_plugin.GradientCheckFailure",
+    "fastgrad.testing.plugin.pytest_addoption",
+    "fastgrad.testing.plugin.pytest_runtest_makereport",
+    "fastgrad.testing.render.GradientCheckFailure",
     "fastgrad.examples.two_layer_data",
     "fastgrad.examples.two_layer_loss",
     "fastgrad.examples.two_layer_grad",
@@ -223,7 +223,7 @@ def test_every_public_name_is_listed():
 
 
 def test_plugin_docstring_names_every_option_it_adds():
-    from fastgrad import pytest_plugin
+    from fastgrad.testing import plugin
 
     added = []
 
@@ -236,10 +236,10 @@ def test_plugin_docstring_names_every_option_it_adds():
         def getgroup(self, name, description=""):
             return Group()
 
-    pytest_plugin.pytest_addoption(Parser())
+    plugin.pytest_addoption(Parser())
     assert added
     for name in [*added, "-p no:fastgrad"]:
-        assert f"``{name}``" in pytest_plugin.__doc__, name
+        assert f"``{name}``" in plugin.__doc__, name
 
 
 def test_the_checker_finds_an_undocumented_parameter():

@@ -54,7 +54,7 @@ def test_no_public_function_shadows_a_module():
     shadowed = [name for name in fastgrad.__all__ if name in submodules]
     assert shadowed == []
     # the public functions are reachable by their dotted module paths, for patching
-    for dotted in ("fastgrad.checks.coordinates", "fastgrad.checks.directions",
+    for dotted in ("fastgrad.checks.coordinates", "fastgrad.checks.audit",
                    "fastgrad.engine.evaluator", "fastgrad.judge.rechecks",
                    "fastgrad.results.report"):
         assert importlib.import_module(dotted).__name__ == dotted

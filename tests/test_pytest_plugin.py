@@ -14,13 +14,13 @@ try:  # before fastgrad: torch imported in a process where numba's kernels ran c
 except ImportError:
     torch = None
 
-from fastgrad.pytest_plugin import (
+from fastgrad.testing.plugin import (
     _ROUTER,
-    _summary,
     pytest_configure,
     pytest_load_initial_conftests,
     pytest_unconfigure,
 )
+from fastgrad.testing.render import _summary
 
 # Every run is a subprocess: pytester's in-process runs forget the modules first imported inside
 # them, and after one, the docs' Dask example (tests/test_docs.py, run next) hung in
@@ -52,8 +52,9 @@ def test_plain_assertion():
 
 def plugin_args() -> list[str]:
     """Load the plugin by hand unless it is already installed through its entry point."""
-    installed = any(ep.value == "fastgrad.pytest_plugin" for ep in entry_points(group="pytest11"))
-    return [] if installed else ["-p", "fastgrad.pytest_plugin"]
+    installed = any(ep.value == "fastgrad.testing.plugin"
+                    for ep in entry_points(group="pytest11"))
+    return [] if installed else ["-p", "fastgrad.testing.plugin"]
 
 
 def test_failing_check_shows_the_report_table(pytester: pytest.Pytester):
@@ -287,7 +288,7 @@ def test_routing_patches_and_restores_the_exact_originals(tmp_path):
         assert bound.gradcheck is routed and bound.other is len
         x = torch.linspace(0.1, 1.0, 3, dtype=torch.float64, requires_grad=True)
         assert bound.gradcheck(torch.sin, (x,))
-        [call] = router.calls
+        [call] = router.log.calls
         assert call["checker"] == "gradcheck" and call["fastgrad"]["verdict"] == "pass"
         assert call["original"] is None  # replace: torch's checker did not run
     finally:
@@ -634,8 +635,8 @@ def test_router_verdicts_outcomes_and_summary(monkeypatch: pytest.MonkeyPatch):
     import random
     import warnings
 
-    from fastgrad import pytest_plugin
     from fastgrad.errors import GradcheckWarning
+    from fastgrad.testing import routing
 
     def original(f, inputs, *, fast_mode=False):
         if f == "torch fails":
@@ -653,8 +654,8 @@ def test_router_verdicts_outcomes_and_summary(monkeypatch: pytest.MonkeyPatch):
     fake = types.ModuleType("fake_fastgrad_torch")
     fake.gradcheck = fastgrad_side
     monkeypatch.setitem(sys.modules, "fake_fastgrad_torch", fake)
-    monkeypatch.setitem(pytest_plugin._FASTGRAD, "gradcheck", "fake_fastgrad_torch")
-    router = pytest_plugin._Router("compare")
+    monkeypatch.setitem(routing._FASTGRAD, "gradcheck", "fake_fastgrad_torch")
+    router = routing.Router("compare")
     routed = router._replacement(original, "gradcheck")
     router.node = "test_x.py::test_y"
 
@@ -669,7 +670,7 @@ def test_router_verdicts_outcomes_and_summary(monkeypatch: pytest.MonkeyPatch):
         routed("torch fails", ())
     with pytest.raises(TypeError):  # fastgrad does not know the keyword: the original runs
         routed("ok", (), unknown=1)
-    errored, warned, returned_false, failed, fallback = router.calls
+    errored, warned, returned_false, failed, fallback = router.log.calls
     assert errored["fast_mode"] is True and errored["node"] == "test_x.py::test_y"
     assert errored["original"]["verdict"] == "pass"
     assert errored["fastgrad"]["verdict"] == "error: RuntimeError: boom"
@@ -680,26 +681,26 @@ def test_router_verdicts_outcomes_and_summary(monkeypatch: pytest.MonkeyPatch):
     assert returned_false["original"]["verdict"] == "fail" == returned_false["fastgrad"]["verdict"]
     assert failed["original"]["verdict"] == "fail" and failed["agree"] is False
     assert fallback["fallback"] == ("fallback: got an unexpected keyword argument 'unknown'")
-    summary = router.summary()
+    summary = router.log.summary()
     assert summary["calls"] == 5 and summary["compared"] == 4 and summary["fallbacks"] == 1
     assert summary["original"]["errors"] == 1 and summary["fastgrad"]["errors"] == 1
     assert summary["fastgrad"]["passed_with_warning"] == 1
     assert [d["fastgrad"] for d in summary["disagreements"]] == ["error: RuntimeError: boom",
                                                                  "pass"]
-    lines = "\n".join(router.summary_lines())
+    lines = "\n".join(router.log.summary_lines())
     assert "disagreements: 2" in lines and "fallback: got an unexpected keyword" in lines
-    json.dumps(router.as_dict())  # JSON-ready
+    json.dumps(router.log.as_dict())  # JSON-ready
 
     # replace mode: fastgrad's warning reaches the caller's line, its outcome is the call's
-    router = pytest_plugin._Router("replace")
+    router = routing.Router("replace")
     routed = router._replacement(original, "gradcheck")
     with pytest.warns(GradcheckWarning) as caught:
         assert routed("fastgrad warns", ()) is True
     assert caught[0].filename == __file__
     with pytest.raises(RuntimeError, match="boom"):
         routed("fastgrad errors", ())
-    assert [c["original"] for c in router.calls] == [None, None]
+    assert [c["original"] for c in router.log.calls] == [None, None]
     router.restore()  # closed: a replacement still referenced calls the original, unrecorded
     with pytest.raises(AssertionError):
         routed("torch fails", ())
-    assert len(router.calls) == 2
+    assert len(router.log.calls) == 2

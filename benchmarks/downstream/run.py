@@ -645,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not plugin_has_compare(args.pytest_arg):
         print("pytest has no --fastgrad-gradcheck option: fastgrad's pytest plugin "
-              "(fastgrad/pytest_plugin.py, entry point pytest11) is not installed or too old.",
+              "(fastgrad/testing/plugin.py, entry point pytest11) is not installed or too old.",
               file=sys.stderr)
         return 2
 

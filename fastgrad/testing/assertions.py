@@ -1,30 +1,16 @@
-"""Assertions for test suites: each raises ``fastgrad.GradientCheckError`` when a check fails.
-
->>> from fastgrad.testing import assert_audit, assert_gradients, assert_module
->>> assert_gradients(loss, theta, grad, segments=segs)
->>> assert_audit(loss, theta, grad, segments=segs)      # every coordinate, by directions
->>> assert_module(net, lambda out: out.sum(), x)        # torch
-
-``GradientCheckError`` is an ``AssertionError`` whose message is the report table and whose
-``.report`` is the report (``Report``, ``AuditReport`` or a drop-in's ``JacobianReport``); with
-the fastgrad pytest plugin (installed with the package) a failing test shows that table instead
-of a traceback through fastgrad's internals. Every function returns the report when the check
-passes, and takes the same arguments as the check it wraps.
-``assert_module``/``assert_function`` need PyTorch and ``assert_jax`` needs JAX: the adapters
-are imported on first use (an ``ImportError`` saying how to install the extra when the framework
-is missing), so importing this module never imports torch or jax.
-"""
+"""The assertions of ``fastgrad.testing``: each wraps one check and raises
+``fastgrad.GradientCheckError`` when it does not pass (the package's docstring says more)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from .checks.coordinates import assert_gradients
-from .checks.directions import audit
-from .errors import GradientCheckError, InvalidType
-from .results.audit_report import AuditReport
-from .results.report import Report
+from ..checks.audit import audit
+from ..checks.coordinates import assert_gradients
+from ..errors import GradientCheckError, InvalidType
+from ..results.audit_report import AuditReport
+from ..results.report import Report
 
 __all__ = [
     "GradientCheckError",
@@ -155,7 +141,7 @@ def assert_module(module: Any, loss_fn: Callable | None, *inputs: Any, **check_o
     >>> assert_module(net, lambda out: out.pow(2).sum(), torch.randn(4, 3)).passed
     True
     """
-    from . import torch as fg_torch
+    from .. import torch as fg_torch
 
     return assert_passed(fg_torch.check_module(module, loss_fn, *inputs, **check_options))
 
@@ -195,7 +181,7 @@ def assert_function(fn: Callable, *tensors: Any, **check_options: Any) -> Report
     >>> assert_function(torch.tanh, x).passed
     True
     """
-    from . import torch as fg_torch
+    from .. import torch as fg_torch
 
     return assert_passed(fg_torch.check_function(fn, *tensors, **check_options))
 
@@ -236,7 +222,7 @@ def assert_jax(f: Callable, params: Any, *args: Any, **check_options: Any) -> Re
     >>> assert_jax(lambda p, x: jnp.sum(jnp.tanh(x @ p["w"])), params, jnp.ones((4, 3))).passed
     True
     """
-    from . import jax as fg_jax
+    from .. import jax as fg_jax
 
     return assert_passed(fg_jax.check(f, params, *args, **check_options))
 
@@ -273,7 +259,7 @@ def assert_model(model: Any, loss_and_grads: Callable | None = None, **options: 
     >>> model = TwoLayerNet(input_dim=5, hidden_dim=4, num_classes=3)   # CS231n assignment 2
     >>> assert_model(model, X=X, y=y)
     """
-    from .numpy_models import check_model
+    from ..numpy_models import check_model
 
     return assert_passed(check_model(model, loss_and_grads, **options))
 
@@ -311,6 +297,6 @@ def assert_layer(forward: Callable, backward: Callable, *inputs: Any, **check_op
     >>> x, w, b = np.random.randn(4, 5), np.random.randn(5, 3), np.random.randn(3)
     >>> assert_layer(affine_forward, affine_backward, x, w, b)          # CS231n layers
     """
-    from .numpy_models import check_layer
+    from ..numpy_models import check_layer
 
     return assert_passed(check_layer(forward, backward, *inputs, **check_options))

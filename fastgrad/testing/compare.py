@@ -1,0 +1,192 @@
+"""The record of routed gradient checks: each checker's outcome (verdict, time, what it
+returned or raised), per call; the summary of a session and its JSON (compare mode lists every
+disagreement)."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .render import first_line, text
+
+__all__ = ["CallLog", "Outcome", "run_checker"]
+
+MESSAGE_LINES = 60  # a disagreement's messages are cut to this many lines
+
+
+def _cut(message: str, lines: int = MESSAGE_LINES) -> str:
+    kept = message.splitlines()
+    if len(kept) <= lines:
+        return message
+    return "\n".join(kept[:lines] + [f"... ({len(kept) - lines} more lines)"])
+
+
+def _failure_classes() -> tuple[type, ...]:
+    """What counts as a failed check (not an error): torch's, fastgrad's and jax's exceptions."""
+    classes: list[type] = [AssertionError]  # jax; fastgrad's GradientCheckError is one too
+    torch_gradcheck = sys.modules.get("torch.autograd.gradcheck")
+    torch_error = getattr(torch_gradcheck, "GradcheckError", None)
+    if isinstance(torch_error, type):
+        classes.append(torch_error)
+    return tuple(classes)
+
+
+@dataclass
+class Outcome:
+    """One checker's run of a call: its verdict, time, and what it returned or raised."""
+
+    verdict: str  # pass | pass with warning | fail | error: <ExcType>: <first line>
+    seconds: float
+    result: Any = None
+    error: BaseException | None = None
+    warnings: tuple[str, ...] = ()  # first lines of fastgrad's GradcheckWarnings
+    caught: tuple = ()  # every warning caught (warnings.WarningMessage), to re-emit
+
+    @property
+    def kind(self) -> str:
+        """pass, fail or error: what two checkers must share to agree."""
+        return self.verdict.split(":")[0].split(" ")[0]
+
+    def message(self) -> str:
+        if self.error is not None:
+            return _cut(text(self.error))
+        if self.verdict == "fail":
+            return "returned False"
+        return "\n".join(self.warnings) if self.warnings else "passed"
+
+    def as_dict(self) -> dict:
+        return {"verdict": self.verdict, "seconds": self.seconds,
+                "warnings": list(self.warnings)}
+
+    def returned(self) -> Any:
+        """What the call returned, or raise what it raised."""
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def run_checker(checker: Callable, args: tuple, kwargs: dict, *, catch: bool) -> Outcome:
+    """Call a checker, timed; its exception is kept in the outcome, never raised."""
+    caught: list = []
+    start = time.perf_counter()
+    try:
+        if catch:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = checker(*args, **kwargs)
+        else:
+            result = checker(*args, **kwargs)
+    except Exception as error:
+        seconds = time.perf_counter() - start
+        if isinstance(error, _failure_classes()):
+            verdict = "fail"
+        else:
+            verdict = f"error: {type(error).__name__}: {first_line(text(error))}"
+        return Outcome(verdict, seconds, error=error, caught=tuple(caught))
+    seconds = time.perf_counter() - start
+    # imported lazily, and it may not exist yet in an older fastgrad
+    warning_class = getattr(sys.modules.get("fastgrad.errors"), "GradcheckWarning", None)
+    ours = tuple(first_line(text(w.message)) for w in caught
+                 if warning_class is not None and issubclass(w.category, warning_class))
+    if result is False:
+        verdict = "fail"
+    else:
+        verdict = "pass with warning" if ours else "pass"
+    return Outcome(verdict, seconds, result=result, warnings=ours, caught=tuple(caught))
+
+
+class CallLog:
+    """The record of every routed call of one session: per call, the node id, the checker,
+    fast_mode, a fallback's reason, each checker's outcome (``Outcome.as_dict``) and whether the
+    two agree; the summary (counts and times per checker, the disagreements) and the JSON.
+
+    Parameters
+    ----------
+    mode : str
+        "replace" or "compare": the summary's shape follows it.
+    """
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.calls: list[dict] = []
+
+    def summary(self) -> dict:
+        """Counts and times per checker, and the disagreements (compare mode)."""
+        out: dict[str, Any] = {"mode": self.mode, "calls": len(self.calls),
+                               "fallbacks": sum(1 for c in self.calls if c["fallback"])}
+        for side in ("original", "fastgrad"):
+            runs = [c[side] for c in self.calls if c[side] is not None]
+            seconds = [r["seconds"] for r in runs]
+            verdicts = [r["verdict"] for r in runs]
+            out[side] = {
+                "runs": len(runs),
+                "passed": sum(v.startswith("pass") for v in verdicts),
+                "passed_with_warning": sum(v == "pass with warning" for v in verdicts),
+                "failed": sum(v == "fail" for v in verdicts),
+                "errors": sum(v.startswith("error") for v in verdicts),
+                "total_seconds": sum(seconds),
+                "median_seconds": statistics.median(seconds) if seconds else None,
+            }
+        compared = [c for c in self.calls if c["agree"] is not None]
+        original_time = sum(c["original"]["seconds"] for c in compared)
+        fastgrad_time = sum(c["fastgrad"]["seconds"] for c in compared)
+        out["compared"] = len(compared)
+        out["ratio_fastgrad_to_original"] = (fastgrad_time / original_time
+                                             if compared and original_time > 0 else None)
+        out["disagreements"] = [{"node": c["node"], "checker": c["checker"],
+                                 "original": c["original"]["verdict"],
+                                 "fastgrad": c["fastgrad"]["verdict"]}
+                                for c in compared if not c["agree"]]
+        return out
+
+    def as_dict(self) -> dict:
+        """``{"calls": [one dict per call], "summary": summary()}``, JSON-ready."""
+        return {"calls": self.calls, "summary": self.summary()}
+
+    def summary_lines(self) -> list[str]:
+        """The terminal summary: one line in replace mode, a section in compare mode."""
+        summary = self.summary()
+        ours = summary["fastgrad"]
+        if self.mode == "replace":
+            return [f"fastgrad gradcheck: {summary['calls']} calls routed to fastgrad "
+                    f"({summary['fallbacks']} fallbacks to the original): "
+                    f"{_counts(ours)}; {_times(ours)}"]
+        theirs = summary["original"]
+        lines = [f"{summary['calls']} calls, {summary['compared']} compared, "
+                 f"{summary['fallbacks']} fallbacks to the original checker only",
+                 f"original: {_counts(theirs)}; {_times(theirs)}",
+                 f"fastgrad: {_counts(ours)}; {_times(ours)}"]
+        ratio = summary["ratio_fastgrad_to_original"]
+        if ratio is not None:
+            lines.append(f"time fastgrad / original: {ratio:.2f}")
+        lines.append(f"disagreements: {len(summary['disagreements'])}")
+        for call in self.calls:
+            if call["agree"] is False:
+                lines.append(f"  {call['node'] or '(outside tests)'}: {call['checker']}: "
+                             f"original {call['original']['verdict']}, "
+                             f"fastgrad {call['fastgrad']['verdict']}")
+                for side in ("fastgrad", "original"):
+                    lines.append(f"    {side}:")
+                    lines += [f"      {line}" for line in call[side]["message"].splitlines()]
+        for call in self.calls:
+            if call["fallback"]:
+                lines.append(f"  {call['node'] or '(outside tests)'}: {call['checker']}: "
+                             f"{call['fallback']}")
+        return lines
+
+
+def _counts(side: dict) -> str:
+    warned = side["passed_with_warning"]
+    return (f"{side['runs']} runs, {side['passed']} passed" + (f" ({warned} with warning)" if warned else "")
+            + f", {side['failed']} failed, {side['errors']} errors")
+
+
+def _times(side: dict) -> str:
+    if not side["runs"]:
+        return "no runs"
+    return f"{side['total_seconds']:.3f} s in total, median {side['median_seconds']:.4f} s"
