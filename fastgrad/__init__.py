@@ -17,7 +17,7 @@ from .errors import (
 )
 from .results.report import CoordRecord, Report, SegmentReport
 from .segments import Segment, SegmentMap, flatten, unflatten
-from .tuning import DEFAULT_TUNING, Tuning
+from .tuning import Tuning
 
 # the checks and their engine load on first use: ``import fastgrad.torch`` for a drop-in
 # gradcheck (a test suite's first call) does not pay for the planner, the process pool and the
@@ -53,7 +53,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AuditReport",
     "CoordRecord",
-    "DEFAULT_TUNING",
     "GradcheckWarning",
     "GradientCheckError",
     "LossError",

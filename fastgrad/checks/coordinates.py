@@ -156,9 +156,9 @@ def check(
         to f at theta, the Numba kernel or ``executor=`` (refused there). None: no limit.
     tuning : Tuning
         The method's numbers (noise and re-check thresholds, the planner's timings, the
-        thread-safety guard's size): ``fastgrad.DEFAULT_TUNING``, or a copy with some changed,
-        ``dataclasses.replace(fastgrad.DEFAULT_TUNING, gil_bound_seconds=1e-3)``. Used by this
-        check only: concurrent checks with other tunings are not affected.
+        thread-safety guard's size): ``fastgrad.Tuning()`` by default, or one with some
+        changed, ``fastgrad.Tuning(gil_bound_seconds=1e-3)``. Used by this check only:
+        concurrent checks with other tunings are not affected.
 
     Returns
     -------
