@@ -14,6 +14,7 @@ from .errors import (
 )
 from .results.report import CoordRecord, Report, SegmentReport
 from .segments import Segment, SegmentMap, flatten, unflatten
+from .tuning import Tuning
 
 # the checks and their engine load on first use: ``import fastgrad.torch`` for a drop-in
 # gradcheck (a test suite's first call) does not pay for the planner, the process pool and the
@@ -59,6 +60,7 @@ __all__ = [
     "Segment",
     "SegmentMap",
     "SegmentReport",
+    "Tuning",
     "assert_gradients",
     "audit",
     "check",

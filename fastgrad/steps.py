@@ -1,8 +1,8 @@
-"""The numbers of the method: step sizes, noise floors, tolerances, verdict bands, re-check
-factors. One table, keyed by dtype where the dtype matters.
+"""The rules of the method: step sizes, noise floors, tolerances, verdict bands. The facts
+(each dtype's roundoff, the published bands) are here; the numbers that tune the rules come in
+a ``Tuning`` (tuning.py), passed by the caller.
 
-Every number the checker uses to decide "is this difference real?" comes from here; the C
-accumulator receives the ones it needs as arguments (csrc/accumulate.h, fg_method).
+The C accumulator receives the numbers it needs as arguments (csrc/accumulate.h, fg_method).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 
 from .arguments import positive_int
 from .errors import InvalidType, InvalidValue
+from .tuning import DEFAULT_TUNING, Tuning
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,6 @@ PRECISIONS = {
     np.dtype(np.float32): Precision("float32", _EPS32, _EPS32 ** (1 / 3), 3e-3, 5e-2, 4.0, 4.0),
 }
 
-# ``depth ** DEPTH_EXPONENT`` reaches 100x (1e-4 -> 1e-2 in float64) at about 30 layers
-DEPTH_EXPONENT = 1.35
-
 # noise_factor 4: the roundoff of f(x+h) - f(x-h) measured on numpy sums of 1e6 terms
 # (log cosh, |f| ~ 2e6) stays below 0.6 eps (|f+| + |f-|); 32 would hide a 1e-3 error there.
 
@@ -46,51 +44,30 @@ DEPTH_EXPONENT = 1.35
 # (fine with kinks), <= 1e-7 excellent
 BAND_WRONG, BAND_SUSPECT, BAND_OK = 1e-2, 1e-4, 1e-7
 
-# a failing coordinate is a kink candidate when its kink score (the disagreement of the one-sided
-# slopes, csrc/accumulate.h) is at least this fraction of its relative error
-KINK_EXPLAINS = 0.25
-
-# kink re-checks (judge/rechecks.py): a failure whose numeric value moved by at most this
-# fraction of tol between two steps is stable (no kink in between: a real error) ...
-KINK_STABLE_CHANGE = 0.5
-# ... the one-sided slopes (f+ - f0)/h, (f0 - f-)/h carry this multiple of the centered floor ...
-ONE_SIDED_NOISE = 2.0
-# ... and a kink is visible when the slopes differ by more than this many times their noise
-KINK_VISIBLE = 4.0
-
 # when more than this fraction of a check's coordinates cross kinks, the report suggests fewer
-# data points (fewer kinks, CS231n) or kinks= an active-set signature
+# data points (fewer kinks, CS231n) or kinks= an active-set signature (the report's wording:
+# it changes no verdict, so it is not part of the Tuning)
 KINK_FRACTION_NOTE = 0.1
 
-# a loss compiled by jit="auto" is the same function when it agrees at theta within this
-# (relative, float64): a different summation order is fine
-JIT_AGREEMENT_EPS = 8 * float(np.finfo(np.float64).eps)
+# the numbers the audit (checks/directions.py) reads until it takes a tuning= like check()
+# does (issue 22): the defaults, read from the one place they are set
+STEP_DEPENDENCE = DEFAULT_TUNING.step_dependence
+RICHARDSON_RATIO = DEFAULT_TUNING.richardson_ratio
+RICHARDSON_TRUST = DEFAULT_TUNING.richardson_trust
+DIRECTION_SHRINK = DEFAULT_TUNING.direction_shrink
+STEP_DEPENDENCE_MARGIN = DEFAULT_TUNING.step_dependence_margin
+LEAF_SIZE = DEFAULT_TUNING.leaf_size
+DIRECTIONS_PER_TEST = DEFAULT_TUNING.directions_per_test
+DIRECTION_MISS_PROBABILITY = DEFAULT_TUNING.direction_miss_probability
+BLOCK_SAMPLES = DEFAULT_TUNING.block_samples
+MAX_FRONT = DEFAULT_TUNING.max_front
+KINK_SHRINK = DEFAULT_TUNING.kink_shrink
+NOISE_PROBE_EVALUATIONS = DEFAULT_TUNING.noise_probe_evaluations
 
-# audit: a directional disagreement that changes by more than this fraction of itself between
-# two extrapolated estimates depends on the step (truncation, kinks), not on the gradient
-STEP_DEPENDENCE = 0.5
-
-# audit, truncation along a direction: over n coordinates a direction has norm ~sqrt(n), and the
-# centered difference along it carries a truncation error (h^2 / 6 times the third derivative
-# along v) that grows with n (measured: 10-20x the roundoff floor on a 10^6-entry tanh-MLP
-# weight) while a real gradient error does not depend on h. A disagreement at step h is
-# re-measured at RICHARDSON_RATIO * h (larger: half the roundoff floor, four times the
-# truncation, so truncation above half the floor at h shows in the difference) and, where the
-# two differ beyond their floors, both are extrapolated to h = 0 (Richardson, error ~h^2):
-# truncation (and the kinks the step crosses, whose share also shrinks ~h^2 in aggregate) drops
-# out; the extrapolation's floor is 1.5x the floor at h.
-RICHARDSON_RATIO = 2.0
-# ... when the step-dependent part |e(2h) - e(h)| is more than this fraction of the extrapolated
-# disagreement, the h^2 model is in doubt (a kink near the step gives an error ~h): the step
-# shrinks by these factors in turn while the disagreement keeps changing by more than
-# STEP_DEPENDENCE of itself; a real error stays, a kink is no longer crossed
-RICHARDSON_TRUST = 0.25
-DIRECTION_SHRINK = (0.1, 0.01)
-# ... but a part under localization whose disagreement is more than this many times the step
-# dependence measured on a part containing it (plus its floor) is not re-measured: truncation
-# over a sub-support is of the containing part's size or smaller, so it cannot be what disagrees
-# (should it be, the coordinate checks of the leaves clear it: no false suspect, only cost)
-STEP_DEPENDENCE_MARGIN = 10.0
+# the entries of a random direction: a Rademacher sign times a magnitude uniform in [this, 1]
+# (engine/kernels.py direction_value). Not tuning: it defines which direction a seed gives, and
+# the Numba kernels compile it in as a constant.
+DIRECTION_MIN_MAGNITUDE = 0.25
 
 
 def richardson(e_large: float, e_small: float, noise_large: float, noise_small: float,
@@ -105,20 +82,6 @@ def richardson(e_large: float, e_small: float, noise_large: float, noise_small: 
     value = (e_small - r2 * e_large) / (1.0 - r2)
     noise = (noise_small + r2 * noise_large) / (1.0 - r2)
     return value, noise
-
-
-# audit localization (checks/directions.py):
-# a range this small is settled by coordinate checks of all its members
-LEAF_SIZE = 4
-# a part that passes one random direction is tried with up to this many (two wrong coordinates
-# can nearly cancel in one direction; in three independent ones they practically never do)
-DIRECTIONS_PER_TEST = 3
-# ... but no more than it takes to bring the chance of missing an error of tol on a coordinate of
-# typical gradient (direction_miss_bound) below this
-DIRECTION_MISS_PROBABILITY = 1e-3
-# the entries of a random direction: a Rademacher sign times a magnitude uniform in [this, 1]
-# (engine/kernels.py direction_value)
-DIRECTION_MIN_MAGNITUDE = 0.25
 
 
 def rms(values: np.ndarray) -> float:
@@ -154,15 +117,6 @@ def direction_miss_bound(noise: float, tol: float, typical_gradient: float) -> f
     if not error > 0 or not math.isfinite(noise):
         return 1.0
     return min(1.0, noise / error)
-# all four grandchildren of a part disagree: sample this many of its coordinates; if every one
-# is wrong, the part is reported as a wrong block instead of being split further
-BLOCK_SAMPLES = 6
-# more disagreeing parts than this at one level: the disagreement is spread over the segment
-MAX_FRONT = 64
-
-# a kink re-check tries these fractions of the first step in turn (h/10, h/100, h/1000): a kink at
-# distance d is no longer crossed once the step is below d
-KINK_SHRINK = (0.1, 0.01, 0.001)
 
 
 def band_name(rel: float) -> str:
@@ -186,8 +140,10 @@ def precision_of(dtype) -> Precision:
         ) from None
 
 
-def tolerance(dtype, depth: int = 1, tol: float | None = None) -> tuple[float, str]:
-    """The failure threshold on the relative error, and a sentence saying where it came from.
+def tolerance(dtype, depth: int = 1, tol: float | None = None,
+              tuning: Tuning = DEFAULT_TUNING) -> tuple[float, str]:
+    """The failure threshold on the relative error, and a sentence saying where it came from
+    (the default grows with ``depth`` as ``depth ** tuning.depth_exponent``).
 
     >>> tolerance(np.float64)
     (0.0001, 'float64 default 1e-04 at depth 1')
@@ -204,7 +160,7 @@ def tolerance(dtype, depth: int = 1, tol: float | None = None) -> tuple[float, s
             raise InvalidValue(f"tol: expected a relative error in (0, 1), got {tol!r}")
         return tol, f"tol={tol:.0e} given by the caller"
     p = precision_of(dtype)
-    value = min(p.max_tol, p.base_tol * float(depth) ** DEPTH_EXPONENT)
+    value = min(p.max_tol, p.base_tol * float(depth) ** tuning.depth_exponent)
     if depth == 1:
         return value, f"{p.name} default {value:.0e} at depth 1"
     return value, (
@@ -257,22 +213,6 @@ def coordinate_steps(x: np.ndarray, h="auto", dtype=np.float64) -> np.ndarray:
     return np.where(exact > 0, exact, np.maximum(spacing, raw.astype(np.float64)))
 
 
-# a disagreement is noise while it stays within this many standard deviations of measured noise
-# (six: an estimate from 7 points can come out at a quarter of the true value)
-NOISE_SIGMAS = 6.0
-
-# the noise of f is measured from f at x + j d v, j = -3..3, at these two spacings d (as fractions
-# of the automatic step): roundoff does not depend on d, a kink or curvature inside the stencil
-# grows with it, so only estimates that agree at both spacings are taken as noise
-NOISE_PROBE_SPACINGS = (1e-2, 1e-3)
-# f at x +- j d v for j = 1..NOISE_PROBE_POINTS at each spacing: 13 values per estimate (with f0)
-NOISE_PROBE_POINTS = 6
-NOISE_PROBE_EVALUATIONS = 2 * NOISE_PROBE_POINTS * len(NOISE_PROBE_SPACINGS)
-# two estimates of the same noise agree within this factor 99% of the time (13 values each);
-# a kink or curvature in the stencils makes them differ by the spacing ratio (10) or more
-NOISE_AGREEMENT = 5.0
-
-
 def noise_sigma(values: np.ndarray) -> float:
     """Standard deviation of the noise of f from its values at equally spaced points.
 
@@ -293,11 +233,12 @@ def noise_sigma(values: np.ndarray) -> float:
     return math.sqrt(float(np.mean(third ** 2)) / 20.0)
 
 
-def pooled_noise_sigma(sigmas) -> float:
-    """One noise estimate from the estimates at the NOISE_PROBE_SPACINGS (10x apart).
+def pooled_noise_sigma(sigmas, tuning: Tuning = DEFAULT_TUNING) -> float:
+    """One noise estimate from the estimates at ``tuning.noise_probe_spacings`` (10x apart).
 
     Noise does not depend on the spacing; a kink or curvature inside the stencil grows with it
-    (10x between the two spacings, or more). Estimates within NOISE_AGREEMENT of each other are
+    (10x between the two spacings, or more). Estimates within ``tuning.noise_agreement`` of
+    each other are
     noise: their RMS is kept. Otherwise nothing was measured (0.0) and the default floor applies:
     an inflated estimate would raise the floors and hide real errors.
 
@@ -308,13 +249,9 @@ def pooled_noise_sigma(sigmas) -> float:
     if not finite:
         return 0.0
     low, high = min(finite), max(finite)
-    if high <= NOISE_AGREEMENT * low:
+    if high <= tuning.noise_agreement * low:
         return math.sqrt(sum(s * s for s in finite) / len(finite))
     return 0.0
-
-
-# a noisy f grows the automatic steps by at most this factor
-MAX_STEP_GAIN = 10.0
 
 
 def assumed_noise(f0: float, dtype) -> float:
@@ -324,23 +261,24 @@ def assumed_noise(f0: float, dtype) -> float:
     return 2.0 * noise_eps(dtype) * max(1.0, abs(float(f0)))
 
 
-def measured_noise(sigma: float, f0: float, dtype) -> tuple[float, float]:
+def measured_noise(sigma: float, f0: float, dtype,
+                   tuning: Tuning = DEFAULT_TUNING) -> tuple[float, float]:
     """The absolute noise level of f(x+h) - f(x-h) that the accumulator's floor adds for a
     measured noise sigma of f, and the factor by which automatic steps grow.
 
     The floor becomes (noise_eps * (|f+| + |f-|) + noise_abs) / 2h with noise_abs =
-    NOISE_SIGMAS * sqrt(2) * sigma (the noise of a difference of two values). Roundoff scales with
-    the terms f sums, not with f: a loss that cancels to ~0 still has the roundoff of its terms,
-    so the measured level is absolute. The automatic step eps^(1/3) max(1, |x|) assumes noise of
+    tuning.noise_sigmas * sqrt(2) * sigma (the noise of a difference of two values). Roundoff
+    scales with the terms f sums, not with f: a loss that cancels to ~0 still has the roundoff
+    of its terms, so the measured level is absolute. The automatic step eps^(1/3) max(1, |x|) assumes noise of
     about eps max(1, |f|); a noisier f balances truncation at a step larger by the cube root.
 
     >>> measured_noise(0.0, 1.0, np.float64)
     (0.0, 1.0)
     """
-    noise_abs = NOISE_SIGMAS * math.sqrt(2.0) * float(sigma)
+    noise_abs = tuning.noise_sigmas * math.sqrt(2.0) * float(sigma)
     if not math.isfinite(noise_abs) or noise_abs <= 0.0:
         return 0.0, 1.0
     assumed = assumed_noise(f0, dtype)
     excess = noise_abs / assumed
-    gain = min(MAX_STEP_GAIN, excess ** (1.0 / 3.0)) if excess > 1.0 else 1.0
+    gain = min(tuning.max_step_gain, excess ** (1.0 / 3.0)) if excess > 1.0 else 1.0
     return noise_abs, float(gain)

@@ -11,7 +11,8 @@ import fastgrad as fg
 from fastgrad.engine.evaluator import Evaluator
 from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss, two_layer_loss_jit
 from fastgrad.sampling import sample_coordinates
-from fastgrad.steps import NOISE_PROBE_EVALUATIONS, coordinate_steps
+from fastgrad.steps import coordinate_steps
+from fastgrad.tuning import DEFAULT_TUNING
 
 from naive import centered_differences
 
@@ -58,7 +59,7 @@ def test_planted_bug_fails_in_its_own_segment_only(loss, bug, where):
     assert {c.segment for c in report.failures} == where
     # a failure is judged against the measured noise of f: the probe ran
     assert report.noise_sigma is not None
-    assert report.evaluations >= 2 + NOISE_PROBE_EVALUATIONS + 2 * len(report.coords)
+    assert report.evaluations >= 2 + DEFAULT_TUNING.noise_probe_evaluations + 2 * len(report.coords)
     with pytest.raises(fg.GradientCheckError) as info:
         fg.assert_gradients(loss, theta, grad, segments=segs, args=args, samples=32)
     assert info.value.report.passed is False

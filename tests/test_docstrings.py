@@ -56,6 +56,7 @@ DOCUMENTED = [
     "fastgrad.assert_gradients",
     "fastgrad.audit",
     "fastgrad.Problem",
+    "fastgrad.Tuning",
     "fastgrad.Report",
     "fastgrad.SegmentReport",
     "fastgrad.CoordRecord",

@@ -3,6 +3,7 @@ only; speed is measured by benchmarks/, never asserted here)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -15,6 +16,12 @@ from fastgrad.engine import plan as plans
 from fastgrad.engine import planner as evaluate
 from fastgrad.engine.blas import blas_limited
 from fastgrad.engine.evaluator import Evaluator
+from fastgrad.tuning import DEFAULT_TUNING
+
+
+def tuned(**fields):
+    """The default tuning with some numbers changed (what a test passes as tuning=)."""
+    return dataclasses.replace(DEFAULT_TUNING, **fields)
 
 
 def loop_loss(x):
@@ -40,14 +47,14 @@ def test_jit_true_compiles_a_plain_loss_and_says_so():
     assert "compiled f with Numba" in report.path_reason
 
 
-def test_auto_jit_falls_back_silently_when_numba_cannot_compile(monkeypatch):
-    monkeypatch.setattr(evaluate, "AUTO_JIT_MIN_SECONDS", 0.0)  # always try
-    monkeypatch.setattr(evaluate, "CALIBRATE_MIN_SECONDS", 1e9)  # no calibration
+def test_auto_jit_falls_back_silently_when_numba_cannot_compile():
+    # always try to compile; no calibration
+    tuning = tuned(auto_jit_min_seconds=0.0, calibrate_min_seconds=1e9)
     x = np.random.default_rng(1).standard_normal(40)
     m = x.reshape(4, -1)
     grad = (2 * (m - m.max(axis=1, keepdims=True))).ravel()
     grad.reshape(4, -1)[np.arange(4), m.argmax(axis=1)] -= 2 * (m - m.max(axis=1, keepdims=True)).sum(axis=1)
-    report = fg.check(keepdims_loss, x, grad, samples="all", jit="auto")
+    report = fg.check(keepdims_loss, x, grad, samples="all", jit="auto", tuning=tuning)
     # the Python path (threads, or serial for a loss this short), not a compiled kernel
     assert report.path in ("threads", "serial") and "compiled" not in report.path_reason
     assert report.passed
@@ -81,14 +88,14 @@ def test_blas_limited_restores_the_thread_count():
 
 
 def test_calibration_keeps_every_evaluation_and_matches_the_serial_values(monkeypatch):
-    monkeypatch.setattr(evaluate, "CALIBRATE_MIN_SECONDS", 0.0)  # calibrate even a tiny check
+    tuning = tuned(calibrate_min_seconds=0.0)  # calibrate even a tiny check
     # threads against one worker (on an idle machine the planner may also try processes and
     # keep them: a choice this test is not about)
     monkeypatch.setattr(evaluate, "processes_may_pay", lambda *args, **kwargs: False)
     x = np.random.default_rng(2).standard_normal(400)
     index = np.arange(400, dtype=np.int64)
     step = np.full(400, 1e-5)
-    calibrated = Evaluator(loop_loss, x)
+    calibrated = Evaluator(loop_loss, x, tuning=tuning)
     calibrated.at(x)
     fp, fm = calibrated.pairs(index, step)
     serial = Evaluator(loop_loss, x, workers=1)
@@ -99,7 +106,7 @@ def test_calibration_keeps_every_evaluation_and_matches_the_serial_values(monkey
     # thread-safety guard's serial duplicates of its first threaded batch, counted too)
     blas_timed = calibrated.evaluations - calibrated.guard_evaluations - (1 + 2 * 400)
     assert blas_timed in (0, 1)
-    assert not blas_timed or calibrated.t_eval >= evaluate.BLAS_PROBE_MIN_SECONDS
+    assert not blas_timed or calibrated.t_eval >= tuning.blas_probe_min_seconds
     assert calibrated.guard_evaluations > 0
     assert "calibrated" in calibrated.path_reason
     assert calibrated.path in ("threads", "serial")
@@ -111,9 +118,9 @@ def test_the_noise_probe_does_not_choose_the_strategy_for_the_check(monkeypatch)
     seen = []
     original = evaluate.calibrate
 
-    def spy(self, index, step, f_plus, f_minus, bar):
-        seen.append(index.size)
-        return original(self, index, step, f_plus, f_minus, bar)
+    def spy(inputs, probe, tuning):
+        seen.append(inputs.coordinates)
+        return original(inputs, probe, tuning)
 
     monkeypatch.setattr(evaluate, "calibrate", spy)
     x = np.linspace(-1.0, 1.0, 300)
@@ -133,15 +140,15 @@ def _blas_grad(x, A):
 
 
 def test_a_calibrated_plan_is_remembered_and_reused_for_the_same_loss(monkeypatch):
-    monkeypatch.setattr(evaluate, "CALIBRATE_MIN_SECONDS", 0.0)  # calibrate even a small check
+    tuning = tuned(calibrate_min_seconds=0.0)  # calibrate even a small check
     monkeypatch.setattr(plans, "_PLANS", type(plans._PLANS)())
     rng = np.random.default_rng(3)
     A = rng.standard_normal((8, 20))
     x = rng.standard_normal(20 * 30)
-    first = fg.check(_blas_loss, x, _blas_grad(x, A), args=(A,), samples="all")
+    first = fg.check(_blas_loss, x, _blas_grad(x, A), args=(A,), samples="all", tuning=tuning)
     assert first.passed and "calibrated" in first.path_reason
     assert "remembered" not in first.path_reason
-    second = fg.check(_blas_loss, x, _blas_grad(x, A), args=(A,), samples="all")
+    second = fg.check(_blas_loss, x, _blas_grad(x, A), args=(A,), samples="all", tuning=tuning)
     assert second.passed and "plan remembered" in second.path_reason
     # the same choice, and the losses of the same coordinates, whatever ran them
     assert second.path == first.path
@@ -151,10 +158,11 @@ def test_a_calibrated_plan_is_remembered_and_reused_for_the_same_loss(monkeypatc
     assert plan is not None and plan.path == first.path
     # other shapes are another problem: calibrated again
     B = rng.standard_normal((9, 20))
-    other = fg.check(_blas_loss, x, _blas_grad(x, B), args=(B,), samples="all")
+    other = fg.check(_blas_loss, x, _blas_grad(x, B), args=(B,), samples="all", tuning=tuning)
     assert "remembered" not in other.path_reason
     # an explicit worker count is obeyed, never replaced by a remembered plan
-    one = fg.check(_blas_loss, x, _blas_grad(x, A), args=(A,), samples="all", workers=1)
+    one = fg.check(_blas_loss, x, _blas_grad(x, A), args=(A,), samples="all", workers=1,
+                   tuning=tuning)
     assert one.path == "serial" and "remembered" not in one.path_reason
     # before a check, f at theta never wakes BLAS threads unless one worker is all there is
     assert evaluate.theta_blas_limit(workers=2) == 1 and evaluate.theta_blas_limit(workers=1) == 1
@@ -162,7 +170,6 @@ def test_a_calibrated_plan_is_remembered_and_reused_for_the_same_loss(monkeypatc
 
 
 def test_a_remembered_plan_is_not_reused_when_the_loss_got_much_slower(monkeypatch):
-    monkeypatch.setattr(evaluate, "CALIBRATE_MIN_SECONDS", 0.0)
     monkeypatch.setattr(plans, "_PLANS", type(plans._PLANS)())
     x = np.random.default_rng(4).standard_normal(200)
     key = plans.plan_key(x, (), evaluate.resolve_workers(None), False)
@@ -171,7 +178,8 @@ def test_a_remembered_plan_is_not_reused_when_the_loss_got_much_slower(monkeypat
     t_eval = time.perf_counter() - start
     # a plan measured on a loss 100x faster than this one
     plans._PLANS[loop_loss] = {key: plans.Plan("serial", 1, 1, "made up", t_eval / 100)}
-    again = fg.check(loop_loss, x, loop_grad(x), samples="all")
+    again = fg.check(loop_loss, x, loop_grad(x), samples="all",
+                     tuning=tuned(calibrate_min_seconds=0.0))
     assert "remembered" not in again.path_reason and "calibrated" in again.path_reason
 
 
@@ -351,33 +359,34 @@ def test_processes_are_probed_only_when_their_best_case_pays_for_the_probe(monke
     monkeypatch.setattr(evaluate, "start_up_seconds", lambda: 0.1)
     pays = evaluate.processes_may_pay
     # a check of 0.3 s serially cannot afford a 0.1 s start-up: at best it saves 0.15 s
-    assert not pays(1000, 3333.0, 3333.0, 2, warm=False)
+    assert not pays(1000, 3333.0, 3333.0, 2, warm=False, tuning=DEFAULT_TUNING)
     # a GIL-bound loss (threads no faster than one) with 10 s of work left: worth measuring
-    assert pays(10000, 1000.0, 1000.0, 2, warm=False)
+    assert pays(10000, 1000.0, 1000.0, 2, warm=False, tuning=DEFAULT_TUNING)
     # threads already run at twice the serial rate: processes cannot beat them
-    assert not pays(10000, 2000.0, 1000.0, 2, warm=False)
+    assert not pays(10000, 2000.0, 1000.0, 2, warm=False, tuning=DEFAULT_TUNING)
     # a running pool costs no start-up: less work left suffices
-    assert pays(500, 1000.0, 1000.0, 2, warm=True)
-    assert not pays(500, 1000.0, 1000.0, 2, warm=False)
+    assert pays(500, 1000.0, 1000.0, 2, warm=True, tuning=DEFAULT_TUNING)
+    assert not pays(500, 1000.0, 1000.0, 2, warm=False, tuning=DEFAULT_TUNING)
     # nothing left, or nothing measured
-    assert not pays(0, 1000.0, 1000.0, 2, warm=True)
-    assert not pays(1000, 0.0, 0.0, 2, warm=True)
+    assert not pays(0, 1000.0, 1000.0, 2, warm=True, tuning=DEFAULT_TUNING)
+    assert not pays(1000, 0.0, 0.0, 2, warm=True, tuning=DEFAULT_TUNING)
     # a machine whose other work leaves one core: processes cannot beat one thread
     monkeypatch.setattr(evaluate, "idle_cores", lambda: 1.0)
-    assert not pays(10**6, 1000.0, 1000.0, 2, warm=True)
+    assert not pays(10**6, 1000.0, 1000.0, 2, warm=True, tuning=DEFAULT_TUNING)
 
 
 def test_outer_threads_are_measured_again_only_where_a_slow_retry_is_cheap():
     """After the guard: threads measured no slower than serially get the whole retry; slower,
-    as many coordinates as lose at most RETRY_FRACTION of the rest, and at least one per worker
+    as many coordinates as lose at most Tuning.retry_fraction of the rest, and at least one per worker
     (the guard's batch was each thread's first) (no timing: rates in coordinates per second)."""
     retry = evaluate.retry_size
-    assert retry(40, 1000, 2000.0, 1000.0, 2) == 40
+    assert retry(40, 1000, 2000.0, 1000.0, 2, DEFAULT_TUNING) == 40
     # threads at half the serial rate lose 1 ms per coordinate; the rest takes 1 s serially
-    assert retry(40, 1000, 500.0, 1000.0, 2) == int(evaluate.RETRY_FRACTION * 1000 / 1000.0 / 1e-3)
+    assert retry(40, 1000, 500.0, 1000.0, 2, DEFAULT_TUNING) == \
+        int(DEFAULT_TUNING.retry_fraction * 1000 / 1000.0 / 1e-3)
     # the separable loss: 98 coordinates left, threads at 17/s against 63/s serially
-    assert retry(6, 98, 17.0, 63.0, 2) == 2
-    assert retry(6, 1, 17.0, 63.0, 2) == 1  # never more than what is left
+    assert retry(6, 98, 17.0, 63.0, 2, DEFAULT_TUNING) == 2
+    assert retry(6, 1, 17.0, 63.0, 2, DEFAULT_TUNING) == 1  # never more than what is left
 
 
 
@@ -391,36 +400,39 @@ def test_threads_still_warming_up_after_the_guard_are_measured_again():
             return rates[len(sizes) - 1]
         return sizes, timed
 
-    long = 10 * evaluate.GIL_BOUND_SECONDS
+    long = 10 * DEFAULT_TUNING.gil_bound_seconds
     # the separable loss of 10^6 on 2 threads: 15 coords/s in the guard, then 28, 240, 350,
     # against 235 serially; one round would have chosen one worker
     sizes, timed = scripted([28.0, 240.0, 350.0, 350.0])
-    best = evaluate.retry_threads(15.0, 235.0, long, False, 2, 40, 1000, timed)
-    assert best == 240.0 and not evaluate.one_worker_wins(best, 235.0, long, False)
+    best = evaluate.retry_threads(15.0, 235.0, long, False, 2, 40, 1000, timed, DEFAULT_TUNING)
+    assert best == 240.0 and not evaluate.one_worker_wins(best, 235.0, long, False, DEFAULT_TUNING)
     assert len(sizes) == 2 and sizes[1] > sizes[0]  # the second round sized by the faster rate
     # a loss that threads really slow down: two rounds, then no more (no gain)
     sizes, timed = scripted([100.0, 105.0, 110.0, 120.0])
-    assert evaluate.retry_threads(90.0, 235.0, long, False, 2, 6, 98, timed) == 105.0
+    assert evaluate.retry_threads(90.0, 235.0, long, False, 2, 6, 98, timed, DEFAULT_TUNING) == 105.0
     assert len(sizes) == 2
-    # still getting faster but still losing: at most RETRY_ROUNDS rounds
+    # still getting faster but still losing: at most Tuning.retry_rounds rounds
     sizes, timed = scripted([20.0, 40.0, 80.0, 160.0, 320.0])
-    evaluate.retry_threads(10.0, 1000.0, long, False, 2, 6, 98, timed)
-    assert len(sizes) == evaluate.RETRY_ROUNDS
+    evaluate.retry_threads(10.0, 1000.0, long, False, 2, 6, 98, timed, DEFAULT_TUNING)
+    assert len(sizes) == DEFAULT_TUNING.retry_rounds
     # threads as fast as one worker after the guard: one round
     sizes, timed = scripted([300.0, 300.0])
-    assert evaluate.retry_threads(15.0, 235.0, long, False, 2, 6, 98, timed) == 300.0
+    assert evaluate.retry_threads(15.0, 235.0, long, False, 2, 6, 98, timed, DEFAULT_TUNING) == 300.0
     assert len(sizes) == 1
 
 
 def test_a_gil_bound_loss_needs_a_clear_win_for_threads():
     # the 4.8k net's full check (51 us per evaluation): outer threads calibrated 5% faster than
     # one thread, remembered, then ran 1.6x slower than serially over the whole check
-    from fastgrad.engine.planner import GIL_BOUND_SECONDS, STRATEGY_MARGIN, one_worker_wins
+    from fastgrad.engine.planner import one_worker_wins
 
-    short, long = GIL_BOUND_SECONDS / 2, GIL_BOUND_SECONDS * 10
-    assert one_worker_wins(outer=1.05, one=1.0, t_eval=short, jit=False)
-    assert not one_worker_wins(outer=1.05 * STRATEGY_MARGIN, one=1.0, t_eval=short, jit=False)
+    tuning = DEFAULT_TUNING
+    margin = tuning.strategy_margin
+    short, long = tuning.gil_bound_seconds / 2, tuning.gil_bound_seconds * 10
+    assert one_worker_wins(outer=1.05, one=1.0, t_eval=short, jit=False, tuning=tuning)
+    assert not one_worker_wins(outer=1.05 * margin, one=1.0, t_eval=short, jit=False,
+                               tuning=tuning)
     # longer evaluations (and the nogil kernel) keep the bias towards outer threads
-    assert not one_worker_wins(outer=1.05, one=1.0, t_eval=long, jit=False)
-    assert not one_worker_wins(outer=1.05, one=1.0, t_eval=short, jit=True)
-    assert one_worker_wins(outer=1.0, one=1.05 * STRATEGY_MARGIN, t_eval=long, jit=False)
+    assert not one_worker_wins(outer=1.05, one=1.0, t_eval=long, jit=False, tuning=tuning)
+    assert not one_worker_wins(outer=1.05, one=1.0, t_eval=short, jit=True, tuning=tuning)
+    assert one_worker_wins(outer=1.0, one=1.05 * margin, t_eval=long, jit=False, tuning=tuning)

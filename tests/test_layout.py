@@ -64,7 +64,7 @@ def test_no_public_function_shadows_a_module():
 # judge -> results -> checks -> adapters / cli / monitor)
 LAYERS = {
     "fastgrad.errors": 0, "fastgrad.arguments": 0, "fastgrad.progress": 0,
-    "fastgrad._numba_cache": 0, "fastgrad.segments": 1, "fastgrad.sampling": 2,
+    "fastgrad._numba_cache": 0, "fastgrad.tuning": 0, "fastgrad.segments": 1, "fastgrad.sampling": 2,
     "fastgrad.steps": 2, "fastgrad.engine": 3, "fastgrad.judge": 4, "fastgrad.results": 5,
     "fastgrad.checks": 6,
 }
@@ -88,3 +88,36 @@ def test_data_flows_one_way_through_the_layers():
             if other is not None and other > own:
                 upward.append(f"{name} (layer {own}) imports {module} (layer {other})")
     assert upward == []
+
+
+def _engine_imports() -> dict[str, set[str]]:
+    """Module of fastgrad.engine -> the modules of fastgrad.engine it imports, every import
+    counted (those under ``if TYPE_CHECKING:`` too: a cycle hidden there is still a cycle)."""
+    engine = {name: path for name, path in _modules() if name.startswith("fastgrad.engine.")}
+    graph: dict[str, set[str]] = {name: set() for name in engine}
+    for name, path in engine.items():
+        for module, names in _imports(name, path):
+            # `from . import planner` imports the module fastgrad.engine.planner
+            targets = [f"{module}.{n}" for n in names if f"{module}.{n}" in engine]
+            graph[name].update(targets or ([module] if module in engine else []))
+    return graph
+
+
+def test_no_import_cycle_inside_the_engine():
+    graph = _engine_imports()
+    assert "fastgrad.engine.planner" in graph["fastgrad.engine.evaluator"]  # the walk sees it
+    cycles = []
+
+    def visit(name, path):
+        for other in sorted(graph[name]):
+            if other in path:
+                cycles.append(" -> ".join(path[path.index(other):] + [other]))
+            elif other not in done:
+                visit(other, path + [other])
+        done.add(name)
+
+    done: set[str] = set()
+    for name in sorted(graph):
+        if name not in done:
+            visit(name, [name])
+    assert cycles == []

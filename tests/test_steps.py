@@ -10,10 +10,6 @@ from fastgrad.steps import (
     BAND_OK,
     BAND_SUSPECT,
     BAND_WRONG,
-    DEPTH_EXPONENT,
-    MAX_STEP_GAIN,
-    NOISE_AGREEMENT,
-    NOISE_SIGMAS,
     PRECISIONS,
     band_name,
     coordinate_steps,
@@ -24,6 +20,12 @@ from fastgrad.steps import (
     precision_of,
     tolerance,
 )
+from fastgrad.tuning import DEFAULT_TUNING
+
+DEPTH_EXPONENT = DEFAULT_TUNING.depth_exponent
+MAX_STEP_GAIN = DEFAULT_TUNING.max_step_gain
+NOISE_AGREEMENT = DEFAULT_TUNING.noise_agreement
+NOISE_SIGMAS = DEFAULT_TUNING.noise_sigmas
 
 
 # -- tolerance ---------------------------------------------------------------------------------

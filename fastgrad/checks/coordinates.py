@@ -27,6 +27,7 @@ from ..results.report import (
 from ..sampling import sample_coordinates
 from ..segments import SegmentMap
 from ..steps import coordinate_steps
+from ..tuning import DEFAULT_TUNING, Tuning
 from .prepare import Prepared, prepare
 
 __all__ = ["check", "assert_gradients", "Problem"]
@@ -87,6 +88,7 @@ def check(
     jit: bool | str = "auto",
     backend: str | None = None,
     timeout: float | None = None,
+    tuning: Tuning = DEFAULT_TUNING,
 ) -> Report:
     """Compare the analytic gradient with centered differences on sampled coordinates.
 
@@ -152,6 +154,11 @@ def check(
         be: the check raises at the deadline and the evaluation finishes in the background,
         its result discarded (serial evaluations run on a helper thread for this). Not applied
         to f at theta, the Numba kernel or ``executor=`` (refused there). None: no limit.
+    tuning : Tuning
+        The method's numbers (noise and re-check thresholds, the planner's timings, the
+        thread-safety guard's size): ``fastgrad.Tuning()`` by default, or one with some
+        changed, ``fastgrad.Tuning(gil_bound_seconds=1e-3)``. Used by this check only:
+        concurrent checks with other tunings are not affected.
 
     Returns
     -------
@@ -182,7 +189,8 @@ def check(
         raise InvalidValue(f"kinks: expected 'detect', 'ignore' or a callable, got {kinks!r}")
     problem, ev = prepare(f, theta, grad, args=args, segments=segments, seed=seed, depth=depth,
                           tol=tol, workers=workers, executor=executor, progress=progress,
-                          jit=jit, nondet_tol=nondet_tol, backend=backend, timeout=timeout)
+                          jit=jit, nondet_tol=nondet_tol, backend=backend, timeout=timeout,
+                          tuning=tuning)
     try:
         return _check(problem, ev, samples, h, kinks)
     finally:

@@ -26,6 +26,7 @@ from ..judge.rechecks import Judge
 from ..judge.verdicts import KINK, NAN, NOISE, coordinate_stats, segment_stats
 from ..results.jacobian_report import JacobianRecords, JacobianReport
 from ..results.report import SegmentReport, overall_status
+from ..tuning import DEFAULT_TUNING
 
 __all__ = ["Judged", "Layout", "judge_jacobian", "screen_streamed"]
 
@@ -371,6 +372,7 @@ class ColumnEvaluator:
     Jacobian's columns can be large, and no judge writes into them)."""
 
     vmap = "vmap"  # what batched the perturbed inputs, for the path line
+    tuning = DEFAULT_TUNING  # the Judge's re-check numbers: the drop-ins take no tuning=
 
     def __init__(self, fn):
         self.fn = fn

@@ -26,6 +26,7 @@ from ..errors import (
 )
 from ..segments import SegmentMap, as_segment_map
 from ..steps import noise_eps, precision_of, tolerance
+from ..tuning import DEFAULT_TUNING, Tuning, as_tuning
 
 
 @dataclass(frozen=True)
@@ -178,14 +179,17 @@ def _check_deterministic(first: np.ndarray, second: np.ndarray, nondet_tol: floa
 def prepare(f: Callable, theta, grad, *, args: tuple, segments, seed, depth, tol,
             workers, executor, progress, jit="auto", nondet_tol=0.0,
             terms_allowed: bool = True, backend: str | None = None,
-            timeout: float | None = None) -> tuple[Prepared, Evaluator]:
+            timeout: float | None = None,
+            tuning: Tuning = DEFAULT_TUNING) -> tuple[Prepared, Evaluator]:
     """Validate, evaluate f at theta (twice: the second time as a nondeterminism check) and
-    build the engine. Returns the Prepared problem and its Evaluator.
+    build the engine. Returns the Prepared problem and its Evaluator, which carries ``tuning``
+    to every engine and judge step of the check.
 
     f at theta runs with BLAS on the threads the check will give it (planner.theta_blas_limit)
     on a copy of theta that becomes the engine's first working copy.
     """
     args = extra_args(args)
+    tuning = as_tuning(tuning)
     seed = positive_int("seed", seed, minimum=0)
     nondet_tol = non_negative_float("nondet_tol", nondet_tol)
     x = flat_theta(theta)
@@ -197,7 +201,7 @@ def prepare(f: Callable, theta, grad, *, args: tuple, segments, seed, depth, tol
     bad = _first_nonfinite(x)
     if bad is not None:
         raise InvalidValue(f"theta: non-finite value {x[bad]} at {describe(bad)}")
-    tol_value, tol_reason = tolerance(x.dtype, depth, tol)
+    tol_value, tol_reason = tolerance(x.dtype, depth, tol, tuning)
     if not callable(f):
         raise InvalidType(f"f: expected a callable loss f(theta, *args), got {f!r}")
     if not (grad is True or callable(grad) or isinstance(grad, (Mapping, np.ndarray))
@@ -240,7 +244,7 @@ def prepare(f: Callable, theta, grad, *, args: tuple, segments, seed, depth, tol
                            f"check the starting point before its gradient")
     ev = Evaluator(loss, x, args, workers=workers, executor=executor, progress=progress,
                    describe=describe, terms=terms, jit=jit, first_copy=work, spent=1,
-                   backend=backend, timeout=timeout)
+                   backend=backend, timeout=timeout, tuning=tuning)
     del work  # the engine's now (which may let it go)
     _check_deterministic(f0, ev.at(x), nondet_tol, x.dtype)
     grads = _gradients(grad, x, args, terms, describe)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import LossError
+from ..tuning import DEFAULT_TUNING, Tuning
 from .blas import blas_limited
 from .faults import Lap, overdue, timeout_error
 from .kernel_errors import collecting_kernel_errors
@@ -35,12 +36,14 @@ class Workload:
     """What every backend evaluates: f(theta + perturbation, *args), one value per loss term.
 
     Holds the working copies of theta not in use (one per thread that ever ran at once, kept for
-    the whole check; the copy f first ran on included) and the count of loss evaluations.
+    the whole check; the copy f first ran on included), the count of loss evaluations, and the
+    check's Tuning (how batches are chunked).
     """
 
     def __init__(self, f: Callable, theta: np.ndarray, args: tuple, terms, describe,
-                 first_copy: np.ndarray | None = None):
+                 first_copy: np.ndarray | None = None, tuning: Tuning = DEFAULT_TUNING):
         self.f = f
+        self.tuning = tuning
         self.theta = theta  # read-only: every perturbation happens on a copy
         self.args = tuple(args)
         self.terms = terms
@@ -120,23 +123,20 @@ class Workload:
         return LossError(f"f raised while evaluating {self.describe(i)}: {text}", i)
 
 
-# chunks per worker: a few keep the workers balanced when evaluations differ in cost
-CHUNKS_PER_WORKER = {"pairs": 4, "directions": 2}
-# with a progress bar on screen, a batch goes in at least this many chunks so that the bar moves
-# while it runs (an audit's first batch of a 124M-parameter model takes about a minute)
-PROGRESS_CHUNKS = 32
-
-
 def chunk_bounds(k: int, n_chunks: int) -> list[tuple[int, int]]:
     bounds = np.linspace(0, k, max(1, min(k, n_chunks)) + 1).astype(np.int64)
     return [(int(bounds[c]), int(bounds[c + 1])) for c in range(bounds.size - 1)]
 
 
-def batch_chunks(k: int, workers: int, kind: str, bar) -> list[tuple[int, int]]:
-    """The chunks a batch of k pairs or directions goes in, over ``workers`` workers."""
-    n_chunks = workers * CHUNKS_PER_WORKER[kind] if workers > 1 else 1
+def batch_chunks(k: int, workers: int, kind: str, bar, tuning: Tuning) -> list[tuple[int, int]]:
+    """The chunks a batch of k pairs or directions goes in, over ``workers`` workers: a few
+    per worker (``tuning.chunks_per_worker_pairs`` / ``_directions``), at least
+    ``tuning.progress_chunks`` while a progress bar is on screen."""
+    per_worker = tuning.chunks_per_worker_pairs if kind == "pairs" \
+        else tuning.chunks_per_worker_directions
+    n_chunks = workers * per_worker if workers > 1 else 1
     if bar.active:
-        n_chunks = max(n_chunks, PROGRESS_CHUNKS)
+        n_chunks = max(n_chunks, tuning.progress_chunks)
     return chunk_bounds(k, n_chunks)
 
 
@@ -167,7 +167,7 @@ class ThreadBackend(Backend):
     def _run(self, k, kind, fill, bar, where):
         """k items in chunks, ``fill(work, a, b, lap)`` each; with a timeout every evaluation is
         watched (faults.py) and one past it raises LossTimeout naming ``where(position)``."""
-        chunks = batch_chunks(k, self.workers, kind, bar)
+        chunks = batch_chunks(k, self.workers, kind, bar, self.work.tuning)
         timeout = self.work.timeout
         table = np.zeros((len(chunks), 3)) if timeout is not None else None
         stopped = threading.Event() if timeout is not None else None
@@ -458,7 +458,7 @@ class ExecutorBackend(ChunkedBackend):
                     f"again and {len(pending)} chunks re-sent")
 
     def _run(self, k, kind, payload, fail, where, f_plus, f_minus, bar) -> None:
-        chunks = batch_chunks(k, self.workers, kind, bar)
+        chunks = batch_chunks(k, self.workers, kind, bar, self.work.tuning)
         for c, (fp, fm, failure) in self._ship(kind, [payload(a, b) for a, b in chunks]):
             a, b = chunks[c]
             if failure is not None:

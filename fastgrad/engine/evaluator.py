@@ -1,13 +1,16 @@
 """The Evaluator: f at perturbed points of theta, the one engine object check and audit use.
 
-It holds the Workload (f, theta, args, the working copies, the evaluation count), the current
-Plan and the backends that carry it out. It never writes to the caller's theta: each worker
-perturbs its own copy and restores it.
+It holds the Workload (f, theta, args, the working copies, the evaluation count), the check's
+Tuning, the current Plan and the backends that carry it out. The planner (planner.py) chooses
+Plans from plain values and the rates this module measures for it (``_Probe``); only the
+evaluator assigns its plan. It never writes to the caller's theta: each worker perturbs its own
+copy and restores it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -18,29 +21,17 @@ import numpy as np
 from ..arguments import one_of
 from ..errors import InvalidType, InvalidValue
 from ..progress import Progress
+from ..tuning import DEFAULT_TUNING, Tuning
 from . import planner
 from .backends import Backend, ExecutorBackend, KernelBackend, ThreadBackend, Workload, is_dask_client
 from .blas import blas_limited
 from .faults import check_timeout
 from .loops import direction_where
-from .plan import Plan, refuse_threads, thread_unsafe
-from .processes import ProcessBackend
+from .plan import Plan, plan_key, refuse_threads, remembered_plan, thread_unsafe
+from .processes import NotLoadable, ProcessBackend, pool_alive, start_workers
 
 # backend= values (docs/guides/parallel.md); "kernel" runs the plan whose path is "jit"
 BACKENDS = (None, "serial", "threads", "kernel", "processes")
-# the thread-safety guard compares about this much serial work (seconds) with the same points
-# evaluated on threads, at most GUARD_FRACTION of the batch's serial work, and never fewer than
-# GUARD_MIN_PER_WORKER coordinates per worker; GUARD_MIN_PER_WORKER_LONG for evaluations of
-# GUARD_LONG_SECONDS or more, whose evaluations on threads overlap for their whole length (with
-# 1 per worker the guard missed the scratch buffer of tests/test_thread_safety.py's model one
-# time in two; an interference the guard misses is caught by the serial confirmation of every
-# failure, which refuses threads just the same)
-GUARD_SECONDS = 0.01
-GUARD_FRACTION = 0.03
-GUARD_MIN_PER_WORKER = 4
-GUARD_MIN_PER_WORKER_LONG = 2
-GUARD_LONG_SECONDS = 1e-3
-GUARD_MAX = 64
 
 _UNSET = object()
 
@@ -61,13 +52,14 @@ class Evaluator:
     ``pairs(index, step)``: f at theta +- step[j] e_index[j]; ``directions(key, lo, hi, step)``:
     f at theta +- step[j] v_j; ``at(x)``: f at one point. ``evaluations`` counts every loss
     evaluation; ``path`` / ``path_reason`` say which backend ran and why (the Plan).
+    ``tuning``: the check's numbers (planner, guard, chunking; the judge reads them here too).
     """
 
     def __init__(self, f: Callable, theta: np.ndarray, args: tuple = (), *, workers=None,
                  executor=None, progress=None, describe=None,
                  terms: tuple[str, ...] | None = None, jit: bool | str = "auto",
                  first_copy: np.ndarray | None = None, spent: int = 0, backend: str | None = None,
-                 timeout: float | None = None):
+                 timeout: float | None = None, tuning: Tuning = DEFAULT_TUNING):
         one_of("jit", jit, (True, False, "auto"))
         timeout = check_timeout(timeout)
         if timeout is not None and executor is not None:
@@ -85,8 +77,9 @@ class Evaluator:
                                          or is_dask_client(executor)):
             raise InvalidType(f"executor: expected a concurrent.futures.Executor or a dask "
                               f"Client, got {type(executor).__name__}")
+        self.tuning = tuning
         self.work = Workload(f, theta, args, terms, describe or (lambda i: f"theta[{i}]"),
-                             first_copy if executor is None else None)
+                             first_copy if executor is None else None, tuning)
         self.work.count(spent)  # evaluations made before the engine existed (f at theta)
         self.work.timeout = timeout
         self.budget: int | None = None  # the most evaluations the caller may spend (audit)
@@ -116,7 +109,7 @@ class Evaluator:
         if backend is not None:
             self._force(backend, workers is not None)
         elif self.plan.backend == "threads" and self.threads_refused():
-            self.plan = planner.instead_of_threads(self, self.refusal())
+            self.plan = self._instead_of_threads(self.refusal())
         if executor is not None:
             # one backend for the whole check: it holds what was shipped to the workers
             self.plan = Plan("executor", self._executor_backend().workers, None,
@@ -183,7 +176,7 @@ class Evaluator:
         it is not a Numba dispatcher, and says so when Numba cannot."""
         if backend == "kernel" and self.plan.backend != "jit":
             if self.work.terms is None and not is_numba_dispatcher(self.work.f):
-                planner.try_jit(self, None)
+                self._try_jit(math.inf)
             if self.plan.backend != "jit":
                 raise InvalidValue(
                     "backend: 'kernel' needs a loss Numba can compile (an @njit function, or a "
@@ -194,7 +187,28 @@ class Evaluator:
         if backend == "processes":
             self.process_backend()  # a loss that cannot be pickled is refused here, up front
         elif backend == "threads" and self.threads_refused():
-            self.plan = planner.instead_of_threads(self, self.threads_refused())
+            self.plan = self._instead_of_threads(self.threads_refused())
+
+    def _instead_of_threads(self, why: str) -> Plan:
+        """The plan that replaces threads once they are refused (planner.instead_of_threads)."""
+        def picklable() -> bool:
+            try:
+                self.process_backend()
+            except InvalidType:
+                return False
+            return True
+
+        return planner.instead_of_threads(why, self.workers,
+                                          self.workers_given or self.forced == "threads",
+                                          picklable)
+
+    def _try_jit(self, beat: float) -> None:
+        """Evaluate with f compiled by Numba when it agrees at theta and one evaluation takes
+        less than ``beat`` seconds (planner.compiled_if_faster)."""
+        found = planner.compiled_if_faster(self.work.f, self.work.theta, self.work.args, beat,
+                                           self.tuning)
+        if found is not None:
+            self.use_kernel(*found)
 
     def process_backend(self) -> ProcessBackend:
         """The process backend of this check (the problem is pickled and shared once)."""
@@ -311,10 +325,40 @@ class Evaluator:
             done = 0
             if plan and not self._planned:
                 self._planned = True
-                done = planner.calibrate(self, index, step, f_plus, f_minus, bar)
+                done = self._calibrate(index, step, f_plus, f_minus, bar)
             self.run_pairs(done, k, index, step, f_plus, f_minus, bar,
                            workers=None if plan else 1)
         return f_plus, f_minus
+
+    def _calibrate(self, index, step, f_plus, f_minus, bar) -> int:
+        """The planner's calibration on the first coordinates of this batch: the plan it
+        returns is applied (and remembered for later checks of f); returns how many
+        coordinates it evaluated (their losses are kept in f_plus, f_minus)."""
+        if self.t_eval is None:
+            self.time_at_theta()
+        beat = planner.jit_trial(self._plan_inputs(index.size), self.tuning)
+        if beat is not None:
+            self._try_jit(beat)
+        inputs = self._plan_inputs(index.size)
+        probe = _Probe(self, index, step, f_plus, f_minus, bar)
+        calibration = planner.calibrate(inputs, probe, self.tuning)
+        if calibration.plan is not None:
+            self.plan = calibration.plan
+        if calibration.narrow is not None:
+            key = plan_key(self.work.theta, self.work.args, self.workers,
+                           inputs.backend == "jit")
+            planner.remember_calibrated(self.work.f, key, self.plan, calibration.narrow)
+        return probe.done
+
+    def _plan_inputs(self, k: int) -> planner.PlanInputs:
+        """What the planner decides on: plain values of this check."""
+        jit = self.plan.backend == "jit"
+        return planner.PlanInputs(
+            coordinates=k, t_eval=self.t_eval, workers=self.workers, backend=self.plan.backend,
+            plain=not jit and self.work.terms is None, jit_option=self.jit_option,
+            origin=self.origin(),
+            remembered=remembered_plan(self.work.f, self.work.theta, self.work.args,
+                                       self.workers, jit))
 
     def _bar(self, outer: Progress | None, total: int, label: str):
         """The caller's bar (left open: it spans more than this batch), or one of this batch."""
@@ -349,7 +393,7 @@ class Evaluator:
         if hi <= lo:
             return
         if workers is None and self.t_eval is not None and self.plan.backend != "executor" \
-                and 2 * (hi - lo) * self.t_eval < planner.SERIAL_BATCH_SECONDS:
+                and 2 * (hi - lo) * self.t_eval < self.tuning.serial_batch_seconds:
             workers = 1  # waking threads up costs more than this batch (e.g. a re-check)
         backend = self.backend(plan or self.plan, workers, blas)
         if self._needs_guard(backend) and not self._guard_fits(hi - lo):
@@ -386,13 +430,18 @@ class Evaluator:
         return 2 * (rows + rerun) if ran and rows else 0
 
     def guard_size(self, k: int | None = None) -> int:
-        """Coordinates the thread-safety guard evaluates twice (of a batch of ``k``)."""
+        """Coordinates the thread-safety guard evaluates twice (of a batch of ``k``): about
+        ``tuning.guard_seconds`` of serial work, at most ``tuning.guard_fraction`` of the
+        batch's, never fewer than a few per worker (``tuning.guard_min_per_worker``, or
+        ``guard_min_per_worker_long`` for long evaluations, which overlap on threads for their
+        whole length) nor more than ``tuning.guard_max``."""
+        tuning = self.tuning
         t_eval = max(self.t_eval or 1e-6, 1e-7)
-        seconds = GUARD_SECONDS if k is None else min(GUARD_SECONDS,
-                                                      GUARD_FRACTION * 2 * k * t_eval)
-        least = GUARD_MIN_PER_WORKER_LONG if t_eval >= GUARD_LONG_SECONDS \
-            else GUARD_MIN_PER_WORKER
-        return max(least * self.workers, min(GUARD_MAX, int(seconds / (2 * t_eval))))
+        seconds = tuning.guard_seconds if k is None else min(
+            tuning.guard_seconds, tuning.guard_fraction * 2 * k * t_eval)
+        least = tuning.guard_min_per_worker_long if t_eval >= tuning.guard_long_seconds \
+            else tuning.guard_min_per_worker
+        return max(least * self.workers, min(tuning.guard_max, int(seconds / (2 * t_eval))))
 
     def verify_threads(self, lo, hi, index, step, f_plus, f_minus, bar, backend=None) -> int:
         """The thread-safety guard: the first coordinates lo:lo+g on threads, and the same
@@ -436,7 +485,7 @@ class Evaluator:
                f"{abs(threaded - serial):.2g}); f keeps state between calls (scratch buffers or "
                f"parameters stored on an object) and is not thread-safe")
         refuse_threads(self.work.f, why)
-        self.plan = planner.instead_of_threads(self, why)
+        self.plan = self._instead_of_threads(why)
 
     # -- random directions (audit) ---------------------------------------------------------------
     def directions(self, key: np.ndarray, lo: np.ndarray, hi: np.ndarray, step: np.ndarray,
@@ -521,6 +570,67 @@ class Evaluator:
         self._compare(f_plus[rows], f_minus[rows], serial_plus, serial_minus,
                       lambda j: direction_where(lo[j], hi[j]))
         return g
+
+
+class _Probe:
+    """The calibration's measurements (planner.Probe) on the first coordinates of a batch of
+    pairs: every call evaluates the next ones for real, into the batch's f_plus and f_minus."""
+
+    def __init__(self, ev: Evaluator, index, step, f_plus, f_minus, bar):
+        self.ev, self.index, self.step = ev, index, step
+        self.f_plus, self.f_minus, self.bar = f_plus, f_minus, bar
+        self.done = 0
+
+    def run(self, size: int, workers: int, blas: int | None, plan: Plan | None = None) -> float:
+        size = min(size, self.index.size - self.done)
+        start = time.perf_counter()
+        self.ev.run_pairs(self.done, self.done + size, self.index, self.step, self.f_plus,
+                          self.f_minus, self.bar, workers, blas, plan)
+        self.done += size
+        return size / max(time.perf_counter() - start, 1e-9)
+
+    def guard(self) -> tuple[float, float]:
+        self.done = self.ev.verify_threads(0, self.index.size, self.index, self.step,
+                                           self.f_plus, self.f_minus, self.bar)
+        return self.ev.guard_rates
+
+    def refusal(self) -> str | None:
+        return self.ev.refusal()
+
+    def blas_seconds(self) -> float:
+        return self.ev.time_with_blas_threads()
+
+    def warm(self) -> None:
+        self.ev.warm_kernel()
+
+    def processes(self, remaining: int, size: int) -> tuple[float, str] | None:
+        """Coordinates per second on worker processes, or None when f cannot be pickled or
+        the workers cannot load the problem (then no processes for this check: the probe's
+        coordinates are evaluated by the plan chosen instead). A pool that is not running yet
+        starts while this process evaluates coordinates serially (forked workers: ~0.02-0.1 s;
+        loky's fork+exec: ~0.3-0.5 s on 2 cores)."""
+        ev = self.ev
+        cold = not pool_alive(ev.workers)
+        try:
+            backend = ev.process_backend()
+        except InvalidType:
+            return None
+        note = ""
+        try:
+            if cold:
+                start = time.perf_counter()
+                started = start_workers(ev.workers, backend.shared.ref)
+                while not all(f.done() for f in started) and 2 * size * ev.workers < remaining:
+                    self.run(size, 1, 1)  # real coordinates while the workers start
+                    remaining -= size
+                for f in started:
+                    f.result()
+                note = f" (after {time.perf_counter() - start:.2g} s starting them)"
+            plan = Plan("processes", ev.workers, 1, "calibration")
+            chunks = 2 * ev.tuning.process_probe_chunks * ev.workers
+            return self.run(max(size, chunks), ev.workers, 1, plan), note
+        except (NotLoadable, InvalidType):
+            return None
 
 
 class _NoBar:

@@ -6,84 +6,94 @@ with BLAS on its own threads. With ``workers=None`` the first large batch calibr
 few real coordinates under each strategy and keeps the faster one (nothing is evaluated twice).
 ``jit="auto"`` may compile a plain numpy loss with Numba when that is faster; a loss Numba cannot
 compile stays on the thread pool, silently. An explicit ``workers`` or an executor is obeyed.
+
+The planner decides on plain values: what the evaluator knows of the check (``PlanInputs``), the
+check's ``Tuning``, and during calibration the rates a ``Probe`` measures on real coordinates.
+It returns Plans; the evaluator (evaluator.py) applies them and is never imported here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 import types
 import warnings
 import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from ..arguments import optional_positive_int
-from ..errors import InvalidType
-from ..steps import JIT_AGREEMENT_EPS
-from .plan import Plan, forget_plan, plan_key, remember, remembered_plan
-from .processes import NotLoadable, pool_alive, start_up_seconds, start_workers
+from ..tuning import Tuning
+from .plan import Plan, forget_plan, remember
+from .processes import pool_alive, start_up_seconds
 
-if TYPE_CHECKING:
-    from .evaluator import Evaluator
 
-# a remembered plan is reused while one evaluation takes within this factor of its time (one
-# timing of a microsecond loss moves by 2x on a busy machine; a different problem moves more)
-PLAN_T_EVAL_FACTOR = 4.0
-# calibration runs the BLAS-threads strategy only when BLAS threads made one evaluation at
-# least this much faster than BLAS on one thread (otherwise it cannot beat outer threads)
-BLAS_SPEEDUP_TO_PROBE = 1.4
-# jit="auto" tries to compile only when the Python path is predicted to take this long (seconds):
-# compiling costs ~0.1-2 s, so a short check never pays for it
-# (on a busy 2-core machine compiling the separable loss took 1.6 s of a check of 1 s)
-AUTO_JIT_MIN_SECONDS = 3.0
-# the calibration compares strategies on this much wall time of real coordinates each
-CALIBRATION_SECONDS = 0.05
-# a plan of one worker with BLAS threads is remembered only when it beat outer threads by this
-BLAS_PLAN_MARGIN = 1.3
-# the calibration's margin between outer threads and one worker (with or without BLAS threads):
-# the measurement is noisy on a shared machine, so the strategy that is the right guess wins
-# unless the other is this much faster: outer threads for most losses, one worker for a
-# GIL-bound Python loss (one_worker_wins)
-STRATEGY_MARGIN = 1.15
-# a batch of evaluations shorter than this (seconds, serially) runs on one thread
-SERIAL_BATCH_SECONDS = 0.002
-# below this predicted time (seconds) the first strategy is used without calibrating
-CALIBRATE_MIN_SECONDS = 0.15
-# ... except that a Python loss faster than this (seconds) runs serially: it is GIL-bound (on the
-# small two-layer net, 23 us, two threads took 0.084 s where one took 0.065 s), and the
-# thread-safety guard threads would need costs 15-30% of a check this short. A busy machine
-# doubles the time of one evaluation: 100 us keeps the 4.8k net serial there too
-GIL_BOUND_SECONDS = 100e-6
-# processes must beat the best in-process strategy by this factor to be chosen
-PROCESS_MARGIN = 1.1
-# the probe of processes runs only when their best case (the serial rate times the workers, after
-# their start-up) would save this many times what the probe costs: the start-up (forking slows
-# this process's own evaluations on a machine whose cores the workers share), the shipping of the
-# problem, and a batch at their rate if they lose. A check of 0.3 s serially cannot afford it.
-PROCESS_PAYBACK = 2.0
-# what shipping the problem to the workers and one probe batch cost, besides the start-up (seconds)
-PROCESS_PROBE_SECONDS = 0.02
-# BLAS threads are timed (one evaluation at theta) only for evaluations at least this long: in a
-# shorter one OpenBLAS's threads cannot beat outer threads, and they keep spinning ~0.1 s after
-# the call, holding a core the next probe needs (on a busy 2-core machine they made the nets'
-# evaluations 15x slower)
-BLAS_PROBE_MIN_SECONDS = 1e-3
-# ... and only when outer threads' parallel efficiency (their rate / (workers x the serial rate))
-# is below this: above it BLAS threads could win by at most 1 / BLAS_PROBE_EFFICIENCY, and the
-# probe leaves OpenBLAS's threads spinning on the cores the check then needs (the separable loss
-# of 10^6, 2 ms an evaluation: 50 ms of a 0.35 s first check)
-BLAS_PROBE_EFFICIENCY = 0.6
-# after the guard, outer threads are measured once more (the guard's threaded batch also started
-# the pool, and BLAS workers the caller left spinning can slow it) on a batch whose cost, should
-# threads be as slow as the guard saw, stays below this fraction of the check's remaining work
-RETRY_FRACTION = 0.03
-# ... and measured again (retry_threads), up to this many rounds, while each round's rate is
-# at least this factor above the previous one (threads still warming up)
-RETRY_ROUNDS = 4
-RETRY_GAIN = 1.2
+@dataclass(frozen=True)
+class PlanInputs:
+    """What the planner knows of a check when it calibrates, gathered by the evaluator.
+
+    coordinates: the size of the first large batch (k).
+    t_eval: seconds of one evaluation of f at theta (the fastest timing).
+    workers: the outer workers the check may use.
+    backend: the backend of the plan before calibration ("jit": the Numba kernel evaluates f).
+    plain: f is a Python loss of one value that Numba may compile (no loss terms, no kernel).
+    jit_option: the check's ``jit=`` (True, False or "auto").
+    origin: where the evaluated loss came from, for the path line.
+    remembered: the plan an earlier check of f on problems of these sizes calibrated, or None.
+    """
+
+    coordinates: int
+    t_eval: float
+    workers: int
+    backend: str
+    plain: bool
+    jit_option: bool | str
+    origin: str
+    remembered: Plan | None = None
+
+
+class Probe(Protocol):
+    """Calibration's measurements: each call evaluates the batch's next coordinates for real
+    (their losses are kept) and says how fast. ``done``: coordinates evaluated so far."""
+
+    done: int
+
+    def run(self, size: int, workers: int, blas: int | None, plan: Plan | None = None) -> float:
+        """``size`` coordinates on ``workers`` outer workers with ``blas`` BLAS threads (under
+        ``plan`` when given); coordinates per second."""
+
+    def guard(self) -> tuple[float, float]:
+        """The thread-safety guard on the first coordinates: their rates on threads and
+        serially (coordinates per second); it may refuse threads (``refusal``)."""
+
+    def refusal(self) -> str | None:
+        """Why threads may not evaluate this loss, or None."""
+
+    def blas_seconds(self) -> float:
+        """Seconds of one evaluation at theta with BLAS on its own threads."""
+
+    def warm(self) -> None:
+        """Compile or load what the plan's backend runs, before it is timed."""
+
+    def processes(self, remaining: int, size: int) -> tuple[float, str] | None:
+        """Coordinates per second on worker processes (started now if they are not running,
+        while ``size`` coordinates at a time run serially), and a note on their start-up; None
+        when f cannot run there."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What calibrate() decided: the plan for the rest of the check (None: the current plan
+    stays), and, when it measured the strategies, whether one worker with BLAS threads won
+    only narrowly (``narrow``; None: nothing measured, nothing to remember)."""
+
+    plan: Plan | None = None
+    narrow: bool | None = None
 
 
 def resolve_workers(workers) -> int:
@@ -132,17 +142,17 @@ def forced_plan(backend: str, workers: int, workers_given: bool) -> Plan:
                                          f"theta in shared memory, BLAS limited to 1 thread")
 
 
-def instead_of_threads(ev: Evaluator, why: str) -> Plan:
-    """The plan once threads are refused for a loss: worker processes when the caller asked for
-    parallel workers (workers= or backend='threads') and f can be pickled, else serial (the
-    calibration of a long check still measures processes)."""
-    if ev.workers > 1 and (ev.workers_given or ev.forced == "threads"):
-        try:
-            ev.process_backend()
-        except InvalidType:
+def instead_of_threads(why: str, workers: int, parallel_asked: bool,
+                       picklable: Callable[[], bool]) -> Plan:
+    """The plan once threads are refused for a loss (``why``): worker processes when the caller
+    asked for parallel workers (workers= or backend='threads': ``parallel_asked``) and f can be
+    pickled (``picklable()``, asked only then), else serial (the calibration of a long check
+    still measures processes)."""
+    if workers > 1 and parallel_asked:
+        if not picklable():
             return Plan("serial", 1, 1, f"{why}; f cannot be pickled for worker processes: "
                                         f"serial")
-        return Plan("processes", ev.workers, 1, f"{why}: {ev.workers} worker processes instead")
+        return Plan("processes", workers, 1, f"{why}: {workers} worker processes instead")
     return Plan("serial", 1, 1, f"{why}: serial")
 
 
@@ -154,171 +164,172 @@ def without_kernel(plan: Plan, origin: str) -> Plan:
                 f"the thread pool calls it")
 
 
-def calibrate(ev: Evaluator, index, step, f_plus, f_minus, bar) -> int:
-    """Decide threads/BLAS (and jit="auto") on the first coordinates; returns how many of them
-    were evaluated (their losses are kept: calibration adds one timed evaluation at theta with
-    BLAS threads, counted in the evaluations)."""
-    k = index.size
-    if ev.t_eval is None:
-        ev.time_at_theta()
-    t_eval = max(ev.t_eval, 1e-7)
-    predicted = 2 * k * t_eval / ev.workers
-    plain = ev.plan.backend != "jit" and ev.work.terms is None
-    if plain and ev.jit_option == "auto" and predicted >= AUTO_JIT_MIN_SECONDS:
-        try_jit(ev, t_eval)
-    elif plain and ev.jit_option is True:
-        try_jit(ev, None)
-    jit = ev.plan.backend == "jit"
+def jit_trial(inputs: PlanInputs, tuning: Tuning) -> float | None:
+    """Whether to try compiling a plain loss with Numba before calibrating: None (no), or the
+    seconds per evaluation the compiled loss must beat (``math.inf`` for jit=True: any).
+    jit="auto" tries only when the Python path is predicted to take
+    ``tuning.auto_jit_min_seconds``: compiling costs 0.1-2 s."""
+    if inputs.backend == "jit" or not inputs.plain:
+        return None
+    if inputs.jit_option is True:
+        return math.inf
+    t_eval = max(inputs.t_eval, 1e-7)
+    predicted = 2 * inputs.coordinates * t_eval / inputs.workers
+    if inputs.jit_option == "auto" and predicted >= tuning.auto_jit_min_seconds:
+        return t_eval
+    return None
+
+
+def calibrate(inputs: PlanInputs, probe: Probe, tuning: Tuning) -> Calibration:
+    """Decide threads/BLAS/processes on the first coordinates of the first large batch
+    (``probe`` evaluates them; their losses are kept, and calibration adds one timed
+    evaluation at theta with BLAS threads, counted in the evaluations)."""
+    k = inputs.coordinates
+    workers = inputs.workers
+    t_eval = max(inputs.t_eval, 1e-7)
+    predicted = 2 * k * t_eval / workers
+    jit = inputs.backend == "jit"
     # worker processes can pay off only with enough work left for their start-up (best case:
     # nothing in this process beats one thread)
-    maybe_processes = not jit and ev.workers > 1 and processes_may_pay(
-        k, 1 / (2 * t_eval), 1 / (2 * t_eval), ev.workers, pool_alive(ev.workers))
-    if predicted < CALIBRATE_MIN_SECONDS and not maybe_processes:
-        if ev.plan.backend == "threads" and t_eval < GIL_BOUND_SECONDS:
+    maybe_processes = not jit and workers > 1 and processes_may_pay(
+        k, 1 / (2 * t_eval), 1 / (2 * t_eval), workers, pool_alive(workers), tuning)
+    if predicted < tuning.calibrate_min_seconds and not maybe_processes:
+        if inputs.backend == "threads" and t_eval < tuning.gil_bound_seconds:
             # a loss this short holds the GIL most of the time: threads only add handoffs.
             # BLAS on one thread too: BLAS threads do not pay off in a 50 us evaluation, and a
             # BLAS call outside the limit races with concurrent checks changing it
-            ev.plan = Plan("serial", 1, 1,
-                           f"Python callable: serial (one evaluation takes {t_eval * 1e6:.0f} "
-                           f"us: threads would contend for the GIL)", t_eval)
-        return 0
-    plan = remembered_plan(ev.work.f, ev.work.theta, ev.work.args, ev.workers, jit)
-    if plan is not None and plan.t_eval / PLAN_T_EVAL_FACTOR <= t_eval <= \
-            plan.t_eval * PLAN_T_EVAL_FACTOR and not (plan.backend == "threads"
-                                                       and ev.threads_refused()):
-        ev.plan = plan.because(f"{plan.reason}; plan remembered from an earlier check of this loss")
-        return 0
-    # each strategy gets the same number of coordinates, about CALIBRATION_SECONDS of work
-    probe = int(np.clip(CALIBRATION_SECONDS / (2 * t_eval), 2, k // 8)) * ev.workers
-    if 2 * probe > k // 2:
-        return 0
-    ev.warm_kernel()
-    done = 0
-
-    def timed(size, workers, blas, plan=None):
-        nonlocal done
-        size = min(size, k - done)
-        start = time.perf_counter()
-        ev.run_pairs(done, done + size, index, step, f_plus, f_minus, bar, workers, blas, plan)
-        done += size
-        return size / max(time.perf_counter() - start, 1e-9)
-
-    if not jit and not ev.threads_refused():
-        # the thread-safety guard first: a batch on threads and the same points serially
-        done = ev.verify_threads(0, k, index, step, f_plus, f_minus, bar)
-    threads_ok = jit or not ev.threads_refused()
+            return Calibration(Plan(
+                "serial", 1, 1, f"Python callable: serial (one evaluation takes "
+                                f"{t_eval * 1e6:.0f} us: threads would contend for the GIL)",
+                t_eval))
+        return Calibration()
+    plan = inputs.remembered
+    factor = tuning.plan_t_eval_factor
+    if plan is not None and plan.t_eval / factor <= t_eval <= plan.t_eval * factor and \
+            not (plan.backend == "threads" and probe.refusal()):
+        return Calibration(plan.because(
+            f"{plan.reason}; plan remembered from an earlier check of this loss"))
+    # each strategy gets the same number of coordinates, about tuning.calibration_seconds
+    probed = int(np.clip(tuning.calibration_seconds / (2 * t_eval), 2, k // 8)) * workers
+    if 2 * probed > k // 2:
+        return Calibration()
+    probe.warm()
+    # the thread-safety guard first (a Python loss): a batch on threads, the same points serially
+    guard_rates = probe.guard() if not jit and probe.refusal() is None else None
+    threads_ok = jit or probe.refusal() is None
     # outer threads first, before anything of ours wakes BLAS threads (OpenBLAS's workers spin
     # for ~0.1 s after a threaded call, holding a core). The caller's own BLAS call just before
     # the check can have left them spinning: the outer probe runs in two halves around a serial
     # one and keeps its faster half. Then one evaluation with BLAS threads says whether they
     # help; the one-worker strategy gets them only if so (otherwise it is the serial strategy,
     # which a GIL-bound loss wins).
-    half = max(1, probe // 2)
-    size = max(1, probe // 4)  # short: BLAS threads on a busy machine can be 100x slower
-    if ev.guard_rates is not None:
+    half = max(1, probed // 2)
+    size = max(1, probed // 4)  # short: BLAS threads on a busy machine can be 100x slower
+    if guard_rates is not None:
         # a Python loss: the guard just timed the same coordinates on threads and serially;
         # threads once more after the serial run, on a batch that stays cheap should they be as
         # slow again (retry_size), the faster kept (the first threaded batch also woke the pool,
         # and BLAS workers the caller left spinning can slow either one)
-        outer, serial = ev.guard_rates
+        outer, serial = guard_rates
         if not threads_ok:
             outer = 0.0
         else:
-            outer = retry_threads(outer, serial, t_eval, jit, ev.workers, half, k - done,
-                                  lambda size: timed(size, ev.workers, 1))
+            outer = retry_threads(outer, serial, t_eval, jit, workers, half, k - probe.done,
+                                  lambda n: probe.run(n, workers, 1), tuning)
     else:
-        outer = timed(half, ev.workers, 1) if threads_ok else 0.0
-        serial = timed(size, 1, 1)
+        outer = probe.run(half, workers, 1) if threads_ok else 0.0
+        serial = probe.run(size, 1, 1)
         if threads_ok:
-            outer = max(outer, timed(half, ev.workers, 1))
-    blas_helps = t_eval >= BLAS_PROBE_MIN_SECONDS and \
-        outer < BLAS_PROBE_EFFICIENCY * ev.workers * serial and \
-        t_eval >= BLAS_SPEEDUP_TO_PROBE * ev.time_with_blas_threads()
-    rates = [outer, timed(size, 1, None) if blas_helps else serial]
-    best = 1 if one_worker_wins(rates[0], rates[1], t_eval, jit) else 0
+            outer = max(outer, probe.run(half, workers, 1))
+    blas_helps = t_eval >= tuning.blas_probe_min_seconds and \
+        outer < tuning.blas_probe_efficiency * workers * serial and \
+        t_eval >= tuning.blas_speedup_to_probe * probe.blas_seconds()
+    rates = [outer, probe.run(size, 1, None) if blas_helps else serial]
+    best = 1 if one_worker_wins(rates[0], rates[1], t_eval, jit, tuning) else 0
     how = "prange kernel" if jit else "thread pool"
     one = "1 thread x BLAS threads" if blas_helps else "1 thread"
     if best == 0:
-        chosen = f"{how} on {ev.workers} threads, BLAS limited to 1 thread"
-        backend, workers, blas = ("jit" if jit else "threads"), ev.workers, 1
+        chosen = f"{how} on {workers} threads, BLAS limited to 1 thread"
+        backend, plan_workers, blas = ("jit" if jit else "threads"), workers, 1
     elif blas_helps:
         chosen = "one worker (no outer threads), BLAS left on its own threads"
-        backend, workers, blas = ("jit" if jit else "serial"), 1, None
+        backend, plan_workers, blas = ("jit" if jit else "serial"), 1, None
     else:
         chosen = "one worker (outer threads were slower)" if threads_ok else "one worker"
         if threads_ok and rates[0] > rates[1]:
             chosen = (f"one worker (one evaluation takes {t_eval * 1e6:.0f} us, GIL-bound: "
-                      f"outer threads did not win by {STRATEGY_MARGIN:.2f}x)")
-        backend, workers, blas = ("jit" if jit else "serial"), 1, 1
-    measured = (f"calibrated: {rates[0]:.3g} coords/s on {ev.workers} threads x 1 BLAS "
+                      f"outer threads did not win by {tuning.strategy_margin:.2f}x)")
+        backend, plan_workers, blas = ("jit" if jit else "serial"), 1, 1
+    measured = (f"calibrated: {rates[0]:.3g} coords/s on {workers} threads x 1 BLAS "
                 f"thread vs {rates[1]:.3g} coords/s on {one}" if threads_ok else
                 f"calibrated: {rates[1]:.3g} coords/s on {one}")
-    if not jit and ev.workers > 1 and processes_may_pay(k - done, max(rates), serial,
-                                                        ev.workers, pool_alive(ev.workers)):
-        processes = _processes_rate(ev, k - done, size, timed)
+    if not jit and workers > 1 and processes_may_pay(k - probe.done, max(rates), serial,
+                                                     workers, pool_alive(workers), tuning):
+        processes = probe.processes(k - probe.done, size)
         if processes is not None:
             rate, note = processes
-            measured += f", {rate:.3g} coords/s on {ev.workers} processes{note}"
-            if rate > PROCESS_MARGIN * max(rates):
-                chosen = (f"{ev.workers} worker processes (theta in shared memory, BLAS "
+            measured += f", {rate:.3g} coords/s on {workers} processes{note}"
+            if rate > tuning.process_margin * max(rates):
+                chosen = (f"{workers} worker processes (theta in shared memory, BLAS "
                           f"limited to 1 thread)")
-                backend, workers, blas = "processes", ev.workers, 1
+                backend, plan_workers, blas = "processes", workers, 1
     if not threads_ok:
-        chosen = f"{chosen}; {ev.refusal()}"
-    ev.plan = Plan(backend, workers, blas, f"{ev.origin()}: {chosen} ({measured})", t_eval)
-    remember_calibrated(ev.work.f, plan_key(ev.work.theta, ev.work.args, ev.workers, jit),
-                        ev.plan, narrow=rates[1] <= BLAS_PLAN_MARGIN * rates[0])
-    return done
+        chosen = f"{chosen}; {probe.refusal()}"
+    return Calibration(Plan(backend, plan_workers, blas,
+                            f"{inputs.origin}: {chosen} ({measured})", t_eval),
+                       narrow=rates[1] <= tuning.blas_plan_margin * rates[0])
 
 
-def one_worker_wins(outer: float, one: float, t_eval: float, jit: bool) -> bool:
+def one_worker_wins(outer: float, one: float, t_eval: float, jit: bool, tuning: Tuning) -> bool:
     """Does the one-worker strategy (``one`` coordinates per second) beat outer threads
-    (``outer``)? Outer threads keep a nogil or long loss unless one worker is STRATEGY_MARGIN
-    faster; a GIL-bound Python loss (under GIL_BOUND_SECONDS) gets threads only when they are
-    STRATEGY_MARGIN faster: a narrow win of a short probe is noise, and over a whole check their
-    handoffs cost more (the 4.8k net's full check, remembered on threads after a 5% win, ran
-    1.6x slower than serially)."""
-    if not jit and t_eval < GIL_BOUND_SECONDS:
-        return not outer > STRATEGY_MARGIN * one
-    return one > STRATEGY_MARGIN * outer
+    (``outer``)? Outer threads keep a nogil or long loss unless one worker is
+    ``tuning.strategy_margin`` faster; a GIL-bound Python loss (under
+    ``tuning.gil_bound_seconds``) gets threads only when they are that much faster: a narrow
+    win of a short probe is noise, and over a whole check their handoffs cost more (the 4.8k
+    net's full check, remembered on threads after a 5% win, ran 1.6x slower than serially)."""
+    if not jit and t_eval < tuning.gil_bound_seconds:
+        return not outer > tuning.strategy_margin * one
+    return one > tuning.strategy_margin * outer
 
 
 def retry_threads(outer: float, serial: float, t_eval: float, jit: bool, workers: int,
-                  half: int, remaining: int, timed) -> float:
+                  half: int, remaining: int, timed: Callable[[int], float],
+                  tuning: Tuning) -> float:
     """Outer threads measured again after the guard (``timed(size)`` runs ``size`` coordinates
     on them and returns their rate): the best rate seen. Threads that still lose to one worker
-    (``serial``) are measured twice, then again while they keep getting faster (by RETRY_GAIN),
-    up to RETRY_ROUNDS times, each round sized by retry_size at the latest rate: a thread's
-    first batches pay for their first touch of a large loss's temporaries (the separable loss of
-    10^6: 15, 28, 240, 280, then 350 coords/s on successive batches of 2-8 coordinates on 2
-    threads, against 235 serially; a thread's first evaluation took 20-55 ms against 2 ms); a
-    loss that threads really slow down stops after two rounds of at most RETRY_FRACTION of the
-    remaining work each."""
+    (``serial``) are measured twice, then again while they keep getting faster (by
+    ``tuning.retry_gain``), up to ``tuning.retry_rounds`` times, each round sized by retry_size
+    at the latest rate: a thread's first batches pay for their first touch of a large loss's
+    temporaries (the separable loss of 10^6: 15, 28, 240, 280, then 350 coords/s on successive
+    batches of 2-8 coordinates on 2 threads, against 235 serially; a thread's first evaluation
+    took 20-55 ms against 2 ms); a loss that threads really slow down stops after two rounds of
+    at most ``tuning.retry_fraction`` of the remaining work each."""
     best = latest = outer
-    for round_ in range(RETRY_ROUNDS):
+    for round_ in range(tuning.retry_rounds):
         if remaining <= 0:
             break
-        size = retry_size(half, remaining, latest, serial, workers)
+        size = retry_size(half, remaining, latest, serial, workers, tuning)
         rate = timed(size)
         remaining -= size
         best = max(best, rate)
-        if not one_worker_wins(best, serial, t_eval, jit) or \
-                (round_ > 0 and rate < RETRY_GAIN * latest):
+        if not one_worker_wins(best, serial, t_eval, jit, tuning) or \
+                (round_ > 0 and rate < tuning.retry_gain * latest):
             break
         latest = rate
     return best
 
 
-def retry_size(half: int, remaining: int, outer: float, serial: float, workers: int) -> int:
+def retry_size(half: int, remaining: int, outer: float, serial: float, workers: int,
+               tuning: Tuning) -> int:
     """Coordinates for measuring outer threads once more after the guard: up to ``half``, as
-    many as cost at most RETRY_FRACTION of the ``remaining`` coordinates' time should threads be
+    many as cost at most ``tuning.retry_fraction`` of the ``remaining`` coordinates' time should threads be
     as slow as the guard measured them (``outer`` and ``serial`` in coordinates per second), and
     at least one per worker: the guard's threaded batch is each thread's first, which pays for
     its first touch of a large loss's temporaries (the separable loss of 10^6: 32 coords/s on
     threads in the guard, 240 coords/s after)."""
     lost = 1.0 / outer - 1.0 / serial  # seconds lost per coordinate if threads are slower
     if lost > 0:
-        half = min(half, int(RETRY_FRACTION * remaining / max(outer, serial) / lost))
+        half = min(half, int(tuning.retry_fraction * remaining / max(outer, serial) / lost))
     return min(max(half, workers), remaining)
 
 
@@ -340,18 +351,18 @@ def remember_calibrated(f, key: tuple, plan: Plan, narrow: bool) -> None:
 
 
 def processes_may_pay(remaining: int, best_rate: float, serial_rate: float, workers: int,
-                      warm: bool) -> bool:
+                      warm: bool, tuning: Tuning) -> bool:
     """Whether probing worker processes can pay for itself: ``remaining`` coordinates at
     ``best_rate`` (coordinates per second, the best in-process strategy measured) against their
     best case, ``serial_rate`` times the workers that have a core to themselves (idle_cores),
-    after their start-up (none when the pool is ``warm``), saving PROCESS_PAYBACK times the
-    probe's cost."""
+    after their start-up (none when the pool is ``warm``), saving ``tuning.process_payback``
+    times the probe's cost (``tuning.process_probe_seconds`` plus the start-up)."""
     if remaining <= 0 or best_rate <= 0 or serial_rate <= 0:
         return False
-    cost = PROCESS_PROBE_SECONDS + (0.0 if warm else start_up_seconds())
+    cost = tuning.process_probe_seconds + (0.0 if warm else start_up_seconds())
     in_process = remaining / best_rate
     best_case = remaining / (min(workers, idle_cores()) * serial_rate) + cost
-    return in_process - best_case >= PROCESS_PAYBACK * cost
+    return in_process - best_case >= tuning.process_payback * cost
 
 
 def idle_cores() -> float:
@@ -366,67 +377,37 @@ def idle_cores() -> float:
     return float(min(cores, max(1.0, cores - max(0.0, load - 1.0))))
 
 
-def _processes_rate(ev: Evaluator, remaining: int, size: int, timed):
-    """Coordinates per second on worker processes, measured on real coordinates (the caller
-    decided they may pay: processes_may_pay), or None when f cannot be pickled. A pool that is
-    not running yet starts while this process evaluates coordinates serially (forked workers:
-    ~0.02-0.1 s; loky's fork+exec: ~0.3-0.5 s on 2 cores)."""
-    cold = not pool_alive(ev.workers)
-    try:
-        backend = ev.process_backend()
-    except InvalidType:
-        return None
-    note = ""
-    # a problem the workers cannot unpickle (NotLoadable, InvalidType from the backend): no
-    # processes for this check; the probe's coordinates are evaluated by the plan chosen instead
-    try:
-        if cold:
-            start = time.perf_counter()
-            started = start_workers(ev.workers, backend.shared.ref)
-            while not all(f.done() for f in started) and 2 * size * ev.workers < remaining:
-                timed(size, 1, 1)  # real coordinates while the workers start
-                remaining -= size
-            for f in started:
-                f.result()
-            note = f" (after {time.perf_counter() - start:.2g} s starting them)"
-        plan = Plan("processes", ev.workers, 1, "calibration")
-        return timed(max(size, 2 * CHUNKS_FOR_PROBE * ev.workers), ev.workers, 1, plan), note
-    except (NotLoadable, InvalidType):
-        return None
-
-
-# chunks per worker process in the calibration's probe of processes
-CHUNKS_FOR_PROBE = 4
-
-
-def try_jit(ev: Evaluator, t_eval) -> None:
-    """Compile a plain loss with Numba; keep it when it agrees at theta and is faster."""
-    compiled = compiled_loss(ev.work.f)
+def compiled_if_faster(f, theta: np.ndarray, args: tuple, beat: float,
+                       tuning: Tuning) -> tuple[Callable, str] | None:
+    """f compiled with Numba, and a sentence saying so, when it agrees with f at theta (within
+    ``tuning.jit_agreement_eps``) and one evaluation takes less than ``beat`` seconds (with a
+    10% margin; ``math.inf``: jit=True, any time); None otherwise (Numba refused it: the thread
+    pool, silently)."""
+    compiled = compiled_loss(f)
     if compiled is None:
-        return
+        return None
     # a writable copy: a read-only array is another type to Numba, and another compilation
-    work = np.array(ev.work.theta, copy=True)
-    args = ev.work.args
+    work = np.array(theta, copy=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Numba's performance hints are not the user's
             value = float(compiled(work, *args))
-        reference = float(np.asarray(ev.work.f(work.copy(), *args)))
+        reference = float(np.asarray(f(work.copy(), *args)))
         best = np.inf
         for _ in range(3):
             start = time.perf_counter()
             compiled(work, *args)
             best = min(best, time.perf_counter() - start)
     except Exception:  # Numba could not compile or run it: the thread pool, silently
-        return
+        return None
     # the compiled loss must be the same function: a different summation order is fine
-    if not abs(value - reference) <= JIT_AGREEMENT_EPS * max(1.0, abs(reference)):
-        return
-    if t_eval is not None and best * 1.1 >= t_eval:
-        return  # numpy's vectorised math is faster (e.g. transcendental ufuncs)
-    why = (f"{best * 1e6:.3g} us per evaluation vs {t_eval * 1e6:.3g} us in Python"
-           if t_eval is not None else "jit=True")
-    ev.use_kernel(compiled, f"jit='auto' compiled f with Numba ({why})")
+    if not abs(value - reference) <= tuning.jit_agreement_eps * max(1.0, abs(reference)):
+        return None
+    if best * 1.1 >= beat:
+        return None  # numpy's vectorised math is faster (e.g. transcendental ufuncs)
+    why = ("jit=True" if math.isinf(beat) else
+           f"{best * 1e6:.3g} us per evaluation vs {beat * 1e6:.3g} us in Python")
+    return compiled, f"jit='auto' compiled f with Numba ({why})"
 
 
 # a plain loss compiled by jit="auto", per function: weakly keyed, and the compiled version is

@@ -444,7 +444,7 @@ class ProcessBackend(ChunkedBackend):
     def _run(self, k, kind, payload, fail, where, f_plus, f_minus, bar) -> None:
         """The chunks on the pool; when a worker dies (the pool breaks) the chunks without a
         result go to a fresh pool, and when that breaks too, run in this process."""
-        chunks = batch_chunks(k, self.workers, kind, bar)
+        chunks = batch_chunks(k, self.workers, kind, bar, self.work.tuning)
         timeout = self.work.timeout
         table = self._laps(2 * len(chunks))
         name = self._lap_block.name

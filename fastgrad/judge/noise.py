@@ -8,15 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..sampling import direction_key
-from ..steps import (
-    NOISE_PROBE_POINTS,
-    NOISE_PROBE_SPACINGS,
-    measured_noise,
-    noise_sigma,
-    pooled_noise_sigma,
-    precision_of,
-    rms,
-)
+from ..steps import measured_noise, noise_sigma, pooled_noise_sigma, precision_of, rms
 
 # the direction number of the noise probe (far from the numbers audits use for their tests)
 NOISE_DIRECTION = (1 << 62) + 1
@@ -52,24 +44,26 @@ def inconclusive_note(level: NoiseLevel, count: int, noun: str = "coordinate") -
 
 def measure_noise(ev, x: np.ndarray, f0: np.ndarray, seed: int,
                   coordinate: int | None = None) -> NoiseLevel:
-    """Measure the noise of f near theta (steps.NOISE_PROBE_EVALUATIONS), ECnoise-style.
+    """Measure the noise of f near theta (``tuning.noise_probe_evaluations`` evaluations, the
+    tuning of the check, carried by its evaluator ``ev``), ECnoise-style.
 
     The default floor assumes a few eps |f| of roundoff; an f computed with an iterative solver,
     in lower precision inside, or summed in a long sequence along the perturbation can have far
     more, which would read as gradient errors. f is evaluated at x + j d v, j = -6..6, at the two
-    spacings NOISE_PROBE_SPACINGS (fractions of the automatic step), with v the unit vector of
+    spacings ``tuning.noise_probe_spacings`` (fractions of the automatic step), with v the unit vector of
     ``coordinate`` (what check() perturbs) or, when it is None, a random direction over the whole
     vector (what audit() perturbs: that moves every term of f, and its noise is larger).
     steps.noise_sigma turns each set of 13 values into an estimate; steps.pooled_noise_sigma keeps
     them only when they agree (a kink inside the stencils grows with the spacing, noise does not).
     """
     n = x.size
+    tuning = ev.tuning
     if coordinate is None:
         spacing = precision_of(x.dtype).step_scale * max(1.0, rms(x))
     else:
         spacing = precision_of(x.dtype).step_scale * max(1.0, abs(float(x[coordinate])))
-    points = np.arange(1.0, NOISE_PROBE_POINTS + 1.0)
-    offsets = np.concatenate([d * spacing * points for d in NOISE_PROBE_SPACINGS])
+    points = np.arange(1.0, tuning.noise_probe_points + 1.0)
+    offsets = np.concatenate([d * spacing * points for d in tuning.noise_probe_spacings])
     k = offsets.size
     if coordinate is None:
         key = direction_key(seed, NOISE_DIRECTION)
@@ -82,12 +76,12 @@ def measure_noise(ev, x: np.ndarray, f0: np.ndarray, seed: int,
     sigmas, levels, gain = [], [], 1.0
     for m in range(f0.size):
         per_spacing = []
-        for p in range(len(NOISE_PROBE_SPACINGS)):
-            rows = slice(NOISE_PROBE_POINTS * p, NOISE_PROBE_POINTS * (p + 1))
+        for p in range(len(tuning.noise_probe_spacings)):
+            rows = slice(tuning.noise_probe_points * p, tuning.noise_probe_points * (p + 1))
             per_spacing.append(noise_sigma(np.concatenate(
                 [f_minus[rows, m][::-1], [f0[m]], f_plus[rows, m]])))
-        sigma = pooled_noise_sigma(per_spacing)
-        level, term_gain = measured_noise(sigma, f0[m], x.dtype)
+        sigma = pooled_noise_sigma(per_spacing, tuning)
+        level, term_gain = measured_noise(sigma, f0[m], x.dtype, tuning)
         sigmas.append(sigma)
         levels.append(level)
         gain = max(gain, term_gain)

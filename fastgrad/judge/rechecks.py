@@ -10,14 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..steps import (
-    KINK_SHRINK,
-    KINK_STABLE_CHANGE,
-    KINK_VISIBLE,
-    ONE_SIDED_NOISE,
-    assumed_noise,
-    noise_growth,
-)
+from ..steps import assumed_noise, noise_growth
+from ..tuning import Tuning
 from .verdicts import INCONCLUSIVE, KINK, NAN, NOISE, CoordStats, coordinate_stats
 
 
@@ -28,12 +22,12 @@ def scaled(x, step, factor, dtype):
     return np.where(exact > 0, exact, raw)
 
 
-def slopes_differ(f_plus, f_minus, f0, step, noise) -> np.ndarray:
+def slopes_differ(f_plus, f_minus, f0, step, noise, tuning: Tuning) -> np.ndarray:
     """Do the one-sided slopes (f+ - f0)/h and (f0 - f-)/h differ beyond their noise (each
-    carries ONE_SIDED_NOISE times the centered floor ``noise``)? A kink is a real change of
-    slope; noise makes the slopes differ too, by about the floor."""
+    carries ``tuning.one_sided_noise`` times the centered floor ``noise``)? A kink is a real
+    change of slope; noise makes the slopes differ too, by about the floor."""
     gap = np.abs((f_plus - f0) / step - (f0 - f_minus) / step)
-    return gap > KINK_VISIBLE * ONE_SIDED_NOISE * noise
+    return gap > tuning.kink_visible * tuning.one_sided_noise * noise
 
 
 class Judge:
@@ -41,12 +35,14 @@ class Judge:
 
     ``grads`` maps each loss term (None for a plain loss) to its flat gradient; ``f0`` holds f at
     theta per term, in the same order. ``noise_abs`` (per term) is the measured noise the floors
-    add (zeros until measured). ``kinks`` is "detect", "ignore" or a signature callable.
+    add (zeros until measured). ``kinks`` is "detect", "ignore" or a signature callable. The
+    numbers of the re-checks are the check's ``Tuning``, carried by its evaluator ``ev``.
     """
 
     def __init__(self, ev, x: np.ndarray, f0: np.ndarray, grads: dict, tol: float, eps: float,
                  kinks: str | Callable = "detect", args: tuple = ()):
         self.ev, self.x, self.f0, self.grads = ev, x, f0, grads
+        self.tuning: Tuning = ev.tuning
         self.terms = list(grads)
         self.tol, self.eps = tol, eps
         self.kinks, self.args = kinks, args
@@ -55,12 +51,14 @@ class Judge:
     def verdicts(self, index, step, f_plus, f_minus) -> list[CoordStats]:
         """The C accumulator's verdicts, per term."""
         return [coordinate_stats(self.grads[t][index], f_plus[:, m], f_minus[:, m], self.f0[m],
-                                 step, self.tol, self.eps, self.noise_abs[m])
+                                 step, self.tol, self.eps, self.noise_abs[m],
+                                 self.tuning.kink_explains)
                 for m, t in enumerate(self.terms)]
 
     def _one(self, m, where, f_plus, f_minus, step) -> CoordStats:
         return coordinate_stats(self.grads[self.terms[m]][where], f_plus, f_minus, self.f0[m],
-                                step, self.tol, self.eps, self.noise_abs[m])
+                                step, self.tol, self.eps, self.noise_abs[m],
+                                self.tuning.kink_explains)
 
     def recheck(self, index, step, stats) -> tuple[list[np.ndarray], np.ndarray]:
         """The noise re-check, then (unless kinks="ignore") the kink re-check; returns the step of
@@ -190,7 +188,7 @@ class Judge:
         previous = {m: stats[m].copy() for m in pending}
         previous_step = {m: step.copy() for m in pending}
         last: dict[int, tuple] = {}
-        for level, factor in enumerate(KINK_SHRINK):
+        for level, factor in enumerate(self.tuning.kink_shrink):
             todo = np.unique(np.concatenate(list(pending.values())))
             if todo.size == 0:
                 break
@@ -205,7 +203,7 @@ class Judge:
                 sub = self._one(m, index[where], fp[rows, m], fm[rows, m], small[rows])
                 # a kink candidate only where the one-sided slopes differ beyond their noise
                 sub.kink &= slopes_differ(fp[rows, m], fm[rows, m], f0[m], small[rows],
-                                          sub.noise)
+                                          sub.noise, self.tuning)
                 prev = previous[m]
                 if clear is not None:
                     take = clear[rows]
@@ -221,7 +219,7 @@ class Judge:
                     # step)
                     keep_prev = (~take & ~sub.kink & prev.failed[where]
                                  & (prev.verdict[where] != NOISE)
-                                 & (change <= KINK_STABLE_CHANGE * tol * scale + sub.noise
+                                 & (change <= self.tuning.kink_stable_change * tol * scale + sub.noise
                                     + prev.noise[where]))
                     s = stats[m]
                     # a crossing only where the slope changed beyond the noise of both values
@@ -248,11 +246,11 @@ class Judge:
             s_plus = (fp - f0[m]) / h
             s_minus = (f0[m] - fm) / h
             lo, hi = np.minimum(s_plus, s_minus), np.maximum(s_plus, s_minus)
-            one_sided_noise = ONE_SIDED_NOISE * sub.noise[keep]
+            one_sided_noise = self.tuning.one_sided_noise * sub.noise[keep]
             slack = tol * np.maximum(np.abs(lo), np.abs(hi)) + one_sided_noise
             a = self.grads[t][index[left]]
             # the kink must stand out of the roundoff, or the slopes say nothing about it
-            visible = slopes_differ(fp, fm, f0[m], h, sub.noise[keep])
+            visible = slopes_differ(fp, fm, f0[m], h, sub.noise[keep], self.tuning)
             subgradient = visible & (a >= lo - slack) & (a <= hi + slack)
             excused = left[subgradient]
             stats[m].take(excused, sub, np.flatnonzero(keep)[subgradient])

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._accumulate import ffi, lib
-from ..steps import BAND_OK, BAND_SUSPECT, BAND_WRONG, KINK_EXPLAINS
+from ..steps import BAND_OK, BAND_SUSPECT, BAND_WRONG
+from ..tuning import DEFAULT_TUNING
 
 HIST_BINS = int(lib.FG_HIST_BINS)
 # lower edge of each histogram bin, as a power of ten (bin 0 holds everything below 1e-16)
@@ -81,8 +82,10 @@ _CTYPE = {
 
 
 def coordinate_stats(analytic, f_plus, f_minus, f0: float, step, tol: float,
-                     noise_eps: float, noise_abs: float = 0.0) -> CoordStats:
-    """Numeric gradient, relative error, noise floor, kink score and verdict per coordinate."""
+                     noise_eps: float, noise_abs: float = 0.0,
+                     kink_explains: float = DEFAULT_TUNING.kink_explains) -> CoordStats:
+    """Numeric gradient, relative error, noise floor, kink score and verdict per coordinate
+    (``kink_explains``: the check's ``Tuning.kink_explains``)."""
     analytic, p_a = _in(analytic, np.float64)
     n = analytic.size
     f_plus, p_fp = _in(f_plus, np.float64)
@@ -93,7 +96,7 @@ def coordinate_stats(analytic, f_plus, f_minus, f0: float, step, tol: float,
         raise RuntimeError("coordinate_stats: analytic, f_plus, f_minus and step differ in size")
     method = ffi.new("fg_method *", {
         "tol": float(tol), "noise_eps": float(noise_eps), "band_wrong": BAND_WRONG,
-        "band_suspect": BAND_SUSPECT, "band_ok": BAND_OK, "kink_explains": KINK_EXPLAINS})
+        "band_suspect": BAND_SUSPECT, "band_ok": BAND_OK, "kink_explains": float(kink_explains)})
     numeric, p_num = _out(n, np.float64)
     rel, p_rel = _out(n, np.float64)
     noise, p_noise = _out(n, np.float64)

@@ -1,0 +1,137 @@
+"""fastgrad/tuning.py: the method's numbers are one frozen, documented value a check is given,
+passed down explicitly (no module global), so concurrent checks with different tunings never
+see each other's numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import threading
+
+import numpy as np
+import pytest
+
+import fastgrad as fg
+from fastgrad.engine.planner import resolve_workers
+from fastgrad.errors import InvalidType, InvalidValue
+from fastgrad.tuning import DEFAULT_TUNING, Tuning
+
+TWO_CORES = resolve_workers(None) >= 2
+
+
+def tiny_loss(x):
+    return float(np.sum(x * x))
+
+
+def tiny_grad(x):
+    return 2.0 * x
+
+
+X = np.linspace(-1.0, 1.0, 20)
+
+
+def test_a_tuning_is_frozen_hashable_and_public():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULT_TUNING.gil_bound_seconds = 1.0
+    assert fg.Tuning is Tuning
+    assert DEFAULT_TUNING == Tuning() and hash(DEFAULT_TUNING) == hash(Tuning())
+    changed = dataclasses.replace(DEFAULT_TUNING, gil_bound_seconds=1.0)
+    assert changed.gil_bound_seconds == 1.0 and DEFAULT_TUNING.gil_bound_seconds == 100e-6
+    assert DEFAULT_TUNING.noise_probe_evaluations == 2 * 6 * 2
+
+
+def test_every_field_is_documented():
+    """Each field has an entry in the Attributes section of help(Tuning), in field order, with
+    a description (what it is, unit, why this value) and its default."""
+    doc = inspect.getdoc(Tuning)
+    section = doc.split("Attributes\n----------\n")[1].split("\n\n")[0]
+    entries = re.findall(r"^(\w+) : [^\n]+\n((?:    [^\n]*\n?)+)", section, flags=re.M)
+    assert [name for name, _ in entries] == [f.name for f in dataclasses.fields(Tuning)]
+    for name, text in entries:
+        assert len(text.split()) >= 8 and "Default: ``" in " ".join(text.split()), name
+
+
+def test_bad_tuning_is_refused_naming_it():
+    with pytest.raises(InvalidType, match="tuning: expected a fastgrad.Tuning"):
+        fg.check(tiny_loss, X, tiny_grad(X), tuning={"gil_bound_seconds": 1.0})
+    with pytest.raises(InvalidType, match="tuning"):
+        fg.check(tiny_loss, X, tiny_grad(X), tuning=None)
+    with pytest.raises(InvalidValue, match=r"tuning\.guard_seconds"):
+        dataclasses.replace(DEFAULT_TUNING, guard_seconds=-1.0)
+    with pytest.raises(InvalidValue, match=r"tuning\.noise_sigmas"):
+        dataclasses.replace(DEFAULT_TUNING, noise_sigmas=float("nan"))
+    with pytest.raises(InvalidType, match=r"tuning\.leaf_size"):
+        dataclasses.replace(DEFAULT_TUNING, leaf_size=2.5)
+    with pytest.raises(InvalidType, match=r"tuning\.kink_shrink"):
+        dataclasses.replace(DEFAULT_TUNING, kink_shrink=())
+
+
+def _plan_of(gil_bound_seconds: float) -> fg.Report:
+    return fg.check(tiny_loss, X, tiny_grad(X), samples="all",
+                    tuning=dataclasses.replace(DEFAULT_TUNING,
+                                               gil_bound_seconds=gil_bound_seconds))
+
+
+@pytest.mark.skipif(not TWO_CORES, reason="needs 2 cores for threads")
+def test_the_gil_bound_decides_the_plan_of_a_short_check():
+    """A check too short to calibrate runs a Python loss serially when one evaluation is under
+    the GIL bound, on the thread pool otherwise (no timing: 0 s and 10 s bounds)."""
+    assert _plan_of(10.0).path == "serial"
+    threaded = _plan_of(0.0)
+    assert threaded.path == "threads" and threaded.passed
+
+
+def test_the_tuning_reaches_the_judge_and_the_tolerance():
+    """The noise probe's size and the tolerance's growth with depth come from the tuning."""
+    wrong = tiny_grad(X)
+    wrong[3] *= 1.5  # a failure: the noise of f is measured
+    short = dataclasses.replace(DEFAULT_TUNING, noise_probe_points=3)
+    reports = [fg.check(tiny_loss, X, wrong, samples="all", workers=1, tuning=tuning)
+               for tuning in (DEFAULT_TUNING, short)]
+    assert not reports[0].passed and not reports[1].passed
+    assert reports[0].evaluations - reports[1].evaluations == \
+        DEFAULT_TUNING.noise_probe_evaluations - short.noise_probe_evaluations
+    linear = dataclasses.replace(DEFAULT_TUNING, depth_exponent=1.0)
+    report = fg.check(tiny_loss, X, tiny_grad(X), depth=10, tuning=linear)
+    assert report.tol == pytest.approx(1e-3)
+    assert fg.check(tiny_loss, X, tiny_grad(X), depth=10).tol == \
+        pytest.approx(1e-4 * 10 ** DEFAULT_TUNING.depth_exponent)
+
+
+def test_concurrent_checks_with_different_tunings_each_get_their_own():
+    """Two threads check at once, each with its own tuning, many times: each report shows its
+    own tolerance (and, with two cores, its own plan)."""
+    tunings = {
+        "serial": dataclasses.replace(DEFAULT_TUNING, gil_bound_seconds=10.0,
+                                      depth_exponent=1.0),
+        "threads": dataclasses.replace(DEFAULT_TUNING, gil_bound_seconds=0.0,
+                                       depth_exponent=2.0),
+    }
+    expected_tol = {"serial": 3e-4, "threads": 9e-4}
+    barrier = threading.Barrier(2)
+    seen: dict[str, list] = {name: [] for name in tunings}
+    errors: list[BaseException] = []
+
+    def run(name):
+        try:
+            for _ in range(8):
+                barrier.wait(timeout=60)
+                report = fg.check(tiny_loss, X, tiny_grad(X), samples="all", depth=3,
+                                  tuning=tunings[name])
+                seen[name].append((report.path, report.tol, report.passed))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in tunings]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == []
+    for name, rows in seen.items():
+        assert len(rows) == 8
+        assert all(passed and tol == pytest.approx(expected_tol[name]) for _, tol, passed in rows)
+        if TWO_CORES:
+            assert {path for path, _, _ in rows} == {name}
