@@ -611,7 +611,7 @@ def test_batched_rows_are_probed_on_every_row_against_the_real_backward(monkeypa
     assert {c.where for c in report.failures} == {"input0[5] -> output0[5]"}
     assert any("differ from the backward itself" in n for n in report.notes)
     # the probe's own rule: agreement within roundoff, a 1% change on any one row shows
-    fn = flatten.FlatFunction(lambda t: t.sin() * 3, (x,), ["input0"], needs_grad=False)
+    fn = flatten.TorchFunction(lambda t: t.sin() * 3, (x,), ["input0"], needs_grad=False)
     leaves, outputs, positions = fn.reference()
     fn.set_outputs(outputs, positions)
     jac = real(fn, leaves, outputs, np.arange(8), batched=False)
@@ -672,10 +672,11 @@ def test_a_large_jacobian_is_screened_chunk_by_chunk_and_not_kept(monkeypatch):
     x 800 outputs, in chunks of 256 coordinates): the numeric columns are screened as the
     chunks come; a passing check never builds the two Jacobian-sized loss arrays, and a planted
     bug is still named by its element."""
+    from fastgrad.checks.jacobian import columns
     from fastgrad.torch.dropin import flatten, full
 
     monkeypatch.setattr(full, "STREAM_MIN_VALUES", 100_000)
-    monkeypatch.setattr(flatten, "BATCH_VALUES", 512 * 1000)
+    monkeypatch.setattr(columns, "BATCH_VALUES", 512 * 1000)
     gen = torch.Generator().manual_seed(29)
     A = torch.randn(800, 1000, generator=gen, dtype=F64)
     x = leaf(1000, seed=30)

@@ -7,8 +7,9 @@ one ``torch.func.vmap`` call when the function allows it (one call per perturbat
 said in the report's path line); the analytic rows are batched vector-Jacobian products.
 """
 
+from __future__ import annotations
+
 import contextlib
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -16,19 +17,22 @@ import torch
 from torch.autograd.gradcheck import GradcheckError as TorchGradcheckError
 
 from ...arguments import strict_option
-from ...errors import GradcheckWarning, GradientCheckError, InvalidValue
-from .flatten import FlatFunction, as_tuple, differentiable_outputs
+from ...checks.jacobian import SubcheckFailed, warn_tolerated
+from ...errors import DropinCheckError, InvalidValue
+from .flatten import TorchFunction, as_tuple, differentiable_outputs
 from .pipeline import parse_options, run_check
 
 __all__ = ["GradcheckError", "gradcheck", "gradgradcheck"]
 
-class GradcheckError(TorchGradcheckError, GradientCheckError):
+
+class GradcheckError(DropinCheckError, TorchGradcheckError):
     """Raised by ``fastgrad.torch.gradcheck``/``gradgradcheck`` when a check fails.
 
     A subclass of ``torch.autograd.gradcheck.GradcheckError`` (existing ``pytest.raises`` keep
     working) and of ``fastgrad.GradientCheckError``; the message is the report's table naming
     input, output and coordinate, and ``.report`` holds the report (None for failures found
-    before any Jacobian was judged, e.g. a backward that is not reentrant).
+    before any Jacobian was judged, e.g. a backward that is not reentrant). Its ``__init__`` is
+    ``fastgrad.errors.DropinCheckError``'s, the base of both drop-ins' errors.
 
     Parameters
     ----------
@@ -43,16 +47,6 @@ class GradcheckError(TorchGradcheckError, GradientCheckError):
     >>> issubclass(fastgrad.torch.GradcheckError, torch.autograd.gradcheck.GradcheckError)
     True
     """
-
-    def __init__(self, message: str, report: Any = None):
-        RuntimeError.__init__(self, message)
-        self.report = report
-
-
-def _fail(message: str, report, raise_exception: bool) -> bool:
-    if raise_exception:
-        raise GradcheckError(message, report)
-    return False
 
 
 def gradcheck(
@@ -174,22 +168,16 @@ def gradcheck(
     strict = strict_option(strict)
     inputs = as_tuple(inputs)
     names = [f"input{k}" for k in range(len(inputs))]
-    fn = FlatFunction(func, inputs, names, needs_grad=False, masked=bool(masked))
+    fn = TorchFunction(func, inputs, names, needs_grad=False, masked=bool(masked))
     if check_forward_ad and fn.sparse:
         raise InvalidValue("check_forward_ad: forward-mode AD of sparse inputs is not supported "
                            "(check the backward, or pass the inputs dense)")
-    tolerated: list = []
-    with _no_side_effects():
-        failure = run_check(fn, eps=eps, atol=atol, rtol=rtol, nondet_tol=nondet_tol,
-                        check_backward_ad=check_backward_ad, check_forward_ad=check_forward_ad,
-                        check_batched_grad=check_batched_grad,
-                        check_batched_forward_grad=check_batched_forward_grad,
-                        check_undefined_grad=check_undefined_grad,
-                        check_grad_dtypes=check_grad_dtypes, fast_mode=fast_mode,
-                        strict=strict, tolerated=tolerated)
-    passed = failure is None or _fail(*failure, raise_exception)
-    _warn_tolerated("gradcheck", tolerated, atol, rtol)
-    return passed
+    return _outcome("gradcheck", fn, raise_exception, eps=eps, atol=atol, rtol=rtol,
+                    nondet_tol=nondet_tol, check_backward_ad=check_backward_ad,
+                    check_forward_ad=check_forward_ad, check_batched_grad=check_batched_grad,
+                    check_batched_forward_grad=check_batched_forward_grad,
+                    check_undefined_grad=check_undefined_grad,
+                    check_grad_dtypes=check_grad_dtypes, fast_mode=fast_mode, strict=strict)
 
 
 def gradgradcheck(
@@ -327,35 +315,33 @@ def gradgradcheck(
 
     differentiable = differentiable_outputs(outputs)
     names = [f"input{k}" for k in range(n)] + [f"grad_output{j}" for j in range(len(grad_outputs))]
-    fn = FlatFunction(backward, (*inputs, *grad_outputs), names, needs_grad=True,
+    fn = TorchFunction(backward, (*inputs, *grad_outputs), names, needs_grad=True,
                    out_prefix="grad_input", masked=bool(masked))
     fn.batched_func = functional_backward
+    return _outcome("gradgradcheck", fn, raise_exception, eps=eps, atol=atol, rtol=rtol,
+                    nondet_tol=nondet_tol, check_backward_ad=check_rev_over_rev,
+                    check_forward_ad=check_fwd_over_rev, check_batched_grad=check_batched_grad,
+                    check_batched_forward_grad=False, check_undefined_grad=False,
+                    check_grad_dtypes=check_grad_dtypes, fast_mode=fast_mode, strict=strict)
+
+
+def _outcome(what: str, fn: TorchFunction, raise_exception: bool, *, atol: float, rtol: float,
+             **options: Any) -> bool:
+    """The check's one outcome: True; or, when a sub-check failed, ``GradcheckError`` (or False
+    with ``raise_exception=False``). A check passed by the caller's tolerance only warns."""
     tolerated: list = []
-    with _no_side_effects():
-        failure = run_check(fn, eps=eps, atol=atol, rtol=rtol, nondet_tol=nondet_tol,
-                        check_backward_ad=check_rev_over_rev,
-                        check_forward_ad=check_fwd_over_rev,
-                        check_batched_grad=check_batched_grad, check_batched_forward_grad=False,
-                        check_undefined_grad=False, check_grad_dtypes=check_grad_dtypes,
-                        fast_mode=fast_mode, strict=strict, tolerated=tolerated)
-    passed = failure is None or _fail(*failure, raise_exception)
-    _warn_tolerated("gradgradcheck", tolerated, atol, rtol)
-    return passed
-
-
-def _warn_tolerated(what: str, tolerated: list, atol: float, rtol: float) -> None:
-    """One GradcheckWarning naming the elements the caller's tolerance accepted beyond
-    fastgrad's band (pytest lists it; strict=True fails them instead)."""
-    if not tolerated:
-        return
-    elements = tuple(e for shown, _ in tolerated for e in shown)
-    count = sum(n for _, n in tolerated)
-    more = count - len(elements)
-    warnings.warn(GradcheckWarning(
-        f"fastgrad {what} passed by the caller's tolerance (atol={atol:g}, rtol={rtol:g}), "
-        f"but {count} element(s) are beyond fastgrad's relative band: {', '.join(elements)}"
-        + (f" and {more} more" if more > 0 else "")
-        + "; strict=True (or pytest --fastgrad-strict) fails them", elements), stacklevel=3)
+    try:
+        with _no_side_effects():
+            run_check(fn, atol=atol, rtol=rtol, tolerated=tolerated, **options)
+    except SubcheckFailed as failure:
+        if raise_exception:
+            raise GradcheckError(failure.message, failure.report) from None
+        return False
+    if tolerated:  # gradcheck's caller is the one warned (stacklevel: the call of gradcheck)
+        warn_tolerated(what, f" (atol={atol:g}, rtol={rtol:g})",
+                       tuple(e for shown, _ in tolerated for e in shown),
+                       sum(n for _, n in tolerated), stacklevel=4)
+    return True
 
 
 @contextlib.contextmanager

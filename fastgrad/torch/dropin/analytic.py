@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch.autograd import forward_ad
 
-from .flatten import BATCH_VALUES, FlatFunction, from_real, real_flat
+from ...checks.jacobian import BATCH_VALUES
+from .flatten import TorchFunction, from_real, real_flat
 
 
 def _unit_rows(local: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -36,7 +37,7 @@ def dense(g: torch.Tensor) -> torch.Tensor:
     return g if g.layout == torch.strided else g.to_dense()
 
 
-def input_rows(fn: FlatFunction, grads, batch: int, into: np.ndarray | None = None,
+def input_rows(fn: TorchFunction, grads, batch: int, into: np.ndarray | None = None,
                zeroed: bool = False) -> np.ndarray:
     """The flat real input gradients (batch, inputs' real size), written into ``into`` when
     given (a large Jacobian's rows go straight to their place: no temporary of its size;
@@ -58,7 +59,7 @@ def input_rows(fn: FlatFunction, grads, batch: int, into: np.ndarray | None = No
     return out
 
 
-def vjp_rows(fn: FlatFunction, leaves, outputs, rows: np.ndarray, batched: bool) -> np.ndarray:
+def vjp_rows(fn: TorchFunction, leaves, outputs, rows: np.ndarray, batched: bool) -> np.ndarray:
     """Analytic Jacobian rows ``rows`` (flat real outputs x flat real inputs).
 
     As torch's gradcheck: each output is differentiated on its own, the other outputs'
@@ -101,7 +102,7 @@ def vjp_rows(fn: FlatFunction, leaves, outputs, rows: np.ndarray, batched: bool)
     return out
 
 
-def batched_rows_agree(fn: FlatFunction, leaves, outputs, jac: np.ndarray, seed: int) -> bool:
+def batched_rows_agree(fn: TorchFunction, leaves, outputs, jac: np.ndarray, seed: int) -> bool:
     """Do the batched analytic rows ``jac`` agree with the backward users run? One unbatched
     backward of a random combination u of every output element (u^T J, all outputs at once)
     against u^T jac: a batching rule that differs from the real backward on any row shows,
@@ -136,7 +137,7 @@ def batched_rows_agree(fn: FlatFunction, leaves, outputs, jac: np.ndarray, seed:
     return bool((ok | bad).all())
 
 
-def _tangent_basis(fn: FlatFunction, cols: np.ndarray) -> list[torch.Tensor]:
+def _tangent_basis(fn: TorchFunction, cols: np.ndarray) -> list[torch.Tensor]:
     """For each flat real input column c, the tangent e_c (times 1j for imaginary parts)."""
     starts, sizes = fn.layout.starts, fn.layout.sizes
     basis = []
@@ -151,7 +152,7 @@ def _tangent_basis(fn: FlatFunction, cols: np.ndarray) -> list[torch.Tensor]:
     return basis
 
 
-def jvp_columns(fn: FlatFunction, cols: np.ndarray, batched: bool) -> np.ndarray:
+def jvp_columns(fn: TorchFunction, cols: np.ndarray, batched: bool) -> np.ndarray:
     """Analytic Jacobian columns from forward-mode AD: (flat real outputs, cols.size)."""
     primals = fn.copies(requires_grad=False)
     basis = _tangent_basis(fn, cols)
@@ -185,7 +186,7 @@ def jvp_columns(fn: FlatFunction, cols: np.ndarray, batched: bool) -> np.ndarray
     return out
 
 
-def jvp_along(fn: FlatFunction, directions: np.ndarray) -> np.ndarray:
+def jvp_along(fn: TorchFunction, directions: np.ndarray) -> np.ndarray:
     """(directions, flat real outputs): J u from forward-mode AD, one dual pass per direction."""
     primals = fn.copies(requires_grad=False)
     starts = fn.layout.starts
@@ -208,7 +209,7 @@ def jvp_along(fn: FlatFunction, directions: np.ndarray) -> np.ndarray:
     return out
 
 
-def vjp_contracted(fn: FlatFunction, leaves, outputs, u: np.ndarray) -> np.ndarray:
+def vjp_contracted(fn: TorchFunction, leaves, outputs, u: np.ndarray) -> np.ndarray:
     """The gradient of sum(u * flat real outputs) (outputs that require grad): one backward."""
     cot, diff = [], []
     starts = fn.out_layout.starts

@@ -3,24 +3,23 @@ and fastgrad's audit to localize a direction that disagrees."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
+from ...checks.jacobian import SubcheckFailed
 from ...steps import noise_eps, precision_of
 from . import side_tests
 from .analytic import jvp_along, vjp_contracted
-from .flatten import FlatFunction, caller_tolerance
+from .flatten import TorchFunction, caller_tolerance
 
 # fast mode: a direction whose first-step disagreement shrinks about 4x when the step halves is
 # truncation: Richardson's extrapolation (4 n(h/2) - n(h)) / 3 is then the numeric value judged
 FAST_SECOND_STEP = 0.5
 
 
-def judge_fast(fn: FlatFunction, leaves, outputs, *, h, notes, tolerated, dtype, f0, atol, rtol,
+def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype, f0, atol, rtol,
                nondet_tol, check_backward_ad, check_forward_ad, check_batched_grad,
                check_batched_forward_grad, check_undefined_grad, check_grad_dtypes, strict,
-               seed) -> tuple[str, Any] | None:
+               seed) -> None:
     """fast_mode at torch's cost: for each checked input a random unit direction u (uniform
     entries, as torch draws them) and for each judged output a random contraction v; the
     numeric v.(J u) of two evaluations per input against the analytic (v^T J).u (one backward
@@ -29,12 +28,12 @@ def judge_fast(fn: FlatFunction, leaves, outputs, *, h, notes, tolerated, dtype,
     nondeterminism check). A direction beyond the caller's rule (or beyond fastgrad's band,
     with strict) is measured again at half the step (truncation), and one that still
     disagrees is localized by fastgrad's audit of a random contraction of the outputs, which
-    names the wrong coordinates and gives the verdict."""
+    names the wrong coordinates and gives the verdict. A failure raises ``SubcheckFailed``."""
     del check_batched_grad, check_batched_forward_grad  # full-Jacobian side tests
-    x = fn.x64
+    x = fn.x
     index = np.flatnonzero(np.isfinite(x))
     if index.size == 0:
-        return None
+        return
     owner = fn.layout.tensor_of(index)
     tensors = sorted(set(owner.tolist()))
     rng = np.random.default_rng([seed, 0x6661_7374])
@@ -66,9 +65,7 @@ def judge_fast(fn: FlatFunction, leaves, outputs, *, h, notes, tolerated, dtype,
         return values[:len(h_r)], values[len(h_r):], (plus - minus) / (2 * h_r[:, None])
 
     f_plus, f_minus, effective = measure(step, np.arange(len(tensors)))
-    message = "" if fn.probed else side_tests.nondeterministic(fn, f0, nondet_tol)
-    if message:
-        return message, None
+    side_tests.nondeterministic(fn, f0, nondet_tol)
     # analytic: (v_p^T J) per judged output p, then dotted with each direction
     pairs = fn.differentiable(outputs)
     if check_backward_ad:
@@ -76,15 +73,10 @@ def judge_fast(fn: FlatFunction, leaves, outputs, *, h, notes, tolerated, dtype,
         for p, _ in pairs:
             rows[p] = vjp_contracted(fn, leaves, outputs, contractions[p])
             again = vjp_contracted(fn, leaves, outputs, contractions[p])
-            gap = np.abs(again - rows[p])
-            if not (np.array_equal(again, rows[p], equal_nan=True) or np.all(gap <= nondet_tol)):
-                return (f"Backward is not reentrant: two backward passes differ by "
-                        f"{np.nanmax(gap):.3e} > nondet_tol={nondet_tol} (fast mode, "
-                        f"{fn.out_layout.names[p]})"), None
+            side_tests.reentrant_contracted(fn, rows[p], again, nondet_tol,
+                                            fn.out_layout.names[p])
         if check_grad_dtypes and pairs:
-            message = side_tests.grad_dtypes(fn, leaves, outputs)
-            if message:
-                return message, None
+            side_tests.grad_dtypes(fn, leaves, outputs)
     analytic = []  # (label, (directions, outputs) analytic contractions)
     if check_backward_ad:
         analytic.append(("", effective @ rows.T))
@@ -118,21 +110,15 @@ def judge_fast(fn: FlatFunction, leaves, outputs, *, h, notes, tolerated, dtype,
     if questioned:
         # a contraction hides one wrong element among many: the audit looks at coordinates,
         # judged by the caller's relative tolerance (fastgrad's band with strict)
-        failure = _localize(fn, leaves, outputs, index, dtype=dtype,
-                            tol=tol if strict else max(tol, rtol), seed=seed,
-                            questioned=questioned, notes=notes)
-        if failure is not None:
-            return failure
+        _localize(fn, leaves, outputs, index, dtype=dtype, tol=tol if strict else max(tol, rtol),
+                  seed=seed, questioned=questioned, notes=notes)
         if not strict:  # the audit found no coordinate beyond the caller's tolerance
             warned = [f"{where} along a random direction (rel. error {rel:.1e})"
                       for where, _, _, rel, within_slack in questioned if not within_slack]
     if check_backward_ad and check_undefined_grad and pairs:
-        message = side_tests.undefined_grad(fn, leaves, outputs)
-        if message:
-            return message, None
+        side_tests.undefined_grad(fn, leaves, outputs)
     if warned:
         tolerated.append((tuple(warned), len(warned)))
-    return None
 
 
 def _contracted_numeric(f_plus, f_minus, step, contractions) -> np.ndarray:
@@ -164,18 +150,18 @@ def _fast_verdicts(analytic, numeric, f_plus, f_minus, step, contractions, direc
     return caller, band, slack
 
 
-def _localize(fn: FlatFunction, leaves, outputs, index, *, dtype, tol, seed, questioned,
-              notes) -> tuple[str, Any] | None:
+def _localize(fn: TorchFunction, leaves, outputs, index, *, dtype, tol, seed, questioned,
+              notes) -> None:
     """fastgrad's audit of a random contraction of the outputs, run after a fast-mode direction
-    disagreed: its verdict decides, and its report names the wrong coordinates. Non-finite
-    (masked) input entries are held fixed."""
+    disagreed: its verdict decides (a failure raises ``SubcheckFailed`` "fast mode"), and its
+    report names the wrong coordinates. Non-finite (masked) input entries are held fixed."""
     from ... import audit  # the public audit, loaded only when a direction disagrees
 
     rng = np.random.default_rng([seed, 0x6c6f_6361])
     u = rng.standard_normal(fn.out_layout.size)
     grad = vjp_contracted(fn, leaves, outputs, u)[index]
-    full = fn.x64.copy()
-    x = fn.x64.astype(dtype)
+    full = fn.x.copy()
+    x = fn.x.astype(dtype)
 
     def loss(theta):
         full[index] = theta
@@ -187,7 +173,7 @@ def _localize(fn: FlatFunction, leaves, outputs, index, *, dtype, tol, seed, que
     report = audit(loss, x[index], grad, segments=segments, seed=seed, tol=tol, workers=1,
                    jit=False)
     if report.passed:
-        return None
+        return
     shown = [f"{where}: analytic {a:.6g}, numeric {n:.6g} (rel. error {rel:.1e})"
              for where, a, n, rel, _ in questioned]
     head = ("fast mode: a random direction disagreed (" + "; ".join(shown[:4])
@@ -198,5 +184,5 @@ def _localize(fn: FlatFunction, leaves, outputs, index, *, dtype, tol, seed, que
     if lost:
         head = f"{', '.join(lost)} does not require grad; " + head
     head += "".join(f"{note}\n" for note in notes)
-    return head + str(report), report
+    raise SubcheckFailed("fast mode", head + str(report), report)
 

@@ -15,16 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...checks.jacobian import ColumnEvaluator, Layout
+from ...checks.jacobian import CoordinateColumns, FlatFunction, Layout
 from ...errors import InvalidType, InvalidValue
 from ...steps import tolerance
-
-# batched evaluation holds at most this many input values at once (chunks of perturbations)
-BATCH_VALUES = 1 << 22
-
-
-# vmap'd and one-by-one evaluations agree within this many units of roundoff of the outputs
-VMAP_AGREEMENT = 64.0
 
 
 def real_flat(t: torch.Tensor, batch: int | None = None) -> np.ndarray:
@@ -56,19 +49,6 @@ def from_real(values: np.ndarray, shape: tuple, dtype: torch.dtype, device) -> t
     return t.reshape(batch, *shape).to(device)
 
 
-def close(one: np.ndarray, other: np.ndarray, low: bool) -> np.ndarray:
-    """Elements of two evaluations at the same point equal within VMAP_AGREEMENT units of
-    roundoff."""
-    scale = VMAP_AGREEMENT * np.finfo(np.float32 if low else np.float64).eps
-    with np.errstate(invalid="ignore"):
-        return (one == other) | (np.abs(one - other) <= scale * (np.abs(one) + np.abs(other)))
-
-
-def first_words(message: str, limit: int = 100) -> str:
-    line = (message.splitlines() or [""])[0]
-    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
-
-
 def as_tuple(x: Any) -> tuple:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
@@ -85,11 +65,6 @@ def _judged_outputs(outputs: tuple) -> list[int]:
     (indices, counts) are not judged: they cannot carry a gradient."""
     return [j for j, o in enumerate(outputs) if isinstance(o, torch.Tensor)
             and (o.requires_grad or o.is_floating_point() or o.is_complex())]
-
-
-def _same_bits(one: np.ndarray, other: np.ndarray) -> bool:
-    """Two evaluations at the same point are bitwise equal (NaN where both are NaN)."""
-    return bool(np.array_equal(one, other, equal_nan=True))
 
 
 def precision_dtype(dtypes) -> np.dtype:
@@ -178,8 +153,9 @@ class Raised(Exception):
         self.error, self.row = error, row
 
 
-class FlatFunction:
-    """``func`` as a function of the flat real vector of its checked inputs.
+class TorchFunction(FlatFunction):
+    """``func`` as a function of the flat real vector of its checked inputs (the Jacobian core's
+    ``FlatFunction``: one call, or one ``torch.func.vmap`` call of a batch).
 
     ``func`` is called as torch's gradcheck calls it: with the caller's own input objects (an
     ``nn.Parameter`` stays that Parameter, a leaf stays a leaf that requires grad), grad mode
@@ -189,6 +165,8 @@ class FlatFunction:
     raises). Batched (vmap'd) evaluation uses fresh tensors, and only where the vmap'd value
     at x equals the one-by-one value bitwise. Sparse inputs are passed as rebuilt tensors.
     """
+
+    vmap = "torch.func.vmap"
 
     def __init__(self, func: Callable, inputs: tuple, names: Sequence[str], needs_grad: bool,
                  out_prefix: str = "output", masked: bool = False):
@@ -218,23 +196,19 @@ class FlatFunction:
                              tuple(inputs[k].is_complex() for k in self.checked),
                              tuple(self.sparse[k].positions if k in self.sparse else None
                                    for k in self.checked) if self.sparse else ())
-        # a copy (concatenate): x64 must not see the in-place perturbations
-        self.x64 = np.concatenate([self.sparse[k].flat() if k in self.sparse
-                                   else real_flat(inputs[k]) for k in self.checked]) \
+        # a copy (concatenate): x must not see the in-place perturbations
+        x = np.concatenate([self.sparse[k].flat() if k in self.sparse
+                            else real_flat(inputs[k]) for k in self.checked]) \
             if self.layout.size else np.zeros(0)
+        super().__init__(x, batchable=not self.sparse, why_serial=(
+            "sparse inputs (torch.func.vmap does not batch sparse tensors)" if self.sparse
+            else ""))
         # the caller's dense values, written back after every perturbed call
         self.saved = {k: inputs[k].detach().clone() for k in self.checked
                       if k not in self.sparse}
         self.out_prefix = out_prefix
-        self.batched = not self.sparse
-        self.verified = False
-        self.at_x: np.ndarray | None = None  # the one-by-one outputs at x (the vmap probe)
-        self.probed = False  # the vmap'd value at x matched at_x (a second evaluation there)
         # what vmap batches, when not func itself (a functional twin: the same values)
         self.batched_func: Callable | None = None
-        self.why_serial = ("sparse inputs (torch.func.vmap does not batch sparse tensors)"
-                           if self.sparse else "")
-        self.evaluations = 0
         # vmap's randomness: "error" until a random op is met, then "same" (many)
         self.randomness = "error"
 
@@ -305,9 +279,8 @@ class FlatFunction:
     def _grad_mode(self):
         return torch.enable_grad() if self.needs_grad else torch.no_grad()
 
-    def one(self, row: np.ndarray) -> np.ndarray:
+    def call_one(self, row: np.ndarray) -> np.ndarray:
         """The flat real outputs at one flat input (one call of func on the caller's inputs)."""
-        self.evaluations += 1
         args, written = list(self.inputs), []
         starts = self.layout.starts
         try:
@@ -319,7 +292,7 @@ class FlatFunction:
                         value = from_real(part[None], (self.sparse[k].positions.size,),
                                            t.dtype, t.device)[0]
                         args[k] = self.sparse[k].rebuild(value).requires_grad_(True)
-                    elif not np.array_equal(part, self.x64[starts[p]:starts[p + 1]]):
+                    elif not np.array_equal(part, self.x[starts[p]:starts[p + 1]]):
                         # only the inputs that differ from x are written: an input passed
                         # twice (one tensor) is perturbed once, as torch perturbs it
                         written.append(k)
@@ -334,6 +307,19 @@ class FlatFunction:
             with torch.no_grad():
                 for k in written:
                     self.inputs[k].data.copy_(self.saved[k])
+
+    def call_batch(self, rows: np.ndarray) -> np.ndarray:
+        """The flat real outputs at each row in one ``torch.func.vmap`` call."""
+        try:
+            return self._vmapped(rows)
+        except Exception as exc:
+            if self.randomness == "error" and "randomness" in str(exc):
+                # a random op: a function that fixes its seed at every call (torch's own test
+                # wrappers do) draws the same numbers for every row, as vmap's
+                # randomness="same" does; the probe at x tells whether it does
+                self.randomness = "same"
+                return self._vmapped(rows)
+            raise
 
     def _vmapped(self, rows: np.ndarray) -> np.ndarray:
         batch = rows.shape[0]
@@ -357,53 +343,15 @@ class FlatFunction:
             return real_flat(outputs[0], batch)
         return np.concatenate([real_flat(o, batch) for o in outputs], axis=-1)
 
-    def many(self, rows: np.ndarray) -> np.ndarray:
-        """Flat real outputs at each row: one vmap call per chunk, or one call per row.
-
-        The first vmap'd batch carries one more row, the unperturbed input, compared with the
-        one-by-one value there (``self.at_x``): random ops, in-place writes, a batching rule
-        or a branch on ``requires_grad`` that changes a single bit sends every evaluation one
-        by one (said in the path line).
-        """
-        if self.batched and rows.shape[0] > 1:
-            probe = not self.verified and self.at_x is not None
-            try:
-                out = self._vmapped(np.concatenate([rows, self.x64[None]]) if probe else rows)
-            except Exception as exc:  # vmap cannot run this function: say so, go one by one
-                if self.randomness == "error" and "randomness" in str(exc):
-                    # a random op: a function that fixes its seed at every call (torch's own
-                    # test wrappers do) draws the same numbers for every row, as vmap's
-                    # randomness="same" does; the probe at x tells whether it does
-                    self.randomness = "same"
-                    return self.many(rows)
-                self.batched = False
-                self.why_serial = (f"torch.func.vmap raised {type(exc).__name__}: "
-                                   f"{first_words(str(exc))}")
-            else:
-                self.verified = True
-                if probe:
-                    out, at_x = out[:-1], out[-1]
-                    self.probed = _same_bits(self.at_x, at_x)
-                    if not self.probed:
-                        self.batched = False
-                        self.why_serial = ("torch.func.vmap changed the values (the batched "
-                                           "value at x differs from the one-by-one call's)")
-                if self.batched:
-                    self.evaluations += rows.shape[0]
-                    return out
-        return np.stack([self.one(r) for r in rows]) if rows.shape[0] else \
-            np.zeros((0, self.out_layout.size))
-
     @property
     def low(self) -> bool:
         return precision_dtype(
             [self.inputs[k].dtype for k in self.checked] + self.out_dtypes) == np.float32
 
 
-class Evaluator(ColumnEvaluator):
-    """What the Judge calls: ``pairs(index, step)`` -> whole outputs at x +- h e_i."""
-
-    vmap = "torch.func.vmap"
+class Evaluator(CoordinateColumns):
+    """What the Judge calls: ``pairs(index, step)`` -> whole outputs at x +- h e_i, the core's
+    chunked columns; the path line says when vmap ran with randomness="same"."""
 
     @property
     def path_reason(self) -> str:
@@ -412,32 +360,3 @@ class Evaluator(ColumnEvaluator):
             reason += (" with randomness='same' (f draws random numbers: the same at every "
                        "call, as the batched value at x showed)")
         return reason
-
-    def _pairs(self, index, step):
-        k, n_out = index.size, self.fn.out_layout.size
-        f_plus, f_minus = np.empty((k, n_out)), np.empty((k, n_out))
-        for a, fp, fm in self.chunks(index, step):
-            f_plus[a:a + fp.shape[0]], f_minus[a:a + fp.shape[0]] = fp, fm
-        return f_plus, f_minus
-
-    def chunks(self, index, step):
-        """(a, f_plus, f_minus) of coordinates a:a+len(f_plus), a vmap'd chunk at a time. The
-        arrays may share memory with the next chunk's inputs (a function that returns its
-        input): read them before asking for the next chunk."""
-        x = self.fn.x64
-        k = index.size
-        chunk = max(1, BATCH_VALUES // max(1, 2 * x.size))
-        # one buffer of perturbed inputs for every chunk: fresh pages per chunk would cost
-        # their first touch each time (a large Jacobian's chunks add up to gigabytes)
-        buffer = np.empty((2 * min(chunk, k), x.size))
-        for a in range(0, k, chunk):
-            b = min(k, a + chunk)
-            idx, h = index[a:b], np.asarray(step[a:b], dtype=np.float64)
-            rows = buffer[:2 * (b - a)]
-            rows[:] = x
-            lanes = np.arange(b - a)
-            rows[lanes, idx] += h
-            rows[lanes + (b - a), idx] -= h
-            out = self.fn.many(rows)
-            yield a, out[: b - a], out[b - a:]
-

@@ -3,16 +3,12 @@ the forward-mode columns each judged by the Jacobian core."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from ...checks.jacobian import Judged, judge_jacobian, screen_streamed
-from ...results.jacobian_report import ChainedRecords, JacobianReport
-from ...results.report import max_all, overall_status
+from ...checks.jacobian import Judged, SubcheckFailed, judge_jacobian, merged, screen_streamed
 from ...steps import coordinate_steps, noise_eps
 from . import analytic, side_tests
-from .flatten import Evaluator, FlatFunction, caller_tolerance
+from .flatten import Evaluator, TorchFunction, caller_tolerance
 
 # a numeric Jacobian (coordinates x outputs) of more values than this is screened chunk by chunk
 # and not kept when the check passes (screen_streamed); smaller ones are kept for the judges
@@ -28,7 +24,7 @@ class _Unbatched(Exception):
     """The analytic rows are computed one by one (too few to batch)."""
 
 
-def _no_grad_message(fn: FlatFunction, report) -> str:
+def _no_grad_message(fn: TorchFunction, report) -> str:
     """The first line of a failure in outputs that do not require grad, when one failed."""
     failing = {name.split("/", 1)[1].split(" ", 1)[0]
                for name, seg in getattr(report, "segments", {}).items()
@@ -41,14 +37,14 @@ def _no_grad_message(fn: FlatFunction, report) -> str:
             "torch.no_grad() inside); torch's gradcheck fails it too\n")
 
 
-def judge_full(fn: FlatFunction, leaves, outputs, *, h, notes, tolerated, dtype, f0, atol, rtol,
+def judge_full(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype, f0, atol, rtol,
                nondet_tol, check_backward_ad, check_forward_ad, check_batched_grad,
                check_batched_forward_grad, check_undefined_grad, check_grad_dtypes, strict,
-               seed) -> tuple[str, Any] | None:
-    """The full Jacobians judged element by element at first steps ``h``: None when the check
-    passes, else (message, report or None)."""
-    x = fn.x64.astype(dtype)
-    finite = np.isfinite(fn.x64)
+               seed) -> None:
+    """The full Jacobians judged element by element at first steps ``h``; a failure raises
+    ``SubcheckFailed`` ("jacobian" with the report, or the side test's name)."""
+    x = fn.x.astype(dtype)
+    finite = np.isfinite(fn.x)
     index = np.flatnonzero(finite)
     skipped = tuple(fn.layout.where(int(i)) for i in np.flatnonzero(~finite))
     tol, tol_reason = caller_tolerance(dtype, rtol)
@@ -59,19 +55,15 @@ def judge_full(fn: FlatFunction, leaves, outputs, *, h, notes, tolerated, dtype,
     streamed = index.size > 1 and index.size * fn.out_layout.size > STREAM_MIN_VALUES
     if not streamed:
         ev.pairs(index, step)  # the numeric columns, kept for the judges; the vmap probe runs
-        message = "" if fn.probed else side_tests.nondeterministic(fn, f0, nondet_tol)
-        if message:
-            return message, None
+        side_tests.nondeterministic(fn, f0, nondet_tol)
     analytic = _analytic(fn, leaves, outputs, seed=seed, nondet_tol=nondet_tol,
                          check_backward_ad=check_backward_ad,
                          check_forward_ad=check_forward_ad,
                          check_batched_grad=check_batched_grad,
                          check_batched_forward_grad=check_batched_forward_grad,
                          check_grad_dtypes=check_grad_dtypes)
-    if isinstance(analytic, str):
-        return analytic, None
     if not analytic:
-        return None
+        return
     if fn.no_grad:
         notes += (f"{', '.join(f'{fn.out_prefix}{j}' for j in fn.no_grad)} does not require "
                   "grad: its analytic Jacobian is zero",)
@@ -86,9 +78,7 @@ def judge_full(fn: FlatFunction, leaves, outputs, *, h, notes, tolerated, dtype,
     if streamed:
         quick = screen_streamed(ev, index, step, [jac for jac, _ in analytic], tol=tol,
                                 noise_eps=noise_eps(dtype), atol=atol, rtol=rtol)
-        message = "" if fn.probed else side_tests.nondeterministic(fn, f0, nondet_tol)
-        if message:
-            return message, None
+        side_tests.nondeterministic(fn, f0, nondet_tol)
         # passed: the report (columns evaluated again) only if somebody reads it
         reports = [Judged(True, lambda a=a: judged(*a, lazy=False)) for a in analytic] \
             if quick else [judged(*a) for a in analytic]
@@ -96,26 +86,22 @@ def judge_full(fn: FlatFunction, leaves, outputs, *, h, notes, tolerated, dtype,
         reports = [judged(*a) for a in analytic]
 
     def report():  # built only when a failure shows it
-        built = [r.report for r in reports]
-        return built[0] if len(built) == 1 else _merge(built)
+        return merged([r.report for r in reports])
 
     if not all(r.passed for r in reports):
         failed = report()
-        return _no_grad_message(fn, failed) + str(failed), failed
+        raise SubcheckFailed("jacobian", _no_grad_message(fn, failed) + str(failed), failed)
     if check_backward_ad and check_undefined_grad and fn.differentiable(outputs):
-        message = side_tests.undefined_grad(fn, leaves, outputs)
-        if message:
-            return message, report()
+        side_tests.undefined_grad(fn, leaves, outputs, report)
     tolerated += [(r.tolerated, r.tolerated_count) for r in reports if r.tolerated_count]
-    return None
 
 
-def _analytic(fn: FlatFunction, leaves, outputs, *, seed, nondet_tol, check_backward_ad,
+def _analytic(fn: TorchFunction, leaves, outputs, *, seed, nondet_tol, check_backward_ad,
               check_forward_ad, check_batched_grad, check_batched_forward_grad,
-              check_grad_dtypes) -> list[tuple[np.ndarray, dict]] | str:
+              check_grad_dtypes) -> list[tuple[np.ndarray, dict]]:
     """The analytic Jacobians to judge, each with judge_jacobian's options: the backward's
     rows (vector-Jacobian products, batched and probed against the real backward) and the
-    forward-mode columns. A string: the message of a failure found on the way (the batched
+    forward-mode columns. The side tests on the way raise ``SubcheckFailed`` (the batched
     rows differ from one-by-one ones when check_batched_grad asks, dtypes, reentrancy)."""
     out: list[tuple[np.ndarray, dict]] = []
     if check_backward_ad and not fn.differentiable(outputs):
@@ -143,28 +129,19 @@ def _analytic(fn: FlatFunction, leaves, outputs, *, seed, nondet_tol, check_back
             batched = False
         except Exception as exc:
             if check_batched_grad:
-                return (f"check_batched_grad: vmap over the backward failed: "
-                        f"{type(exc).__name__}: {exc}")
+                raise SubcheckFailed("check_batched_grad", (
+                    f"check_batched_grad: vmap over the backward failed: "
+                    f"{type(exc).__name__}: {exc}")) from None
             jac = analytic.vjp_rows(fn, leaves, outputs, rows, batched=False)
             batched = False
         if check_grad_dtypes:
-            message = side_tests.grad_dtypes(fn, leaves, outputs)
-            if message:
-                return message
+            side_tests.grad_dtypes(fn, leaves, outputs)
         if check_batched_grad:
             single = analytic.vjp_rows(fn, leaves, outputs, rows, batched=False)
-            if not np.allclose(single, jac, rtol=1e-10, atol=1e-12, equal_nan=True):
-                bad = np.argwhere(~np.isclose(single, jac, rtol=1e-10, atol=1e-12))[0]
-                return (f"check_batched_grad: the vmap'd vector-Jacobian products differ "
-                        f"from the one-by-one ones at {fn.layout.where(int(bad[1]))} -> "
-                        f"{fn.out_layout.where(int(bad[0]))}: {jac[tuple(bad)]!r} vs "
-                        f"{single[tuple(bad)]!r}")
-            message = side_tests.reentrant(fn, leaves, outputs, single, nondet_tol)
-        else:
-            message = side_tests.reentrant(fn, leaves, outputs, jac, nondet_tol, batched) \
-                if nondet_tol > 0 or not batched else ""
-        if message:
-            return message
+            side_tests.batched_rows(fn, jac, single)
+            side_tests.reentrant(fn, leaves, outputs, single, nondet_tol)
+        elif nondet_tol > 0 or not batched:
+            side_tests.reentrant(fn, leaves, outputs, jac, nondet_tol, batched)
 
         def refine(r):
             return analytic.vjp_rows(fn, leaves, outputs, r, batched=False)
@@ -177,35 +154,12 @@ def _analytic(fn: FlatFunction, leaves, outputs, *, seed, nondet_tol, check_back
             fwd_note = "forward AD: batched torch.func.jvp"
         except Exception as exc:
             if check_batched_forward_grad:
-                return (f"check_batched_forward_grad: vmap over forward AD failed: "
-                        f"{type(exc).__name__}: {exc}")
+                raise SubcheckFailed("check_batched_forward_grad", (
+                    f"check_batched_forward_grad: vmap over forward AD failed: "
+                    f"{type(exc).__name__}: {exc}")) from None
             jac_fwd = analytic.jvp_columns(fn, cols, batched=False)
             fwd_note = "forward AD: one dual-number pass per input coordinate"
         if check_batched_forward_grad:
-            single = analytic.jvp_columns(fn, cols, batched=False)
-            if not np.allclose(single, jac_fwd, rtol=1e-10, atol=1e-12, equal_nan=True):
-                return ("check_batched_forward_grad: the vmap'd Jacobian-vector products "
-                        "differ from the one-by-one ones")
+            side_tests.batched_columns(jac_fwd, analytic.jvp_columns(fn, cols, batched=False))
         out.append((jac_fwd, dict(notes=(fwd_note,), mode=" (forward AD)")))
     return out
-
-
-def _merge(reports: list[JacobianReport]) -> JacobianReport:
-    """Backward and forward reports in one: segments side by side (names say which)."""
-    first = reports[0]
-    segments = {}
-    for r in reports:
-        segments.update(r.segments)
-    coords = ChainedRecords([r.coords for r in reports])
-    return JacobianReport(
-        status=overall_status(segments.values()),
-        max_rel_error=max(r.max_rel_error for r in reports),
-        max_rel_error_all=max_all(r.max_rel_error_all for r in reports),
-        segments=segments, coords=coords,
-        evaluations=reports[-1].evaluations, tol=first.tol, tol_reason=first.tol_reason,
-        path=first.path, path_reason=first.path_reason, dtype=first.dtype, depth=1,
-        seed=first.seed, loss=first.loss, rechecked=sum(r.rechecked for r in reports),
-        skipped=first.skipped, notes=tuple(n for r in reports for n in r.notes),
-        tolerated=tuple(t for r in reports for t in r.tolerated),
-        tolerated_count=sum(r.tolerated_count for r in reports))
-

@@ -3,14 +3,13 @@ func raises there, the full or the fast judge."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from ...arguments import non_negative_float
+from ...checks.jacobian import first_words
 from ...errors import InvalidValue
 from .fast import judge_fast
-from .flatten import FlatFunction, Raised, first_words, precision_dtype
+from .flatten import Raised, TorchFunction, precision_dtype
 from .full import judge_full
 
 TORCH_EPS = 1e-6  # torch.autograd.gradcheck's default step: "auto" steps replace it
@@ -24,25 +23,25 @@ def parse_options(eps, atol, rtol, nondet_tol):
         non_negative_float("nondet_tol", nondet_tol)
 
 
-def run_check(fn: FlatFunction, *, eps, atol, rtol, nondet_tol, check_backward_ad,
+def run_check(fn: TorchFunction, *, eps, atol, rtol, nondet_tol, check_backward_ad,
               check_forward_ad, check_batched_grad, check_batched_forward_grad, check_undefined_grad,
               check_grad_dtypes, fast_mode, strict, tolerated: list,
-              seed=0) -> tuple[str, Any] | None:
+              seed=0) -> None:
     """The check, at fastgrad's automatic steps and, when func raises at a perturbed input
     there, again at the caller's ``eps`` (torch's default 1e-6 when not given): a solver that
     rejects one step but not another is checked where torch checks it. A raise at the caller's
     step too is re-raised (its own exception) with a note naming the coordinate and step.
-    ``tolerated`` receives (elements, count) of a passing check's tolerated elements. None when
-    the check passes, else (message, report or None)."""
+    ``tolerated`` receives (elements, count) of a passing check's tolerated elements. A failing
+    check raises the Jacobian core's ``SubcheckFailed``."""
     leaves, outputs, positions = fn.reference()
     fn.set_outputs(outputs, positions)
     if not positions or fn.out_layout.size == 0:
-        return None  # no floating-point output: nothing to judge (torch's gradcheck passes)
+        return  # no floating-point output: nothing to judge (torch's gradcheck passes)
     dtype = precision_dtype([fn.inputs[k].dtype for k in fn.checked] + fn.out_dtypes)
     # the recorded evaluation is f0; the second evaluation at x that shows random ops is the
     # vmap probe of the first batch (``fn.probed``) or, without one, a plain call
     if fn.sparse:  # the perturbed inputs may be fully specified where the recorded one is not
-        f0 = fn.one(fn.x64)
+        f0 = fn.one(fn.x)
     else:
         f0 = fn.flat_outputs(outputs, None)
         fn.evaluations += 1
@@ -58,8 +57,7 @@ def run_check(fn: FlatFunction, *, eps, atol, rtol, nondet_tol, check_backward_a
     for attempt, h in enumerate(steps):
         try:
             judge = judge_fast if fast_mode else judge_full
-            failure = judge(fn, leaves, outputs, h=h, notes=notes, tolerated=tolerated,
-                            **options)
+            judge(fn, leaves, outputs, h=h, notes=notes, tolerated=tolerated, **options)
         except Raised as raised:
             where = _where_raised(fn, raised.row)
             error = raised.error
@@ -67,28 +65,28 @@ def run_check(fn: FlatFunction, *, eps, atol, rtol, nondet_tol, check_backward_a
                 notes = (f"func raised at fastgrad's automatic step ({where}: "
                          f"{type(error).__name__}: {first_words(str(error))}); checked at "
                          f"the caller's eps={eps:g}",)
-                fn.batched, fn.verified = not fn.sparse, False  # vmap may batch this step
+                fn.retry_batching()  # vmap may batch this step
                 continue
             _add_note(error, f"fastgrad gradcheck: func raised while evaluating "
                              f"{where or 'the unperturbed inputs'}"
                       + (" (also at fastgrad's automatic step before)" if attempt else ""))
             raise error from None
-        return failure
+        return
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _where_raised(fn: FlatFunction, row: np.ndarray) -> str:
+def _where_raised(fn: TorchFunction, row: np.ndarray) -> str:
     """The perturbation of ``row`` from x in words ('' at x itself)."""
     with np.errstate(invalid="ignore"):
-        moved = np.flatnonzero(~((row == fn.x64) | (np.isnan(row) & np.isnan(fn.x64))))
+        moved = np.flatnonzero(~((row == fn.x) | (np.isnan(row) & np.isnan(fn.x))))
     if moved.size == 0:
         return ""
     if moved.size == 1:
         i = int(moved[0])
-        delta = float(row[i] - fn.x64[i])
+        delta = float(row[i] - fn.x[i])
         return f"{fn.layout.where(i)} {'+' if delta > 0 else '-'} {abs(delta):.3g}"
     owners = sorted({fn.layout.names[t] for t in fn.layout.tensor_of(moved)})
-    norm = float(np.linalg.norm(row[moved] - fn.x64[moved]))
+    norm = float(np.linalg.norm(row[moved] - fn.x[moved]))
     return f"a step of length {norm:.3g} along a random direction of {', '.join(owners)}"
 
 
