@@ -18,17 +18,41 @@ dtype; outputs are read as float64.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...arguments import positive_int, strict_option
-from ...errors import GradcheckWarning, InvalidType, InvalidValue
+from ...checks.jacobian import SubcheckFailed, warn_tolerated
+from ...errors import DropinCheckError, InvalidType, InvalidValue
 from .flatten import top_level
-from .pipeline import CheckGradsError, check_level
+from .pipeline import check_level
 from .tolerances import JAX_GRADIENT_TOL, Options, merge_tolerance, non_negative, tolerance_arg
 
 __all__ = ["CheckGradsError", "check_grads"]
+
+
+class CheckGradsError(DropinCheckError):
+    """Raised by ``fastgrad.jax.check_grads`` when a derivative does not match.
+
+    An ``AssertionError`` (as jax's ``check_grads`` raises) whose message names the sub-check
+    (jax's "JVP of VJP", the order and the mode), the disagreeing direction and the failing
+    elements; ``.report`` holds the localizing report (None for a primal mismatch). Its
+    ``__init__`` is ``fastgrad.errors.DropinCheckError``'s, the base of both drop-ins' errors.
+
+    Parameters
+    ----------
+    message : str
+        Which sub-check failed, then the table.
+    report : fastgrad.Report
+        The failing sub-check's report.
+
+    Examples
+    --------
+    >>> import fastgrad.jax
+    >>> issubclass(fastgrad.jax.CheckGradsError, AssertionError)
+    True
+    """
+
 
 MODES = ("fwd", "rev", "lin")
 
@@ -121,13 +145,10 @@ def check_grads(
         raise InvalidValue(f"eps: expected a positive step, got {eps!r}")
     opts = Options(atol, rtol, None if eps is None else float(eps), strict_option(strict),
                     bool(full), 0, [])
-    check_level(top_level(f, tuple(args)), order, modes, opts)
+    try:
+        check_level(top_level(f, tuple(args)), order, modes, opts)
+    except SubcheckFailed as failure:
+        raise CheckGradsError(failure.message, failure.report) from None
     if opts.tolerated:
-        names = [f"{sub}: {e}" for sub, elements in opts.tolerated for e in elements]
-        warnings.warn(GradcheckWarning(
-            f"fastgrad check_grads passed by the caller's tolerance, but {len(names)} "
-            f"element(s) are beyond fastgrad's relative band: {'; '.join(names[:10])}"
-            + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-            + "; strict=True (or pytest --fastgrad-strict) fails them", tuple(names)),
-            stacklevel=2)
-
+        names = tuple(f"{sub}: {e}" for sub, elements in opts.tolerated for e in elements)
+        warn_tolerated("check_grads", "", names, len(names), shown=names[:10], sep="; ")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from .flatten import BATCH_VALUES, VMAP_MIN_ROWS, Level, flat64
+from ...checks.jacobian import BATCH_VALUES
+from .flatten import VMAP_MIN_ROWS, Level, flat64
 
 
 def jacobian_of(level: Level, mode: str) -> np.ndarray:

@@ -13,16 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...checks.jacobian import ColumnEvaluator, Layout
+from ...checks.jacobian import VMAP_AGREEMENT, ColumnEvaluator, FlatFunction, Layout
 from ...errors import InvalidValue
 from ..pytrees import key_name
 from .tolerances import Options, caller_rule
-
-BATCH_VALUES = 1 << 22
-
-
-VMAP_AGREEMENT = 64.0
-
 
 # jax.vmap batches at least this many rows or basis vectors: eager jax compiles every primitive
 # again for a batched shape (seconds for a nested derivative), a loop reuses the compiled ones
@@ -92,23 +86,26 @@ def flat64(values, count: int | None = None) -> np.ndarray:
     return np.concatenate([p.astype(np.float64) for p in parts], axis=-1)
 
 
-class Level:
+class Level(FlatFunction):
     """A function of the differentiated leaves and the point: order 1 is the caller's ``f``
     (constant leaves closed over), order k + 1 a derivative map of order k's real-ified
-    function. ``evaluate`` is the counted numeric evaluation; ``real_fun`` what jax
-    differentiates."""
+    function. The Jacobian core's ``FlatFunction``: ``one`` is the counted numeric evaluation,
+    ``many`` batches rows in ``jax.vmap`` calls where they keep f's values (within
+    VMAP_AGREEMENT units of roundoff); ``jax_fun`` is what jax differentiates."""
+
+    vmap = "jax.vmap"
+    min_batch = VMAP_MIN_ROWS
+    agreement = VMAP_AGREEMENT
 
     def __init__(self, fun: Callable, parts: list[Part], x: np.ndarray,
                  what: str, order: int, out_names: Callable[[int, Any], str]):
-        self.fun, self.parts, self.x = fun, parts, x
+        # Python scalars are passed as such (as jax's checker does): vmap cannot batch them
+        super().__init__(x, batchable=all(p.scalar is None for p in parts),
+                         why_serial="the perturbed inputs evaluated one by one")
+        self.fun, self.parts = fun, parts
         self.what, self.order = what, order
         self.layout = layout_of(parts)
         self.bounds = np.cumsum([0, *(p.size for p in parts)])
-        self.evaluations, self.batched, self.why_serial = 0, False, "the perturbed inputs " \
-            "evaluated one by one"
-        self.vmap_ok = all(p.scalar is None for p in parts)
-        self.at_value: np.ndarray | None = None
-        self.verified = False
         # the output parts, from one evaluation at x (also f0)
         out = self.fun(*self.leaves(x))
         self.evaluations += 1
@@ -122,7 +119,7 @@ class Level:
                                         cplx))
         self.out_layout = layout_of(self.out_parts)
         self.f0 = flat64(reals)
-        self.at_value = self.f0
+        self.at_x = self.f0
 
     def split(self, flat: np.ndarray) -> list[np.ndarray]:
         return [flat[self.bounds[i]:self.bounds[i + 1]] for i in range(len(self.parts))]
@@ -137,43 +134,15 @@ class Level:
         """What jax differentiates: the leaves in, the inexact output leaves out."""
         return _real_outputs(self.fun(*leaves))
 
-    def evaluate(self, flat: np.ndarray) -> np.ndarray:
-        self.evaluations += 1
-        return flat64(_real_outputs(self.fun(*self.leaves(flat))))
+    def call_one(self, row: np.ndarray) -> np.ndarray:
+        return flat64(_real_outputs(self.fun(*self.leaves(row))))
 
-    def many(self, rows: np.ndarray) -> np.ndarray:
-        """Outputs at each row: one jax.vmap call when it runs f and keeps its values (the
-        first batch carries x too, compared with f there), else one call per row."""
+    def call_batch(self, rows: np.ndarray) -> np.ndarray:
         count = rows.shape[0]
-        if self.vmap_ok and count >= VMAP_MIN_ROWS:
-            probe = not self.verified
-            batch = np.concatenate([rows, self.x[None]]) if probe else rows
-            padded = 1 << (batch.shape[0] - 1).bit_length()  # one compile per power of two
-            batch = np.concatenate([batch, np.repeat(batch[-1:], padded - len(batch), axis=0)])
-            leaves = [p.batch(b) for p, b in zip(self.parts, self.split_rows(batch))]
-            try:
-                out = flat64(jax.vmap(self.jax_fun)(*leaves), len(batch))
-            except Exception as exc:  # vmap cannot run f (Python control flow on values...)
-                self.vmap_ok = False
-                line = (str(exc).splitlines() or [""])[0][:100]
-                self.why_serial = f"jax.vmap raised {type(exc).__name__}: {line}"
-            else:
-                if probe:
-                    one, got = self.at_value, out[count]
-                    eps = VMAP_AGREEMENT * np.finfo(np.float64).eps
-                    with np.errstate(invalid="ignore"):
-                        ok = (one == got) | (np.abs(one - got)
-                                             <= eps * (np.abs(one) + np.abs(got)))
-                    self.verified = True
-                    if not np.all(ok | (np.isnan(one) & np.isnan(got))):
-                        self.vmap_ok, self.why_serial = False, "jax.vmap changed the values"
-                if self.vmap_ok:
-                    self.batched = True
-                    self.evaluations += count
-                    return out[:count]
-        self.batched = False
-        return np.stack([self.evaluate(r) for r in rows]) if count else \
-            np.zeros((0, self.f0.size))
+        padded = 1 << (count - 1).bit_length()  # one compile per power of two
+        rows = np.concatenate([rows, np.repeat(rows[-1:], padded - count, axis=0)])
+        leaves = [p.batch(b) for p, b in zip(self.parts, self.split_rows(rows))]
+        return flat64(jax.vmap(self.jax_fun)(*leaves), padded)[:count]
 
     # analytic derivatives
     def push(self, mode: str) -> Callable:
@@ -277,8 +246,6 @@ class Line(ColumnEvaluator):
     perturbed leaf cast to its dtype); the pairs at the first step are kept, so the modes of
     one sub-check share them."""
 
-    vmap = "jax.vmap"
-
     def __init__(self, level: Level, tangent: np.ndarray):
         super().__init__(level)
         self.level, self.tangent = level, tangent
@@ -300,7 +267,7 @@ class Line(ColumnEvaluator):
                                for p, v in zip(self.level.parts, self.level.split(x))])
 
     def _pairs(self, index, step):
-        values = [(self.level.evaluate(self.point(s)), self.level.evaluate(self.point(-s)))
+        values = [(self.level.one(self.point(s)), self.level.one(self.point(-s)))
                   for s in np.asarray(step, dtype=np.float64)]
         return (np.stack([v[0] for v in values]), np.stack([v[1] for v in values]))
 
@@ -328,38 +295,3 @@ class Projected(ColumnEvaluator):
             return f_plus[:, self.rows], f_minus[:, self.rows]
         with np.errstate(invalid="ignore", over="ignore"):
             return f_plus @ self.weights, f_minus @ self.weights
-
-
-class Coordinates(ColumnEvaluator):
-    """The full check's columns: outputs at x +- h e_i, batched by jax.vmap when it can."""
-
-    vmap = "jax.vmap"
-
-    def __init__(self, level: Level):
-        super().__init__(level)
-        self.level = level
-
-    @property
-    def path(self) -> str:
-        return "vmap" if self.level.batched else "per-call"
-
-    @property
-    def path_reason(self) -> str:
-        if self.level.batched:
-            return "the perturbed inputs evaluated in batched jax.vmap calls"
-        return f"{self.level.why_serial}; one call per perturbed input"
-
-    def _pairs(self, index, step):
-        x, k, n_out = self.level.x, index.size, self.level.f0.size
-        f_plus, f_minus = np.empty((k, n_out)), np.empty((k, n_out))
-        chunk = max(1, BATCH_VALUES // max(1, 2 * x.size))
-        for a in range(0, k, chunk):
-            b = min(k, a + chunk)
-            lanes = np.arange(b - a)
-            rows = np.repeat(x[None, :], 2 * (b - a), axis=0)
-            rows[lanes, index[a:b]] += step[a:b]
-            rows[lanes + (b - a), index[a:b]] -= step[a:b]
-            out = self.level.many(rows)
-            f_plus[a:b], f_minus[a:b] = out[: b - a], out[b - a:]
-        return f_plus, f_minus
-

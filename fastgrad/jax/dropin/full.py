@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...checks.jacobian import Judged, Layout, judge_jacobian
+from ...checks.jacobian import CoordinateColumns, Judged, Layout, judge_jacobian
 from .analytic import jacobian_of
-from .flatten import Coordinates, Level, Projected, layout_of, rows_of, rule_groups
+from .flatten import Level, Projected, layout_of, rows_of, rule_groups
 from .tolerances import Options, coarsest, dtype_steps
 
 # jax's checker spends this many evaluations of f per mode of a sub-check (the one inside
@@ -29,7 +29,7 @@ def judge_full(level: Level, mode: str, opts: Options) -> Judged:
         steps[a:b] = dtype_steps(np.where(np.isfinite(x[a:b]), x[a:b], 0.0),
                             "auto" if opts.eps is None else opts.eps, dtype)
     precision = coarsest([p.dtype for p in level.parts] + [p.dtype for p in level.out_parts])
-    ev = Coordinates(level)
+    ev = CoordinateColumns(level)
     label = {"fwd": " (fwd)", "rev": "", "lin": " (lin)"}[mode]
     worst = None
     tolerated: list[str] = []

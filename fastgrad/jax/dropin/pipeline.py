@@ -3,42 +3,14 @@ cheap or asked), localized by the full Jacobian when the direction disagrees."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from ...errors import GradientCheckError
+from ...checks.jacobian import SubcheckFailed
 from .analytic import analytic_along
 from .directional import direction, judge_directional
 from .flatten import Level, derived, rows_of, rule_groups
 from .full import full_is_cheap, judge_full
 from .tolerances import Options, jax_close
-
-
-class CheckGradsError(GradientCheckError):
-    """Raised by ``fastgrad.jax.check_grads`` when a derivative does not match.
-
-    An ``AssertionError`` (as jax's ``check_grads`` raises) whose message names the sub-check
-    (jax's "JVP of VJP", the order and the mode), the disagreeing direction and the failing
-    elements; ``.report`` holds the localizing report (None for a primal mismatch).
-
-    Parameters
-    ----------
-    message : str
-        Which sub-check failed, then the table.
-    report : fastgrad.Report
-        The failing sub-check's report.
-
-    Examples
-    --------
-    >>> import fastgrad.jax
-    >>> issubclass(fastgrad.jax.CheckGradsError, AssertionError)
-    True
-    """
-
-    def __init__(self, message: str, report: Any = None):
-        AssertionError.__init__(self, message)
-        self.report = report
 
 
 def _sub_check(level: Level, mode: str) -> str:
@@ -50,8 +22,8 @@ def _sub_check(level: Level, mode: str) -> str:
 def _fail(level: Level, mode: str, headline: str, evidence: list[str], report) -> None:
     sub = _sub_check(level, mode)
     lines = [f"check_grads: {sub}: {headline}"] + [f"  {e}" for e in evidence]
-    raise CheckGradsError("\n".join(lines) + (f"\n{report}" if report is not None else ""),
-                          report)
+    raise SubcheckFailed(sub, "\n".join(lines) + (f"\n{report}" if report is not None else ""),
+                         report)
 
 
 def _check_mode(level: Level, mode: str, opts: Options, shared: dict) -> None:
