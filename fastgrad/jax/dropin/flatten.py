@@ -1,6 +1,8 @@
 """The function a drop-in check sees: a level of jax's recursion (the caller's ``f`` of its inexact
-leaves, or a derivative map of the order below) as a function of one flat float64 vector, and the
-evaluators that give the judge its perturbed outputs (along a tangent, or coordinate columns)."""
+leaves, or a derivative map of the order below) as a function of one flat float64 vector (the Jacobian core's
+``FlatFunction``: one call or one ``jax.vmap`` call), and the evaluators of the directional
+check (outputs along a tangent, some rows kept or contracted); the full check's columns are
+the core's ``CoordinateColumns``."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The function a drop-in check sees: torch tensors as one flat real vector.
 
 Real views of tensors (complex as real then imaginary parts), sparse inputs as the values of their
-elements, ``FlatFunction`` (``func`` of the flat real vector of its checked inputs, called as
-torch's gradcheck calls it) and ``Evaluator`` (the perturbed columns the judge asks for).
+elements, ``TorchFunction`` (``func`` of the flat real vector of its checked inputs, called as
+torch's gradcheck calls it: the Jacobian core's ``FlatFunction``, one call or one vmap'd call) and
+``Evaluator`` (the core's chunked columns, with torch's word on vmap's randomness).
 """
 
 from __future__ import annotations
