@@ -146,3 +146,30 @@ class GradientCheckError(AssertionError):
     def __init__(self, report):
         super().__init__(str(report))
         self.report = report
+
+
+class DropinCheckError(GradientCheckError):
+    """What the drop-in checkers raise when a check fails: the base of
+    ``fastgrad.torch.GradcheckError`` and ``fastgrad.jax.CheckGradsError``.
+
+    The message names the failing sub-check, then the report's table; ``.report`` holds the
+    report (None for a failure found before any Jacobian was judged).
+
+    Parameters
+    ----------
+    message : str
+        What failed.
+    report : fastgrad.Report or fastgrad.AuditReport, optional
+        The report of the failing check.
+
+    Examples
+    --------
+    >>> try:
+    ...     fastgrad.jax.check_grads(f, (x,), order=1)
+    ... except fastgrad.errors.DropinCheckError as error:
+    ...     print(error.report)
+    """
+
+    def __init__(self, message: str, report=None):
+        AssertionError.__init__(self, message)
+        self.report = report

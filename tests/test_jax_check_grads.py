@@ -21,7 +21,7 @@ from jax.test_util import check_grads as jax_check_grads  # noqa: E402
 
 import fastgrad.jax as fj  # noqa: E402
 from fastgrad.errors import GradcheckWarning  # noqa: E402
-from fastgrad.jax_pytrees import x64  # noqa: E402
+from fastgrad.jax.pytrees import x64  # noqa: E402
 
 X = np.linspace(0.1, 1.3, 5)
 

@@ -326,7 +326,7 @@ def test_gradient_accumulated_in_place_equals_autograd_grad():
     # audit_module's gradient is accumulated by backward() into views of one flat vector (no
     # second full copy at 10^8 parameters): the same values as autograd.grad, with a tied weight
     # used twice and a sparse embedding gradient (which autograd does not accumulate in place)
-    from fastgrad.torch_tensors import flat_gradient
+    from fastgrad.torch.tensors import flat_gradient
 
     torch.manual_seed(0)
     emb = torch.nn.Embedding(50, 6, sparse=True)

@@ -593,9 +593,9 @@ def test_batched_rows_are_probed_on_every_row_against_the_real_backward(monkeypa
     row (a probe of the first row of each output let row 5 through)."""
     import numpy as np
 
-    import fastgrad.torch_gradcheck as G
+    from fastgrad.torch.dropin import analytic, flatten
 
-    real = G._vjp_rows
+    real = analytic.vjp_rows
 
     def right_when_batched(fn, leaves, outputs, rows, batched):
         out = real(fn, leaves, outputs, rows, batched)
@@ -603,7 +603,7 @@ def test_batched_rows_are_probed_on_every_row_against_the_real_backward(monkeypa
             out[:] = 2.0 * np.eye(fn.layout.size)[rows]
         return out
 
-    monkeypatch.setattr(G, "_vjp_rows", right_when_batched)
+    monkeypatch.setattr(analytic, "vjp_rows", right_when_batched)
     x = leaf(8, seed=23)
     with pytest.raises(ft.GradcheckError) as info:
         ft.gradcheck(TwiceWrongAt5.apply, (x,))
@@ -611,18 +611,18 @@ def test_batched_rows_are_probed_on_every_row_against_the_real_backward(monkeypa
     assert {c.where for c in report.failures} == {"input0[5] -> output0[5]"}
     assert any("differ from the backward itself" in n for n in report.notes)
     # the probe's own rule: agreement within roundoff, a 1% change on any one row shows
-    fn = G._Function(lambda t: t.sin() * 3, (x,), ["input0"], needs_grad=False)
+    fn = flatten.TorchFunction(lambda t: t.sin() * 3, (x,), ["input0"], needs_grad=False)
     leaves, outputs, positions = fn.reference()
     fn.set_outputs(outputs, positions)
     jac = real(fn, leaves, outputs, np.arange(8), batched=False)
-    assert G._batched_rows_agree(fn, leaves, outputs, jac, 0)
+    assert analytic.batched_rows_agree(fn, leaves, outputs, jac, 0)
     for row in range(8):
         off = jac.copy()
         off[row] *= 1.01
-        assert not G._batched_rows_agree(fn, leaves, outputs, off, 0)
+        assert not analytic.batched_rows_agree(fn, leaves, outputs, off, 0)
     nan = jac.copy()
     nan[3, 3] = np.nan  # a non-finite entry the real backward does not have
-    assert not G._batched_rows_agree(fn, leaves, outputs, nan, 0)
+    assert not analytic.batched_rows_agree(fn, leaves, outputs, nan, 0)
 
 
 def test_a_function_that_fixes_its_seed_at_every_call_is_batched_with_the_same_randomness():
@@ -672,21 +672,22 @@ def test_a_large_jacobian_is_screened_chunk_by_chunk_and_not_kept(monkeypatch):
     x 800 outputs, in chunks of 256 coordinates): the numeric columns are screened as the
     chunks come; a passing check never builds the two Jacobian-sized loss arrays, and a planted
     bug is still named by its element."""
-    import fastgrad.torch_gradcheck as G
+    from fastgrad.checks.jacobian import columns
+    from fastgrad.torch.dropin import flatten, full
 
-    monkeypatch.setattr(G, "STREAM_MIN_VALUES", 100_000)
-    monkeypatch.setattr(G, "BATCH_VALUES", 512 * 1000)
+    monkeypatch.setattr(full, "STREAM_MIN_VALUES", 100_000)
+    monkeypatch.setattr(columns, "BATCH_VALUES", 512 * 1000)
     gen = torch.Generator().manual_seed(29)
     A = torch.randn(800, 1000, generator=gen, dtype=F64)
     x = leaf(1000, seed=30)
     kept = []
-    real_pairs = G._Evaluator._pairs
+    real_pairs = flatten.Evaluator._pairs
 
     def spy(self, index, step):
         kept.append(index.size)
         return real_pairs(self, index, step)
 
-    monkeypatch.setattr(G._Evaluator, "_pairs", spy)
+    monkeypatch.setattr(flatten.Evaluator, "_pairs", spy)
     assert ft.gradcheck(lambda v: MatVec.apply(A, v), (x,))
     # backward and forward AD judged on one stream of the columns
     assert ft.gradcheck(lambda v: torch.tanh(A @ v / 30), (x,), check_forward_ad=True)

@@ -1,19 +1,9 @@
-"""Check PyTorch modules and functions: analytic gradients from autograd, numeric in float64.
+"""``check_module`` and ``check_function``: sampled coordinates of a module's parameters or a
+function's tensor arguments, analytic gradients from autograd, numeric in float64 on copies.
 
->>> import torch, fastgrad.torch
->>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh())
->>> fastgrad.torch.check_module(net, lambda out: out.pow(2).sum(), torch.randn(5, 4)).passed
-True
-
-``check_module`` checks a module's parameters (and inputs that require grad) through a scalar
-loss; ``check_function`` checks any differentiable function of tensors, such as a custom
-``torch.autograd.Function``'s ``apply``. ``gradcheck`` and ``gradgradcheck`` are drop-ins for
-torch's own (full Jacobians, same signature, ``GradcheckError`` a subclass of torch's). Both
-return a ``fastgrad.Report`` and take the options
-of ``fastgrad.check``. Everything runs on float64 CPU copies: the caller's module (its
-parameters, their ``.grad``, its buffers and its train/eval mode), its tensors and torch's global
-RNG state are left untouched. Importing this module without PyTorch installed raises an
-``ImportError`` that says how to install it (``pip install fastgrad[torch]``).
+Both return a ``fastgrad.Report`` and take the options of ``fastgrad.check``. The caller's
+module (its parameters, their ``.grad``, its buffers and its train/eval mode), its tensors and
+torch's global RNG state are left untouched.
 """
 
 from __future__ import annotations
@@ -21,22 +11,16 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 
-try:
-    import torch
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "fastgrad.torch needs PyTorch, which is not installed: pip install fastgrad[torch]"
-    ) from exc
-
-from ._adapt import ThreadLocalLoss, check_seed, core_check, cotangent_rng, serial_by_default
-from .errors import InvalidType, InvalidValue
-from .results.report import Report
-from .segments import SegmentMap
-from .torch_tensors import (
+from .._adapt import ThreadLocalLoss, check_seed, core_check, cotangent_rng, serial_by_default
+from ..errors import InvalidType, InvalidValue
+from ..results.report import Report
+from ..segments import SegmentMap
+from .tensors import (
     ANALYTIC_ON_CALLERS_MODULE,
     CPU,
     SavedBuffers,
@@ -453,25 +437,3 @@ def check_function(fn: Callable[..., Any], *tensors: Any, **check_options: Any) 
     loss = _FunctionLoss(fn, args, seed)
     with torch.random.fork_rng(devices=[]):
         return _run(loss, serial_by_default(check_options))
-
-
-# ---------------------------------------------------------------- audits of whole models
-# (fastgrad/torch_audit.py, loaded on first use: a test suite that only runs the drop-in
-# gradcheck does not import the audit and its engine)
-__all__ += ["audit_module", "module_problem"]
-if TYPE_CHECKING:
-    from .torch_audit import audit_module, module_problem
-
-
-def __getattr__(name: str):
-    """``audit_module`` and ``module_problem``, imported on first access (PEP 562)."""
-    if name in ("audit_module", "module_problem"):
-        from . import torch_audit
-
-        return getattr(torch_audit, name)
-    raise AttributeError(f"module 'fastgrad.torch' has no attribute {name!r}")
-
-# the drop-ins for torch's own checkers (fastgrad/torch_gradcheck.py)
-from .torch_gradcheck import GradcheckError, gradcheck, gradgradcheck  # noqa: E402
-
-__all__ += ["GradcheckError", "gradcheck", "gradgradcheck"]

@@ -1,11 +1,10 @@
-"""Full-Jacobian checks: every input coordinate against every output element.
+"""Judging a Jacobian: every input coordinate against every output element, and the report.
 
-The sibling of check() and audit() for vector-valued functions (the drop-in ``gradcheck`` and
-``check_grads`` of the framework adapters). The adapter supplies the flat real view of the inputs,
-an evaluator whose ``pairs(index, step)`` returns the whole output (flat, real) at ``x +- h e_i``,
-and the analytic Jacobian (rows from vector-Jacobian products or columns from Jacobian-vector
-products). Each output element is one "term" of the Judge: the same verdicts, kink and noise
-re-checks as ``check``, with the perturbed outputs evaluated once per coordinate for all outputs.
+The caller supplies an evaluator whose ``pairs(index, step)`` returns the whole output (flat,
+real) at ``x +- h e_i`` (``columns.CoordinateColumns``) and the analytic Jacobian (rows from
+vector-Jacobian products or columns from Jacobian-vector products). Each output element is one
+"term" of the Judge: the same verdicts, kink and noise re-checks as ``check``, with the perturbed
+outputs evaluated once per coordinate for all outputs.
 
 The element's verdict follows fastgrad's rule (relative error against ``tol``, roundoff floor,
 kinks). For callers tuned to torch's ``|a - n| <= atol + rtol |n|``: an element also fails when
@@ -17,70 +16,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from ..judge.rechecks import Judge
-from ..judge.verdicts import KINK, NAN, NOISE, coordinate_stats, segment_stats
-from ..results.jacobian_report import JacobianRecords, JacobianReport
-from ..results.report import SegmentReport, overall_status
-from ..tuning import DEFAULT_TUNING
+from ...judge.rechecks import Judge
+from ...judge.verdicts import KINK, NAN, NOISE, coordinate_stats, segment_stats
+from ...results.jacobian_report import ChainedRecords, JacobianRecords, JacobianReport
+from ...results.report import SegmentReport, max_all, overall_status
+from .layout import Layout
 
-__all__ = ["Judged", "Layout", "judge_jacobian", "screen_streamed"]
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Tensors laid out in one flat real vector: complex ones as all real parts, then all
-    imaginary parts."""
-
-    names: tuple[str, ...]
-    shapes: tuple[tuple[int, ...], ...]
-    complex: tuple[bool, ...]
-    # per tensor, None (every element) or the dense flat positions of the elements laid out
-    # (the specified elements of a sparse tensor)
-    elements: tuple[np.ndarray | None, ...] = field(default=(), compare=False)
-    # derived once (plain attributes: a check of a small function reads them often)
-    sizes: list[int] = field(init=False, repr=False, compare=False)
-    starts: np.ndarray = field(init=False, repr=False, compare=False)
-    size: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self):
-        # real sizes: twice the element count for complex tensors
-        chosen = self.elements or (None,) * len(self.shapes)
-        sizes = [(math.prod(s) if e is None else len(e)) * (2 if c else 1)
-                 for s, c, e in zip(self.shapes, self.complex, chosen)]
-        object.__setattr__(self, "sizes", sizes)
-        object.__setattr__(self, "starts", np.cumsum([0, *sizes], dtype=np.int64))
-        object.__setattr__(self, "size", sum(sizes))
-
-    def tensor_of(self, positions: np.ndarray) -> np.ndarray:
-        """Which tensor each flat real position belongs to."""
-        return np.searchsorted(self.starts, positions, side="right") - 1
-
-    def local(self, position: int) -> tuple[int, ...]:
-        """The element's multi-index inside its tensor."""
-        t = int(self.tensor_of(np.array([position]))[0])
-        offset = position - int(self.starts[t])
-        count = self.sizes[t] // (2 if self.complex[t] else 1)
-        offset %= max(count, 1)
-        if self.elements and self.elements[t] is not None:
-            offset = int(self.elements[t][offset])
-        shape = self.shapes[t]
-        return tuple(int(i) for i in np.unravel_index(offset, shape)) if shape else ()
-
-    def where(self, position: int) -> str:
-        """``input0[3]``, ``input0.imag[1, 2]``."""
-        t = int(self.tensor_of(np.array([position]))[0])
-        offset = position - int(self.starts[t])
-        part = ""
-        if self.complex[t]:
-            count = self.sizes[t] // 2
-            part = ".real" if offset < count else ".imag"
-        inner = ", ".join(str(i) for i in self.local(position))
-        return f"{self.names[t]}{part}[{inner}]"
+__all__ = ["Judged", "judge_jacobian", "merged", "screen_streamed"]
 
 
 def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, index: np.ndarray,
@@ -364,47 +311,24 @@ def _report(evaluations, path, path_reason, x, f0, jacobian, index, table: _Tabl
         tolerated=shown, tolerated_count=count)
 
 
-class ColumnEvaluator:
-    """What the Judge calls for a Jacobian: ``pairs(index, step)`` -> the whole outputs at
-    x +- h e_i, as a framework adapter evaluates them (``fn`` says whether vmap batched them and,
-    if not, why). Subclasses give ``_pairs``; the backward and forward judges ask for the same
-    first columns, so the last pair of batches is kept and handed out again (read-only: a
-    Jacobian's columns can be large, and no judge writes into them)."""
-
-    vmap = "vmap"  # what batched the perturbed inputs, for the path line
-    tuning = DEFAULT_TUNING  # the Judge's re-check numbers: the drop-ins take no tuning=
-
-    def __init__(self, fn):
-        self.fn = fn
-        self._last: tuple | None = None
-
-    @property
-    def evaluations(self) -> int:
-        return self.fn.evaluations
-
-    @property
-    def path(self) -> str:
-        return "vmap" if self.fn.batched else "per-call"
-
-    @property
-    def path_reason(self) -> str:
-        if self.fn.batched:
-            return f"the perturbed inputs evaluated in batched {self.vmap} calls"
-        return f"{self.fn.why_serial}; one call per perturbed input"
-
-    def pairs(self, index, step, label: str | None = None):
-        key = (index.tobytes(), np.asarray(step).tobytes())
-        if self._last is None or self._last[0] != key:
-            f_plus, f_minus = self._pairs(index, step)
-            f_plus.flags.writeable = f_minus.flags.writeable = False
-            self._last = (key, f_plus, f_minus)
-        return self._last[1], self._last[2]
-
-    def chunks(self, index, step):
-        """(a, f_plus, f_minus) for coordinates a:a+len(f_plus), chunk by chunk, nothing kept:
-        screen_streamed's columns. Subclasses that evaluate in chunks give their own."""
-        f_plus, f_minus = self._pairs(index, step)
-        yield 0, f_plus, f_minus
-
-    def _pairs(self, index, step):
-        raise NotImplementedError
+def merged(reports: list[JacobianReport]) -> JacobianReport:
+    """Reports of one function in one (backward and forward AD): segments side by side, their
+    names say which."""
+    if len(reports) == 1:
+        return reports[0]
+    first = reports[0]
+    segments = {}
+    for r in reports:
+        segments.update(r.segments)
+    coords = ChainedRecords([r.coords for r in reports])
+    return JacobianReport(
+        status=overall_status(segments.values()),
+        max_rel_error=max(r.max_rel_error for r in reports),
+        max_rel_error_all=max_all(r.max_rel_error_all for r in reports),
+        segments=segments, coords=coords,
+        evaluations=reports[-1].evaluations, tol=first.tol, tol_reason=first.tol_reason,
+        path=first.path, path_reason=first.path_reason, dtype=first.dtype, depth=1,
+        seed=first.seed, loss=first.loss, rechecked=sum(r.rechecked for r in reports),
+        skipped=first.skipped, notes=tuple(n for r in reports for n in r.notes),
+        tolerated=tuple(t for r in reports for t in r.tolerated),
+        tolerated_count=sum(r.tolerated_count for r in reports))

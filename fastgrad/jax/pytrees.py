@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from .errors import InvalidType, InvalidValue
+from ..errors import InvalidType, InvalidValue
 
 
 def x64() -> contextlib.AbstractContextManager:

@@ -16,11 +16,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from .checks.audit import audit as core_audit
-from .checks.coordinates import Problem
-from .errors import InvalidType
-from .jax_pytrees import PytreeLayout, flatten_leaves, scalar_value, x64
-from .results.audit_report import AuditReport
+from .. import audit as core_audit
+from ..checks.coordinates import Problem
+from ..errors import InvalidType
+from ..results.audit_report import AuditReport
+from .pytrees import PytreeLayout, flatten_leaves, scalar_value, x64
 
 __all__ = ["audit", "pytree_problem"]
 

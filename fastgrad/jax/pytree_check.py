@@ -1,37 +1,18 @@
-"""Check JAX losses of pytrees: analytic gradient from ``jax.grad``, both sides in float64.
-
->>> import jax.numpy as jnp, fastgrad.jax
->>> params, x = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}, jnp.ones((4, 3))
->>> fastgrad.jax.check(lambda p, x: jnp.sum(jnp.tanh(x @ p["w"] + p["b"])), params, x).passed
-True
-
-``check`` returns a ``fastgrad.Report`` whose segments are the pytree's leaves, and takes the
-options of ``fastgrad.check``; ``check_grads`` is a drop-in for ``jax.test_util.check_grads``
-(random directions as jax checks them, the full Jacobian to localize a disagreement; forward,
-reverse and linearized mode, any order, the caller's dtypes). ``check`` switches 64-bit mode on
-only around fastgrad's own calls (``jax.enable_x64``, a thread-local context), so the caller's
-JAX configuration is left as it was. Importing this module without JAX installed raises an
-``ImportError`` that says how to install it (``pip install fastgrad[jax]``).
-"""
+"""``check``: sampled coordinates of a JAX loss of a pytree, analytic gradient from ``jax.grad``,
+both sides in float64 (64-bit mode switched on only around fastgrad's own calls)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 
-try:
-    import jax
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "fastgrad.jax needs JAX, which is not installed: pip install fastgrad[jax]"
-    ) from exc
-
-from ._adapt import core_check
-from .errors import InvalidType
-from .jax_pytrees import flatten_leaves, scalar_value, x64
-from .results.report import Report
+from .._adapt import core_check
+from ..errors import InvalidType
+from ..results.report import Report
+from .pytrees import flatten_leaves, scalar_value, x64
 
 __all__ = ["check"]
 
@@ -115,14 +96,3 @@ def check(f: Callable[..., Any], params: Any, *args: Any, **check_options: Any) 
         grad = np.array(grad_jit(theta, *dynamic_args), dtype=np.float64)
     loss = _JaxLoss(value_jit, dynamic_args)
     return core_check(loss, theta, grad, segments=layout.segments, **check_options)
-
-
-# ---------------------------------------------------------------- audits of whole pytrees
-from .jax_audit import audit, pytree_problem  # noqa: E402
-
-__all__ += ["audit", "pytree_problem"]
-
-# the drop-in for jax.test_util.check_grads (fastgrad/jax_gradcheck.py)
-from .jax_gradcheck import CheckGradsError, check_grads  # noqa: E402
-
-__all__ += ["CheckGradsError", "check_grads"]

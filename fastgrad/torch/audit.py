@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._adapt import ThreadLocalLoss, check_seed
-from .checks.audit import audit
-from .checks.coordinates import Problem
-from .errors import InvalidType, InvalidValue
-from .results.audit_report import AuditReport
-from .torch_tensors import (
+from .. import audit
+from .._adapt import ThreadLocalLoss, check_seed
+from ..checks.coordinates import Problem
+from ..errors import InvalidType, InvalidValue
+from ..results.audit_report import AuditReport
+from .tensors import (
     ANALYTIC_ON_CALLERS_MODULE,
     CPU,
     SavedBuffers,

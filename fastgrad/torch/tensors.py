@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InvalidType, InvalidValue
+from ..errors import InvalidType, InvalidValue
 
 CPU = torch.device("cpu")
 

@@ -1,0 +1,188 @@
+"""fast_mode at torch's cost: one random direction per input, one random contraction per output,
+and fastgrad's audit to localize a direction that disagrees."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...checks.jacobian import SubcheckFailed
+from ...steps import noise_eps, precision_of
+from . import side_tests
+from .analytic import jvp_along, vjp_contracted
+from .flatten import TorchFunction, caller_tolerance
+
+# fast mode: a direction whose first-step disagreement shrinks about 4x when the step halves is
+# truncation: Richardson's extrapolation (4 n(h/2) - n(h)) / 3 is then the numeric value judged
+FAST_SECOND_STEP = 0.5
+
+
+def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype, f0, atol, rtol,
+               nondet_tol, check_backward_ad, check_forward_ad, check_batched_grad,
+               check_batched_forward_grad, check_undefined_grad, check_grad_dtypes, strict,
+               seed) -> None:
+    """fast_mode at torch's cost: for each checked input a random unit direction u (uniform
+    entries, as torch draws them) and for each judged output a random contraction v; the
+    numeric v.(J u) of two evaluations per input against the analytic (v^T J).u (one backward
+    per output, twice: reentrancy) and, with check_forward_ad, v.(J u) from forward AD. A
+    passing check costs 1 + 2 x inputs evaluations (+1 when vmap cannot batch them: the
+    nondeterminism check). A direction beyond the caller's rule (or beyond fastgrad's band,
+    with strict) is measured again at half the step (truncation), and one that still
+    disagrees is localized by fastgrad's audit of a random contraction of the outputs, which
+    names the wrong coordinates and gives the verdict. A failure raises ``SubcheckFailed``."""
+    del check_batched_grad, check_batched_forward_grad  # full-Jacobian side tests
+    x = fn.x
+    index = np.flatnonzero(np.isfinite(x))
+    if index.size == 0:
+        return
+    owner = fn.layout.tensor_of(index)
+    tensors = sorted(set(owner.tolist()))
+    rng = np.random.default_rng([seed, 0x6661_7374])
+    directions = np.zeros((len(tensors), x.size))
+    for r, t in enumerate(tensors):
+        u = rng.uniform(size=int(np.count_nonzero(owner == t)))
+        directions[r, index[owner == t]] = u / np.linalg.norm(u)
+    if h == "auto":
+        # fastgrad's per-coordinate steps along the direction: coordinate i moves by
+        # eps^(1/3) max(1, |x_i|) u_i (one scale for a whole tensor let its large entries set
+        # the step of its small ones: a 3e-3 step where a 1/500 scale lives)
+        directions *= np.maximum(1.0, np.abs(np.where(np.isfinite(x), x, 0.0)))[None, :]
+        step = np.full(len(tensors), precision_of(dtype).step_scale)
+    else:  # the caller's eps on the unit direction, as torch's fast mode
+        step = np.full(len(tensors), float(h))
+    out_starts = fn.out_layout.starts
+    contractions = np.zeros((len(fn.positions), fn.out_layout.size))
+    for p in range(len(fn.positions)):
+        v = rng.uniform(size=int(out_starts[p + 1] - out_starts[p]))
+        contractions[p, out_starts[p]:out_starts[p + 1]] = v / max(np.linalg.norm(v), 1e-300)
+
+    def measure(h_r: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(f+, f-, effective directions) of the directions ``which``: outputs at x +- h u
+        rounded to the inputs' dtypes, and the directions the rounded points really differ
+        along, per unit of h."""
+        plus = (x + h_r[:, None] * directions[which]).astype(dtype).astype(np.float64)
+        minus = (x - h_r[:, None] * directions[which]).astype(dtype).astype(np.float64)
+        values = fn.many(np.concatenate([plus, minus]))
+        return values[:len(h_r)], values[len(h_r):], (plus - minus) / (2 * h_r[:, None])
+
+    f_plus, f_minus, effective = measure(step, np.arange(len(tensors)))
+    side_tests.nondeterministic(fn, f0, nondet_tol)
+    # analytic: (v_p^T J) per judged output p, then dotted with each direction
+    pairs = fn.differentiable(outputs)
+    if check_backward_ad:
+        rows = np.zeros((len(fn.positions), x.size))
+        for p, _ in pairs:
+            rows[p] = vjp_contracted(fn, leaves, outputs, contractions[p])
+            again = vjp_contracted(fn, leaves, outputs, contractions[p])
+            side_tests.reentrant_contracted(fn, rows[p], again, nondet_tol,
+                                            fn.out_layout.names[p])
+        if check_grad_dtypes and pairs:
+            side_tests.grad_dtypes(fn, leaves, outputs)
+    analytic = []  # (label, (directions, outputs) analytic contractions)
+    if check_backward_ad:
+        analytic.append(("", effective @ rows.T))
+    if check_forward_ad:
+        analytic.append((" (forward AD)", jvp_along(fn, effective) @ contractions.T))
+    tol, _ = caller_tolerance(dtype, rtol)
+    # (where, analytic, numeric, rel. error, within the caller's atol slack) of each direction
+    # that disagrees after the second step
+    questioned: list[tuple[str, float, float, float, bool]] = []
+    for label, values in analytic:
+        numeric = _contracted_numeric(f_plus, f_minus, step, contractions)
+        bad, band, slack = _fast_verdicts(values, numeric, f_plus, f_minus, step, contractions,
+                                          effective, tol=tol, dtype=dtype, atol=atol, rtol=rtol)
+        if (bad | band).any():
+            # half the step for the directions in question: truncation shrinks about 4x
+            again = np.flatnonzero((bad | band).any(axis=1))
+            half_step = step[again] * FAST_SECOND_STEP
+            fp2, fm2, _ = measure(half_step, again)
+            half = _contracted_numeric(fp2, fm2, half_step, contractions)
+            numeric[again] = (4 * half - numeric[again]) / 3
+            bad[:], band[:] = False, False
+            bad[again], band[again], slack[again] = _fast_verdicts(
+                values[again], numeric[again], fp2, fm2, half_step, contractions,
+                effective[again], tol=tol, dtype=dtype, atol=atol, rtol=rtol)
+        for r, p in zip(*np.nonzero(bad | band)):
+            a_rp, n_rp = float(values[r, p]), float(numeric[r, p])
+            questioned.append((f"{fn.layout.names[tensors[r]]} -> {fn.out_layout.names[p]}{label}",
+                               a_rp, n_rp, abs(a_rp - n_rp) / max(abs(a_rp), abs(n_rp)),
+                               bool(slack[r, p])))
+    warned = []
+    if questioned:
+        # a contraction hides one wrong element among many: the audit looks at coordinates,
+        # judged by the caller's relative tolerance (fastgrad's band with strict)
+        _localize(fn, leaves, outputs, index, dtype=dtype, tol=tol if strict else max(tol, rtol),
+                  seed=seed, questioned=questioned, notes=notes)
+        if not strict:  # the audit found no coordinate beyond the caller's tolerance
+            warned = [f"{where} along a random direction (rel. error {rel:.1e})"
+                      for where, _, _, rel, within_slack in questioned if not within_slack]
+    if check_backward_ad and check_undefined_grad and pairs:
+        side_tests.undefined_grad(fn, leaves, outputs)
+    if warned:
+        tolerated.append((tuple(warned), len(warned)))
+
+
+def _contracted_numeric(f_plus, f_minus, step, contractions) -> np.ndarray:
+    """(directions, outputs): v_p . (f(x + h u) - f(x - h u)) / 2h."""
+    return ((f_plus - f_minus) / (2 * step[:, None])) @ contractions.T
+
+
+def _fast_verdicts(analytic, numeric, f_plus, f_minus, step, contractions, directions, *, tol,
+                   dtype, atol, rtol) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(beyond the caller's rule, beyond fastgrad's band only, within the caller's atol slack),
+    each (directions, outputs).
+
+    The caller's rule is torch's for a contraction: |a - n| <= atol sum|u| sum(v) + rtol |n|
+    (u the direction actually taken).
+    A disagreement within the roundoff floor (eps x the contracted magnitude of the loss values
+    over the step) is not evidence either way."""
+    scale = (np.abs(f_plus) + np.abs(f_minus)) @ np.abs(contractions).T  # (directions, outputs)
+    floor = noise_eps(dtype) * scale / (2 * step[:, None])
+    diff = np.abs(analytic - numeric)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        allowed = (atol * np.abs(directions).sum(axis=1)[:, None]
+                   * contractions.sum(axis=1)[None, :])
+        caller = ~(diff <= allowed + rtol * np.abs(numeric) + floor)
+        rel = diff / np.maximum(np.abs(analytic), np.abs(numeric))
+        band = ~(rel <= tol) & ~(diff <= floor) & ~caller
+        # within the caller's atol slack: questioned (a contraction can hide one wrong element
+        # among many), but not worth a warning when the audit clears it
+        slack = diff <= floor + allowed
+    return caller, band, slack
+
+
+def _localize(fn: TorchFunction, leaves, outputs, index, *, dtype, tol, seed, questioned,
+              notes) -> None:
+    """fastgrad's audit of a random contraction of the outputs, run after a fast-mode direction
+    disagreed: its verdict decides (a failure raises ``SubcheckFailed`` "fast mode"), and its
+    report names the wrong coordinates. Non-finite (masked) input entries are held fixed."""
+    from ... import audit  # the public audit, loaded only when a direction disagrees
+
+    rng = np.random.default_rng([seed, 0x6c6f_6361])
+    u = rng.standard_normal(fn.out_layout.size)
+    grad = vjp_contracted(fn, leaves, outputs, u)[index]
+    full = fn.x.copy()
+    x = fn.x.astype(dtype)
+
+    def loss(theta):
+        full[index] = theta
+        return float(fn.one(full) @ u)
+
+    owner = fn.layout.tensor_of(index)
+    segments = {n: (int(np.count_nonzero(owner == t)),) for t, n in enumerate(fn.layout.names)
+                if np.any(owner == t)}
+    report = audit(loss, x[index], grad, segments=segments, seed=seed, tol=tol, workers=1,
+                   jit=False)
+    if report.passed:
+        return
+    shown = [f"{where}: analytic {a:.6g}, numeric {n:.6g} (rel. error {rel:.1e})"
+             for where, a, n, rel, _ in questioned]
+    head = ("fast mode: a random direction disagreed (" + "; ".join(shown[:4])
+            + (" ..." if len(shown) > 4 else "") + "); fastgrad's audit localized it:\n")
+    lost = [f"{fn.out_prefix}{j}" for j in fn.no_grad
+            if any(where.split(" -> ")[1].split(" ")[0] == f"{fn.out_prefix}{j}"
+                   for where, *_ in questioned)]
+    if lost:
+        head = f"{', '.join(lost)} does not require grad; " + head
+    head += "".join(f"{note}\n" for note in notes)
+    raise SubcheckFailed("fast mode", head + str(report), report)
+

@@ -1,0 +1,363 @@
+"""The function a drop-in check sees: torch tensors as one flat real vector.
+
+Real views of tensors (complex as real then imaginary parts), sparse inputs as the values of their
+elements, ``TorchFunction`` (``func`` of the flat real vector of its checked inputs, called as
+torch's gradcheck calls it: the Jacobian core's ``FlatFunction``, one call or one vmap'd call) and
+``Evaluator`` (the core's chunked columns, with torch's word on vmap's randomness).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...checks.jacobian import CoordinateColumns, FlatFunction, Layout
+from ...errors import InvalidType, InvalidValue
+from ...steps import tolerance
+
+
+def real_flat(t: torch.Tensor, batch: int | None = None) -> np.ndarray:
+    """Flat float64 real view: complex as real parts then imaginary parts; batch keeps dim 0."""
+    t = t.detach()
+    if t._is_zerotensor():
+        t = torch.zeros(t.shape, dtype=t.dtype)
+    if t.is_conj() or t.is_neg():
+        t = t.resolve_conj().resolve_neg()
+    lead = (batch,) if batch is not None else ()
+    if t.is_complex():
+        parts = [t.real.reshape(*lead, -1), t.imag.reshape(*lead, -1)]
+        t = torch.cat(parts, dim=-1)
+    else:
+        t = t.reshape(*lead, -1)
+    return t.to(torch.float64).cpu().numpy()
+
+
+def from_real(values: np.ndarray, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+    """(B, real size) -> tensor (B, *shape) of dtype."""
+    flat = torch.from_numpy(np.ascontiguousarray(values))
+    batch = flat.shape[0]
+    if dtype.is_complex:
+        n = flat.shape[1] // 2
+        real_dtype = torch.float32 if dtype == torch.complex64 else torch.float64
+        t = torch.complex(flat[:, :n].to(real_dtype), flat[:, n:].to(real_dtype))
+    else:
+        t = flat.to(dtype)
+    return t.reshape(batch, *shape).to(device)
+
+
+def as_tuple(x: Any) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def differentiable_outputs(outputs: tuple) -> list[int]:
+    """Positions of the outputs autograd can differentiate (torch's rule: requires_grad)."""
+    return [j for j, o in enumerate(outputs) if isinstance(o, torch.Tensor) and o.requires_grad]
+
+
+def _judged_outputs(outputs: tuple) -> list[int]:
+    """The outputs whose Jacobian is judged: those that require grad, and the floating ones
+    that do not (their numeric Jacobian must be zero: a function that lost its gradient path,
+    ``.detach()`` or a numpy round trip, fails instead of passing unchecked). Integer outputs
+    (indices, counts) are not judged: they cannot carry a gradient."""
+    return [j for j, o in enumerate(outputs) if isinstance(o, torch.Tensor)
+            and (o.requires_grad or o.is_floating_point() or o.is_complex())]
+
+
+def precision_dtype(dtypes) -> np.dtype:
+    """The working precision: float32 when any checked tensor is single precision."""
+    low = any(d in (torch.float32, torch.complex64) for d in dtypes)
+    return np.dtype(np.float32) if low else np.dtype(np.float64)
+
+
+def caller_tolerance(dtype, rtol: float) -> tuple[float, str]:
+    tol, reason = tolerance(dtype)
+    if 0.0 < rtol < tol:
+        return rtol, f"rtol={rtol:.0e} given by the caller"
+    return tol, reason + (f"; torch's rule |a - n| <= atol + rtol |n| also applied (rtol={rtol:.0e})"
+                          if rtol else "")
+
+
+SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc)
+
+
+def _all_specified(t: torch.Tensor) -> torch.Tensor:
+    """A sparse COO/CSR/CSC tensor with every element specified (zeros where t has none):
+    torch's dense semantics of a sparse input (``masked=False``)."""
+    dense = t.detach().to_dense()
+    full = torch.ones(dense.shape, dtype=torch.bool).nonzero().t()
+    coo = torch.sparse_coo_tensor(full, dense.reshape(-1), dense.shape, is_coalesced=True)
+    return coo if t.layout == torch.sparse_coo else coo.to_sparse(layout=t.layout)
+
+
+class _Sparse:
+    """A sparse input as the values of its elements, torch's two semantics: with ``masked``
+    the specified elements only (only they are perturbed and judged), else every element (the
+    perturbed inputs are passed fully specified, the backward runs on the caller's tensor and
+    its gradient must be the dense one, as in torch's gradcheck).
+
+    ``positions`` are the elements' dense flat indices, in the order of the values;
+    ``original`` is the caller's tensor (what the analytic passes differentiate).
+    """
+
+    def __init__(self, t: torch.Tensor, masked: bool):
+        self.original = t.detach().coalesce() if t.layout == torch.sparse_coo else t.detach()
+        t = self.original if masked else _all_specified(t)
+        if t.layout == torch.sparse_coo:
+            t = t.coalesce()
+            self.structure = (t.indices(),)
+            coo = t.indices()
+        elif t.layout == torch.sparse_csr:
+            self.structure = (t.crow_indices(), t.col_indices())
+            coo = torch._convert_indices_from_csr_to_coo(*self.structure)
+        else:
+            self.structure = (t.ccol_indices(), t.row_indices())
+            coo = torch._convert_indices_from_csr_to_coo(*self.structure, transpose=True)
+        self.template, self.layout, self.shape = t, t.layout, tuple(t.shape)
+        self.values_shape = tuple(t.values().shape)
+        sparse_shape = self.shape[:coo.shape[0]]
+        dense_count = math.prod(self.values_shape[1:])
+        base = np.ravel_multi_index(coo.numpy(), sparse_shape) if coo.shape[1] else \
+            np.zeros(0, dtype=np.int64)
+        self.positions = (base[:, None] * dense_count
+                          + np.arange(dense_count)[None, :]).ravel().astype(np.int64)
+
+    def flat(self) -> np.ndarray:
+        return real_flat(self.template.values())
+
+    def rebuild(self, values: torch.Tensor) -> torch.Tensor:
+        """The sparse tensor with these values (flat, in the order of ``positions``)."""
+        values = values.reshape(self.values_shape)
+        if self.layout == torch.sparse_coo:
+            return torch.sparse_coo_tensor(self.structure[0], values, self.shape,
+                                           is_coalesced=True)
+        build = torch.sparse_csr_tensor if self.layout == torch.sparse_csr else \
+            torch.sparse_csc_tensor
+        return build(*self.structure, values, self.shape)
+
+    def gradient(self, g: torch.Tensor, batch: int) -> torch.Tensor:
+        """(batch, elements) of a gradient (batched or not, sparse or dense) at our elements."""
+        if g.layout != torch.strided:
+            g = g.to_dense()
+        return g.reshape(batch, -1)[:, torch.from_numpy(self.positions)]
+
+
+class Raised(Exception):
+    """func raised at a perturbed input ``row`` (the original exception is ``.error``)."""
+
+    def __init__(self, error: BaseException, row: np.ndarray):
+        super().__init__(str(error))
+        self.error, self.row = error, row
+
+
+class TorchFunction(FlatFunction):
+    """``func`` as a function of the flat real vector of its checked inputs (the Jacobian core's
+    ``FlatFunction``: one call, or one ``torch.func.vmap`` call of a batch).
+
+    ``func`` is called as torch's gradcheck calls it: with the caller's own input objects (an
+    ``nn.Parameter`` stays that Parameter, a leaf stays a leaf that requires grad), grad mode
+    on, in the inputs' dtypes. A perturbed evaluation writes the perturbed values into the
+    caller's dense tensors in place (through ``.data``, as torch does), calls ``func``, and
+    writes the saved originals back, bitwise, before anything else runs (also when func
+    raises). Batched (vmap'd) evaluation uses fresh tensors, and only where the vmap'd value
+    at x equals the one-by-one value bitwise. Sparse inputs are passed as rebuilt tensors.
+    """
+
+    vmap = "torch.func.vmap"
+
+    def __init__(self, func: Callable, inputs: tuple, names: Sequence[str], needs_grad: bool,
+                 out_prefix: str = "output", masked: bool = False):
+        self.func, self.inputs, self.needs_grad = func, inputs, needs_grad
+        self.checked = [k for k, t in enumerate(inputs)
+                        if isinstance(t, torch.Tensor) and t.requires_grad]
+        if not self.checked:
+            raise InvalidValue(
+                "inputs: gradcheck expects at least one input tensor to require gradient "
+                "(none of the inputs has requires_grad=True)")
+        for k in self.checked:
+            t = inputs[k]
+            if not (t.is_floating_point() or t.is_complex()):
+                raise InvalidType(f"inputs: {names[k]} requires grad but has dtype {t.dtype}")
+            if t.dtype in (torch.float16, torch.bfloat16):
+                raise InvalidType(
+                    f"inputs: {names[k]} has dtype {t.dtype}; centered differences need float32 "
+                    "or float64 (float64 recommended, as for torch's gradcheck)")
+            if t.layout != torch.strided and t.layout not in SPARSE_LAYOUTS:
+                raise InvalidType(f"inputs: {names[k]} has layout {t.layout}; dense (strided) "
+                                  "and sparse COO, CSR and CSC tensors are supported")
+        # sparse inputs: the values of their (specified) elements
+        self.sparse = {k: _Sparse(inputs[k], masked) for k in self.checked
+                       if inputs[k].layout != torch.strided}
+        self.layout = Layout(tuple(names[k] for k in self.checked),
+                             tuple(tuple(inputs[k].shape) for k in self.checked),
+                             tuple(inputs[k].is_complex() for k in self.checked),
+                             tuple(self.sparse[k].positions if k in self.sparse else None
+                                   for k in self.checked) if self.sparse else ())
+        # a copy (concatenate): x must not see the in-place perturbations
+        x = np.concatenate([self.sparse[k].flat() if k in self.sparse
+                            else real_flat(inputs[k]) for k in self.checked]) \
+            if self.layout.size else np.zeros(0)
+        super().__init__(x, batchable=not self.sparse, why_serial=(
+            "sparse inputs (torch.func.vmap does not batch sparse tensors)" if self.sparse
+            else ""))
+        # the caller's dense values, written back after every perturbed call
+        self.saved = {k: inputs[k].detach().clone() for k in self.checked
+                      if k not in self.sparse}
+        self.out_prefix = out_prefix
+        # what vmap batches, when not func itself (a functional twin: the same values)
+        self.batched_func: Callable | None = None
+        # vmap's randomness: "error" until a random op is met, then "same" (many)
+        self.randomness = "error"
+
+    def tensors(self, flat: np.ndarray, requires_grad: bool = True) -> list[torch.Tensor]:
+        """Fresh checked inputs for a batch of flat rows (vmap): tensors of shape (B, *shape)."""
+        starts = self.layout.starts
+        out = []
+        for p, k in enumerate(self.checked):
+            t = self.inputs[k]
+            value = from_real(flat[:, starts[p]:starts[p + 1]], tuple(t.shape), t.dtype,
+                               t.device)
+            out.append(value.requires_grad_(True) if self.needs_grad and requires_grad
+                       else value)
+        return out
+
+    def call(self, checked: Sequence[torch.Tensor]) -> tuple:
+        args = list(self.inputs)
+        for k, value in zip(self.checked, checked):
+            args[k] = value
+        return as_tuple(self.func(*args))
+
+    def copies(self, requires_grad: bool = True) -> list[torch.Tensor]:
+        """The checked inputs as values for forward AD's primals: the caller's dense tensors
+        detached (their geometry: a function that reads storage directly, ``as_strided`` with
+        an explicit ``storage_offset``, sees the function the numeric side evaluates), copies
+        of sparse ones."""
+        return [(self.sparse[k].original.clone() if k in self.sparse else
+                 self.inputs[k].detach()).requires_grad_(requires_grad) for k in self.checked]
+
+    def reference(self):
+        """Outputs at x with autograd recording, on the caller's own inputs (torch's
+        gradcheck differentiates those): (leaves, all outputs, judged output positions)."""
+        leaves = [self.sparse[k].original.clone().requires_grad_(True) if k in self.sparse
+                  else self.inputs[k] for k in self.checked]
+        with torch.enable_grad():
+            outputs = self.call(leaves)
+        return leaves, outputs, _judged_outputs(outputs)
+
+    def set_outputs(self, outputs: tuple, positions: list[int]) -> None:
+        for j in positions:
+            if outputs[j].layout != torch.strided:
+                raise InvalidValue(
+                    f"func: {self.out_prefix}{j} has layout {outputs[j].layout}; sparse outputs "
+                    "are not supported (as in torch's gradcheck): return "
+                    "out.to_dense(masked_grad=...)")
+        self.positions = positions
+        # outputs that do not require grad: their analytic Jacobian is zero, and the numeric
+        # one must be too (torch: "Numerical gradient for function expected to be zero")
+        self.no_grad = [j for j in positions if not outputs[j].requires_grad]
+        chosen = [outputs[j] for j in positions]
+        self.out_layout = Layout(tuple(f"{self.out_prefix}{j}" for j in positions),
+                                 tuple(tuple(o.shape) for o in chosen),
+                                 tuple(o.is_complex() for o in chosen))
+        self.out_dtypes = [o.dtype for o in chosen]
+
+    def differentiable(self, outputs: tuple) -> list[tuple[int, int]]:
+        """(position in out_layout, output index) of the judged outputs that require grad."""
+        return [(p, j) for p, j in enumerate(self.positions) if j not in self.no_grad]
+
+    def flat_outputs(self, outputs: tuple, batch: int | None) -> np.ndarray:
+        """A new array (never a view of an output: an output may alias an input that is
+        perturbed in place next)."""
+        parts = [real_flat(outputs[j], batch) for j in self.positions]
+        if not parts:
+            return np.zeros((batch or 1, 0)) if batch is not None else np.zeros(0)
+        return np.concatenate(parts, axis=-1)
+
+    def _grad_mode(self):
+        return torch.enable_grad() if self.needs_grad else torch.no_grad()
+
+    def call_one(self, row: np.ndarray) -> np.ndarray:
+        """The flat real outputs at one flat input (one call of func on the caller's inputs)."""
+        args, written = list(self.inputs), []
+        starts = self.layout.starts
+        try:
+            with torch.no_grad():
+                for p, k in enumerate(self.checked):
+                    part = row[starts[p]:starts[p + 1]]
+                    t = self.inputs[k]
+                    if k in self.sparse:
+                        value = from_real(part[None], (self.sparse[k].positions.size,),
+                                           t.dtype, t.device)[0]
+                        args[k] = self.sparse[k].rebuild(value).requires_grad_(True)
+                    elif not np.array_equal(part, self.x[starts[p]:starts[p + 1]]):
+                        # only the inputs that differ from x are written: an input passed
+                        # twice (one tensor) is perturbed once, as torch perturbs it
+                        written.append(k)
+                        t.data.copy_(from_real(part[None], tuple(t.shape), t.dtype,
+                                                t.device)[0])
+            with torch.enable_grad():
+                outputs = as_tuple(self.func(*args))
+            return self.flat_outputs(outputs, None)
+        except Exception as exc:
+            raise Raised(exc, row) from exc
+        finally:
+            with torch.no_grad():
+                for k in written:
+                    self.inputs[k].data.copy_(self.saved[k])
+
+    def call_batch(self, rows: np.ndarray) -> np.ndarray:
+        """The flat real outputs at each row in one ``torch.func.vmap`` call."""
+        try:
+            return self._vmapped(rows)
+        except Exception as exc:
+            if self.randomness == "error" and "randomness" in str(exc):
+                # a random op: a function that fixes its seed at every call (torch's own test
+                # wrappers do) draws the same numbers for every row, as vmap's
+                # randomness="same" does; the probe at x tells whether it does
+                self.randomness = "same"
+                return self._vmapped(rows)
+            raise
+
+    def _vmapped(self, rows: np.ndarray) -> np.ndarray:
+        batch = rows.shape[0]
+        functional = self.batched_func is not None
+        func = self.batched_func if functional else self.func
+        checked = self.tensors(rows, requires_grad=not functional)
+        in_dims = tuple(0 if k in self.checked else None for k in range(len(self.inputs)))
+        args = list(self.inputs)
+        for k, value in zip(self.checked, checked):
+            args[k] = value.detach() if functional else value
+
+        def fn(*a):
+            outputs = as_tuple(func(*a))
+            return tuple(outputs[j] for j in self.positions)
+
+        with (torch.no_grad() if functional else self._grad_mode()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outputs = torch.func.vmap(fn, in_dims=in_dims, randomness=self.randomness)(*args)
+        if len(outputs) == 1:  # no copy of a large batch
+            return real_flat(outputs[0], batch)
+        return np.concatenate([real_flat(o, batch) for o in outputs], axis=-1)
+
+    @property
+    def low(self) -> bool:
+        return precision_dtype(
+            [self.inputs[k].dtype for k in self.checked] + self.out_dtypes) == np.float32
+
+
+class Evaluator(CoordinateColumns):
+    """What the Judge calls: ``pairs(index, step)`` -> whole outputs at x +- h e_i, the core's
+    chunked columns; the path line says when vmap ran with randomness="same"."""
+
+    @property
+    def path_reason(self) -> str:
+        reason = super().path_reason
+        if self.fn.batched and self.fn.randomness == "same":
+            reason += (" with randomness='same' (f draws random numbers: the same at every "
+                       "call, as the batched value at x showed)")
+        return reason
