@@ -114,11 +114,13 @@ class Localizer:
         for gid, flags in grand.items():
             if len(flags) == 4 and all(flags):
                 gp = grand_parts[gid]
-                sample = self.block_sample(gp)
-                if 2 * sample.size > self.budget.remaining():
-                    self.give_up(next_front)
+                try:
+                    wrong = self.confirmer.confirm(self.block_sample(gp), phase="blocks")
+                except BudgetExhausted:
+                    # the sample, or the serial confirmation of its failures on threads, did
+                    # not fit: the parts outside the blocks accepted so far stay unresolved
+                    self.give_up(_outside(next_front, blocked))
                     return None
-                wrong = self.confirmer.confirm(sample, phase="blocks")
                 if wrong.all():
                     cleared, unsettled = self.settler.settle_zeros(gp)
                     for i in [i for i in findings.suspects if gp.start <= i < gp.stop]:
@@ -126,11 +128,9 @@ class Localizer:
                     findings.blocks.append(BlockRecord(
                         self.segs.names[gp.segment], gp.start, gp.stop,
                         self.segs.locate(gp.start)[1], self.segs.locate(gp.stop - 1)[1],
-                        int(sample.size), int(wrong.sum()), cleared, unsettled))
+                        int(wrong.size), int(wrong.sum()), cleared, unsettled))
                     blocked.append(gp)
-        if not blocked:
-            return next_front
-        return [c for c in next_front if not any(_inside(c, b) for b in blocked)]
+        return _outside(next_front, blocked)
 
     def block_sample(self, part: Part) -> np.ndarray:
         """The coordinates that decide whether ``part`` is a wrong block: both ends and random
@@ -160,5 +160,7 @@ def _levels(part: Part) -> float:
     return max(math.log2(part.size / LEAF_SIZE), 0.0) + 1.0
 
 
-def _inside(part: Part, block: Part) -> bool:
-    return block.start <= part.start and part.stop <= block.stop
+def _outside(parts: list[Part], blocks: list[Part]) -> list[Part]:
+    """The parts that are not inside any of ``blocks``."""
+    return [p for p in parts
+            if not any(b.start <= p.start and p.stop <= b.stop for b in blocks)]
