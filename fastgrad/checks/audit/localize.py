@@ -11,7 +11,6 @@ import numpy as np
 
 from ...results.audit_report import BlockRecord
 from ...segments import SegmentMap
-from ...steps import LEAF_SIZE, MAX_FRONT
 from .budget import Budget, BudgetExhausted
 from .confirm import Confirmer, ends_and_inner
 from .directions import Measurer, Part
@@ -35,6 +34,7 @@ class Localizer:
         self.segs, self.seed, self.budget = segs, seed, budget
         self.measurer, self.confirmer, self.settler = measurer, confirmer, settler
         self.findings = findings
+        self.tuning = measurer.tuning  # the check's numbers (fastgrad.Tuning)
         self.g = measurer.g
 
     def localize(self, roots: list[Part]) -> None:
@@ -42,14 +42,17 @@ class Localizer:
         findings = self.findings
         front = list(roots)
         start, part_levels = self.budget.evaluations, 0
-        self.budget.expect(sum(LOCALIZE_PER_LEVEL * _levels(p) for p in roots), "localize")
+        leaf_size = self.tuning.leaf_size
+        self.budget.expect(sum(LOCALIZE_PER_LEVEL * _levels(p, leaf_size) for p in roots),
+                           "localize")
         while front:
             if part_levels:  # the levels left, at the cost per part and level so far
                 per = (self.budget.evaluations - start) / part_levels
-                self.budget.expect(per * len(front) * max(_levels(p) for p in front), "localize")
+                self.budget.expect(per * len(front) * max(_levels(p, leaf_size) for p in front),
+                                   "localize")
             part_levels += len(front)
-            leaves = [p for p in front if p.size <= LEAF_SIZE]
-            splits = [p for p in front if p.size > LEAF_SIZE]
+            leaves = [p for p in front if p.size <= leaf_size]
+            splits = [p for p in front if p.size > leaf_size]
             if leaves:
                 index = np.concatenate([np.arange(p.start, p.stop) for p in leaves])
                 try:
@@ -78,7 +81,7 @@ class Localizer:
                 by_segment.setdefault(c.segment, []).append(c)
             kept = []
             for sid, parts in by_segment.items():
-                if len(parts) > MAX_FRONT:
+                if len(parts) > self.tuning.max_front:
                     findings.spread.add(sid)
                     seg = self.segs[self.segs.names[sid]]
                     findings.notes.append(
@@ -146,7 +149,8 @@ class Localizer:
         pool = part.start + np.flatnonzero(self.g[part.start:part.stop])
         if pool.size == 0:
             pool = np.arange(part.start, part.stop)
-        return ends_and_inner(pool, np.random.default_rng([self.seed, part.start, part.stop]))
+        return ends_and_inner(pool, np.random.default_rng([self.seed, part.start, part.stop]),
+                              self.tuning.block_samples)
 
     def give_up(self, parts: list[Part]) -> None:
         """The budget ran out: ``parts`` stay unresolved and the audit incomplete."""
@@ -155,9 +159,10 @@ class Localizer:
             self.findings.unresolved.append((self.segs.names[p.segment], p.start, p.stop))
 
 
-def _levels(part: Part) -> float:
-    """Halving levels from ``part`` down to leaves of LEAF_SIZE, the leaves' level included."""
-    return max(math.log2(part.size / LEAF_SIZE), 0.0) + 1.0
+def _levels(part: Part, leaf_size: int) -> float:
+    """Halving levels from ``part`` down to leaves of ``leaf_size``, the leaves' level
+    included."""
+    return max(math.log2(part.size / leaf_size), 0.0) + 1.0
 
 
 def _outside(parts: list[Part], blocks: list[Part]) -> list[Part]:
