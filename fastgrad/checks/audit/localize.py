@@ -21,7 +21,8 @@ __all__ = ["Localizer"]
 
 # the progress bar's first estimate of localizing one disagreeing segment: evaluations per halving
 # level (two halves, one or two directions each, sometimes a second step; measured 9-14 on
-# ResNet-18 and GPT-2); later levels are estimated from the levels already done
+# ResNet-18 and GPT-2); later levels are estimated from the levels already done. Only the bar
+# reads it (no value or choice depends on it), so it is not part of the Tuning
 LOCALIZE_PER_LEVEL = 12
 
 
