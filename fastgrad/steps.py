@@ -49,21 +49,6 @@ BAND_WRONG, BAND_SUSPECT, BAND_OK = 1e-2, 1e-4, 1e-7
 # it changes no verdict, so it is not part of the Tuning)
 KINK_FRACTION_NOTE = 0.1
 
-# the numbers the audit (checks/directions.py) reads until it takes a tuning= like check()
-# does (issue 22): the defaults, read from the one place they are set
-STEP_DEPENDENCE = DEFAULT_TUNING.step_dependence
-RICHARDSON_RATIO = DEFAULT_TUNING.richardson_ratio
-RICHARDSON_TRUST = DEFAULT_TUNING.richardson_trust
-DIRECTION_SHRINK = DEFAULT_TUNING.direction_shrink
-STEP_DEPENDENCE_MARGIN = DEFAULT_TUNING.step_dependence_margin
-LEAF_SIZE = DEFAULT_TUNING.leaf_size
-DIRECTIONS_PER_TEST = DEFAULT_TUNING.directions_per_test
-DIRECTION_MISS_PROBABILITY = DEFAULT_TUNING.direction_miss_probability
-BLOCK_SAMPLES = DEFAULT_TUNING.block_samples
-MAX_FRONT = DEFAULT_TUNING.max_front
-KINK_SHRINK = DEFAULT_TUNING.kink_shrink
-NOISE_PROBE_EVALUATIONS = DEFAULT_TUNING.noise_probe_evaluations
-
 # the entries of a random direction: a Rademacher sign times a magnitude uniform in [this, 1]
 # (engine/kernels.py direction_value). Not tuning: it defines which direction a seed gives, and
 # the Numba kernels compile it in as a constant.

@@ -1,8 +1,9 @@
 """The numbers that tune the method: one frozen value a check is given.
 
-``check(..., tuning=...)`` hands a ``Tuning`` down to the engine (planner, thread-safety guard,
-chunking) and the judge (noise probe, re-checks); nothing reads a module global, so two
-concurrent checks with different tunings never see each other's numbers. ``DEFAULT_TUNING`` is
+``check(..., tuning=...)`` and ``audit(..., tuning=...)`` hand a ``Tuning`` down to the engine
+(planner, thread-safety guard, chunking), the judge (noise probe, re-checks) and the audit
+(directions, localization); nothing reads a module global, so two concurrent checks with
+different tunings never see each other's numbers. ``DEFAULT_TUNING`` is
 what every check uses unless told otherwise; change one number by passing it, or with
 ``dataclasses.replace``:
 
@@ -202,12 +203,12 @@ class Tuning:
         measured on a part containing it (plus its floor) is not re-measured: truncation over a
         sub-support cannot be what disagrees. Default: ``10.0``.
     leaf_size : int
-        Coordinates. A range this small is settled by coordinate checks of all its members.
-        Default: ``4``.
+        Coordinates (at least 1). A range this small is settled by coordinate checks of all its
+        members. Default: ``4``.
     directions_per_test : int
-        Random directions a part that passes one is tried with at most: two wrong coordinates
-        can nearly cancel in one direction, in three independent ones practically never.
-        Default: ``3``.
+        Random directions (at least 1) a part that passes one is tried with at most: two wrong
+        coordinates can nearly cancel in one direction, in three independent ones practically
+        never. Default: ``3``.
     direction_miss_probability : float
         Probability. ... but no more directions than bring the chance of missing an error of tol
         on a coordinate of typical gradient below this (steps.direction_miss_bound). Default:
@@ -283,7 +284,7 @@ class Tuning:
     noise_agreement: float = 5.0
     max_step_gain: float = 10.0
 
-    # -- the audit's localization (checks/directions.py) -----------------------------------------
+    # -- the audit's directions and localization (checks/audit/) ---------------------------------
     step_dependence: float = 0.5
     richardson_ratio: float = 2.0
     richardson_trust: float = 0.25
@@ -309,12 +310,17 @@ class Tuning:
                     (isinstance(value, tuple) and not all(v > 0 for v in values)):
                 raise InvalidValue(f"tuning.{spec.name}: expected a non-negative finite value "
                                    f"(positive in a tuple), got {value!r}")
+            if spec.name in _AT_LEAST_ONE and value < 1:
+                raise InvalidValue(f"tuning.{spec.name}: expected at least 1, got {value!r}")
 
     @property
     def noise_probe_evaluations(self) -> int:
         """Loss evaluations of the noise probe: 2 per point per spacing."""
         return 2 * self.noise_probe_points * len(self.noise_probe_spacings)
 
+
+# counts without which the audit would not test at all (no direction) or never stop splitting
+_AT_LEAST_ONE = ("leaf_size", "directions_per_test")
 
 DEFAULT_TUNING = Tuning()
 

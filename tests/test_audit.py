@@ -7,6 +7,7 @@ was, and that the evaluations stay within 40 k log2(n).
 import json
 import math
 import re
+import time
 
 import numpy as np
 import pytest
@@ -133,6 +134,39 @@ def test_budget_respected_and_partial_report_says_so():
     assert covered | set(report.suspects.tolist()) == set(index.tolist())
     with pytest.raises(ValueError, match="budget"):
         audit(separable_loss, THETA, wrong, budget=2)
+
+
+def test_budget_ending_in_a_threaded_block_confirmation_ends_the_audit_incomplete():
+    """A block's sampled coordinates evaluated on threads must be confirmed serially; when that
+    no longer fits in the budget the audit ends incomplete (it used to raise BudgetExhausted)."""
+    rows = cols = 64
+    rng = np.random.default_rng(4)
+    a, c, theta = rng.uniform(0.5, 2.0, rows * cols), rng.normal(size=rows * cols), \
+        rng.normal(size=rows * cols)
+    wrong = weighted_logcosh_grad(theta, a, c)
+    row = np.arange(5 * cols, 6 * cols)
+    wrong[row] *= 1.5
+
+    def slow_loss(t, a, c):  # long enough that a block's sample runs on the threads
+        time.sleep(5e-4)
+        return weighted_logcosh(t, a, c)
+
+    def run(budget=None):
+        return audit(slow_loss, theta, wrong, args=(a, c), segments={"W": (rows, cols)},
+                     workers=2, backend="threads", budget=budget)
+
+    full = run()
+    assert full.suspects.tolist() == row.tolist() and full.blocks and full.phases["blocks"]
+    for budget in range(full.evaluations - 1, 3, -1):
+        report = run(budget)
+        assert report.evaluations <= budget
+        if report.phases.get("blocks") and not report.blocks:
+            break  # the block's sample was evaluated, its serial confirmation did not fit
+    else:
+        pytest.fail("no budget ran out in a block's confirmation")
+    assert report.status == "inconclusive" and report.incomplete
+    assert set(report.suspects.tolist()) <= set(row.tolist())
+    assert all(any(lo <= i < hi for _, lo, hi in report.unresolved) for i in row)
 
 
 # -- a two-layer network, 1,001,010 parameters -------------------------------------------------

@@ -240,7 +240,7 @@ def test_the_audit_does_not_rerun_serially_a_disagreement_that_was_truncation(mo
     again serially (GPT-2's first 382 evaluations on threads had 114 such re-runs, serial while
     the workers waited)."""
     from fastgrad.engine.evaluator import Evaluator
-    from fastgrad.steps import DIRECTIONS_PER_TEST
+    from fastgrad.tuning import DEFAULT_TUNING
 
     rows = []
     confirm = Evaluator.confirm_directions_serially
@@ -256,5 +256,5 @@ def test_the_audit_does_not_rerun_serially_a_disagreement_that_was_truncation(mo
                       workers=2)
     assert report.passed and report.path == "threads"
     # the premise: the segments' directions disagreed at h and were measured at a second step
-    assert report.phases["segments"] > 2 * 2 * DIRECTIONS_PER_TEST
+    assert report.phases["segments"] > 2 * 2 * DEFAULT_TUNING.directions_per_test
     assert rows and sum(rows) == 0

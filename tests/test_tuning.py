@@ -1,6 +1,6 @@
-"""fastgrad/tuning.py: the method's numbers are one frozen, documented value a check is given,
-passed down explicitly (no module global), so concurrent checks with different tunings never
-see each other's numbers."""
+"""fastgrad/tuning.py: the method's numbers are one frozen, documented value a check (or an
+audit) is given, passed down explicitly (no module global), so concurrent checks with different
+tunings never see each other's numbers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ import pytest
 import fastgrad as fg
 from fastgrad.engine.planner import resolve_workers
 from fastgrad.errors import InvalidType, InvalidValue
+from fastgrad.examples.problems import (
+    plant,
+    weighted_logcosh,
+    weighted_logcosh_data,
+    weighted_logcosh_grad,
+)
 from fastgrad.tuning import DEFAULT_TUNING, Tuning
 
 TWO_CORES = resolve_workers(None) >= 2
@@ -135,3 +141,71 @@ def test_concurrent_checks_with_different_tunings_each_get_their_own():
         assert all(passed and tol == pytest.approx(expected_tol[name]) for _, tol, passed in rows)
         if TWO_CORES:
             assert {path for path, _, _ in rows} == {name}
+
+
+# -- the audit: its directions and localization read the same tuning -----------------------------
+AUDIT_N = 4096
+AUDIT_A, AUDIT_C, AUDIT_THETA = weighted_logcosh_data(AUDIT_N, seed=1)
+AUDIT_GRAD = weighted_logcosh_grad(AUDIT_THETA, AUDIT_A, AUDIT_C)
+AUDIT_WRONG, AUDIT_INDEX = plant(AUDIT_GRAD, 1, seed=3,
+                                 scale=float(np.sqrt(np.mean(AUDIT_GRAD ** 2))))
+WIDE_LEAVES = dataclasses.replace(DEFAULT_TUNING, leaf_size=32)
+
+
+def _audit(tuning: Tuning) -> fg.AuditReport:
+    return fg.audit(weighted_logcosh, AUDIT_THETA, AUDIT_WRONG, args=(AUDIT_A, AUDIT_C),
+                    workers=1, tuning=tuning)
+
+
+def _localization(report: fg.AuditReport) -> tuple:
+    return (report.status, report.evaluations, report.phases, report.suspects.tolist())
+
+
+def test_bad_audit_tuning_is_refused_naming_it():
+    with pytest.raises(InvalidType, match="tuning: expected a fastgrad.Tuning"):
+        fg.audit(tiny_loss, X, tiny_grad(X), tuning={"leaf_size": 8})
+    with pytest.raises(InvalidType, match="tuning"):
+        fg.audit(tiny_loss, X, tiny_grad(X), tuning=None)
+    for name in ("leaf_size", "directions_per_test"):  # the audit would not stop, or not test
+        with pytest.raises(InvalidValue, match=rf"tuning\.{name}: expected at least 1"):
+            dataclasses.replace(DEFAULT_TUNING, **{name: 0})
+
+
+def test_the_leaf_size_changes_the_localization_not_its_verdict():
+    """Larger leaves: fewer halving levels, more coordinates confirmed one by one; the same
+    verdict and the same wrong coordinate."""
+    default, wide = _audit(DEFAULT_TUNING), _audit(WIDE_LEAVES)
+    assert default.status == wide.status == "failed"
+    assert default.suspects.tolist() == wide.suspects.tolist() == AUDIT_INDEX.tolist()
+    assert wide.phases["localize"] < default.phases["localize"]
+    # a leaf is confirmed coordinate by coordinate: 2 evaluations each, re-checks besides
+    assert 2 * DEFAULT_TUNING.leaf_size <= default.phases["confirm"] < 2 * WIDE_LEAVES.leaf_size
+    assert 2 * WIDE_LEAVES.leaf_size <= wide.phases["confirm"]
+
+
+def test_concurrent_audits_with_different_tunings_each_get_their_own():
+    """Two threads audit at once, each with its own tuning, several times: each report is the
+    one its tuning gives alone."""
+    tunings = {"default": DEFAULT_TUNING, "wide": WIDE_LEAVES}
+    alone = {name: _localization(_audit(t)) for name, t in tunings.items()}
+    assert alone["default"] != alone["wide"]
+    barrier = threading.Barrier(2)
+    seen: dict[str, list] = {name: [] for name in tunings}
+    errors: list[BaseException] = []
+
+    def run(name):
+        try:
+            for _ in range(4):
+                barrier.wait(timeout=60)
+                seen[name].append(_localization(_audit(tunings[name])))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in tunings]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == []
+    assert seen == {name: [alone[name]] * 4 for name in tunings}

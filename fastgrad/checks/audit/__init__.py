@@ -21,7 +21,7 @@ from ...judge.rechecks import Judge
 from ...progress import Progress
 from ...results.audit_report import AuditReport, DirectionRecord
 from ...segments import SegmentMap
-from ...steps import DIRECTIONS_PER_TEST, NOISE_PROBE_EVALUATIONS
+from ...tuning import DEFAULT_TUNING, Tuning
 from ..prepare import Prepared, prepare
 from .budget import Budget, BudgetExhausted
 from .confirm import Confirmer
@@ -52,6 +52,7 @@ def audit(
     jit: bool | str = "auto",
     backend: str | None = None,
     timeout: float | None = None,
+    tuning: Tuning = DEFAULT_TUNING,
 ) -> AuditReport:
     """Audit every segment with random directions, then localize the wrong coordinates.
 
@@ -101,6 +102,13 @@ def audit(
     timeout : float or None
         Seconds one evaluation of f may take, as for check(): one past it raises
         ``LossTimeout`` naming the direction or coordinate. None: no limit.
+    tuning : Tuning
+        The method's numbers, as for check() (noise probe, re-checks, the planner, the
+        thread-safety guard), and the audit's own: directions per test, the Richardson and
+        smaller steps of a disagreeing direction, the leaf size, block samples and widest front
+        of the localization. ``fastgrad.Tuning()`` by default, or one with some changed,
+        ``fastgrad.Tuning(leaf_size=8)``. Used by this audit only: concurrent checks and audits
+        with other tunings are not affected.
 
     Returns
     -------
@@ -133,7 +141,7 @@ def audit(
     problem, ev = prepare(f, theta, grad, args=args, segments=segments, seed=seed, depth=depth,
                           tol=tol, workers=workers, executor=executor, progress=False, jit=jit,
                           nondet_tol=nondet_tol, terms_allowed=False, backend=backend,
-                          timeout=timeout)
+                          timeout=timeout, tuning=tuning)
     ev.budget = budget  # the engine keeps the guard's duplicates inside it too
     try:
         return _audit(problem, ev, budget, progress)
@@ -146,7 +154,7 @@ def _audit(problem: Prepared, ev: Evaluator, budget: int | None, progress) -> Au
     segs = problem.segments
     judge = Judge(ev, problem.x, problem.f0, problem.grads, problem.tol, problem.eps)
     # the noise probe, the whole vector's direction and one per segment; re-estimated by phase
-    expected = ev.evaluations + NOISE_PROBE_EVALUATIONS + 2 + 2 * len(segs)
+    expected = ev.evaluations + ev.tuning.noise_probe_evaluations + 2 + 2 * len(segs)
     if budget is not None:
         expected = min(expected, budget)
     with Progress(total=expected, label="audit", enabled=progress) as bar:
@@ -189,8 +197,8 @@ def _run(problem: Prepared, ev: Evaluator, judge: Judge, budget: Budget) -> Audi
             if not significant.any():
                 findings.notes.append(
                     "the direction over the whole vector disagreed beyond its noise floor, but "
-                    f"no segment's {DIRECTIONS_PER_TEST} directions did (truncation or a kink "
-                    "along the whole vector, or an error below every segment's floor)")
+                    f"no segment's {ev.tuning.directions_per_test} directions did (truncation "
+                    "or a kink along the whole vector, or an error below every segment's floor)")
         for rec in findings.directions[start:]:
             seg_records[segs.names.index(rec.segment)].append(rec)
         roots = [p for p, bad in zip(seg_parts, significant) if bad]

@@ -14,7 +14,7 @@ from ...judge.rechecks import Judge, scaled
 from ...judge.verdicts import NAN, NOISE, VERDICTS
 from ...results.audit_report import SuspectRecord
 from ...segments import SegmentMap
-from ...steps import BLOCK_SAMPLES, KINK_SHRINK, coordinate_steps
+from ...steps import coordinate_steps
 from .budget import Budget, BudgetExhausted
 from .directions import Floor, ThreadsRefused
 from .findings import Findings
@@ -61,7 +61,8 @@ class Confirmer:
         failing = s.failed & (s.verdict != NAN)
         # check()'s re-checks cost at most 2 evaluations per noise coordinate and 2 per failing
         # coordinate and kink step; without that budget they are neither suspects nor cleared
-        if 2 * (np.count_nonzero(noisy) + len(KINK_SHRINK) * np.count_nonzero(failing)) \
+        kink_steps = len(self.ev.tuning.kink_shrink)
+        if 2 * (np.count_nonzero(noisy) + kink_steps * np.count_nonzero(failing)) \
                 > budget.remaining():
             findings.complete = False
             s.failed[failing] = False
@@ -80,9 +81,10 @@ class Confirmer:
         return s.failed.copy()
 
 
-def ends_and_inner(pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The first and last entries of ``pool`` (sorted) and BLOCK_SAMPLES - 2 random others."""
-    if pool.size <= BLOCK_SAMPLES:
+def ends_and_inner(pool: np.ndarray, rng: np.random.Generator, samples: int) -> np.ndarray:
+    """The first and last entries of ``pool`` (sorted) and ``samples`` - 2 random others
+    (``tuning.block_samples``; the ends always): the whole pool when it is no larger."""
+    if pool.size <= max(samples, 2):
         return pool
-    inner = rng.choice(pool[1:-1], size=BLOCK_SAMPLES - 2, replace=False)
+    inner = rng.choice(pool[1:-1], size=max(samples - 2, 0), replace=False)
     return np.unique(np.concatenate([[pool[0], pool[-1]], inner]))

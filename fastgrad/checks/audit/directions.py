@@ -23,20 +23,7 @@ from ...judge.rechecks import Judge
 from ...results.audit_report import DirectionRecord
 from ...sampling import direction_key
 from ...segments import SegmentMap
-from ...steps import (
-    DIRECTION_MISS_PROBABILITY,
-    DIRECTION_SHRINK,
-    DIRECTIONS_PER_TEST,
-    NOISE_PROBE_EVALUATIONS,
-    RICHARDSON_RATIO,
-    RICHARDSON_TRUST,
-    STEP_DEPENDENCE,
-    STEP_DEPENDENCE_MARGIN,
-    direction_miss_bound,
-    precision_of,
-    richardson,
-    rms,
-)
+from ...steps import direction_miss_bound, precision_of, richardson, rms
 from .budget import Budget
 from .findings import Findings
 
@@ -109,6 +96,7 @@ class Measurer:
                  findings: Findings):
         self.ev, self.judge, self.segs, self.seed = ev, judge, segs, seed
         self.budget, self.findings = budget, findings
+        self.tuning = ev.tuning  # the check's numbers (fastgrad.Tuning)
         self.x, self.g, self.f0 = judge.x, judge.grads[None], float(judge.f0[0])
         self.tol = judge.tol
         self.floor = Floor(judge.eps, precision_of(self.x.dtype).step_scale)
@@ -119,8 +107,8 @@ class Measurer:
     def measure_noise(self) -> None:
         """The noise of f itself, measured as check() does (check.measure_noise): a loop summing
         10^6 terms in sequence has far more roundoff than the default floor assumes."""
-        self.budget.require(NOISE_PROBE_EVALUATIONS)
-        self.budget.phase("noise", NOISE_PROBE_EVALUATIONS)
+        self.budget.require(self.tuning.noise_probe_evaluations)
+        self.budget.phase("noise", self.tuning.noise_probe_evaluations)
         before = self.budget.evaluations
         level = measure_noise(self.ev, self.x, np.array([self.f0]), self.seed)
         self.budget.spend("noise", before)
@@ -139,13 +127,15 @@ class Measurer:
         return keys
 
     def test(self, parts: list[Part], phase: str, thorough: bool = False) -> np.ndarray:
-        """Which parts disagree beyond the noise floor, with up to DIRECTIONS_PER_TEST directions.
+        """Which parts disagree beyond the noise floor, with up to
+        ``tuning.directions_per_test`` directions.
 
         A part that agrees is tried with another direction until the chance that an error of
         tol on a coordinate of typical gradient (the part's RMS gradient) hid in every direction
-        so far is below DIRECTION_MISS_PROBABILITY (steps.direction_miss_bound): one direction
-        when the noise floor is far below that error, as on a correct model in float64.
-        ``thorough``: every agreeing part gets all DIRECTIONS_PER_TEST directions.
+        so far is below ``tuning.direction_miss_probability`` (steps.direction_miss_bound): one
+        direction when the noise floor is far below that error, as on a correct model in
+        float64. ``thorough``: every agreeing part gets all ``tuning.directions_per_test``
+        directions.
 
         Raises BudgetExhausted (after recording what was evaluated) when not even the first
         direction of every part fits in the budget.
@@ -154,7 +144,7 @@ class Measurer:
         typical = np.array([rms(self.g[p.start:p.stop]) for p in parts])
         miss = np.ones(len(parts))
         todo = np.arange(len(parts))
-        for _ in range(DIRECTIONS_PER_TEST):
+        for _ in range(self.tuning.directions_per_test):
             if todo.size == 0:
                 break
             self.budget.require(2 * todo.size)
@@ -163,7 +153,8 @@ class Measurer:
             significant[todo[hit]] = True
             miss[todo] *= [direction_miss_bound(r.noise, self.tol, typical[j])
                            for j, r in zip(todo, records)]
-            todo = todo[~hit & (thorough | (miss[todo] > DIRECTION_MISS_PROBABILITY))]
+            todo = todo[~hit & (thorough
+                                | (miss[todo] > self.tuning.direction_miss_probability))]
         return significant
 
     def evaluate(self, parts: list[Part], phase: str) -> list[DirectionRecord]:
@@ -171,11 +162,11 @@ class Measurer:
 
         A real gradient error does not depend on the step; truncation (h^2 times the third
         derivative along v, which grows with the support's size) and kinks crossed by the step
-        do. So a disagreement at step h is re-measured at RICHARDSON_RATIO * h; when the two
-        differ by more than their noise floors, they are extrapolated to h = 0
+        do. So a disagreement at step h is re-measured at ``tuning.richardson_ratio`` * h; when
+        the two differ by more than their noise floors, they are extrapolated to h = 0
         (steps.richardson) and what remains beyond the extrapolation's floor is a gradient
         error. Where the step-dependent part dominates (a kink close to the step), the step
-        shrinks (DIRECTION_SHRINK) while the disagreement keeps changing with it.
+        shrinks (``tuning.direction_shrink``) while the disagreement keeps changing with it.
         """
         x = self.x
         keys = self.keys(len(parts))
@@ -212,19 +203,20 @@ class Measurer:
         self.measured = []
 
     def extrapolate(self, parts, keys, step, records, phase) -> list[DirectionRecord]:
-        """The significant records of step h, re-measured at RICHARDSON_RATIO * h (a larger
+        """The significant records of step h, re-measured at tuning.richardson_ratio * h (a larger
         step: a lower noise floor, four times the truncation); where the two differ by more
         than their floors, replaced by their extrapolation to step 0. A record stays as
         measured when the budget has no room for the second step."""
         # a disagreement far beyond the step dependence measured on a part containing this
         # one cannot be truncation: localizing a wrong row needs no second step at every level
+        tuning = self.tuning
         again = [j for j, r in enumerate(records) if r.significant and math.isfinite(r.rel_error)
-                 and not abs(error(r)) > STEP_DEPENDENCE_MARGIN * (
+                 and not abs(error(r)) > tuning.step_dependence_margin * (
                      parts[j].known_step_dependence() + r.noise)]
         if not again or 2 * len(again) > self.budget.remaining():
             return records
         wide = self.measure([parts[j] for j in again], keys[again],
-                            step[again] * RICHARDSON_RATIO, phase)
+                            step[again] * tuning.richardson_ratio, phase)
         doubtful = []
         for j, w in zip(again, wide):
             base = records[j]
@@ -237,14 +229,14 @@ class Measurer:
                 continue
             records[j] = extrapolated(w, base)
             if records[j].significant and \
-                    step_dependent > RICHARDSON_TRUST * records[j].disagreement:
+                    step_dependent > tuning.richardson_trust * records[j].disagreement:
                 doubtful.append((j, base))
         # the extrapolation is only as good as its h^2 model: a kink crossed close to its
         # corner gives an error ~h (a few ReLU units near zero in a 10^6-weight direction).
         # Smaller steps decide, as in check()'s kink re-checks: the step shrinks while the
         # disagreement keeps changing with it; a real error stays, a kink is no longer crossed.
         current = {j: base for j, base in doubtful}
-        for shrink in DIRECTION_SHRINK:
+        for shrink in tuning.direction_shrink:
             index = [j for j in current if records[j].significant]
             if not index or 2 * len(index) > self.budget.remaining():
                 break
@@ -253,7 +245,8 @@ class Measurer:
             for j, m in zip(index, smaller):
                 e1, e2 = error(records[j]), error(m)
                 if math.isfinite(m.rel_error) and \
-                        abs(e2 - e1) > STEP_DEPENDENCE * abs(e1) + records[j].noise + m.noise:
+                        abs(e2 - e1) > tuning.step_dependence * abs(e1) + records[j].noise \
+                        + m.noise:
                     records[j] = m  # still moving with the step: the smaller step decides
                 else:
                     del current[j]  # stable: a step-independent disagreement (or agreement)

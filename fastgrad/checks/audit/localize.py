@@ -11,7 +11,6 @@ import numpy as np
 
 from ...results.audit_report import BlockRecord
 from ...segments import SegmentMap
-from ...steps import LEAF_SIZE, MAX_FRONT
 from .budget import Budget, BudgetExhausted
 from .confirm import Confirmer, ends_and_inner
 from .directions import Measurer, Part
@@ -22,7 +21,8 @@ __all__ = ["Localizer"]
 
 # the progress bar's first estimate of localizing one disagreeing segment: evaluations per halving
 # level (two halves, one or two directions each, sometimes a second step; measured 9-14 on
-# ResNet-18 and GPT-2); later levels are estimated from the levels already done
+# ResNet-18 and GPT-2); later levels are estimated from the levels already done. Only the bar
+# reads it (no value or choice depends on it), so it is not part of the Tuning
 LOCALIZE_PER_LEVEL = 12
 
 
@@ -35,6 +35,7 @@ class Localizer:
         self.segs, self.seed, self.budget = segs, seed, budget
         self.measurer, self.confirmer, self.settler = measurer, confirmer, settler
         self.findings = findings
+        self.tuning = measurer.tuning  # the check's numbers (fastgrad.Tuning)
         self.g = measurer.g
 
     def localize(self, roots: list[Part]) -> None:
@@ -42,14 +43,17 @@ class Localizer:
         findings = self.findings
         front = list(roots)
         start, part_levels = self.budget.evaluations, 0
-        self.budget.expect(sum(LOCALIZE_PER_LEVEL * _levels(p) for p in roots), "localize")
+        leaf_size = self.tuning.leaf_size
+        self.budget.expect(sum(LOCALIZE_PER_LEVEL * _levels(p, leaf_size) for p in roots),
+                           "localize")
         while front:
             if part_levels:  # the levels left, at the cost per part and level so far
                 per = (self.budget.evaluations - start) / part_levels
-                self.budget.expect(per * len(front) * max(_levels(p) for p in front), "localize")
+                self.budget.expect(per * len(front) * max(_levels(p, leaf_size) for p in front),
+                                   "localize")
             part_levels += len(front)
-            leaves = [p for p in front if p.size <= LEAF_SIZE]
-            splits = [p for p in front if p.size > LEAF_SIZE]
+            leaves = [p for p in front if p.size <= leaf_size]
+            splits = [p for p in front if p.size > leaf_size]
             if leaves:
                 index = np.concatenate([np.arange(p.start, p.stop) for p in leaves])
                 try:
@@ -78,7 +82,7 @@ class Localizer:
                 by_segment.setdefault(c.segment, []).append(c)
             kept = []
             for sid, parts in by_segment.items():
-                if len(parts) > MAX_FRONT:
+                if len(parts) > self.tuning.max_front:
                     findings.spread.add(sid)
                     seg = self.segs[self.segs.names[sid]]
                     findings.notes.append(
@@ -114,11 +118,13 @@ class Localizer:
         for gid, flags in grand.items():
             if len(flags) == 4 and all(flags):
                 gp = grand_parts[gid]
-                sample = self.block_sample(gp)
-                if 2 * sample.size > self.budget.remaining():
-                    self.give_up(next_front)
+                try:
+                    wrong = self.confirmer.confirm(self.block_sample(gp), phase="blocks")
+                except BudgetExhausted:
+                    # the sample, or the serial confirmation of its failures on threads, did
+                    # not fit: the parts outside the blocks accepted so far stay unresolved
+                    self.give_up(_outside(next_front, blocked))
                     return None
-                wrong = self.confirmer.confirm(sample, phase="blocks")
                 if wrong.all():
                     cleared, unsettled = self.settler.settle_zeros(gp)
                     for i in [i for i in findings.suspects if gp.start <= i < gp.stop]:
@@ -126,11 +132,9 @@ class Localizer:
                     findings.blocks.append(BlockRecord(
                         self.segs.names[gp.segment], gp.start, gp.stop,
                         self.segs.locate(gp.start)[1], self.segs.locate(gp.stop - 1)[1],
-                        int(sample.size), int(wrong.sum()), cleared, unsettled))
+                        int(wrong.size), int(wrong.sum()), cleared, unsettled))
                     blocked.append(gp)
-        if not blocked:
-            return next_front
-        return [c for c in next_front if not any(_inside(c, b) for b in blocked)]
+        return _outside(next_front, blocked)
 
     def block_sample(self, part: Part) -> np.ndarray:
         """The coordinates that decide whether ``part`` is a wrong block: both ends and random
@@ -146,7 +150,8 @@ class Localizer:
         pool = part.start + np.flatnonzero(self.g[part.start:part.stop])
         if pool.size == 0:
             pool = np.arange(part.start, part.stop)
-        return ends_and_inner(pool, np.random.default_rng([self.seed, part.start, part.stop]))
+        return ends_and_inner(pool, np.random.default_rng([self.seed, part.start, part.stop]),
+                              self.tuning.block_samples)
 
     def give_up(self, parts: list[Part]) -> None:
         """The budget ran out: ``parts`` stay unresolved and the audit incomplete."""
@@ -155,10 +160,13 @@ class Localizer:
             self.findings.unresolved.append((self.segs.names[p.segment], p.start, p.stop))
 
 
-def _levels(part: Part) -> float:
-    """Halving levels from ``part`` down to leaves of LEAF_SIZE, the leaves' level included."""
-    return max(math.log2(part.size / LEAF_SIZE), 0.0) + 1.0
+def _levels(part: Part, leaf_size: int) -> float:
+    """Halving levels from ``part`` down to leaves of ``leaf_size``, the leaves' level
+    included."""
+    return max(math.log2(part.size / leaf_size), 0.0) + 1.0
 
 
-def _inside(part: Part, block: Part) -> bool:
-    return block.start <= part.start and part.stop <= block.stop
+def _outside(parts: list[Part], blocks: list[Part]) -> list[Part]:
+    """The parts that are not inside any of ``blocks``."""
+    return [p for p in parts
+            if not any(b.start <= p.start and p.stop <= b.stop for b in blocks)]

@@ -15,7 +15,6 @@ import numpy as np
 from ...engine.evaluator import Evaluator
 from ...results.audit_report import DirectionRecord
 from ...segments import SegmentMap
-from ...steps import DIRECTIONS_PER_TEST, LEAF_SIZE, RICHARDSON_RATIO
 from .budget import Budget, BudgetExhausted
 from .confirm import Confirmer, ends_and_inner
 from .directions import Measurer, Part, error, extrapolated
@@ -33,6 +32,7 @@ class ZeroSettler:
         self.ev, self.segs, self.seed = ev, segs, seed
         self.budget, self.measurer, self.confirmer = budget, measurer, confirmer
         self.findings = findings
+        self.tuning = ev.tuning  # the check's numbers (fastgrad.Tuning)
         self.x, self.g = measurer.x, measurer.g
 
     def settle_zeros(self, block: Part) -> tuple[int, int]:
@@ -41,7 +41,8 @@ class ZeroSettler:
         The block's samples were all wrong, but its zeros were not sampled
         (Localizer.block_sample). They are tested together, with directions supported on them
         alone: the loss flat along every direction (within the noise floor) -> they are right
-        and not counted wrong. A disagreement -> some are wrong: a set of at most LEAF_SIZE is
+        and not counted wrong. A disagreement -> some are wrong: a set of at most
+        ``tuning.leaf_size`` is
         confirmed coordinate by coordinate; a larger one has sampled coordinates confirmed (all
         wrong: the set stays wrong, as a block does) and is split in halves otherwise. Returns
         the counts of zeros found right and of zeros not judged (the budget ran out); both are
@@ -61,9 +62,9 @@ class ZeroSettler:
                 if self.flat_along(index, block.segment):
                     right.append(index)
                     continue
-                sample = index if index.size <= LEAF_SIZE else ends_and_inner(
+                sample = index if index.size <= self.tuning.leaf_size else ends_and_inner(
                     index, np.random.default_rng([self.seed, int(index[0]), int(index[-1]),
-                                                  index.size]))
+                                                  index.size]), self.tuning.block_samples)
                 judged = len(findings.unresolved)
                 wrong = self.confirmer.confirm(sample, phase="zeros")
                 # a failing coordinate whose re-checks did not fit in the budget is unresolved
@@ -94,9 +95,9 @@ class ZeroSettler:
         return int(cleared.size), int(unsettled.size)
 
     def flat_along(self, index: np.ndarray, segment: int) -> bool:
-        """Is the loss flat (within the noise floor) along up to DIRECTIONS_PER_TEST random
-        directions supported on ``index``, coordinates whose analytic gradient is 0?"""
-        for _ in range(DIRECTIONS_PER_TEST):
+        """Is the loss flat (within the noise floor) along up to ``tuning.directions_per_test``
+        random directions supported on ``index``, coordinates whose analytic gradient is 0?"""
+        for _ in range(self.tuning.directions_per_test):
             self.budget.require(2)
             key = self.measurer.keys(1)[0]
             step = self.measurer.floor.step(self.x[index])
@@ -104,7 +105,8 @@ class ZeroSettler:
             if record.significant and math.isfinite(record.rel_error) and \
                     2 <= self.budget.remaining():
                 # truncation or a real error: a real one does not change with the step
-                wide = self.sparse_direction(index, segment, key, step * RICHARDSON_RATIO)
+                wide = self.sparse_direction(index, segment, key,
+                                             step * self.tuning.richardson_ratio)
                 if math.isfinite(wide.rel_error) and \
                         abs(error(record) - error(wide)) > record.noise + wide.noise:
                     record = extrapolated(wide, record)
