@@ -79,3 +79,19 @@ def direction_key(seed: int, direction: int) -> np.uint64:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     return np.uint64(z ^ (z >> 31))
+
+
+def unique_indices(index: np.ndarray) -> np.ndarray:
+    """The sorted distinct entries of an index array: ``np.unique`` without its first call's
+    import of ``numpy.ma`` (17 ms in numpy 2.4, a sixth of a small check).
+
+    >>> unique_indices(np.array([5, 1, 5, 3]))
+    array([1, 3, 5])
+    """
+    ordered = np.sort(np.asarray(index).ravel())
+    if ordered.size == 0:
+        return ordered
+    keep = np.empty(ordered.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastgrad as fg
-from fastgrad.sampling import counts_per_segment, direction_key, sample_coordinates
+from fastgrad.sampling import counts_per_segment, direction_key, sample_coordinates, unique_indices
 
 
 def test_every_segment_is_sampled_even_a_tiny_bias_in_a_huge_vector():
@@ -86,3 +86,10 @@ def test_direction_keys_are_deterministic_uint64_and_distinct():
     assert len(set(int(k) for k in keys)) == len(keys)
     assert [direction_key(seed, j) for seed in range(4) for j in range(250)] == keys
     assert direction_key(0, 0) != 0 and direction_key(2**70, 1) == direction_key(2**70, 1)
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 1000])
+def test_unique_indices_is_numpys_unique(size):
+    index = np.random.default_rng(size).integers(0, max(size // 3, 1), size=size)
+    assert np.array_equal(unique_indices(index), np.unique(index))
+    assert unique_indices(index).dtype == index.dtype

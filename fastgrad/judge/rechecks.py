@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..sampling import unique_indices
 from ..steps import assumed_noise, noise_growth
 from ..tuning import Tuning
 from .verdicts import INCONCLUSIVE, KINK, NAN, NOISE, CoordStats, coordinate_stats
@@ -189,7 +190,7 @@ class Judge:
         previous_step = {m: step.copy() for m in pending}
         last: dict[int, tuple] = {}
         for level, factor in enumerate(self.tuning.kink_shrink):
-            todo = np.unique(np.concatenate(list(pending.values())))
+            todo = unique_indices(np.concatenate(list(pending.values())))
             if todo.size == 0:
                 break
             small = scaled(x[index[todo]], step[todo], factor, x.dtype)

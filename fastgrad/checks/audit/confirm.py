@@ -13,6 +13,7 @@ from ...engine.evaluator import Evaluator
 from ...judge.rechecks import Judge, scaled
 from ...judge.verdicts import NAN, NOISE, VERDICTS
 from ...results.audit_report import SuspectRecord
+from ...sampling import unique_indices
 from ...segments import SegmentMap
 from ...steps import coordinate_steps
 from .budget import Budget, BudgetExhausted
@@ -87,4 +88,4 @@ def ends_and_inner(pool: np.ndarray, rng: np.random.Generator, samples: int) -> 
     if pool.size <= max(samples, 2):
         return pool
     inner = rng.choice(pool[1:-1], size=max(samples - 2, 0), replace=False)
-    return np.unique(np.concatenate([[pool[0], pool[-1]], inner]))
+    return unique_indices(np.concatenate([[pool[0], pool[-1]], inner]))

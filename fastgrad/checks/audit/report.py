@@ -14,6 +14,7 @@ from ...results.audit_report import (
     SegmentAudit,
     audit_status,
 )
+from ...sampling import unique_indices
 from ...segments import SegmentMap
 from ..prepare import Prepared
 from .budget import Budget
@@ -68,11 +69,11 @@ def audit_report(findings: Findings, seg_records: dict[int, list[DirectionRecord
     segs = problem.segments
     findings.blocks = merge_adjacent(absorb_suspects(findings, segs), segs)
     block_index = [np.arange(b.start, b.stop) for b in findings.blocks]
-    suspects = np.unique(np.concatenate(
+    suspects = unique_indices(np.concatenate(
         [np.fromiter(findings.suspects, dtype=np.int64, count=len(findings.suspects))]
         + block_index)) if (findings.suspects or block_index) else np.zeros(0, dtype=np.int64)
     if findings.excluded:  # zeros inside blocks found right or not judged: no evidence of error
-        suspects = np.setdiff1d(suspects, np.concatenate(findings.excluded), assume_unique=True)
+        suspects = suspects[~np.isin(suspects, np.concatenate(findings.excluded))]
     unresolved_by = {name for name, _, _ in findings.unresolved}
     segments = {}
     for p, seg in enumerate(segs):
