@@ -15,9 +15,11 @@ order, the caller's dtypes). ``check`` switches 64-bit mode on only around fastg
 was. Importing this package without JAX installed raises an ``ImportError`` that says how to
 install it (``pip install fastgrad[jax]``).
 
-Modules: ``pytrees`` (what the adapters share), ``pytree_check`` (check), ``pytree_audit``
-(audit, pytree_problem), ``dropin`` (check_grads). The first two are not named ``check`` and
-``audit``: the public functions of those names would hide them.
+Modules: ``pytrees`` (what the adapters share), ``flat_pytree`` (the loss as a function of the
+flat vector of the leaves, which check and audit both evaluate), ``pytree_check`` (check),
+``pytree_audit`` (audit, pytree_problem), ``dropin`` (check_grads). ``pytree_check`` and
+``pytree_audit`` are not named ``check`` and ``audit``: the public functions of those names would
+hide them.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """Audit every leaf of a JAX pytree: ``fastgrad.jax.audit``.
 
 ``fastgrad.audit`` over the floating leaves of ``params`` (segments named by their key paths,
-``"layers/0/w"``), with the gradient from ``jax.grad``. The loss of the flat vector is jitted
-once per process. It goes to other processes (a Dask cluster) as the compiled program itself,
-serialized by ``jax.export``: a worker needs neither the code that defines ``f`` nor its
-``custom_vjp`` objects (which do not pickle). Without ``jax.export``'s serialization (the
-``flatbuffers`` package, in the ``jax`` extra) ``f`` and the arguments are pickled instead.
+``"layers/0/w"``), with the gradient from ``jax.grad``. The loss of the flat vector is
+``flat_pytree.FlatPytree``, the same that ``check`` evaluates; its docstring says how it goes to
+other processes (a Dask cluster).
 """
 
 from __future__ import annotations
@@ -13,74 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
 
 from .. import audit as core_audit
 from ..checks.coordinates import Problem
 from ..errors import InvalidType
 from ..results.audit_report import AuditReport
-from .pytrees import PytreeLayout, flatten_leaves, scalar_value, x64
+from .flat_pytree import FlatPytree
 
 __all__ = ["audit", "pytree_problem"]
-
-
-class PytreeLoss:
-    """``f(params, *args)`` as a function of the flat vector of ``params``' floating leaves.
-
-    Parameters
-    ----------
-    f : callable
-        ``f(params, *args) -> scalar``, traceable by ``jax.jit``.
-    layout : PytreeLayout
-        Where each floating leaf of ``params`` sits in the flat vector (the others are held
-        constant).
-    args : tuple
-        The further arguments of ``f``, held constant.
-    size, dtype : int, numpy dtype
-        The flat vector's length and dtype.
-    """
-
-    def __init__(self, f: Callable, layout: PytreeLayout, args: tuple, size: int, dtype):
-        self.f, self.layout, self.args = f, layout, args
-        self.size, self.dtype = int(size), np.dtype(dtype)
-        self._jitted = None
-        self._exported: bytes | None = None  # the serialized program, in another process
-
-    def flat_loss(self, theta) -> Any:
-        return self.f(self.layout.params(theta), *self.args)
-
-    def __call__(self, theta: np.ndarray) -> float:
-        with x64():
-            if self._jitted is None:
-                self._jitted = jax.jit(self.flat_loss) if self._exported is None else \
-                    jax.jit(jax.export.deserialize(bytearray(self._exported)).call)
-            return float(self._jitted(theta))
-
-    def gradient(self, theta: np.ndarray) -> np.ndarray:
-        """``jax.grad`` of the loss at ``theta``, flat float64."""
-        with x64():
-            return np.array(jax.jit(jax.grad(self.flat_loss))(theta), dtype=np.float64)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_jitted"] = None  # a jitted function does not pickle; it is rebuilt on arrival
-        if self._exported is None:
-            exported = self._export()
-            if exported is not None:  # the program instead of f's code and the arguments
-                state.update(f=None, args=(), _exported=exported)
-        return state
-
-    def _export(self) -> bytes | None:
-        """The jitted loss of a flat vector of this layout's size, serialized by jax.export;
-        None without its serialization (no ``flatbuffers``): f is pickled then."""
-        with x64():
-            shape = jax.ShapeDtypeStruct((self.size,), self.dtype)
-            program = jax.export.export(jax.jit(self.flat_loss))(shape)
-            try:
-                return bytes(program.serialize())
-            except ImportError:
-                return None
 
 
 def pytree_problem(f: Callable[..., Any], params: Any, *args: Any, dtype=np.float64,
@@ -123,17 +62,12 @@ def pytree_problem(f: Callable[..., Any], params: Any, *args: Any, dtype=np.floa
     >>> p.segments
     {'w': (3,)}
     """
-    if not callable(f):
-        raise InvalidType(f"f: expected a callable f(params, *args), got {f!r}")
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
         raise InvalidType(f"dtype: expected float64 or float32, got {dtype}")
-    with x64():
-        layout, theta = flatten_leaves(params, dtype, "audit")
-        loss = PytreeLoss(f, layout, tuple(args), theta.size, theta.dtype)
-        scalar_value(jax.jit(loss.flat_loss)(theta))
-        grad = loss.gradient(theta)
-    return Problem(loss, theta, grad, segments=layout.segments, options=dict(options))
+    loss, theta = FlatPytree.build(f, params, args, dtype, "audit")
+    return Problem(loss, theta, loss.gradient(theta), segments=loss.layout.segments,
+                   options=dict(options))
 
 
 def audit(f: Callable[..., Any], params: Any, *args: Any, budget: int | None = None,

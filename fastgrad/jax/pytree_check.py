@@ -6,31 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
 
 from .._adapt import core_check
-from ..errors import InvalidType
 from ..results.report import Report
-from .pytrees import flatten_leaves, scalar_value, x64
+from .flat_pytree import FlatPytree
 
 __all__ = ["check"]
-
-
-def _is_array_like(x: Any) -> bool:
-    return isinstance(x, (np.ndarray, np.generic, jax.Array, int, float, bool, complex))
-
-
-class _JaxLoss:
-    """The float64 loss of the flat vector, jitted; callable from any thread."""
-
-    def __init__(self, jitted, dynamic_args: tuple):
-        self.jitted = jitted
-        self.dynamic_args = dynamic_args
-
-    def __call__(self, theta: np.ndarray) -> float:
-        with x64():
-            return float(self.jitted(theta, *self.dynamic_args))
 
 
 def check(f: Callable[..., Any], params: Any, *args: Any, **check_options: Any) -> Report:
@@ -79,20 +61,6 @@ def check(f: Callable[..., Any], params: Any, *args: Any, **check_options: Any) 
     >>> fastgrad.jax.check(loss, params, jnp.ones((5, 3))).segments["layers/0/w"].passed
     True
     """
-    if not callable(f):
-        raise InvalidType(f"f: expected a callable f(params, *args), got {f!r}")
-    with x64():
-        layout, theta = flatten_leaves(params, np.float64, "check")
-
-        def flat_loss(theta, *dynamic):
-            return f(layout.params(theta), *(dynamic if dynamic_args else args))
-
-        leaves_of_args = jax.tree_util.tree_leaves(args)
-        dynamic_args = args if all(_is_array_like(x) for x in leaves_of_args) else ()
-        value_jit = jax.jit(flat_loss)
-        grad_jit = jax.jit(jax.grad(flat_loss))
-
-        scalar_value(value_jit(theta, *dynamic_args))
-        grad = np.array(grad_jit(theta, *dynamic_args), dtype=np.float64)
-    loss = _JaxLoss(value_jit, dynamic_args)
-    return core_check(loss, theta, grad, segments=layout.segments, **check_options)
+    loss, theta = FlatPytree.build(f, params, args, np.float64, "check")
+    grad = loss.gradient(theta)
+    return core_check(loss, theta, grad, segments=loss.layout.segments, **check_options)

@@ -16,7 +16,9 @@ the caller's module (its parameters, their ``.grad``, its buffers and its train/
 tensors and torch's global RNG state are left untouched. Importing this package without PyTorch
 installed raises an ``ImportError`` that says how to install it (``pip install fastgrad[torch]``).
 
-Modules: ``tensors`` (what the adapters share), ``check`` (check_module, check_function),
+Modules: ``tensors`` (what the adapters share), ``flat_module`` (a module's loss as a function
+of the flat parameter vector, which check_module and audit_module both evaluate), ``check``
+(check_module, check_function),
 ``audit`` (audit_module, module_problem; loaded on first use: a test suite that only runs the
 drop-in gradcheck does not import the audit and its engine), ``dropin`` (gradcheck,
 gradgradcheck).

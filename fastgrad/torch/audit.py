@@ -7,147 +7,26 @@ gradient as one float64 vector, and one working copy per worker into which the e
 perturbations; each worker's copy of the module has no parameter storage of its own, its
 parameters are views of that working copy (rebound, never copied, when the engine hands over
 another one). So an audit holds ``workers + 2`` copies of the parameters beside the model's
-activations, and the module copies are built without ever copying a parameter (deepcopy with the
-parameters memoized to empty placeholders).
-
-Shipping to a Dask cluster: the loss pickles to the module's structure (empty parameters), its
-buffers, ``loss_fn`` and the inputs; ``theta`` goes to each worker once with the engine's
-problem.
+activations. The loss is ``flat_module.FlatModule``, the same that ``check_module`` evaluates;
+its docstring says how the module copies are built without copying a parameter and what goes to
+a Dask cluster.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
 from .. import audit
-from .._adapt import ThreadLocalLoss, check_seed
+from .._adapt import check_seed
 from ..checks.coordinates import Problem
-from ..errors import InvalidType, InvalidValue
 from ..results.audit_report import AuditReport
-from .tensors import (
-    ANALYTIC_ON_CALLERS_MODULE,
-    CPU,
-    SavedBuffers,
-    backward_gradient,
-    converted,
-    has_forward_hooks,
-    on_callers_module,
-    scalar_loss,
-    seeded,
-)
+from .flat_module import FlatModule
+from .tensors import ANALYTIC_ON_CALLERS_MODULE
 
 __all__ = ["audit_module", "module_problem"]
-
-_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
-
-
-class _ModuleState:
-    __slots__ = ("bound", "buffers", "module", "params")
-
-
-class ModuleAuditLoss(ThreadLocalLoss):
-    """``loss_fn(module(*inputs))`` as a function of the flat parameter vector, evaluated on the
-    engine's working copy itself (the module's parameters are views of it).
-
-    Parameters
-    ----------
-    template : torch.nn.Module
-        A copy of the module in the audit's dtype whose audited parameters are empty
-        placeholders (no storage); each evaluating thread deep-copies it once.
-    names : list of str
-        The audited parameters, in ``named_parameters()`` order.
-    shapes : list of tuple
-        Their shapes.
-    loss_fn : callable or None
-        ``loss_fn(output, *target)``; None sums the output's floating values (a scalar output
-        is the loss itself).
-    inputs : tuple
-        The module's arguments (private copies).
-    target : tuple
-        ``()`` or ``(target,)``.
-    seed : int
-        Seeds torch's RNG before every evaluation when the loss turns out to be random.
-    """
-
-    framework = "loss_fn(module(*inputs))"
-    # a forward hook may register tensor hooks on outputs: the evaluations then record autograd
-    grad_in_forward = False
-
-    def __init__(self, template: torch.nn.Module, names: list[str], shapes: list[tuple],
-                 loss_fn: Callable | None, inputs: tuple, target: tuple, seed: int):
-        super().__init__(seed)
-        self.template, self.names, self.shapes = template, names, shapes
-        self.loss_fn, self.inputs, self.target = loss_fn, inputs, target
-        self.bounds = []
-        start = 0
-        for shape in shapes:
-            size = int(np.prod(shape, dtype=np.int64))
-            self.bounds.append((start, start + size))
-            start += size
-        self.size = start
-
-    def rng_context(self) -> contextlib.AbstractContextManager:
-        return seeded(self.seed)
-
-    def make_state(self) -> _ModuleState:
-        state = _ModuleState()
-        state.module = copy.deepcopy(self.template)  # placeholders: no parameter is copied
-        state.params = [state.module.get_parameter(name) for name in self.names]
-        # buffers (BatchNorm running statistics) are restored before every evaluation, so the
-        # loss is a function of the parameters alone
-        state.buffers = SavedBuffers(state.module)
-        state.bound = None
-        return state
-
-    def bind(self, state: _ModuleState, theta: np.ndarray) -> None:
-        """Make the state's parameters views of ``theta`` (no copy)."""
-        if state.bound is theta:
-            return
-        flat = torch.from_numpy(theta)
-        for param, (a, b), shape in zip(state.params, self.bounds, self.shapes, strict=True):
-            param.data = flat[a:b].view(shape)
-        state.bound = theta
-
-    def forward(self, state: _ModuleState) -> torch.Tensor:
-        state.buffers.restore()
-        return self.output_loss(state.module(*self.inputs))
-
-    def output_loss(self, output: Any) -> torch.Tensor:
-        if self.loss_fn is None:
-            return scalar_loss(output, "module(*inputs)")
-        return scalar_loss(self.loss_fn(output, *self.target), "loss_fn")
-
-    def evaluate(self, state: _ModuleState, theta: np.ndarray) -> float:
-        if theta.flags.writeable and theta.flags.c_contiguous:
-            self.bind(state, theta)
-        else:  # a read-only view (never the engine's working copies): bind a private copy
-            self.bind(state, np.array(theta))
-        with torch.enable_grad() if self.grad_in_forward else torch.no_grad():
-            return float(self.forward(state).item())
-
-    def callers_gradient(self, module: torch.nn.Module, theta: np.ndarray) -> np.ndarray:
-        """``loss.backward()`` on the caller's own module (hooks and all), its audited
-        parameters bound to views of theta for the pass (no copy of a 10^8-parameter model):
-        the gradient its training gets, flat float64."""
-        flat = torch.from_numpy(theta)
-        bound = {name: flat[a:b].view(shape)
-                 for name, (a, b), shape in zip(self.names, self.bounds, self.shapes, strict=True)}
-        out = np.zeros(self.size, dtype=np.float64)
-        grads = torch.from_numpy(out)
-        into = [grads[a:b].view(shape) for (a, b), shape in zip(self.bounds, self.shapes,
-                                                                   strict=True)]
-        dtype = torch.float64 if theta.dtype == np.float64 else torch.float32
-        with on_callers_module(module, bound, dtype) as params, torch.enable_grad(), \
-                self.pinned():
-            loss = self.output_loss(module(*self.inputs))
-            backward_gradient(loss, [params[n] for n in self.names], into)
-        return out
 
 
 def module_problem(
@@ -209,52 +88,13 @@ def module_problem(
     >>> fastgrad.audit(p.f, p.theta, p.grad, segments=p.segments).passed
     True
     """
-    if not isinstance(module, torch.nn.Module):
-        raise InvalidType(f"module: expected a torch.nn.Module, got {type(module).__name__}")
-    if loss_fn is not None and not callable(loss_fn):
-        raise InvalidType(f"loss_fn: expected a callable or None, got {loss_fn!r}")
-    if dtype not in _DTYPES:
-        raise InvalidType(f"dtype: expected torch.float64 or torch.float32, got {dtype!r}")
-    if target is not None and loss_fn is None:
-        raise InvalidValue("target: given, but loss_fn is None; pass the loss_fn(output, target)")
     seed = check_seed({"seed": seed})
-    audited = [(name, p) for name, p in module.named_parameters()
-               if p.requires_grad and p.numel() > 0]
-    if not audited:
-        raise InvalidValue("module: nothing to audit: no parameter requires grad")
-    for name, p in audited:
-        if p.is_complex():
-            raise InvalidType(f"module: parameter {name!r} is complex ({p.dtype}); not supported")
-    # the copy shares no storage with the caller's parameters: they are memoized to empty
-    # placeholders, so a 10^8-parameter model is not copied here
-    memo = {id(p): torch.nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=True)
-            for _, p in audited}
-    try:
-        template = copy.deepcopy(module, memo)
-        if isinstance(loss_fn, torch.nn.Module):  # e.g. CrossEntropyLoss(weight=...)
-            loss_fn = copy.deepcopy(loss_fn).to(device=CPU, dtype=dtype)
-    except Exception as exc:
-        raise InvalidType(f"module: cannot be deep-copied ({type(exc).__name__}: {exc})") from exc
-    template.to(device=CPU, dtype=dtype)
-    for p in template.parameters():
-        p.grad = None
-    names = [name for name, _ in audited]
-    shapes = [tuple(p.shape) for _, p in audited]
-    theta = np.empty(sum(p.numel() for _, p in audited), dtype=_DTYPES[dtype])
-    start = 0
-    for _, p in audited:  # one parameter at a time: no second full copy
-        size = p.numel()
-        theta[start:start + size] = p.detach().to(device=CPU).reshape(-1).numpy()
-        start += size
-    targets = () if target is None else (converted(target, dtype, "target"),)
-    loss = ModuleAuditLoss(template, names, shapes, loss_fn, converted(inputs, dtype), targets,
-                           seed)
-    loss.grad_in_forward = has_forward_hooks(module)
+    loss, theta = FlatModule.build(module, loss_fn, inputs, target=target, dtype=dtype, seed=seed,
+                                   wrt_inputs=False, contract=False)
     with torch.random.fork_rng(devices=[]):
         loss.pin_randomness(theta, options)
         grad = loss.callers_gradient(module, theta)
-    return Problem(loss, theta, grad, segments=dict(zip(names, shapes, strict=True)),
-                   options=dict(options))
+    return Problem(loss, theta, grad, segments=loss.segments, options=dict(options))
 
 
 def audit_module(

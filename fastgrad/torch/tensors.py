@@ -1,6 +1,6 @@
-"""What the torch adapters share: nested tensor arguments, scalar losses, seeded RNG, restored
-buffers and flat gradients (``fastgrad.torch.check_module`` / ``check_function`` and
-``audit_module`` / ``module_problem``).
+"""What the torch adapters share: nested tensor arguments, random cotangents, scalar losses,
+seeded RNG, restored buffers, flat gradients and the caller's module for the analytic pass
+(``fastgrad.torch.check_module`` / ``check_function`` and ``audit_module`` / ``module_problem``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._adapt import cotangent_rng
 from ..errors import InvalidType, InvalidValue
 
 CPU = torch.device("cpu")
@@ -30,18 +31,76 @@ def rebuild(obj: Any, path: str, visit: Callable[[torch.Tensor, str], Any]) -> A
     return obj
 
 
-def converted(obj: Any, dtype: torch.dtype, what: str = "inputs") -> Any:
-    """``obj`` with every tensor detached, cloned to the CPU, floating ones in ``dtype``:
-    private copies, so nothing a module does reaches the caller's tensors."""
+class Inputs:
+    """Private CPU copies of the caller's (nested) tensor arguments, floating ones in ``dtype``.
+
+    With ``wrt``, floating tensors that require grad are checked ones: they get a segment named
+    after their position (``input0``, ``arg1``, ``input1.0`` for the first tensor of a tuple
+    argument) in ``self.wrt`` (segment name -> value); without, every tensor is a constant.
+    """
+
+    def __init__(self, values: tuple, prefix: str, dtype: torch.dtype = torch.float64,
+                 wrt: bool = True):
+        self.prefix = prefix
+        self.wrt: dict[str, torch.Tensor] = {}
+
+        def convert(t: torch.Tensor, path: str) -> torch.Tensor:
+            if t.is_complex():
+                raise InvalidType(f"{path}: complex tensors are not supported (dtype {t.dtype})")
+            if not t.is_floating_point():
+                return t.detach().to(CPU).clone()
+            value = t.detach().to(device=CPU, dtype=dtype).clone()
+            if wrt and t.requires_grad and t.numel() > 0:
+                self.wrt[path] = value
+            return value
+
+        self.values = tuple(rebuild(v, f"{prefix}{i}", convert) for i, v in enumerate(values))
+
+    def bind(self, slot: Callable[[str], torch.Tensor | None], clone: bool = True) -> tuple:
+        """The arguments with each checked tensor replaced by ``slot(name)`` (when not None);
+        the other tensors cloned (a private copy), or with ``clone=False`` shared."""
+
+        def visit(t: torch.Tensor, path: str) -> torch.Tensor:
+            bound = slot(path) if path in self.wrt else None
+            if bound is not None:
+                return bound
+            return t.clone() if clone else t
+
+        return tuple(rebuild(v, f"{self.prefix}{i}", visit) for i, v in enumerate(self.values))
+
+
+def _float_leaves(obj: Any) -> list[torch.Tensor]:
+    """The floating-point tensors of a (nested) output, in a fixed order."""
+    leaves: list[torch.Tensor] = []
 
     def visit(t: torch.Tensor, path: str) -> torch.Tensor:
-        if t.is_complex():
-            raise InvalidType(f"{what}: complex tensors are not supported (dtype {t.dtype})")
         if t.is_floating_point():
-            return t.detach().to(device=CPU, dtype=dtype).clone()
-        return t.detach().to(CPU).clone()
+            leaves.append(t)
+        return t
 
-    return rebuild(obj, what, visit)
+    rebuild(obj, "", visit)
+    return leaves
+
+
+def cotangents(output: Any, seed: int, what: str) -> list[torch.Tensor]:
+    """One fixed standard-normal float64 cotangent per floating tensor of ``output``."""
+    leaves = _float_leaves(output)
+    if not leaves:
+        raise InvalidValue(f"{what}: returned no floating-point tensor to take the gradient of")
+    rng = cotangent_rng(seed)
+    return [torch.from_numpy(rng.standard_normal(t.shape)) for t in leaves]
+
+
+def contract(output: Any, cotangents: list[torch.Tensor], what: str) -> torch.Tensor:
+    """``sum(output * c)`` over the floating tensors of the output: a scalar loss."""
+    leaves = _float_leaves(output)
+    if [t.shape for t in leaves] != [c.shape for c in cotangents]:
+        raise InvalidValue(
+            f"{what}: output shapes changed between evaluations "
+            f"({[tuple(c.shape) for c in cotangents]} then {[tuple(t.shape) for t in leaves]})"
+        )
+    return sum((t.to(torch.float64) * c).sum()
+               for t, c in zip(leaves, cotangents, strict=True))
 
 
 def scalar_loss(loss: Any, what: str) -> torch.Tensor:
