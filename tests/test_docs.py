@@ -157,7 +157,11 @@ def test_every_page_is_in_the_nav():
 
 @pytest.mark.parametrize("module", REFERENCED)
 def test_every_public_name_is_in_the_reference(module):
-    public = importlib.import_module(module) if module == "fastgrad" else pytest.importorskip(module)
+    if module in ("fastgrad.torch", "fastgrad.jax"):
+        # a missing framework is re-raised as an ImportError with an install hint, which
+        # importorskip does not take for a missing module: skip on the framework itself
+        pytest.importorskip(module.removeprefix("fastgrad."))
+    public = importlib.import_module(module)
     entries = set()
     for page in (DOCS / "reference").glob("*.md"):
         entries |= set(re.findall(r"^::: ([\w.]+)\s*$", page.read_text(), re.M))
