@@ -1,9 +1,13 @@
 """The Numba kernels of fastgrad/engine/kernels.py against the slow references in naive.py."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from numba import njit
 
+from fastgrad.engine import random_directions
 from fastgrad.engine.kernels import (
     centered_losses,
     direction_dot,
@@ -141,6 +145,62 @@ def test_direction_value_and_fill_match_the_python_splitmix(key):
     assert [direction_value(key, i) for i in (lo, lo + 1, hi - 1)] == \
         [expected[0], expected[1], expected[-1]]
     assert DIRECTION_MIN_MAGNITUDE <= np.abs(out).min() and np.abs(out).max() <= 1.0
+
+
+@pytest.mark.parametrize("key", [direction_key(0, 1), direction_key(3, 7), np.uint64(0),
+                                 np.uint64(2**64 - 1)])
+def test_numpy_directions_are_the_kernels_entries_bit_for_bit(key):
+    # the serial loops and the audit take entries from numpy, the prange kernels from Numba: a
+    # direction must be the same vector on every backend
+    for lo, hi in ((2**40 - 5, 2**40 + 300), (0, 70_000), (12_345, 12_346)):
+        ours, kernels = np.empty(hi - lo), np.empty(hi - lo)
+        random_directions.fill(key, lo, hi, ours)
+        direction_fill(key, lo, hi, kernels)
+        assert ours.tobytes() == kernels.tobytes()
+    # past NUMPY_MAX_SUPPORT the kernels fill it: the same entries
+    hi = random_directions.NUMPY_MAX_SUPPORT + 10
+    big = np.empty(hi)
+    random_directions.fill(key, 0, hi, big)
+    np.testing.assert_array_equal(big[-300:], naive.naive_direction(key, hi - 300, hi))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_numpy_direction_dot_matches_the_kernel_and_the_reference(dtype):
+    rng = np.random.default_rng(5)
+    theta = (rng.standard_normal(3000) * 10.0 ** rng.integers(-3, 4, 3000)).astype(dtype)
+    grad = rng.standard_normal(3000)
+    before = theta.copy()
+    key, step = direction_key(4, 11), 1e-3
+    for lo, hi in ((0, 3000), (17, 18), (100, 2350)):
+        dot, abs_gd = random_directions.dot(grad, theta, key, lo, hi, step)
+        ref_dot, ref_abs = naive.direction_dot(grad, theta, key, lo, hi, step)
+        kernel_dot, kernel_abs = direction_dot(grad, theta, key, lo, hi, step)
+        assert dot == pytest.approx(ref_dot, rel=1e-12, abs=1e-12 * ref_abs)
+        assert dot == pytest.approx(kernel_dot, rel=1e-12, abs=1e-12 * ref_abs)
+        assert abs_gd == pytest.approx(ref_abs, rel=1e-12)
+        assert abs_gd == pytest.approx(kernel_abs, rel=1e-12)
+    assert theta.tobytes() == before.tobytes()
+
+
+def test_a_serial_audit_of_a_python_loss_does_not_load_numba():
+    # a drop-in's fast mode localizes a disagreeing direction with a small serial audit: loading
+    # Numba and its cached kernels (0.7-0.9 s in a fresh process) would cost more than the audit
+    code = """if True:
+        import sys
+        import numpy as np
+        import fastgrad as fg
+        rng = np.random.default_rng(0)
+        A, x = rng.standard_normal((40, 30)), rng.standard_normal(30)
+        def f(t):
+            return float(np.sum(np.tanh(A @ t)))
+        grad = A.T @ (1 - np.tanh(A @ x) ** 2)
+        grad[12] *= 1.5
+        report = fg.audit(f, x, grad, segments={"a": (10,), "b": (20,)}, workers=1, jit=False)
+        print(report.passed, report.suspects, "numba" in sys.modules)
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == ["False", "[12]", "False"], done.stdout + done.stderr
 
 
 def test_direction_magnitudes_are_uniform_from_the_minimum_the_miss_bound_assumes():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import random_directions
 from .values import as_loss, plain_loss
 
 
@@ -42,13 +43,11 @@ DIRECTION_CHUNK = 1 << 18
 
 def _displace(work, theta, key, a, b, step, sign, buffer) -> None:
     """work[a:b] = theta[a:b] + sign * step * v[a:b] (sign +1 or -1), chunk by chunk."""
-    from .kernels import direction_fill
-
     combine = np.add if sign > 0 else np.subtract
     for c in range(a, b, DIRECTION_CHUNK):
         e = min(c + DIRECTION_CHUNK, b)
         hv = buffer[:e - c]
-        direction_fill(key, c, e, hv)
+        random_directions.fill(key, c, e, hv)
         np.multiply(hv, step, out=hv)
         combine(theta[c:e], hv, out=work[c:e], casting="same_kind")
 

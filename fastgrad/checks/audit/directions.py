@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...engine import random_directions
 from ...engine.evaluator import Evaluator
 from ...judge.noise import UNMEASURED, NoiseLevel, measure_noise
 from ...judge.rechecks import Judge
@@ -266,13 +267,11 @@ class Measurer:
 
     def records(self, parts, keys, lo, hi, step, f_plus, f_minus, phase) -> list[DirectionRecord]:
         """The directional records of the losses f_plus, f_minus at theta +- step v."""
-        from ...engine.kernels import direction_dot  # numba loads on first use, not at import
-
         x, g = self.x, self.g
         records = []
         for j, p in enumerate(parts):
-            analytic, abs_gd = direction_dot(g, x, keys[j], int(lo[j]), int(hi[j]),
-                                              float(step[j]))
+            analytic, abs_gd = random_directions.dot(g, x, keys[j], int(lo[j]), int(hi[j]),
+                                                      float(step[j]))
             fp, fm, h = float(f_plus[j, 0]), float(f_minus[j, 0]), float(step[j])
             numeric = (fp - fm) / (2.0 * h)
             # the floor of check() for the two loss values (with the measured noise of f), plus

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from ...engine import random_directions
 from ...engine.evaluator import Evaluator
 from ...results.audit_report import DirectionRecord
 from ...segments import SegmentMap
@@ -120,12 +121,10 @@ class ZeroSettler:
         """f at theta +- step v, v a random direction supported on ``index`` only (two loss
         evaluations on one working copy, restored after), against its analytic derivative:
         0, the gradient being 0 on ``index``."""
-        from ...engine.kernels import direction_fill  # numba loads on first use, not at import
-
         x, h = self.x, float(step)
         lo, hi = int(index[0]), int(index[-1]) + 1
         v = np.empty(hi - lo)
-        direction_fill(key, lo, hi, v)
+        random_directions.fill(key, lo, hi, v)
         v = v[index - lo]
         name = self.segs.names[segment]
         where = (f"theta +- {h:.3g} v, v on the {index.size} coordinates of {name} with "
