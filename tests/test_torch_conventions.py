@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -171,6 +172,97 @@ def test_the_callers_tensors_are_restored_bitwise_even_when_func_raises():
     with pytest.raises(RuntimeError, match="solver diverged"):
         ft.gradcheck(fails_once_perturbed, (x,))
     assert torch.equal(x, before) and x.grad is None and x.requires_grad
+
+
+def _inputs_of_every_shape():
+    """A transposed float32 matrix, a 0-d scalar and one tensor passed twice."""
+    gen = torch.Generator().manual_seed(11)
+    a = torch.randn(3, 4, generator=gen).t().requires_grad_(True)  # non-contiguous, float32
+    s = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    b = leaf(5, seed=12)
+    return a, s, b
+
+
+def _mixed(a, s, b, b_again):
+    return (a.double().sum(0) * s).sum() + (b * b_again.cos()).sum(), (a.double() * s).exp()
+
+
+def test_a_one_coordinate_perturbation_gives_the_whole_input_paths_values_bitwise():
+    """A Jacobian's column writes one element of the caller's tensor and writes it back
+    (torch's way); the values equal those of writing whole inputs, on float32, strided, 0-d
+    and repeated inputs, and the caller's tensors are bitwise unchanged afterwards."""
+    from fastgrad.torch.dropin.flatten import TorchFunction
+
+    a, s, b = _inputs_of_every_shape()
+    inputs = (a, s, b, b)
+    before = [t.detach().clone() for t in (a, s, b)]
+    fn = TorchFunction(_mixed, inputs, ["a", "s", "b", "b_again"], needs_grad=True)
+    _, outputs, positions = fn.reference()
+    fn.set_outputs(outputs, positions)
+    assert fn.elements is not None
+    rows = []
+    for i in range(fn.x.size):
+        for sign in (1.0, -1.0):
+            row = fn.x.copy()
+            row[i] += sign * 1e-3 * max(1.0, abs(row[i]))
+            rows.append(row)
+    one_element = [fn.call_one(row) for row in rows]
+    fn.elements = None  # every evaluation writes whole inputs
+    whole = [fn.call_one(row) for row in rows]
+    assert all(np.array_equal(x, y) for x, y in zip(one_element, whole))
+    # each column moved something, but b and b_again are one tensor, perturbed once (as torch
+    # does): b_again's columns are b's
+    assert len({r.tobytes() for r in whole}) == len(rows) - 2 * b.numel()
+    assert all(torch.equal(t, t0) for t, t0 in zip((a, s, b), before))
+
+
+def test_a_function_writing_into_its_input_is_undone_after_each_perturbed_call():
+    """A perturbed call writes one element and restores it; a func that also writes into its
+    input (under no_grad: autograd does not see it) gets its whole input restored, so the next
+    call starts from the caller's values again."""
+    from fastgrad.torch.dropin.flatten import TorchFunction
+
+    x = leaf(6, seed=13)
+    before = x.detach().clone()
+    scribble = []
+
+    def scribbles(x):
+        out = x.sin()
+        if scribble:
+            with torch.no_grad():
+                x.mul_(2.0)
+        return out
+
+    fn = TorchFunction(scribbles, (x,), ["x"], needs_grad=True)
+    _, outputs, positions = fn.reference()
+    fn.set_outputs(outputs, positions)
+    row = fn.x.copy()
+    row[2] += 1e-3
+    clean = fn.call_one(row)
+    scribble.append(True)
+    assert np.array_equal(fn.call_one(row), clean) and torch.equal(x.detach(), before)
+    assert np.array_equal(fn.call_one(row), clean) and torch.equal(x.detach(), before)
+
+
+def test_a_planted_bug_in_a_strided_float32_input_is_named():
+    a, s, b = _inputs_of_every_shape()
+
+    class Wrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            ctx.save_for_backward(a)
+            return a.sin()
+
+        @staticmethod
+        def backward(ctx, g):
+            (a,) = ctx.saved_tensors
+            grad = g * a.cos()
+            grad[1, 2] *= 1.1  # the bug: one element 10% off
+            return grad
+
+    with pytest.raises(ft.GradcheckError, match=r"input0\[1, 2\]|input 0.*\(1, 2\)"):
+        ft.gradcheck(Wrong.apply, (a.double().detach().t().contiguous().t()
+                                   .requires_grad_(True),))
 
 
 # ---------------------------------------------------------------- a step the function rejects

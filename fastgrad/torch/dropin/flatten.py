@@ -8,6 +8,7 @@ torch's gradcheck calls it: the Jacobian core's ``FlatFunction``, one call or on
 
 from __future__ import annotations
 
+import bisect
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,6 +24,9 @@ from ...steps import tolerance
 
 def real_flat(t: torch.Tensor, batch: int | None = None) -> np.ndarray:
     """Flat float64 real view: complex as real parts then imaginary parts; batch keeps dim 0."""
+    if t.dtype is torch.float64 and t.is_cpu and t.layout is torch.strided and \
+            not t.is_neg() and not t._is_zerotensor():  # the common case, first: no copy
+        return t.detach().numpy().reshape(-1 if batch is None else (batch, -1))
     t = t.detach()
     if t._is_zerotensor():
         t = torch.zeros(t.shape, dtype=t.dtype)
@@ -207,6 +211,10 @@ class TorchFunction(FlatFunction):
         # the caller's dense values, written back after every perturbed call
         self.saved = {k: inputs[k].detach().clone() for k in self.checked
                       if k not in self.sparse}
+        # one-coordinate perturbations write one element (None: whole inputs are copied)
+        self.elements = self._element_views()
+        self.starts = self.layout.starts.tolist()
+        self.checked_inputs = [inputs[k] for k in self.checked]
         self.out_prefix = out_prefix
         # what vmap batches, when not func itself (a functional twin: the same values)
         self.batched_func: Callable | None = None
@@ -272,6 +280,8 @@ class TorchFunction(FlatFunction):
     def flat_outputs(self, outputs: tuple, batch: int | None) -> np.ndarray:
         """A new array (never a view of an output: an output may alias an input that is
         perturbed in place next)."""
+        if len(self.positions) == 1:  # a copy: the view may be the caller's memory
+            return np.array(real_flat(outputs[self.positions[0]], batch), dtype=np.float64)
         parts = [real_flat(outputs[j], batch) for j in self.positions]
         if not parts:
             return np.zeros((batch or 1, 0)) if batch is not None else np.zeros(0)
@@ -282,6 +292,9 @@ class TorchFunction(FlatFunction):
 
     def call_one(self, row: np.ndarray) -> np.ndarray:
         """The flat real outputs at one flat input (one call of func on the caller's inputs)."""
+        changed = np.flatnonzero(row != self.x) if self.elements is not None else None
+        if changed is not None and changed.size <= 1:
+            return self._call_at_element(row, changed)
         args, written = list(self.inputs), []
         starts = self.layout.starts
         try:
@@ -308,6 +321,61 @@ class TorchFunction(FlatFunction):
             with torch.no_grad():
                 for k in written:
                     self.inputs[k].data.copy_(self.saved[k])
+
+    def _element_views(self) -> list[tuple[np.ndarray, np.ndarray, bool]] | None:
+        """Per checked input (the order of ``checked``): a numpy view of the caller's storage,
+        the same of its saved copy, and whether they are flat (C-contiguous inputs: a flat
+        index is the element; otherwise it is unravelled over the view's shape, its strides).
+        A perturbation of one coordinate is then one element written and written back. None
+        when an input is sparse, complex, not on the CPU or not viewable by numpy, or has
+        elements sharing memory: every evaluation then copies whole inputs."""
+        views = []
+        for k in self.checked:
+            t = self.inputs[k]
+            if k in self.sparse or t.is_complex() or t.device.type != "cpu":
+                return None
+            try:
+                view, saved = t.detach().numpy(), self.saved[k].numpy()
+            except (RuntimeError, TypeError):  # a negative-bit view, a dtype numpy lacks
+                return None
+            if any(stride == 0 and size > 1 for stride, size in zip(view.strides, view.shape)):
+                return None  # elements that share memory (expand): whole inputs, as before
+            flat = view.flags.c_contiguous and saved.flags.c_contiguous
+            views.append((view.reshape(-1), saved.reshape(-1), True) if flat
+                         else (view, saved, False))
+        return views
+
+    def _call_at_element(self, row: np.ndarray, changed: np.ndarray) -> np.ndarray:
+        """``call_one`` where ``row`` differs from x in at most one coordinate (a column of a
+        Jacobian): that element is written into the caller's tensor and its saved value written
+        back (torch's gradcheck does the same), the same values as writing the whole input."""
+        view = saved = where = None
+        if changed.size:
+            i = int(changed[0])
+            p = bisect.bisect_right(self.starts, i) - 1
+            view, saved, flat = self.elements[p]
+            where = i - self.starts[p]
+            if not flat:
+                where = np.unravel_index(where, view.shape) if view.ndim else ()
+        versions = [t._version for t in self.checked_inputs]
+        try:
+            if view is not None:
+                view[where] = row[i]  # rounded to the input's dtype, as from_real rounds it
+            if torch.is_grad_enabled():  # as torch's gradcheck calls func: grad mode on
+                outputs = as_tuple(self.func(*self.inputs))
+            else:
+                with torch.enable_grad():
+                    outputs = as_tuple(self.func(*self.inputs))
+            return self.flat_outputs(outputs, None)
+        except Exception as exc:
+            raise Raised(exc, row) from exc
+        finally:
+            if view is not None:
+                view[where] = saved[where]
+            for k, t, version in zip(self.checked, self.checked_inputs, versions):
+                if t._version != version:  # func wrote into its input: all of it back
+                    with torch.no_grad():
+                        t.data.copy_(self.saved[k])
 
     def call_batch(self, rows: np.ndarray) -> np.ndarray:
         """The flat real outputs at each row in one ``torch.func.vmap`` call."""
