@@ -240,6 +240,57 @@ def test_kinks_and_pass_through_arguments():
     assert not torch.autograd.gradcheck(fn, (x, idx, 3.0), raise_exception=False)
 
 
+class _Cube(torch.autograd.Function):
+    """x^3 with its backward ``scale`` times off at element 1 (no vmap rule: vmap raises)."""
+
+    scale = 1.0
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x ** 3
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        grad = 3 * x ** 2 * g
+        grad[1] = grad[1] * _Cube.scale
+        return grad
+
+
+class _CubeLayer(torch.nn.Module):
+    calls = 0
+
+    def forward(self, x):
+        _CubeLayer.calls += 1
+        return _Cube.apply(x)
+
+
+def test_a_vmap_refusal_is_remembered_for_the_next_check_of_the_same_module_class(monkeypatch):
+    """A suite checks one module class on many inputs: vmap raises at the first check; later
+    checks of that class (new instances) go one by one at once, one call fewer, the same
+    verdict, and say why. Another module class still gets vmap."""
+    from fastgrad.checks.jacobian import columns
+
+    monkeypatch.setattr(columns, "_REFUSED", type(columns._REFUSED)())
+    monkeypatch.setattr(_Cube, "scale", 1.05)
+    reports, calls = [], []
+    for seed in (1, 1):
+        _CubeLayer.calls = 0
+        with pytest.raises(ft.GradcheckError, match=r"input0\[1\]|\(1,\)|\[1\]") as info:
+            ft.gradcheck(_CubeLayer(), (leaf(3, seed=seed),))
+        reports.append(info.value.report)
+        calls.append(_CubeLayer.calls)
+    first, second = reports
+    assert first.path == "per-call" and "vmap raised" in first.path_reason
+    assert "not tried again" not in first.path_reason
+    assert second.path == "per-call" and "not tried again" in second.path_reason
+    assert calls[1] == calls[0] - 1
+    assert [r.max_rel_error for r in reports][0] == [r.max_rel_error for r in reports][1]
+    assert ft.gradcheck(torch.nn.Tanh(), (leaf(3, seed=2),))  # another class: batched as before
+    assert ("module", torch.nn.Tanh) not in columns._REFUSED
+
+
 def test_vmap_fallback_is_reported(buggy_two_outputs):
     a, b = leaf(2, seed=1), leaf(2, seed=2)
     with pytest.raises(ft.GradcheckError) as info:

@@ -12,6 +12,9 @@ raises, or changes a value, sends every later evaluation one by one (said in the
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import numpy as np
 
 from ...tuning import DEFAULT_TUNING
@@ -23,6 +26,13 @@ __all__ = ["BATCH_VALUES", "VMAP_AGREEMENT", "ColumnEvaluator", "CoordinateColum
 BATCH_VALUES = 1 << 22
 # two evaluations at the same point agree within this many units of roundoff of the outputs
 VMAP_AGREEMENT = 64.0
+# functions whose batched call raised, by their adapter's ``identity`` (a function's code, a
+# module's classes), with the reason: a later check of the same function (a suite checks one
+# loss class on many inputs) goes one by one at once instead of paying for a call that raises
+# again. The values are the same either way; at most this many are kept, the oldest dropped.
+REFUSED_KEPT = 256
+_REFUSED: OrderedDict = OrderedDict()
+_REFUSED_LOCK = threading.Lock()
 
 
 def first_words(message: str, limit: int = 100) -> str:
@@ -58,8 +68,15 @@ class FlatFunction:
     min_batch = 2
     agreement = 0.0
 
-    def __init__(self, x: np.ndarray, *, batchable: bool, why_serial: str):
+    def __init__(self, x: np.ndarray, *, batchable: bool, why_serial: str,
+                 identity: object = None):
         self.x = x
+        self.identity = identity  # the function, for the memory of batched calls that raised
+        with _REFUSED_LOCK:
+            refused = _REFUSED.get(identity) if batchable and identity is not None else None
+        if refused is not None:
+            batchable = False
+            why_serial = f"{refused} (at an earlier check of this function: not tried again)"
         self.can_batch = batchable
         self.batchable = batchable  # batched calls are tried (False once one raised or differed)
         self.batched = batchable  # the last evaluation of rows was one batched call
@@ -94,6 +111,11 @@ class FlatFunction:
                 self.batchable = False
                 self.why_serial = (f"{self.vmap} raised {type(exc).__name__}: "
                                    f"{first_words(str(exc))}")
+                if self.identity is not None:
+                    with _REFUSED_LOCK:
+                        _REFUSED[self.identity] = self.why_serial
+                        while len(_REFUSED) > REFUSED_KEPT:
+                            _REFUSED.popitem(last=False)
             else:
                 self.verified = True
                 if probe:

@@ -9,6 +9,7 @@ torch's gradcheck calls it: the Jacobian core's ``FlatFunction``, one call or on
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -96,6 +97,32 @@ def _all_specified(t: torch.Tensor) -> torch.Tensor:
     full = torch.ones(dense.shape, dtype=torch.bool).nonzero().t()
     coo = torch.sparse_coo_tensor(full, dense.reshape(-1), dense.shape, is_coalesced=True)
     return coo if t.layout == torch.sparse_coo else coo.to_sparse(layout=t.layout)
+
+
+def function_identity(func: Callable) -> object:
+    """What identifies ``func`` across checks, for the memory of vmap refusals: a module's class
+    with its submodules' classes (one loss class checked on many inputs; a Sequential of other
+    layers is another function), a function's code with the objects its closure holds (a
+    lambda wrapping another operator is another function), a partial's function with its
+    arguments' types; None when there is no such thing. An id reused after an object died can
+    only send a later check one by one: the values are the same."""
+    if isinstance(func, torch.nn.Module):
+        return ("module",) + tuple(type(m) for m in func.modules())
+    if isinstance(func, functools.partial):
+        inner = function_identity(func.func)
+        return None if inner is None else ("partial", inner, tuple(type(a) for a in func.args),
+                                           tuple(sorted(func.keywords)))
+    plain = getattr(func, "__func__", func)
+    code = getattr(plain, "__code__", None)
+    if code is None:
+        return None
+    cells = []  # a wrapper made per operator (lambda *a: op(*a)) is one function per op
+    for cell in getattr(plain, "__closure__", None) or ():
+        try:
+            cells.append(id(cell.cell_contents))
+        except ValueError:  # an empty cell
+            cells.append(None)
+    return ("code", code, tuple(cells), id(getattr(func, "__self__", None)))
 
 
 class _Sparse:
@@ -207,7 +234,7 @@ class TorchFunction(FlatFunction):
             if self.layout.size else np.zeros(0)
         super().__init__(x, batchable=not self.sparse, why_serial=(
             "sparse inputs (torch.func.vmap does not batch sparse tensors)" if self.sparse
-            else ""))
+            else ""), identity=function_identity(func))
         # the caller's dense values, written back after every perturbed call
         self.saved = {k: inputs[k].detach().clone() for k in self.checked
                       if k not in self.sparse}
