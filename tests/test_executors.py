@@ -31,16 +31,17 @@ def separable_loss(theta):
     return weighted_logcosh(theta, A, C)
 
 
-def guard_reruns(report) -> int:
-    """The thread-safety guard's serial re-runs, which the path line counts (0: none)."""
+def set_apart(report) -> int:
+    """The evaluations the path line sets apart (0: none): the thread-safety guard's serial
+    re-runs, and a second timing of f at theta when its first was read as a cold call."""
     found = re.search(r"(\d+) of the evaluations were the thread-safety guard", report.path_reason)
-    return int(found.group(1)) if found else 0
+    return (int(found.group(1)) if found else 0) + ("f timed twice at theta" in report.path_reason)
 
 
 def fingerprint(report):
     """What must not depend on who evaluated: the verdict, the suspects, the work done (every
     call of f is counted: the guard's serial re-runs on threads are set apart here)."""
-    return (report.passed, report.suspects.tolist(), report.evaluations - guard_reruns(report),
+    return (report.passed, report.suspects.tolist(), report.evaluations - set_apart(report),
             [(d.start, d.stop, d.significant) for d in report.directions])
 
 

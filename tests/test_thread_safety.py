@@ -138,7 +138,8 @@ def scratch_net(seed=0, cls=ScratchNet):
 def test_a_model_with_a_scratch_buffer_on_self_is_refused_threads_and_judged_serially():
     net, theta = scratch_net()
     grad = net.grad(theta)
-    report = fg.check(net.loss, theta, grad, segments=net.segments)
+    # workers=2: threads asked for (a default check this short runs serially, unguarded)
+    report = fg.check(net.loss, theta, grad, segments=net.segments, workers=2)
     assert report.passed, report
     assert report.path in ("serial", "processes")
     assert "threads refused" in report.path_reason and "flat index" in report.path_reason
@@ -146,7 +147,7 @@ def test_a_model_with_a_scratch_buffer_on_self_is_refused_threads_and_judged_ser
     halved = grad.copy()
     b1 = net.segments["b1"]
     halved[b1.start:b1.stop] *= 0.5
-    again = fg.check(net.loss, theta, halved, segments=net.segments)
+    again = fg.check(net.loss, theta, halved, segments=net.segments, workers=2)
     assert failed_blocks(again) == {"b1"}
     assert "earlier check" in again.path_reason
     # another object of the same class has its own verdict: it is guarded anew

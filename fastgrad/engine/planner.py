@@ -180,6 +180,18 @@ def jit_trial(inputs: PlanInputs, tuning: Tuning) -> float | None:
     return None
 
 
+def needs_warm_timing(inputs: PlanInputs, tuning: Tuning) -> bool:
+    """Whether to time f at theta once more before deciding: the first timing is f's first call
+    in the check (cold caches, first allocations) and reads up to 2x a warm call. A Python loss
+    whose first timing lies between the GIL bound and ``tuning.plan_t_eval_factor`` times it
+    could be a GIL-bound loss read as a slow one, and given threads it loses with (the 4.8k
+    net: 117 us cold, 60 us warm; on threads 0.58x the CS231n loop's speed, serially 0.97x)."""
+    if inputs.backend != "threads" or inputs.remembered is not None:
+        return False
+    bound = tuning.gil_bound_seconds
+    return bound <= inputs.t_eval < tuning.plan_t_eval_factor * bound
+
+
 def calibrate(inputs: PlanInputs, probe: Probe, tuning: Tuning) -> Calibration:
     """Decide threads/BLAS/processes on the first coordinates of the first large batch
     (``probe`` evaluates them; their losses are kept, and calibration adds one timed
@@ -194,14 +206,19 @@ def calibrate(inputs: PlanInputs, probe: Probe, tuning: Tuning) -> Calibration:
     maybe_processes = not jit and workers > 1 and processes_may_pay(
         k, 1 / (2 * t_eval), 1 / (2 * t_eval), workers, pool_alive(workers), tuning)
     if predicted < tuning.calibrate_min_seconds and not maybe_processes:
-        if inputs.backend == "threads" and t_eval < tuning.gil_bound_seconds:
-            # a loss this short holds the GIL most of the time: threads only add handoffs.
-            # BLAS on one thread too: BLAS threads do not pay off in a 50 us evaluation, and a
-            # BLAS call outside the limit races with concurrent checks changing it
-            return Calibration(Plan(
-                "serial", 1, 1, f"Python callable: serial (one evaluation takes "
-                                f"{t_eval * 1e6:.0f} us: threads would contend for the GIL)",
-                t_eval))
+        if inputs.backend == "threads":
+            # a Python loss on a check too short to measure threads against one worker: serial,
+            # at the plain loop's speed. Threads would be a guess, and a loss that holds the
+            # GIL (most numpy losses under a millisecond) runs slower on them (the 4.8k net:
+            # 0.58x the loop), their thread-safety guard included; a loss that releases it
+            # loses at most the predicted seconds. BLAS on one thread too: BLAS threads do not
+            # pay off in so short an evaluation, and a BLAS call outside the limit races with
+            # concurrent checks changing it
+            why = (f"one evaluation takes {t_eval * 1e6:.0f} us: threads would contend for "
+                   f"the GIL" if t_eval < tuning.gil_bound_seconds else
+                   f"the check is short ({2 * k * t_eval:.2g} s serially): threads were not "
+                   f"measured against one worker")
+            return Calibration(Plan("serial", 1, 1, f"Python callable: serial ({why})", t_eval))
         return Calibration()
     plan = inputs.remembered
     factor = tuning.plan_t_eval_factor
