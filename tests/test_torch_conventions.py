@@ -47,13 +47,53 @@ def test_an_output_that_lost_its_gradient_path_fails(fast_mode):
                             raise_exception=False)
 
 
-def test_a_detached_second_output_is_named():
+@pytest.mark.parametrize("fast_mode", [False, True])
+def test_a_detached_second_output_warns_by_name_and_fails_when_strict(fast_mode):
+    """torch's gradcheck ignores an output that does not require grad when another one does
+    (native_layer_norm's mean and rstd are such outputs): fastgrad judges it anyway, warns by
+    name when its numeric Jacobian is not zero, and fails it with strict=True."""
     x = leaf(3, seed=2)
+
+    def f(x):
+        return x.sin(), x.exp().detach()
+
+    assert torch.autograd.gradcheck(f, (x,), fast_mode=fast_mode)  # torch's verdict
+    with pytest.warns(fastgrad.GradcheckWarning, match=r"output1: does not require grad"):
+        assert ft.gradcheck(f, (x,), fast_mode=fast_mode)
     with pytest.raises(ft.GradcheckError) as info:
-        ft.gradcheck(lambda x: (x.sin(), x.exp().detach()), (x,))
-    report = info.value.report
-    assert [n for n, s in report.segments.items() if not s.passed] == ["input0/output1"]
+        ft.gradcheck(f, (x,), fast_mode=fast_mode, strict=True)
     assert str(info.value).startswith("output1 does not require grad")
+    if not fast_mode:
+        report = info.value.report
+        assert [n for n, s in report.segments.items() if not s.passed] == ["input0/output1"]
+
+
+def test_an_auxiliary_output_torch_ignores_passes_with_a_warning_and_a_real_bug_still_fails():
+    x = leaf(2, 6, seed=4)
+    w, b = leaf(6, seed=5), leaf(6, seed=6)
+
+    def layer_norm(x, w, b):  # (out, mean, rstd): mean and rstd do not require grad
+        return torch.native_layer_norm(x, [6], w, b, 1e-5)
+
+    assert torch.autograd.gradcheck(layer_norm, (x, w, b))
+    with pytest.warns(fastgrad.GradcheckWarning, match=r"output1, output2: does not require"):
+        assert ft.gradcheck(layer_norm, (x, w, b))
+
+    class WrongScale(torch.autograd.Function):  # x * 2 with its backward 3% off
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2.06
+
+    def buggy(x, w, b):
+        out, mean, rstd = layer_norm(WrongScale.apply(x), w, b)
+        return out, mean, rstd
+
+    with pytest.raises(ft.GradcheckError, match=r"input0"):
+        ft.gradcheck(buggy, (x, w, b))
 
 
 def test_outputs_without_a_gradient_that_are_constant_pass():

@@ -86,6 +86,8 @@ def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
     # (where, analytic, numeric, rel. error, within the caller's atol slack) of each direction
     # that disagrees after the second step
     questioned: list[tuple[str, float, float, float, bool]] = []
+    ignored = set(fn.ignored_by_torch(strict))
+    detached: set[str] = set()
     for label, values in analytic:
         numeric = _contracted_numeric(f_plus, f_minus, step, contractions)
         bad, band, slack = _fast_verdicts(values, numeric, f_plus, f_minus, step, contractions,
@@ -103,6 +105,9 @@ def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
                 effective[again], tol=tol, dtype=dtype, atol=atol, rtol=rtol)
         for r, p in zip(*np.nonzero(bad | band)):
             a_rp, n_rp = float(values[r, p]), float(numeric[r, p])
+            if p in ignored:  # torch ignores it: a warning, not a question for the audit
+                detached.add(fn.out_layout.names[p])
+                continue
             questioned.append((f"{fn.layout.names[tensors[r]]} -> {fn.out_layout.names[p]}{label}",
                                a_rp, n_rp, abs(a_rp - n_rp) / max(abs(a_rp), abs(n_rp)),
                                bool(slack[r, p])))
@@ -111,12 +116,16 @@ def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
         # a contraction hides one wrong element among many: the audit looks at coordinates,
         # judged by the caller's relative tolerance (fastgrad's band with strict)
         _localize(fn, leaves, outputs, index, dtype=dtype, tol=tol if strict else max(tol, rtol),
-                  seed=seed, questioned=questioned, notes=notes)
+                  seed=seed, questioned=questioned, notes=notes, ignored=ignored)
         if not strict:  # the audit found no coordinate beyond the caller's tolerance
             warned = [f"{where} along a random direction (rel. error {rel:.1e})"
                       for where, _, _, rel, within_slack in questioned if not within_slack]
     if check_backward_ad and check_undefined_grad and pairs:
         side_tests.undefined_grad(fn, leaves, outputs)
+    if detached:
+        warned.append(f"{', '.join(sorted(detached))}: does not require grad, but its numeric "
+                      "derivative along a random direction is not zero (torch's gradcheck "
+                      "ignores an output that does not require grad when another one does)")
     if warned:
         tolerated.append((tuple(warned), len(warned)))
 
@@ -151,7 +160,7 @@ def _fast_verdicts(analytic, numeric, f_plus, f_minus, step, contractions, direc
 
 
 def _localize(fn: TorchFunction, leaves, outputs, index, *, dtype, tol, seed, questioned,
-              notes) -> None:
+              notes, ignored=frozenset()) -> None:
     """fastgrad's audit of a random contraction of the outputs, run after a fast-mode direction
     disagreed: its verdict decides (a failure raises ``SubcheckFailed`` "fast mode"), and its
     report names the wrong coordinates. Non-finite (masked) input entries are held fixed."""
@@ -159,6 +168,9 @@ def _localize(fn: TorchFunction, leaves, outputs, index, *, dtype, tol, seed, qu
 
     rng = np.random.default_rng([seed, 0x6c6f_6361])
     u = rng.standard_normal(fn.out_layout.size)
+    starts = fn.out_layout.starts
+    for p in ignored:  # outputs torch ignores are not part of the audited contraction
+        u[starts[p]:starts[p + 1]] = 0.0
     grad = vjp_contracted(fn, leaves, outputs, u)[index]
     full = fn.x.copy()
     x = fn.x.astype(dtype)

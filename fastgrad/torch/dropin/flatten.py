@@ -300,6 +300,16 @@ class TorchFunction(FlatFunction):
                                  tuple(o.is_complex() for o in chosen))
         self.out_dtypes = [o.dtype for o in chosen]
 
+    def ignored_by_torch(self, strict: bool) -> list[int]:
+        """Positions (in out_layout) of the judged outputs that do not require grad while
+        another one does, unless ``strict``: torch's gradcheck ignores such an output (it checks
+        numeric Jacobians for zero only when no output requires grad), so a nonzero numeric
+        Jacobian there (an auxiliary output such as native_layer_norm's mean, or a stray
+        ``.detach()``) warns instead of failing."""
+        if strict or len(self.no_grad) == len(self.positions):
+            return []
+        return [p for p, j in enumerate(self.positions) if j in self.no_grad]
+
     def differentiable(self, outputs: tuple) -> list[tuple[int, int]]:
         """(position in out_layout, output index) of the judged outputs that require grad."""
         return [(p, j) for p, j in enumerate(self.positions) if j not in self.no_grad]
