@@ -46,14 +46,14 @@ class Tuning:
         only on a clear win (strategy_margin), and a first timing between this and
         plan_t_eval_factor times it is taken again (a cold first call reads up to 2x). On the
         small two-layer net (23 us) two threads took 0.084 s where one took 0.065 s, and the
-        guard that threads need costs 15-30% of such a check. (A check too short to calibrate
-        runs every Python loss serially; this bound only names the reason.)
-        Default: ``0.0001``.
+        guard that threads need costs 15-30% of such a check. Default: ``0.0001``.
     calibrate_min_seconds : float
-        Seconds of predicted work (2 k t_eval / workers) below which the check is not
-        calibrated (the probes would cost a good part of it): a Python loss runs serially (the
-        plain loop's speed: threads are not measured), a Numba loss on the kernel's threads.
-        Default: ``0.15``.
+        Seconds of predicted work below which the check is not calibrated (the probes would
+        cost a good part of it): a Python loss runs serially (the plain loop's speed) when its
+        whole check, 2 k t_eval, is this short, or when 2 k t_eval / workers is and the loss is
+        GIL-bound; a longer Python check is calibrated (threads measured, never assumed, also
+        when many cores make it short on them). A Numba loss stays on the kernel's threads
+        when 2 k t_eval / workers is below it. Default: ``0.15``.
     calibration_seconds : float
         Seconds of real coordinates each strategy is timed on during calibration (nothing is
         evaluated twice: the probes' losses are kept). Default: ``0.05``.

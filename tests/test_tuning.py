@@ -83,12 +83,13 @@ def _plan_of(gil_bound_seconds: float) -> fg.Report:
 def test_a_short_check_of_a_python_loss_runs_serially_and_says_why():
     """A check too short to calibrate runs a Python loss serially (the plain loop's speed,
     never slower): under the GIL bound because threads would contend for the GIL, above it
-    because threads were not measured (0 s and 10 s bounds: no timing decides the test)."""
+    because the whole check is too short for threads to win back their guard (0 s and 10 s
+    bounds: no timing decides the test)."""
     gil_bound = _plan_of(10.0)
     assert gil_bound.path == "serial" and "contend for the GIL" in gil_bound.path_reason
     short = _plan_of(0.0)
     assert short.path == "serial" and short.passed
-    assert "threads were not measured" in short.path_reason
+    assert "too short for threads" in short.path_reason
 
 
 def test_the_tuning_reaches_the_judge_and_the_tolerance():
@@ -114,10 +115,10 @@ def test_concurrent_checks_with_different_tunings_each_get_their_own():
     tunings = {
         "contend for the GIL": dataclasses.replace(DEFAULT_TUNING, gil_bound_seconds=10.0,
                                                    depth_exponent=1.0),
-        "threads were not measured": dataclasses.replace(DEFAULT_TUNING, gil_bound_seconds=0.0,
+        "too short for threads": dataclasses.replace(DEFAULT_TUNING, gil_bound_seconds=0.0,
                                                          depth_exponent=2.0),
     }
-    expected_tol = {"contend for the GIL": 3e-4, "threads were not measured": 9e-4}
+    expected_tol = {"contend for the GIL": 3e-4, "too short for threads": 9e-4}
     barrier = threading.Barrier(2)
     seen: dict[str, list] = {name: [] for name in tunings}
     errors: list[BaseException] = []

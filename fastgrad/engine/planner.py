@@ -205,20 +205,25 @@ def calibrate(inputs: PlanInputs, probe: Probe, tuning: Tuning) -> Calibration:
     # nothing in this process beats one thread)
     maybe_processes = not jit and workers > 1 and processes_may_pay(
         k, 1 / (2 * t_eval), 1 / (2 * t_eval), workers, pool_alive(workers), tuning)
-    if predicted < tuning.calibrate_min_seconds and not maybe_processes:
-        if inputs.backend == "threads":
-            # a Python loss on a check too short to measure threads against one worker: serial,
-            # at the plain loop's speed. Threads would be a guess, and a loss that holds the
-            # GIL (most numpy losses under a millisecond) runs slower on them (the 4.8k net:
-            # 0.58x the loop), their thread-safety guard included; a loss that releases it
-            # loses at most the predicted seconds. BLAS on one thread too: BLAS threads do not
-            # pay off in so short an evaluation, and a BLAS call outside the limit races with
-            # concurrent checks changing it
-            why = (f"one evaluation takes {t_eval * 1e6:.0f} us: threads would contend for "
-                   f"the GIL" if t_eval < tuning.gil_bound_seconds else
-                   f"the check is short ({2 * k * t_eval:.2g} s serially): threads were not "
-                   f"measured against one worker")
-            return Calibration(Plan("serial", 1, 1, f"Python callable: serial ({why})", t_eval))
+    python = inputs.backend == "threads"
+    serial_seconds = 2 * k * t_eval
+    if python and not maybe_processes and (
+            serial_seconds < tuning.calibrate_min_seconds
+            or (predicted < tuning.calibrate_min_seconds and t_eval < tuning.gil_bound_seconds)):
+        # a Python loss whose whole check is short even serially, or short on the workers and
+        # GIL-bound: serial, at the plain loop's speed, nothing measured. Unmeasured threads
+        # would be a guess that a GIL-bound loss loses (the 4.8k net: 0.58x the loop, the
+        # thread-safety guard included). A longer check of a slower loss is calibrated even
+        # when it would be short on many workers: 64 cores make 2 k t_eval / workers small,
+        # and there threads are measured, not assumed. BLAS on one thread too: BLAS threads
+        # do not pay off in so short an evaluation, and a BLAS call outside the limit races
+        # with concurrent checks changing it
+        why = (f"one evaluation takes {t_eval * 1e6:.0f} us: threads would contend for the GIL"
+               if t_eval < tuning.gil_bound_seconds else
+               f"the whole check takes {serial_seconds:.2g} s serially: too short for threads "
+               f"to win back their guard")
+        return Calibration(Plan("serial", 1, 1, f"Python callable: serial ({why})", t_eval))
+    if predicted < tuning.calibrate_min_seconds and not maybe_processes and not python:
         return Calibration()
     plan = inputs.remembered
     factor = tuning.plan_t_eval_factor
@@ -229,6 +234,10 @@ def calibrate(inputs: PlanInputs, probe: Probe, tuning: Tuning) -> Calibration:
     # each strategy gets the same number of coordinates, about tuning.calibration_seconds
     probed = int(np.clip(tuning.calibration_seconds / (2 * t_eval), 2, k // 8)) * workers
     if 2 * probed > k // 2:
+        if python:  # too few coordinates to measure threads against one worker: no guess
+            return Calibration(Plan(
+                "serial", 1, 1, f"Python callable: serial ({k} coordinates are too few to "
+                                f"measure threads against one worker)", t_eval))
         return Calibration()
     probe.warm()
     # the thread-safety guard first (a Python loss): a batch on threads, the same points serially
