@@ -291,6 +291,45 @@ def test_a_vmap_refusal_is_remembered_for_the_next_check_of_the_same_module_clas
     assert ("module", torch.nn.Tanh) not in columns._REFUSED
 
 
+def test_a_functions_identity_never_matches_a_new_object_at_a_dead_ones_address():
+    """The memory of vmap refusals keys a function by what it is: one autograd.Function class's
+    apply is not another's, a wrapper closing over one object is not one closing over another,
+    and an object that died is not matched by a new one that reuses its address (a local
+    class refused in one test once sent a later test's class one by one)."""
+    import gc
+
+    from fastgrad.torch.dropin.flatten import function_identity
+
+    def make_class():
+        class Local(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x * 2
+
+            @staticmethod
+            def backward(ctx, g):
+                return g * 2
+        return Local
+
+    one, two = make_class(), make_class()
+    assert function_identity(one.apply) != function_identity(two.apply)
+    assert function_identity(one.apply) == function_identity(one.apply)
+
+    class Box:
+        pass
+
+    def wrapper_of(obj):
+        return lambda x: x * 2 if obj else x
+
+    first = Box()
+    key = function_identity(wrapper_of(first))
+    assert key == function_identity(wrapper_of(first))
+    del first
+    gc.collect()
+    for _ in range(200):  # new objects, some at the dead one's address
+        assert function_identity(wrapper_of(Box())) != key
+
+
 def test_vmap_fallback_is_reported(buggy_two_outputs):
     a, b = leaf(2, seed=1), leaf(2, seed=2)
     with pytest.raises(ft.GradcheckError) as info:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import bisect
 import functools
 import math
+import types
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -99,30 +101,48 @@ def _all_specified(t: torch.Tensor) -> torch.Tensor:
     return coo if t.layout == torch.sparse_coo else coo.to_sparse(layout=t.layout)
 
 
+def _held(obj: object) -> object:
+    """What stands for an object in a function's identity without its id being reusable: a
+    class, module or function itself (kept alive: cheap), a number or string by value, another
+    object by a weak reference (equal only to a reference to the same live object, so a new
+    object at a dead one's address never matches), else its type."""
+    if isinstance(obj, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
+                        int, float, complex, str, bytes, type(None))):
+        return obj
+    try:
+        ref = weakref.ref(obj)
+        hash(ref)
+    except TypeError:  # no weak references (a list, a tuple) or unhashable
+        return type(obj)
+    return ref
+
+
 def function_identity(func: Callable) -> object:
     """What identifies ``func`` across checks, for the memory of vmap refusals: a module's class
     with its submodules' classes (one loss class checked on many inputs; a Sequential of other
-    layers is another function), a function's code with the objects its closure holds (a
-    lambda wrapping another operator is another function), a partial's function with its
-    arguments' types; None when there is no such thing. An id reused after an object died can
-    only send a later check one by one: the values are the same."""
+    layers is another function), a function's code with what its closure holds and what it is
+    bound to (a lambda wrapping another operator is another function; ``Function.apply`` of
+    each autograd.Function class is its own), a partial's function with its arguments; None
+    when there is no such thing. A wrong match could only send a check one by one: the values
+    are the same."""
     if isinstance(func, torch.nn.Module):
         return ("module",) + tuple(type(m) for m in func.modules())
     if isinstance(func, functools.partial):
         inner = function_identity(func.func)
-        return None if inner is None else ("partial", inner, tuple(type(a) for a in func.args),
+        return None if inner is None else ("partial", inner,
+                                           tuple(_held(a) for a in func.args),
                                            tuple(sorted(func.keywords)))
     plain = getattr(func, "__func__", func)
     code = getattr(plain, "__code__", None)
     if code is None:
         return None
-    cells = []  # a wrapper made per operator (lambda *a: op(*a)) is one function per op
+    cells = []
     for cell in getattr(plain, "__closure__", None) or ():
         try:
-            cells.append(id(cell.cell_contents))
+            cells.append(_held(cell.cell_contents))
         except ValueError:  # an empty cell
             cells.append(None)
-    return ("code", code, tuple(cells), id(getattr(func, "__self__", None)))
+    return ("code", code, tuple(cells), _held(getattr(func, "__self__", None)))
 
 
 class _Sparse:
