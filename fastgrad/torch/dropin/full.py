@@ -24,11 +24,16 @@ class _Unbatched(Exception):
     """The analytic rows are computed one by one (too few to batch)."""
 
 
+def _failing_outputs(report) -> set[str]:
+    """The names of the outputs with a failing segment ("input0/output1" -> "output1")."""
+    return {name.split("/", 1)[1].split(" ", 1)[0]
+            for name, seg in getattr(report, "segments", {}).items()
+            if not seg.passed and "/" in name}
+
+
 def _no_grad_message(fn: TorchFunction, report) -> str:
     """The first line of a failure in outputs that do not require grad, when one failed."""
-    failing = {name.split("/", 1)[1].split(" ", 1)[0]
-               for name, seg in getattr(report, "segments", {}).items()
-               if not seg.passed and "/" in name}
+    failing = _failing_outputs(report)
     lost = [f"{fn.out_prefix}{j}" for j in fn.no_grad if f"{fn.out_prefix}{j}" in failing]
     if not lost:
         return ""
@@ -41,9 +46,7 @@ def _only_ignored_outputs(fn: TorchFunction, report, strict: bool) -> list[str]:
     """The outputs that failed when every failing segment is an output torch ignores
     (``fn.ignored_by_torch``); else [] (the failure stands)."""
     ignored = {fn.out_layout.names[p] for p in fn.ignored_by_torch(strict)}
-    failing = {name.split("/", 1)[1].split(" ", 1)[0]
-               for name, seg in getattr(report, "segments", {}).items()
-               if not seg.passed and "/" in name}
+    failing = _failing_outputs(report)
     if not ignored or not failing or not failing <= ignored:
         return []
     return sorted(failing)
