@@ -230,7 +230,9 @@ def _mixed(a, s, b, b_again):
 def test_a_one_coordinate_perturbation_gives_the_whole_input_paths_values_bitwise():
     """A Jacobian's column writes one element of the caller's tensor and writes it back
     (torch's way); the values equal those of writing whole inputs, on float32, strided, 0-d
-    and repeated inputs, and the caller's tensors are bitwise unchanged afterwards."""
+    and repeated inputs, and the caller's tensors are bitwise unchanged afterwards. So do
+    rows that move many coordinates (fast mode's random directions): along one input, two,
+    or all of them."""
     from fastgrad.torch.dropin.flatten import TorchFunction
 
     a, s, b = _inputs_of_every_shape()
@@ -246,13 +248,24 @@ def test_a_one_coordinate_perturbation_gives_the_whole_input_paths_values_bitwis
             row = fn.x.copy()
             row[i] += sign * 1e-3 * max(1.0, abs(row[i]))
             rows.append(row)
-    one_element = [fn.call_one(row) for row in rows]
+    columns = len(rows)
+    rng = np.random.default_rng(5)
+    starts = fn.layout.starts
+    for moved in ([0], [2], [3], [0, 1], [1, 3], [0, 1, 2, 3]):  # inputs a random row moves
+        row = fn.x.copy()
+        for p in moved:
+            row[starts[p]:starts[p + 1]] += 1e-3 * rng.uniform(size=starts[p + 1] - starts[p])
+        rows.append(row)
+    in_place = [fn.call_one(row) for row in rows]
     fn.elements = None  # every evaluation writes whole inputs
     whole = [fn.call_one(row) for row in rows]
-    assert all(np.array_equal(x, y) for x, y in zip(one_element, whole))
+    assert all(np.array_equal(x, y) for x, y in zip(in_place, whole))
     # each column moved something, but b and b_again are one tensor, perturbed once (as torch
     # does): b_again's columns are b's
-    assert len({r.tobytes() for r in whole}) == len(rows) - 2 * b.numel()
+    assert len({r.tobytes() for r in whole[:columns]}) == columns - 2 * b.numel()
+    # a row that moves b_again only moves the tensor: b's unchanged values are not written
+    # over it
+    assert not np.array_equal(in_place[columns + 2], fn.call_one(fn.x))
     assert all(torch.equal(t, t0) for t, t0 in zip((a, s, b), before))
 
 
@@ -401,6 +414,32 @@ def test_a_passing_fast_mode_check_spends_torchs_evaluations_plus_one():
     calls.clear()
     assert ft.gradcheck(f, (a, b), fast_mode=True)
     assert len(calls) <= theirs + 1, (len(calls), theirs)
+
+
+def test_rows_cheaper_one_by_one_than_a_vmap_call_go_one_by_one_with_the_same_values():
+    """Fast mode's few rows of a cheap function cost less as plain calls than one vmap call
+    (its overhead, ~0.15 ms, is several calls of an elementwise op): they go one by one, the
+    path says why, and the values are the batched call's bit for bit. A function timed as
+    expensive is batched."""
+    from fastgrad.torch.dropin.flatten import TorchFunction
+
+    a, b = leaf(3, 4, seed=12), leaf(4, seed=13)
+    values = {}
+    for seconds in (1e-6, 1e-3):
+        fn = TorchFunction(lambda a, b: torch.tanh(a @ b), (a, b), ["a", "b"], needs_grad=True)
+        _, outputs, positions = fn.reference()
+        fn.set_outputs(outputs, positions)
+        fn.at_x = fn.flat_outputs(outputs, None)
+        fn.call_seconds = seconds
+        rows = fn.x + np.random.default_rng(3).uniform(-1e-3, 1e-3, size=(4, fn.x.size))
+        values[seconds] = fn.many(rows)
+        assert fn.evaluations == 4
+        if seconds == 1e-6:  # 5 calls (with the nondeterminism check) of 1 us < 150 us
+            assert not fn.batched and not fn.verified
+            assert "5 calls of 1 us cost less than one torch.func.vmap call" in fn.why_serial
+        else:
+            assert fn.batched and fn.probed
+    assert np.array_equal(values[1e-6], values[1e-3])
 
 
 def test_a_relu_network_with_kinks_passes_fast_mode():

@@ -43,6 +43,16 @@ def buggy_two_outputs():
     TwoOutputs.scale = 1.0
 
 
+@pytest.fixture
+def always_vmap(monkeypatch):
+    """For tests of the vmap path itself: a batched call is tried however cheap the function
+    (rows that cost less one by one than a vmap call's overhead otherwise go one by one, by
+    the timing of a plain call)."""
+    from fastgrad.torch.dropin.flatten import TorchFunction
+
+    monkeypatch.setattr(TorchFunction, "batch_call_seconds", 0.0)
+
+
 def test_wrong_backward_of_one_output_names_that_output_and_input(buggy_two_outputs):
     a, b = leaf(4, seed=1), leaf(4, seed=2)
     with pytest.raises(ft.GradcheckError) as info:
@@ -262,7 +272,7 @@ class _CubeLayer(torch.nn.Module):
         return _Cube.apply(x)
 
 
-def test_a_vmap_refusal_is_remembered_for_the_next_check_of_the_same_module_class(monkeypatch):
+def test_a_vmap_refusal_is_remembered_for_the_next_check_of_the_same_module_class(monkeypatch, always_vmap):
     """A suite checks one module class on many inputs: vmap raises at the first check; later
     checks of that class (new instances) go one by one at once, one call fewer, the same
     verdict, and say why. Another module class still gets vmap."""
@@ -326,7 +336,7 @@ def test_a_functions_identity_never_matches_a_new_object_at_a_dead_ones_address(
         assert function_identity(wrapper_of(Box())) != key
 
 
-def test_vmap_fallback_is_reported(buggy_two_outputs):
+def test_vmap_fallback_is_reported(buggy_two_outputs, always_vmap):
     a, b = leaf(2, seed=1), leaf(2, seed=2)
     with pytest.raises(ft.GradcheckError) as info:
         ft.gradcheck(buggy_two_outputs.apply, (a, b))
@@ -485,7 +495,7 @@ class WrongBatchingRule(Doubles):
         return x * 3, in_dims[0]
 
 
-def test_vmap_that_changes_the_values_is_not_trusted():
+def test_vmap_that_changes_the_values_is_not_trusted(always_vmap):
     # the vmap'd batch is probed at the unperturbed input against a plain call: a batching rule
     # that changes the values sends every evaluation one by one (else the numeric Jacobian would
     # read 3 where the function's derivative is 2: a false alarm)
@@ -522,7 +532,7 @@ class VmapCube(torch.autograd.Function):
         return 3 * g * x.detach() ** 2
 
 
-def test_gradgradcheck_batches_the_backward_with_vmap_and_falls_back():
+def test_gradgradcheck_batches_the_backward_with_vmap_and_falls_back(always_vmap):
     # the backward, written with torch.func.vjp, is vmap'd over the perturbed inputs; a wrong
     # double backward is caught on that path, and on the per-call one when vmap cannot run the
     # function (an old-style autograd.Function)
@@ -712,7 +722,7 @@ def test_batched_rows_are_probed_on_every_row_against_the_real_backward(monkeypa
     assert not analytic.batched_rows_agree(fn, leaves, outputs, nan, 0)
 
 
-def test_a_function_that_fixes_its_seed_at_every_call_is_batched_with_the_same_randomness():
+def test_a_function_that_fixes_its_seed_at_every_call_is_batched_with_the_same_randomness(always_vmap):
     # torch's own test wrappers (wrapper_set_seed) reseed before a random op: every call draws
     # the same mask, so vmap(randomness="same") gives the one-by-one values (checked at x)
     x = leaf(6, seed=27)

@@ -59,14 +59,18 @@ class FlatFunction:
     flat real vector, evaluated one by one or in batched calls.
 
     Subclasses give ``call_one`` and ``call_batch``, and may set ``vmap`` (the transform's
-    name, for the path line), ``min_batch`` (fewer rows go one by one) and ``agreement`` (the
+    name, for the path line), ``min_batch`` (fewer rows go one by one), ``agreement`` (the
     probe's rule: 0 asks for bitwise equal values, else agreement within that many units of
-    float64 roundoff). ``at_x`` (the one-by-one outputs at x) is set before the first ``many``.
+    float64 roundoff) and ``batch_call_seconds`` (what one batched call costs beyond its rows'
+    work). ``at_x`` (the one-by-one outputs at x) is set before the first ``many``; the adapter
+    may set ``call_seconds`` (one plain call, timed) to let rows that cost less one by one than
+    a batched call's own overhead go one by one.
     """
 
     vmap = "vmap"
     min_batch = 2
     agreement = 0.0
+    batch_call_seconds = 0.0
 
     def __init__(self, x: np.ndarray, *, batchable: bool, why_serial: str,
                  identity: object = None):
@@ -85,6 +89,7 @@ class FlatFunction:
         self.probed = False  # the batched value at x equalled at_x: a second evaluation there
         self.at_x: np.ndarray | None = None
         self.evaluations = 0
+        self.call_seconds: float | None = None  # one plain call of the function, when timed
 
     def call_one(self, row: np.ndarray) -> np.ndarray:
         """The flat real outputs at one flat input (one call of the function)."""
@@ -103,7 +108,7 @@ class FlatFunction:
         """The outputs at each row: batched calls when they give the one-by-one values (the
         first one probed at x), else one call per row."""
         count = rows.shape[0]
-        if self.batchable and count >= self.min_batch:
+        if self.batchable and count >= self.min_batch and not self._cheaper_one_by_one(count):
             probe = not self.verified and self.at_x is not None
             try:
                 out = self.call_batch(np.concatenate([rows, self.x[None]]) if probe else rows)
@@ -135,6 +140,20 @@ class FlatFunction:
         if not count:
             return np.zeros((0, self.at_x.size if self.at_x is not None else 0))
         return np.stack([self.one(r) for r in rows])
+
+    def _cheaper_one_by_one(self, count: int) -> bool:
+        """``count`` plain calls (and, before the first batched call, the one more at x that
+        the batched call's probe would have made: the nondeterminism check) cost less than
+        one batched call's overhead. The values are the same either way; the path line says
+        why."""
+        if self.call_seconds is None or not self.batch_call_seconds:
+            return False
+        calls = count + (0 if self.verified else 1)
+        if calls * self.call_seconds >= self.batch_call_seconds:
+            return False
+        self.why_serial = (f"{calls} calls of {self.call_seconds * 1e6:.0f} us cost less than "
+                           f"one {self.vmap} call ({self.batch_call_seconds * 1e6:.0f} us)")
+        return True
 
     def agrees(self, one: np.ndarray, batched: np.ndarray) -> bool:
         """The probe's rule: the batched value at x is the one-by-one value."""

@@ -123,9 +123,10 @@ def gradcheck(
         Judge backward-mode AD (default True).
     fast_mode : bool
         Torch's fast mode at torch's cost: one random direction per input and one random
-        contraction per output (1 + 2 x inputs evaluations when it passes, +1 when vmap cannot
-        batch them); a direction that disagrees is re-measured at half the step and then
-        localized by fastgrad's audit, which names the wrong coordinates (``.report.suspects``).
+        contraction per output (1 + 2 x inputs evaluations when it passes, +1 when they run one
+        by one: vmap cannot batch them, or plain calls cost less than a vmap call); a direction
+        that disagrees is re-measured at half the step and then localized by fastgrad's
+        audit, which names the wrong coordinates (``.report.suspects``).
     masked : bool or None
         Sparse (COO, CSR, CSC) inputs, torch's semantics: True perturbs and judges only the
         specified elements (the gradient at unspecified ones is ignored); False or None (as in

@@ -24,11 +24,12 @@ def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
     entries, as torch draws them) and for each judged output a random contraction v; the
     numeric v.(J u) of two evaluations per input against the analytic (v^T J).u (one backward
     per output, twice: reentrancy) and, with check_forward_ad, v.(J u) from forward AD. A
-    passing check costs 1 + 2 x inputs evaluations (+1 when vmap cannot batch them: the
-    nondeterminism check). A direction beyond the caller's rule (or beyond fastgrad's band,
-    with strict) is measured again at half the step (truncation), and one that still
-    disagrees is localized by fastgrad's audit of a random contraction of the outputs, which
-    names the wrong coordinates and gives the verdict. A failure raises ``SubcheckFailed``."""
+    passing check costs 1 + 2 x inputs evaluations (+1 when they run one by one, because vmap
+    cannot batch them or plain calls cost less: the nondeterminism check). A direction beyond
+    the caller's rule (or beyond fastgrad's band, with strict) is measured again at half the
+    step (truncation), and one that still disagrees is localized by fastgrad's audit of a
+    random contraction of the outputs, which names the wrong coordinates and gives the
+    verdict. A failure raises ``SubcheckFailed``."""
     del check_batched_grad, check_batched_forward_grad  # full-Jacobian side tests
     x = fn.x
     index = np.flatnonzero(np.isfinite(x))
