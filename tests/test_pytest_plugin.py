@@ -582,8 +582,8 @@ def test_compare_keeps_the_original_outcomes_and_reports_both(pytester: pytest.P
     result.stdout.fnmatch_lines([
         "*= fastgrad gradcheck comparison =*",
         "* calls, * compared, 1 fallbacks to the original checker only",
-        "original: * runs, *passed, *failed, *errors; * s in total, median * s",
-        "fastgrad: * runs, *passed, *failed, *errors; * s in total, median * s",
+        "original: * runs, *passed, *failed, *errors; * s in total, median * s (+ * s of full garbage *",
+        "fastgrad: * runs, *passed, *failed, *errors; * s in total, median * s (+ * s of full garbage *",
         "time fastgrad / original: *",
         "disagreements: 1",
         "  test_torch_bound.py::test_slightly_off: gradcheck: original pass, fastgrad fail",
@@ -704,3 +704,39 @@ def test_router_verdicts_outcomes_and_summary(monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(AssertionError):
         routed("torch fails", ())
     assert len(router.log.calls) == 2
+
+
+def test_a_checkers_time_leaves_out_the_full_garbage_collections_that_ran_meanwhile():
+    """A full collection costs the whole heap's size (0.2-0.4 s in a large suite) and lands on
+    whichever checker allocates at the threshold: compare mode records it apart, so it cannot
+    decide which checker looks faster."""
+    import gc
+    import time
+
+    from fastgrad.testing.compare import run_checker
+
+    heap = [[i] for i in range(300_000)]  # a heap worth walking
+
+    def collects():
+        gc.collect()  # a full (generation 2) collection inside the checker
+        return True
+
+    def plain():
+        return sum(len(x) for x in heap[:1000]) > 0
+
+    enabled = gc.isenabled()
+    gc.disable()  # no collection of our own making lands in ``plain``
+    try:
+        start = time.perf_counter()
+        collected = run_checker(collects, (), {}, catch=False)
+        outside = time.perf_counter() - start
+        quiet = run_checker(plain, (), {}, catch=False)
+    finally:
+        if enabled:
+            gc.enable()
+    assert collected.verdict == "pass" and collected.collector_seconds > 0
+    assert collected.seconds + collected.collector_seconds <= outside
+    assert collected.as_dict()["collector_seconds"] == collected.collector_seconds
+    assert quiet.verdict == "pass" and quiet.collector_seconds == 0.0
+    # the callback is removed after each call
+    assert not any(type(cb).__name__ == "FullCollections" for cb in gc.callbacks)

@@ -353,6 +353,8 @@ def normalize_call(call: dict) -> dict:
         "fastgrad_verdict_text": str(_first(fast or {}, "verdict", default="")),
         "torch_seconds": _seconds(original),
         "fastgrad_seconds": _seconds(fast),
+        "torch_collector_seconds": float((original or {}).get("collector_seconds") or 0.0),
+        "fastgrad_collector_seconds": float((fast or {}).get("collector_seconds") or 0.0),
         "torch_message": _message(original),
         "fastgrad_message": _message(fast),
         "fastgrad_warnings": _warnings(fast),
@@ -505,6 +507,9 @@ def totals(calls: list[dict]) -> dict:
     t["disagreements"] = sum(c["disagree"] for c in calls)
     t["torch_seconds"] = sum(c["torch_seconds"] for c in calls)
     t["fastgrad_seconds"] = sum(c["fastgrad_seconds"] for c in calls)
+    for side in ("torch", "fastgrad"):  # full garbage collections, not in the seconds above
+        t[f"{side}_collector_seconds"] = sum(c.get(f"{side}_collector_seconds", 0.0)
+                                             for c in calls)
     both = [c for c in calls if c["fastgrad_verdict"] not in ("fallback", "missing")]
     t["compared"] = len(both)
     t["torch_seconds_compared"] = sum(c["torch_seconds"] for c in both)
@@ -519,7 +524,7 @@ def totals(calls: list[dict]) -> dict:
 
 def print_table(results: list[dict]) -> None:
     head = ("project", "tests p/f/s", "calls", "fast", "torch P/F/E", "fastgrad P/W/F/E",
-            "fallback", "disagree", "torch s", "fastgrad s", "ratio", "wall s")
+            "fallback", "disagree", "torch s", "fastgrad s", "ratio", "full GC s", "wall s")
     rows = []
     grand = totals([c for r in results for c in r.get("calls", [])])
     for r in results + [{"project": "TOTAL", "totals": grand, "pytest": {}, "wall_seconds":
@@ -537,7 +542,9 @@ def print_table(results: list[dict]) -> None:
             f"{t['fastgrad_pass']}/{t['fastgrad_warn']}/{t['fastgrad_fail']}/{t['fastgrad_error']}",
             str(t["fastgrad_fallback"]), str(t["disagreements"]),
             f"{t['torch_seconds']:.2f}", f"{t['fastgrad_seconds']:.2f}",
-            f"{t['ratio']:.2f}", f"{r.get('wall_seconds', 0.0):.0f}",
+            f"{t['ratio']:.2f}",
+            f"{t['torch_collector_seconds']:.2f}/{t['fastgrad_collector_seconds']:.2f}",
+            f"{r.get('wall_seconds', 0.0):.0f}",
         ))
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     def line(cells) -> str:
@@ -553,8 +560,10 @@ def print_table(results: list[dict]) -> None:
           "fast_mode=True; P/W/F/E: pass / pass with GradcheckWarning / fail / error; "
           "fallback: calls fastgrad's drop-in does not accept (torch's checker only); "
           "disagree: verdicts of another kind (pass / fail / error); "
-          "s: seconds inside each checker (fallbacks: torch's only); ratio: fastgrad s / torch s "
-          "over the calls both ran; wall s: the pytest run")
+          "s: seconds inside each checker (fallbacks: torch's only), without the full garbage "
+          "collections that ran meanwhile; ratio: fastgrad s / torch s over the calls both ran; "
+          "full GC s: those collections (torch/fastgrad), whose cost is the whole heap's and "
+          "which land on whichever checker allocates at the threshold; wall s: the pytest run")
 
 
 def print_disagreements(results: list[dict], show_warnings: bool) -> None:

@@ -4,6 +4,7 @@ disagreement)."""
 
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 from .render import first_line, text
 
-__all__ = ["CallLog", "Outcome", "run_checker"]
+__all__ = ["CallLog", "FullCollections", "Outcome", "run_checker"]
 
 MESSAGE_LINES = 60  # a disagreement's messages are cut to this many lines
 
@@ -36,9 +37,40 @@ def _failure_classes() -> tuple[type, ...]:
     return tuple(classes)
 
 
+class FullCollections:
+    """Seconds the cyclic garbage collector spends in full (generation 2) collections while
+    installed (a ``gc.callbacks`` entry). A full collection walks every container object of
+    the process, so its cost is the size of the whole heap (a test suite of thousands of
+    collected items: 0.2-0.4 s each), not the work of the code that happened to allocate at
+    the threshold; timed inside one checker, it decides a comparison by where it lands."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._started: float | None = None
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self.seconds += time.perf_counter() - self._started
+            self._started = None
+
+    def __enter__(self) -> FullCollections:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+
 @dataclass
 class Outcome:
-    """One checker's run of a call: its verdict, time, and what it returned or raised."""
+    """One checker's run of a call: its verdict, its time (without the full garbage
+    collections that ran meanwhile, which are ``collector_seconds``), and what it returned or
+    raised."""
 
     verdict: str  # pass | pass with warning | fail | error: <ExcType>: <first line>
     seconds: float
@@ -46,6 +78,7 @@ class Outcome:
     error: BaseException | None = None
     warnings: tuple[str, ...] = ()  # first lines of fastgrad's GradcheckWarnings
     caught: tuple = ()  # every warning caught (warnings.WarningMessage), to re-emit
+    collector_seconds: float = 0.0  # full (generation 2) garbage collections during the call
 
     @property
     def kind(self) -> str:
@@ -61,7 +94,7 @@ class Outcome:
 
     def as_dict(self) -> dict:
         return {"verdict": self.verdict, "seconds": self.seconds,
-                "warnings": list(self.warnings)}
+                "collector_seconds": self.collector_seconds, "warnings": list(self.warnings)}
 
     def returned(self) -> Any:
         """What the call returned, or raise what it raised."""
@@ -71,24 +104,27 @@ class Outcome:
 
 
 def run_checker(checker: Callable, args: tuple, kwargs: dict, *, catch: bool) -> Outcome:
-    """Call a checker, timed; its exception is kept in the outcome, never raised."""
+    """Call a checker, timed (full garbage collections apart: ``FullCollections``); its
+    exception is kept in the outcome, never raised."""
     caught: list = []
-    start = time.perf_counter()
-    try:
-        if catch:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+    with FullCollections() as collections:
+        start = time.perf_counter()
+        try:
+            if catch:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    result = checker(*args, **kwargs)
+            else:
                 result = checker(*args, **kwargs)
-        else:
-            result = checker(*args, **kwargs)
-    except Exception as error:
-        seconds = time.perf_counter() - start
-        if isinstance(error, _failure_classes()):
-            verdict = "fail"
-        else:
-            verdict = f"error: {type(error).__name__}: {first_line(text(error))}"
-        return Outcome(verdict, seconds, error=error, caught=tuple(caught))
-    seconds = time.perf_counter() - start
+        except Exception as error:
+            seconds = time.perf_counter() - start - collections.seconds
+            if isinstance(error, _failure_classes()):
+                verdict = "fail"
+            else:
+                verdict = f"error: {type(error).__name__}: {first_line(text(error))}"
+            return Outcome(verdict, seconds, error=error, caught=tuple(caught),
+                           collector_seconds=collections.seconds)
+        seconds = time.perf_counter() - start - collections.seconds
     # imported lazily, and it may not exist yet in an older fastgrad
     warning_class = getattr(sys.modules.get("fastgrad.errors"), "GradcheckWarning", None)
     ours = tuple(first_line(text(w.message)) for w in caught
@@ -97,7 +133,8 @@ def run_checker(checker: Callable, args: tuple, kwargs: dict, *, catch: bool) ->
         verdict = "fail"
     else:
         verdict = "pass with warning" if ours else "pass"
-    return Outcome(verdict, seconds, result=result, warnings=ours, caught=tuple(caught))
+    return Outcome(verdict, seconds, result=result, warnings=ours, caught=tuple(caught),
+                   collector_seconds=collections.seconds)
 
 
 class CallLog:
@@ -131,6 +168,7 @@ class CallLog:
                 "errors": sum(v.startswith("error") for v in verdicts),
                 "total_seconds": sum(seconds),
                 "median_seconds": statistics.median(seconds) if seconds else None,
+                "collector_seconds": sum(r.get("collector_seconds", 0.0) for r in runs),
             }
         compared = [c for c in self.calls if c["agree"] is not None]
         original_time = sum(c["original"]["seconds"] for c in compared)
@@ -189,4 +227,5 @@ def _counts(side: dict) -> str:
 def _times(side: dict) -> str:
     if not side["runs"]:
         return "no runs"
-    return f"{side['total_seconds']:.3f} s in total, median {side['median_seconds']:.4f} s"
+    return (f"{side['total_seconds']:.3f} s in total, median {side['median_seconds']:.4f} s "
+            f"(+ {side['collector_seconds']:.3f} s of full garbage collections)")
