@@ -336,6 +336,31 @@ def test_a_functions_identity_never_matches_a_new_object_at_a_dead_ones_address(
         assert function_identity(wrapper_of(Box())) != key
 
 
+def test_functions_of_one_shape_over_different_objects_are_different_functions():
+    """PyTorch's op_db harness wraps every op in one closure over the op's OpInfo (a dataclass
+    with eq=True: unhashable) and its sample in lists. Such functions were one function to the
+    memory of vmap refusals: batch norm's refusal sent every later op's check one by one (300
+    checks, op_db's gradcheck time 2x). They differ now; an object that cannot be told apart
+    from another leaves the function without an identity (no memory)."""
+    import dataclasses
+
+    from fastgrad.torch.dropin.flatten import function_identity
+
+    @dataclasses.dataclass
+    class Info:  # eq=True: unhashable, as OpInfo
+        name: str
+
+    def harness(info, items):
+        return lambda *x: (info.name, items, x)
+
+    norm, pool = Info("batch_norm"), Info("fractional_max_pool3d")
+    t1, t2 = torch.zeros(1), torch.zeros(1)
+    assert function_identity(harness(norm, [t1])) != function_identity(harness(pool, [t1]))
+    assert function_identity(harness(norm, [t1])) != function_identity(harness(norm, [t2]))
+    assert function_identity(harness(norm, [t1, 2])) == function_identity(harness(norm, [t1, 2]))
+    assert function_identity(harness(norm, [object()])) is None  # no weak reference to it
+
+
 def test_vmap_fallback_is_reported(buggy_two_outputs, always_vmap):
     a, b = leaf(2, seed=1), leaf(2, seed=2)
     with pytest.raises(ft.GradcheckError) as info:

@@ -102,20 +102,58 @@ def _all_specified(t: torch.Tensor) -> torch.Tensor:
     return coo if t.layout == torch.sparse_coo else coo.to_sparse(layout=t.layout)
 
 
-def _held(obj: object) -> object:
+class _Alive:
+    """Stands for an object by identity while it lives: equal only to another ``_Alive`` of the
+    same live object (a weak reference: a dead object matches nothing, and a new object at its
+    address is another object). Unlike ``weakref.ref``, it needs no hashable referent (a
+    dataclass with ``eq=True``, as PyTorch's OpInfo, is not) and never compares by value."""
+
+    __slots__ = ("ref", "key")
+
+    def __init__(self, obj: object):
+        self.ref, self.key = weakref.ref(obj), id(obj)
+
+    def __hash__(self) -> int:
+        return self.key
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Alive):
+            return NotImplemented
+        mine = self.ref()
+        return mine is not None and mine is other.ref()
+
+
+_UNKNOWN = object()  # an object that cannot stand in an identity (see _held)
+HELD_ITEMS = 16  # a list, tuple or dict stands for a function by its items up to this many
+
+
+def _held(obj: object, depth: int = 0) -> object:
     """What stands for an object in a function's identity without its id being reusable: a
-    class, module or function itself (kept alive: cheap), a number or string by value, another
-    object by a weak reference (equal only to a reference to the same live object, so a new
-    object at a dead one's address never matches), else its type."""
+    class, module or function itself (kept alive: cheap), a number or string by value, a short
+    list, tuple or dict by its items, another object by identity while it lives (``_Alive``),
+    else ``_UNKNOWN``: the function then has no identity (no memory of refusals), because a
+    stand-in shared by different objects (their type, say) made every function of one shape
+    one function: one refusal (batch norm's) sent 300 later checks of other ops one by one."""
     if isinstance(obj, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
                         int, float, complex, str, bytes, type(None))):
         return obj
+    if isinstance(obj, (list, tuple)) and depth < 2 and len(obj) <= HELD_ITEMS:
+        return (type(obj), *(_held(item, depth + 1) for item in obj))
+    if isinstance(obj, dict) and depth < 2 and len(obj) <= HELD_ITEMS:
+        return (dict, *((_held(k, depth + 1), _held(v, depth + 1)) for k, v in obj.items()))
     try:
-        ref = weakref.ref(obj)
-        hash(ref)
-    except TypeError:  # no weak references (a list, a tuple) or unhashable
-        return type(obj)
-    return ref
+        return _Alive(obj)
+    except TypeError:  # no weak references
+        return _UNKNOWN
+
+
+def _known(key: object) -> bool:
+    """False when ``key`` holds an ``_UNKNOWN`` anywhere."""
+    if key is _UNKNOWN:
+        return False
+    if isinstance(key, tuple):
+        return all(_known(part) for part in key)
+    return True
 
 
 def function_identity(func: Callable) -> object:
@@ -124,12 +162,18 @@ def function_identity(func: Callable) -> object:
     layers is another function), a function's code with what its closure holds and what it is
     bound to (a lambda wrapping another operator is another function; ``Function.apply`` of
     each autograd.Function class is its own), a partial's function with its arguments; None
-    when there is no such thing. A wrong match could only send a check one by one: the values
-    are the same."""
+    when there is no such thing, or when something it holds cannot be told apart from another
+    object (``_held``). A wrong match could only send a check one by one: the values are the
+    same, the time is not."""
+    key = _identity(func)
+    return key if key is not None and _known(key) else None
+
+
+def _identity(func: Callable) -> object:
     if isinstance(func, torch.nn.Module):
         return ("module",) + tuple(type(m) for m in func.modules())
     if isinstance(func, functools.partial):
-        inner = function_identity(func.func)
+        inner = _identity(func.func)
         return None if inner is None else ("partial", inner,
                                            tuple(_held(a) for a in func.args),
                                            tuple(sorted(func.keywords)))
