@@ -272,10 +272,12 @@ class _CubeLayer(torch.nn.Module):
         return _Cube.apply(x)
 
 
-def test_a_vmap_refusal_is_remembered_for_the_next_check_of_the_same_module_class(monkeypatch, always_vmap):
+def test_a_vmap_refusal_is_remembered_for_the_next_check_of_the_same_module_class(
+        monkeypatch, always_vmap):
     """A suite checks one module class on many inputs: vmap raises at the first check; later
     checks of that class (new instances) go one by one at once, one call fewer, the same
-    verdict, and say why. Another module class still gets vmap."""
+    verdict, and say why. Another module class still gets vmap, and so does the same class in
+    eval mode."""
     from fastgrad.checks.jacobian import columns
 
     monkeypatch.setattr(columns, "_REFUSED", type(columns._REFUSED)())
@@ -294,7 +296,13 @@ def test_a_vmap_refusal_is_remembered_for_the_next_check_of_the_same_module_clas
     assert calls[1] == calls[0] - 1
     assert [r.max_rel_error for r in reports][0] == [r.max_rel_error for r in reports][1]
     assert ft.gradcheck(torch.nn.Tanh(), (leaf(3, seed=2),))  # another class: batched as before
-    assert ("module", torch.nn.Tanh) not in columns._REFUSED
+    assert ("module", (torch.nn.Tanh, True)) not in columns._REFUSED
+    assert ("module", (_CubeLayer, True)) in columns._REFUSED
+    # the same class in eval mode is another function (batch norm vmaps there): tried again
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(_CubeLayer().eval(), (leaf(3, seed=1),))
+    assert "vmap raised" in info.value.report.path_reason
+    assert "not tried again" not in info.value.report.path_reason
 
 
 def test_a_functions_identity_never_matches_a_new_object_at_a_dead_ones_address():

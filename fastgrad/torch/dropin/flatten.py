@@ -158,10 +158,11 @@ def _known(key: object) -> bool:
 
 def function_identity(func: Callable) -> object:
     """What identifies ``func`` across checks, for the memory of vmap refusals: a module's class
-    with its submodules' classes (one loss class checked on many inputs; a Sequential of other
-    layers is another function), a function's code with what its closure holds and what it is
-    bound to (a lambda wrapping another operator is another function; ``Function.apply`` of
-    each autograd.Function class is its own), a partial's function with its arguments; None
+    with its submodules' classes and modes (one loss class checked on many inputs; a Sequential
+    of other layers is another function, and so is the same module in eval mode), a
+    function's code with what its closure holds and what it is bound to (a lambda wrapping
+    another operator is another function; ``Function.apply`` of each autograd.Function class
+    is its own), a partial's function with its arguments; None
     when there is no such thing, or when something it holds cannot be told apart from another
     object (``_held``). A wrong match could only send a check one by one: the values are the
     same, the time is not."""
@@ -170,8 +171,8 @@ def function_identity(func: Callable) -> object:
 
 
 def _identity(func: Callable) -> object:
-    if isinstance(func, torch.nn.Module):
-        return ("module",) + tuple(type(m) for m in func.modules())
+    if isinstance(func, torch.nn.Module):  # in train or eval mode: batch norm vmaps in eval
+        return ("module",) + tuple((type(m), m.training) for m in func.modules())
     if isinstance(func, functools.partial):
         inner = _identity(func.func)
         return None if inner is None else ("partial", inner,
