@@ -162,10 +162,9 @@ def function_identity(func: Callable) -> object:
     of other layers is another function, and so is the same module in eval mode), a
     function's code with what its closure holds and what it is bound to (a lambda wrapping
     another operator is another function; ``Function.apply`` of each autograd.Function class
-    is its own), a partial's function with its arguments; None
-    when there is no such thing, or when something it holds cannot be told apart from another
-    object (``_held``). A wrong match could only send a check one by one: the values are the
-    same, the time is not."""
+    is its own), a partial's function with its arguments; None when there is no such thing,
+    or when something it holds cannot be told apart from another object (``_held``). A wrong
+    match could only send a check one by one: the values are the same, the time is not."""
     key = _identity(func)
     return key if key is not None and _known(key) else None
 
