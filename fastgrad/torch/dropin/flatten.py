@@ -268,8 +268,7 @@ class TorchFunction(FlatFunction):
     # call of 3 rows took 127 us for torch.sin, 153 us for kornia's deg2rad, where one plain
     # call takes 9 and 21 us (2-core VM, medians of 180 checks). Rows that cost less one by one
     # go one by one: a fast-mode check of a cheap function makes plain calls, as torch's does
-    BATCH_CALL_SECONDS = 150e-6
-    batch_call_seconds = BATCH_CALL_SECONDS
+    batch_call_seconds = 150e-6
 
     def __init__(self, func: Callable, inputs: tuple, names: Sequence[str], needs_grad: bool,
                  out_prefix: str = "output", masked: bool = False):
