@@ -3,6 +3,9 @@
     python benchmarks/backends.py                 # the table, the references, the scaling table
     python benchmarks/backends.py --quick         # tiny sizes (a smoke run)
     python benchmarks/backends.py --repeats 5     # medians of 5 interleaved runs of each row
+    python benchmarks/backends.py --problems net34k --baseline ../old --repeats 10
+        # the default of another checkout of fastgrad (a commit before a change) interleaved with
+        # this one's, same problem, same loop: an A/B that one noisy run cannot give
 
 Every row runs in a fresh interpreter, so the first check pays for everything a user's first check
 pays for (the planner's calibration, the worker processes' start-up). Per problem: fastgrad with
@@ -103,8 +106,17 @@ def run_one(name: str, k: int, config: str, quick: bool, workers: int | None) ->
     return out
 
 
-def in_fresh_process(name, k, config, quick, workers=None) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", f"{name}:{k}:{config}"]
+BASELINE = "baseline"  # the configuration name of --baseline's default
+
+
+def in_fresh_process(name, k, config, quick, workers=None, baseline: Path | None = None) -> dict:
+    """One row in a fresh interpreter; config ``BASELINE``: the default of the fastgrad checkout
+    at ``baseline`` (its own benchmarks/backends.py, which puts that checkout first on the
+    path)."""
+    script = Path(__file__).resolve()
+    if config == BASELINE:
+        script, config = baseline / "benchmarks" / "backends.py", "default"
+    cmd = [sys.executable, str(script), "--one", f"{name}:{k}:{config}"]
     cmd += (["--quick"] if quick else []) + (["--workers", str(workers)] if workers else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -121,22 +133,27 @@ def median_runs(runs: list[dict]) -> dict:
     return row
 
 
-def backends_table(quick: bool, repeats: int = 1) -> str:
+def backends_table(quick: bool, repeats: int = 1, problems: list[str] | None = None,
+                   baseline: Path | None = None) -> str:
     """One row per configuration; with ``repeats`` > 1 every configuration runs that many times,
-    the configurations interleaved (round-robin, so all see the same load), medians shown."""
+    the configurations interleaved (round-robin, so all see the same load), medians shown.
+    ``problems``: only these; ``baseline``: a row more, the default of that checkout."""
     rows = ["| problem | n | coords | run | first check (s) | second check (s) | CS231n / first | "
             "path of the first check |", "|---|---:|---:|---|---:|---:|---:|---|"]
     summary = []
-    for name, k in (QUICK_CASES if quick else CASES):
-        runs: dict[str, list] = {c: [] for c in CONFIGS}
+    configs = CONFIGS + ([BASELINE] if baseline is not None else [])
+    cases = [(name, k) for name, k in (QUICK_CASES if quick else CASES)
+             if problems is None or name in problems]
+    for name, k in cases:
+        runs: dict[str, list] = {c: [] for c in configs}
         for _ in range(repeats):
-            for c in CONFIGS:
-                runs[c].append(in_fresh_process(name, k, c, quick))
-        results = {c: median_runs(runs[c]) for c in CONFIGS}
+            for c in configs:
+                runs[c].append(in_fresh_process(name, k, c, quick, baseline=baseline))
+        results = {c: median_runs(runs[c]) for c in configs}
         forced = min(results[c]["seconds"] for c in ("serial", "threads", "processes"))
         summary.append(f"| {name} | {results['default']['seconds'] / forced:.2f} |")
         cs = results["cs231n"]["seconds"]
-        for config in CONFIGS:
+        for config in configs:
             r = results[config]
             if config == "bare processes":
                 second, first = "", (f"{r['seconds']:.4g} (+ {r['startup']:.3g} start-up)")
@@ -146,7 +163,8 @@ def backends_table(quick: bool, repeats: int = 1) -> str:
                                                         else "")
                 ratio = f"{cs / r['seconds']:.2f}"
             path = r.get("path", "")
-            rows.append(f"| {name} | {r['n']} | {r['coords']} | {config} | {first} | {second} | "
+            label = f"default of {baseline}" if config == BASELINE else config
+            rows.append(f"| {name} | {r['n']} | {r['coords']} | {label} | {first} | {second} | "
                         f"{ratio} | {path[:140]} |")
         print(f"# {name}: done", file=sys.stderr, flush=True)
     header = (["", f"Default first check / best forced backend's first check (medians of "
@@ -178,6 +196,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every configuration this many times, interleaved, and show "
                              "medians (single runs on a shared machine vary by 10-20%%)")
+    parser.add_argument("--problems", help="comma-separated: only these problems (small, "
+                                           "net34k, medium, separable)")
+    parser.add_argument("--baseline", type=Path,
+                        help="another checkout of fastgrad: its default runs as one more row, "
+                             "interleaved with the others (an A/B of two commits)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # PROBLEM:K:CONFIG, in a fresh process
     parser.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
@@ -186,9 +209,18 @@ def main(argv=None) -> int:
         print(json.dumps(run_one(name, int(k), config, opts.quick, opts.workers)))
         return 0
     print(f"# {CORES} cores; every row in a fresh process (first check included)")
-    print(backends_table(opts.quick, opts.repeats))
-    print()
-    print(scaling_table(opts.quick))
+    problems = opts.problems.split(",") if opts.problems else None
+    known = {name for name, _ in (QUICK_CASES if opts.quick else CASES)}
+    if problems is not None and not set(problems) <= known:
+        parser.error(f"--problems: expected some of {sorted(known)}, got {opts.problems!r}")
+    if opts.baseline is not None and not (opts.baseline / "benchmarks" / "backends.py").is_file():
+        parser.error(f"--baseline: {opts.baseline} holds no benchmarks/backends.py (expected a "
+                     f"checkout of fastgrad)")
+    print(backends_table(opts.quick, opts.repeats, problems,
+                         None if opts.baseline is None else opts.baseline.resolve()))
+    if problems is None:  # the scaling table: the full run only
+        print()
+        print(scaling_table(opts.quick))
     return 0
 
 
