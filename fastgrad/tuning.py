@@ -80,21 +80,18 @@ class Tuning:
         (1.8e-15).
     blas_probe_min_seconds : float
         Seconds. BLAS threads are timed only for evaluations at least this long: in a shorter
-        one OpenBLAS runs its calls on one thread anyway, and its threads keep spinning ~0.1 s
-        after a threaded call, holding a core the next probe needs (they are timed last for
-        that reason). The 34k net (about 100 us, a 32 x 256 by 256 x 128 product) is 1.2x
-        faster with them. Default: ``5e-05``.
+        one they cannot beat outer threads, and OpenBLAS's threads keep spinning ~0.1 s after
+        the call, holding a core the next probe needs (15x slower evaluations of the nets seen).
+        Default: ``0.001``.
     blas_probe_efficiency : float
         Fraction. ... and only while outer threads' parallel efficiency (their rate over workers
         x the serial rate) is below this: above it BLAS threads could win by at most its
         inverse, and the probe costs the separable loss of 10^6 50 ms of a 0.35 s check.
         Default: ``0.6``.
-    blas_slowdown_to_skip : float
-        Factor. BLAS threads are measured on a batch of coordinates only when one evaluation
-        with them, timed cold, took at most this many times one evaluation on one BLAS thread:
-        on a busy machine they can be 100x slower, and the batch would pay for it. The cold
-        timing reads 2-4x a warm one (the 34k net: 216-500 us against 120-134 us), so it only
-        screens; the batch decides. Default: ``10.0``.
+    blas_speedup_to_probe : float
+        Factor. The one-worker strategy gets BLAS threads only when they made one evaluation at
+        least this much faster than BLAS on one thread (otherwise they cannot beat outer
+        threads). Default: ``1.4``.
     blas_plan_margin : float
         Factor. A plan of one worker with BLAS threads is remembered only when it beat outer
         threads by this: BLAS threads can be 100x slower from one check to the next on a busy
@@ -253,9 +250,9 @@ class Tuning:
     plan_t_eval_factor: float = 4.0
     auto_jit_min_seconds: float = 3.0
     jit_agreement_eps: float = 8 * _EPS64
-    blas_probe_min_seconds: float = 5e-5
+    blas_probe_min_seconds: float = 1e-3
     blas_probe_efficiency: float = 0.6
-    blas_slowdown_to_skip: float = 10.0
+    blas_speedup_to_probe: float = 1.4
     blas_plan_margin: float = 1.3
     process_margin: float = 1.1
     process_payback: float = 2.0

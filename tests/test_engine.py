@@ -470,36 +470,3 @@ def test_a_gil_bound_loss_needs_a_clear_win_for_threads():
     assert not one_worker_wins(outer=1.05, one=1.0, t_eval=long, jit=False, tuning=tuning)
     assert not one_worker_wins(outer=1.05, one=1.0, t_eval=short, jit=True, tuning=tuning)
     assert one_worker_wins(outer=1.0, one=1.05 * margin, t_eval=long, jit=False, tuning=tuning)
-
-
-def test_blas_threads_are_measured_on_a_batch_when_outer_threads_scale_poorly():
-    """blas_rate (no timing: scripted rates). The 34k net's numbers: 120 us per evaluation,
-    5.0e3 coords/s on 2 threads, 4.9e3 on one, 6.4e3 with BLAS threads; its single cold timing
-    with BLAS threads (250 us) is slower than one warm evaluation, and the batch decides."""
-    from fastgrad.engine.planner import blas_rate
-
-    tuning = DEFAULT_TUNING
-    calls = []
-
-    def batch():
-        calls.append("batch")
-        return 6.4e3
-
-    def single(seconds):
-        def timed():
-            calls.append("single")
-            return seconds
-        return timed
-
-    assert blas_rate(120e-6, 5.0e3, 4.9e3, 2, batch, single(250e-6), tuning) == 6.4e3
-    assert calls == ["single", "batch"]
-    calls.clear()
-    # too short an evaluation for BLAS threads, or outer threads that scale well: not measured
-    short = tuning.blas_probe_min_seconds / 2
-    assert blas_rate(short, 5.0e3, 4.9e3, 2, batch, single(250e-6), tuning) == 0.0
-    assert blas_rate(120e-6, 9.5e3, 4.9e3, 2, batch, single(250e-6), tuning) == 0.0
-    assert calls == []
-    # BLAS threads pathologically slow (a busy machine): one timing, no batch
-    slow = 2 * tuning.blas_slowdown_to_skip * 120e-6
-    assert blas_rate(120e-6, 5.0e3, 4.9e3, 2, batch, single(slow), tuning) == 0.0
-    assert calls == ["single"]

@@ -267,10 +267,10 @@ def calibrate(inputs: PlanInputs, probe: Probe, tuning: Tuning) -> Calibration:
         serial = probe.run(size, 1, 1)
         if threads_ok:
             outer = max(outer, probe.run(half, workers, 1))
-    with_blas = blas_rate(t_eval, outer, serial, workers, lambda: probe.run(size, 1, None),
-                          probe.blas_seconds, tuning)
-    blas_helps = with_blas > serial
-    rates = [outer, with_blas if blas_helps else serial]
+    blas_helps = t_eval >= tuning.blas_probe_min_seconds and \
+        outer < tuning.blas_probe_efficiency * workers * serial and \
+        t_eval >= tuning.blas_speedup_to_probe * probe.blas_seconds()
+    rates = [outer, probe.run(size, 1, None) if blas_helps else serial]
     best = 1 if one_worker_wins(rates[0], rates[1], t_eval, jit, tuning) else 0
     how = "prange kernel" if jit else "thread pool"
     one = "1 thread x BLAS threads" if blas_helps else "1 thread"
@@ -289,8 +289,6 @@ def calibrate(inputs: PlanInputs, probe: Probe, tuning: Tuning) -> Calibration:
     measured = (f"calibrated: {rates[0]:.3g} coords/s on {workers} threads x 1 BLAS "
                 f"thread vs {rates[1]:.3g} coords/s on {one}" if threads_ok else
                 f"calibrated: {rates[1]:.3g} coords/s on {one}")
-    if with_blas and not blas_helps:
-        measured += f", {with_blas:.3g} with BLAS threads"
     if not jit and workers > 1 and processes_may_pay(k - probe.done, max(rates), serial,
                                                      workers, pool_alive(workers), tuning):
         processes = probe.processes(k - probe.done, size)
@@ -306,26 +304,6 @@ def calibrate(inputs: PlanInputs, probe: Probe, tuning: Tuning) -> Calibration:
     return Calibration(Plan(backend, plan_workers, blas,
                             f"{inputs.origin}: {chosen} ({measured})", t_eval),
                        narrow=rates[1] <= tuning.blas_plan_margin * rates[0])
-
-
-def blas_rate(t_eval: float, outer: float, serial: float, workers: int,
-              timed: Callable[[], float], one_timing: Callable[[], float],
-              tuning: Tuning) -> float:
-    """Coordinates per second of one worker with BLAS on its own threads (``timed()`` runs a
-    batch that way and returns its rate), or 0.0 when not measured: only for an evaluation of
-    at least ``tuning.blas_probe_min_seconds``, while outer threads scale poorly (below
-    ``tuning.blas_probe_efficiency``: above it BLAS threads could win by at most its inverse),
-    and only when one evaluation with BLAS threads (``one_timing()``, seconds, taken cold) was
-    at most ``tuning.blas_slowdown_to_skip`` times ``t_eval``: on a busy machine BLAS threads
-    can be 100x slower, and a batch would pay for that. A batch, not that single timing,
-    decides: the single one is cold (the 34k net: 216-276 us, against 83 us per evaluation in
-    a batch with BLAS threads and 102 us on one thread)."""
-    if t_eval < tuning.blas_probe_min_seconds or \
-            outer >= tuning.blas_probe_efficiency * workers * serial:
-        return 0.0
-    if one_timing() > tuning.blas_slowdown_to_skip * t_eval:
-        return 0.0
-    return timed()
 
 
 def one_worker_wins(outer: float, one: float, t_eval: float, jit: bool, tuning: Tuning) -> bool:
