@@ -9,6 +9,7 @@ every correct gradient passes, every planted bug fails in its own block.
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 
@@ -119,13 +120,24 @@ class ScratchNet:
 class PausingScratchNet(ScratchNet):
     """ScratchNet pausing after it wrote its hidden layer (as a model that logs, or waits on
     I/O, between layers): on threads another call overwrites the buffer in that pause, every
-    time two calls overlap, not only when the scheduler happens to interleave them. The pause
-    (2 ms) is several evaluations long, so that two threads' calls overlap even when one thread
-    starts late (with 0.2 ms, one CI run's threaded audit saw no overlap at all, and nothing to
-    refuse)."""
+    time two calls overlap, not only when the scheduler happens to interleave them. On the
+    calling thread the pause is 2 ms; on any other thread it lasts until another call has
+    written its hidden layer (at most 50 ms), so that two calls of one threaded batch overlap
+    even when the second thread starts late. A fixed pause was not enough: with 0.2 ms one CI
+    run's threaded audit saw no overlap at all, and with 2 ms one loaded CI run's did not
+    either (nothing to refuse: the assertion on the refusal failed, the verdicts were right)."""
+
+    def __init__(self, X, y, hidden):
+        super().__init__(X, y, hidden)
+        self.writes = 0  # hidden layers written so far, by any thread
 
     def between_layers(self):
-        time.sleep(2e-3)
+        self.writes += 1
+        mine = self.writes
+        pause = 2e-3 if threading.current_thread() is threading.main_thread() else 50e-3
+        deadline = time.perf_counter() + pause
+        while self.writes == mine and time.perf_counter() < deadline:
+            time.sleep(1e-4)
 
 
 def scratch_net(seed=0, cls=ScratchNet):
