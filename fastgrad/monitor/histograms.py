@@ -87,9 +87,13 @@ def _summarize(values2d, bounds, counts, unit_nonzero, unit_saturated, saturatio
     Adds into ``counts`` (the histogram on ``bounds`` = [lo, hi), bins closed on the left, grown
     by powers of two when a value falls outside; [0, 0] means not set yet), ``unit_nonzero`` and
     ``unit_saturated`` (per-column counts); returns the scalar statistics of the finite values:
-    (finite, shift, sum(v - shift), sum((v - shift)**2), minimum, maximum, zeros, saturated,
-    nonfinite, unbinned zeros).  Sums are shifted by the first finite value for accuracy; zeros
-    met before any range is set are left for the caller to bin.  When ``log_counts`` is not
+    (finite, shift, scale, sum(d), sum(d**2), minimum, maximum, zeros, saturated, nonfinite,
+    unbinned zeros) with d = (v - shift) / scale.  Sums are shifted by the first finite value
+    and counted in units of ``scale``, a power of two at or above every |v - shift| (the sums so
+    far are rescaled, exactly, when a larger deviation comes): squares of deviations near 1e-161
+    would otherwise fall among the subnormals and lose their digits (a std 1.3% off), and
+    squares of deviations above 1e154 would overflow. Zeros met before any range is set are left
+    for the caller to bin.  When ``log_counts`` is not
     empty, non-zero values are also binned by log10|v| on [log_lo, log_hi] (ends clamped).
     """
     rows, cols = values2d.shape
@@ -97,6 +101,7 @@ def _summarize(values2d, bounds, counts, unit_nonzero, unit_saturated, saturatio
     nlog = log_counts.shape[0]
     finite = 0
     shift = 0.0
+    scale = 0.0  # 0 until a deviation from shift is not zero
     s1 = 0.0
     s2 = 0.0
     minimum = np.inf
@@ -115,8 +120,17 @@ def _summarize(values2d, bounds, counts, unit_nonzero, unit_saturated, saturatio
                 shift = v
             finite += 1
             d = v - shift
-            s1 += d
-            s2 += d * d
+            a = abs(d)
+            if a > scale and a < np.inf:  # a larger deviation: the sums in a larger unit
+                unit = _power_of_two_above(a)
+                r = scale / unit
+                s1 *= r
+                s2 *= r * r
+                scale = unit
+            if scale > 0.0:
+                d /= scale
+                s1 += d
+                s2 += d * d
             if v < minimum:
                 minimum = v
             if v > maximum:
@@ -140,7 +154,7 @@ def _summarize(values2d, bounds, counts, unit_nonzero, unit_saturated, saturatio
             if v >= bounds[1] or v < bounds[0]:
                 _grow(counts, bounds, v)
             counts[_bin(v, bounds, nbins)] += 1
-    return finite, shift, s1, s2, minimum, maximum, zeros, saturated, nonfinite, unbinned
+    return finite, shift, scale, s1, s2, minimum, maximum, zeros, saturated, nonfinite, unbinned
 
 
 def as_rows(values: np.ndarray, name: str) -> np.ndarray:
@@ -189,6 +203,7 @@ class HistogramAccumulator:
         self.maximum = -math.inf
         self._unbinned_zeros = 0
         self._shift = 0.0
+        self._scale = 0.0  # the unit of _s1 and _s2 (a power of two; 0 while they are 0)
         self._s1 = 0.0
         self._s2 = 0.0
 
@@ -200,7 +215,7 @@ class HistogramAccumulator:
                 f"{name}: expected {self.units} units on the last axis (as logged before in this "
                 f"epoch), got shape {np.shape(values)}"
             )
-        (finite, shift, s1, s2, minimum, maximum, zeros, saturated, nonfinite,
+        (finite, shift, scale, s1, s2, minimum, maximum, zeros, saturated, nonfinite,
          unbinned) = _summarize(rows, self.bounds, self.counts, self.unit_nonzero,
                                 self.unit_saturated, SATURATION_LEVEL, self.log_counts,
                                 LOG_RANGE[0], LOG_RANGE[1])
@@ -217,11 +232,21 @@ class HistogramAccumulator:
             self.maximum = max(self.maximum, maximum)
             if self.finite == 0:
                 self._shift = shift
-            # re-center this batch's shifted sums on the accumulator's shift
-            delta = shift - self._shift
-            self._s1 += s1 + finite * delta
-            self._s2 += s2 + 2.0 * delta * s1 + finite * delta * delta
+            self._add_sums(finite, shift - self._shift, scale, s1, s2)
             self.finite += finite
+
+    def _add_sums(self, finite: int, delta: float, scale: float, s1: float, s2: float) -> None:
+        """Add a batch's sums (``finite`` values, deviations from a shift ``delta`` above the
+        accumulator's, in units of ``scale``): both re-centered on the accumulator's shift and
+        counted in one unit, a power of two at or above the scales and |delta| (so every
+        rescaling is exact, but for what falls below the smallest double next to the rest)."""
+        unit = max(self._scale, scale, _power_of_two_above(abs(delta)) if delta else 0.0)
+        if unit == 0.0:  # every value so far equals the shift
+            return
+        r_acc, r, q = self._scale / unit, scale / unit, delta / unit
+        self._s1 = self._s1 * r_acc + s1 * r + finite * q
+        self._s2 = self._s2 * r_acc * r_acc + s2 * r * r + 2.0 * q * s1 * r + finite * q * q
+        self._scale = unit
 
     def _zero_bin(self) -> int:
         return 0 if self.bounds[0] == 0.0 else self.counts.size // 2  # ranges: [0, R) or [-R, R)
@@ -230,10 +255,10 @@ class HistogramAccumulator:
         """JSON-ready statistics, histogram and per-unit shares of this epoch so far."""
         n = self.finite
         if n:
-            mean = self._shift + self._s1 / n
-            var = max(self._s2 / n - (self._s1 / n) * (self._s1 / n), 0.0)
+            mean = self._shift + self._scale * (self._s1 / n)
+            std = self._scale * math.sqrt(max(self._s2 / n - (self._s1 / n) ** 2, 0.0))
         else:
-            mean = var = math.nan
+            mean = std = math.nan
         counts = self.counts.copy()
         lo, hi = float(self.bounds[0]), float(self.bounds[1])
         if hi == 0.0:  # only zeros so far
@@ -254,8 +279,8 @@ class HistogramAccumulator:
             "min": _json_float(self.minimum),
             "max": _json_float(self.maximum),
             "mean": _json_float(mean),
-            "std": _json_float(math.sqrt(var)),
-            "rms": _json_float(math.sqrt(var + mean * mean)),
+            "std": _json_float(std),
+            "rms": _json_float(math.hypot(std, mean)),
             "zero_fraction": self.zeros / n if n else None,
             "saturated_fraction": self.saturated / n if n else None,
             "nonfinite_fraction": self.nonfinite / total if total else None,
