@@ -42,19 +42,21 @@ class FullCollections:
     installed (a ``gc.callbacks`` entry). A full collection walks every container object of
     the process, so its cost is the size of the whole heap (a test suite of thousands of
     collected items: 0.2-0.4 s each), not the work of the code that happened to allocate at
-    the threshold; timed inside one checker, it decides a comparison by where it lands."""
+    the threshold; timed inside one checker, it decides a comparison by where it lands.
+    ``clock``: seconds, as ``time.perf_counter`` (a test passes a scripted one)."""
 
-    def __init__(self):
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
         self.seconds = 0.0
+        self._clock = clock
         self._started: float | None = None
 
     def __call__(self, phase: str, info: dict) -> None:
         if info.get("generation") != 2:
             return
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started = self._clock()
         elif self._started is not None:
-            self.seconds += time.perf_counter() - self._started
+            self.seconds += self._clock() - self._started
             self._started = None
 
     def __enter__(self) -> FullCollections:
@@ -103,12 +105,13 @@ class Outcome:
         return self.result
 
 
-def run_checker(checker: Callable, args: tuple, kwargs: dict, *, catch: bool) -> Outcome:
-    """Call a checker, timed (full garbage collections apart: ``FullCollections``); its
-    exception is kept in the outcome, never raised."""
+def run_checker(checker: Callable, args: tuple, kwargs: dict, *, catch: bool,
+                clock: Callable[[], float] = time.perf_counter) -> Outcome:
+    """Call a checker, timed by ``clock`` (full garbage collections apart:
+    ``FullCollections``); its exception is kept in the outcome, never raised."""
     caught: list = []
-    with FullCollections() as collections:
-        start = time.perf_counter()
+    with FullCollections(clock) as collections:
+        start = clock()
         try:
             if catch:
                 with warnings.catch_warnings(record=True) as caught:
@@ -117,14 +120,14 @@ def run_checker(checker: Callable, args: tuple, kwargs: dict, *, catch: bool) ->
             else:
                 result = checker(*args, **kwargs)
         except Exception as error:
-            seconds = time.perf_counter() - start - collections.seconds
+            seconds = clock() - start - collections.seconds
             if isinstance(error, _failure_classes()):
                 verdict = "fail"
             else:
                 verdict = f"error: {type(error).__name__}: {first_line(text(error))}"
             return Outcome(verdict, seconds, error=error, caught=tuple(caught),
                            collector_seconds=collections.seconds)
-        seconds = time.perf_counter() - start - collections.seconds
+        seconds = clock() - start - collections.seconds
     # imported lazily, and it may not exist yet in an older fastgrad
     warning_class = getattr(sys.modules.get("fastgrad.errors"), "GradcheckWarning", None)
     ours = tuple(first_line(text(w.message)) for w in caught
