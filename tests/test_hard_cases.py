@@ -359,10 +359,12 @@ def test_dropout_left_on_raises_nondeterminism_seed_fixed_passes():
 def test_nondet_tol_accepts_tiny_nondeterminism():
     rng = np.random.default_rng(29)
     x = rng.standard_normal(10)
-    jitter = np.random.default_rng()
+    calls = iter(range(10**9))
 
-    def f(t):  # e.g. a parallel reduction whose order varies: 1e-12 wobble
-        return np.sum(np.sin(t)) + 1e-12 * jitter.uniform(0.5, 1.0)
+    def f(t):  # e.g. a parallel reduction whose order varies: a 0.5e-12 wobble
+        # from call to call (alternating, not random: two random draws agreed to 5.8e-16, the
+        # float64 noise allowance at this loss, about once in 400 runs, and nothing was raised)
+        return np.sum(np.sin(t)) + 1e-12 * (0.5 + 0.5 * (next(calls) % 2))
 
     with pytest.raises(NondeterminismError):
         fg.check(f, x, np.cos(x))
