@@ -211,6 +211,26 @@ def test_network_wrong_bias_segment_found_as_a_whole(network):
     np.testing.assert_array_equal(report.suspects, np.arange(segs["b1"].start, segs["b1"].stop))
     assert [n for n, s in report.segments.items() if not s.passed] == ["b1"]
     assert report.evaluations <= limit(1, theta.size)
+    # judged as a block before any halving: its two ends, then the rest of the sample
+    assert "localize" not in report.phases and report.blocks[0].sampled == 6
+
+
+def test_a_segment_wrong_at_both_ends_and_right_inside_is_not_one_block(network):
+    """The segment-as-block test starts at its ends: here both are wrong (W1's first and last
+    rows scaled), the sampled inside is right, so W1 is halved down to the two rows."""
+    theta, segs, args, grad, _ = network
+    W1 = segs["W1"]
+    wrong = grad.copy()
+    rows = [slice(W1.start, W1.start + 1000), slice(W1.stop - 1000, W1.stop)]  # W1[0], W1[-1]
+    for r in rows:
+        wrong[r] *= 1.5
+    report = audit(two_layer_loss, theta, wrong, args=args, segments=segs, workers=2)
+    assert not report.passed
+    assert set(report.suspects.tolist()) == {i for r in rows for i in range(r.start, r.stop)}
+    assert "localize" in report.phases
+    assert all(b.segment == "W1" and b.first[0] == b.last[0] in (0, 989)
+               for b in report.blocks)
+    assert [n for n, s in report.segments.items() if not s.passed] == ["W1"]
 
 
 def test_wrong_row_of_a_matrix_found_as_blocks(network):
@@ -240,7 +260,9 @@ def test_report_table_and_dict():
     assert d["suspects"][0]["index"] == int(index[0])
     assert d["evaluations"] == report.evaluations == sum(d["phases"].values())
     assert d["segments"]["theta"]["passed"] is False
-    assert {"theta", "global", "segments", "localize", "confirm"} <= set(d["phases"])
+    # one segment: its own directions are the whole vector's, so there is no "global" phase
+    assert {"theta", "segments", "localize", "confirm"} <= set(d["phases"])
+    assert "global" not in d["phases"]
 
 
 def test_bad_input_is_refused_like_check():

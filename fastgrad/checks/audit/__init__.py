@@ -153,8 +153,10 @@ def _audit(problem: Prepared, ev: Evaluator, budget: int | None, progress) -> Au
     """audit() after the preparation."""
     segs = problem.segments
     judge = Judge(ev, problem.x, problem.f0, problem.grads, problem.tol, problem.eps)
-    # the noise probe, the whole vector's direction and one per segment; re-estimated by phase
-    expected = ev.evaluations + ev.tuning.noise_probe_evaluations + 2 + 2 * len(segs)
+    # the noise probe, the whole vector's direction (with several segments) and one per
+    # segment; re-estimated by phase
+    expected = (ev.evaluations + ev.tuning.noise_probe_evaluations + 2 * (len(segs) > 1)
+                + 2 * len(segs))
     if budget is not None:
         expected = min(expected, budget)
     with Progress(total=expected, label="audit", enabled=progress) as bar:
@@ -184,8 +186,9 @@ def _run(problem: Prepared, ev: Evaluator, judge: Judge, budget: Budget) -> Audi
     roots: list[Part] = []
     try:
         measurer.measure_noise()
-        # one direction over the whole vector: the cheap global test
-        whole = measurer.test([Part(-1 if len(segs) > 1 else 0, 0, n)], "global")[0]
+        # one direction over the whole vector: the cheap global test (with one segment, the
+        # segment's own test below is that test)
+        whole = len(segs) > 1 and measurer.test([Part(-1, 0, n)], "global")[0]
         # every segment on its own
         seg_parts = [Part(p, seg.start, seg.stop) for p, seg in enumerate(segs)]
         start = len(findings.directions)
