@@ -7,6 +7,7 @@ correct derivative."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -390,6 +391,68 @@ def test_a_real_bug_beyond_the_callers_tolerance_fails_without_strict():
         warnings.simplefilter("error")  # a failure, not a warning
         with pytest.raises(ft.GradcheckError):
             ft.gradcheck(OnePercent.apply, (x,))
+
+
+class OffByAtol(torch.autograd.Function):
+    """A quadratic at its minimum (every derivative 0) whose backward adds 1e-8 to element 3:
+    within the caller's atol (torch's rule holds at every element), beyond any relative band."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return ((x - MINIMUM) ** 2).sum()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        d = 2 * (x - MINIMUM)
+        d[3] += 1e-8
+        return g * d
+
+
+MINIMUM = torch.linspace(0.5, 1.5, 12, dtype=F64)
+
+
+def test_a_fast_mode_audit_failure_within_the_callers_rule_element_by_element_warns():
+    """The direction is within torch's rule but 100% off relatively: the audit finds input0[3]
+    wrong by its band, and the caller's rule on that coordinate's Jacobian column accepts it:
+    a warning naming it (torch passes both modes), a failure with strict."""
+    x = MINIMUM.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(OffByAtol.apply, (x,), fast_mode=True)
+    assert torch.autograd.gradcheck(OffByAtol.apply, (x,), fast_mode=False)
+    with pytest.warns(fastgrad.GradcheckWarning, match=r"audit found input0\[3\]"):
+        assert ft.gradcheck(OffByAtol.apply, (x,), fast_mode=True)
+    with pytest.raises(ft.GradcheckError, match=r"input0\[3\]"):
+        ft.gradcheck(OffByAtol.apply, (x,), fast_mode=True, strict=True)
+
+
+W_DESCRIPTOR = torch.randn(128, 256, generator=torch.Generator().manual_seed(3), dtype=F64) / 16
+
+
+def descriptor(x, detached=True):
+    """HardNet's shape of bug: the input normalised by statistics taken after .detach(), so
+    autograd's gradient is not the function's derivative; 256 outputs (2 x 128)."""
+    m, s = x.mean(dim=1, keepdim=True), x.std(dim=1, keepdim=True)
+    if detached:
+        m, s = m.detach(), s.detach()
+    y = torch.relu((x - m) / s @ W_DESCRIPTOR.T)
+    return y / y.norm(dim=1, keepdim=True)
+
+
+def test_a_fast_mode_failure_torch_misses_is_shown_element_by_element_by_the_callers_rule():
+    """torch's fast mode passes the detached normalisation (its full mode fails it); fastgrad's
+    fast mode fails it with the elements of the audit's coordinates that break the caller's
+    rule (sampled rows of 256), and passes the same function without the detach."""
+    x = torch.rand(2, 256, generator=torch.Generator().manual_seed(4), dtype=F64,
+                   requires_grad=True)
+    options = dict(eps=1e-4, atol=1e-4, fast_mode=True)
+    assert torch.autograd.gradcheck(descriptor, (x,), **options)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(descriptor, (x,), **options)
+    text = str(info.value)
+    assert "wrong block" in text and "element by element" in text
+    assert re.search(r"input0\[\d+, \d+\] -> output0\[\d+, \d+\] .* WRONG", text)
+    assert ft.gradcheck(lambda t: descriptor(t, detached=False), (x,), **options)
 
 
 # ---------------------------------------------------------------- fast mode's cost
