@@ -426,6 +426,23 @@ def test_a_fast_mode_audit_failure_within_the_callers_rule_element_by_element_wa
         ft.gradcheck(OffByAtol.apply, (x,), fast_mode=True, strict=True)
 
 
+def test_the_callers_rule_element_by_element_leaves_out_outputs_torch_ignores():
+    """Beside OffByAtol's output, a detached one (torch ignores it, fastgrad warns by name):
+    the element-by-element judgment covers output0 only, so the check still passes with
+    warnings instead of failing on output1's nonzero numeric Jacobian."""
+    x = MINIMUM.clone().requires_grad_(True)
+
+    def f(t):
+        return OffByAtol.apply(t), (2 * t).detach()
+
+    assert torch.autograd.gradcheck(f, (x,), fast_mode=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert ft.gradcheck(f, (x,), fast_mode=True)
+    text = " ".join(str(w.message) for w in caught)
+    assert "audit found input0[3]" in text and "output1: does not require grad" in text
+
+
 W_DESCRIPTOR = torch.randn(128, 256, generator=torch.Generator().manual_seed(3), dtype=F64) / 16
 
 

@@ -126,12 +126,12 @@ def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
     if questioned:
         # a contraction hides one wrong element among many: the audit looks at coordinates,
         # judged by the caller's relative tolerance (fastgrad's band with strict)
-        u, report = _localize(fn, leaves, outputs, index, dtype=dtype,
-                              tol=tol if strict else max(tol, rtol), seed=seed, ignored=ignored)
+        report = _localize(fn, leaves, outputs, index, dtype=dtype,
+                           tol=tol if strict else max(tol, rtol), seed=seed, ignored=ignored)
         if report is not None:
-            _judge_audit_failure(fn, leaves, outputs, index, report, u, questioned, h=h,
+            _judge_audit_failure(fn, leaves, outputs, index, report, questioned, h=h,
                                  dtype=dtype, f0=f0, atol=atol, rtol=rtol, seed=seed,
-                                 strict=strict, notes=notes, warned=warned)
+                                 strict=strict, notes=notes, warned=warned, ignored=ignored)
         if not strict:  # no coordinate beyond the caller's tolerance
             warned += [f"{where} along a random direction (rel. error {rel:.1e})"
                        for where, _, _, rel, within_slack, _ in questioned if not within_slack]
@@ -176,9 +176,9 @@ def _fast_verdicts(analytic, numeric, f_plus, f_minus, step, contractions, direc
 
 def _localize(fn: TorchFunction, leaves, outputs, index, *, dtype, tol, seed,
               ignored=frozenset()):
-    """fastgrad's audit of a random contraction ``u`` of the outputs, run after a fast-mode
-    direction disagreed: (u, the audit's report when it failed, else None). Its report names
-    the wrong coordinates. Non-finite (masked) input entries are held fixed."""
+    """fastgrad's audit of a random contraction of the outputs, run after a fast-mode direction
+    disagreed: its report when it failed (naming the wrong coordinates), else None. Non-finite
+    (masked) input entries are held fixed."""
     from ... import audit  # the public audit, loaded only when a direction disagrees
 
     rng = np.random.default_rng([seed, 0x6c6f_6361])
@@ -199,11 +199,12 @@ def _localize(fn: TorchFunction, leaves, outputs, index, *, dtype, tol, seed,
                 if np.any(owner == t)}
     report = audit(loss, x[index], grad, segments=segments, seed=seed, tol=tol, workers=1,
                    jit=False)
-    return u, (None if report.passed else report)
+    return None if report.passed else report
 
 
-def _judge_audit_failure(fn: TorchFunction, leaves, outputs, index, report, u, questioned, *,
-                         h, dtype, f0, atol, rtol, seed, strict, notes, warned) -> None:
+def _judge_audit_failure(fn: TorchFunction, leaves, outputs, index, report, questioned, *,
+                         h, dtype, f0, atol, rtol, seed, strict, notes, warned,
+                         ignored) -> None:
     """The verdict on a failed audit: ``SubcheckFailed`` "fast mode" naming its coordinates,
     unless every direction was within the caller's rule (only fastgrad's band questioned it)
     and the caller's rule, element by element on the audit's wrong coordinates' Jacobian
@@ -214,7 +215,7 @@ def _judge_audit_failure(fn: TorchFunction, leaves, outputs, index, report, u, q
     columns = None
     if not strict and not any(beyond for *_, beyond in questioned):
         columns = _caller_rule_columns(fn, leaves, outputs, index, report, h=h, dtype=dtype,
-                                       f0=f0, atol=atol, rtol=rtol, seed=seed)
+                                       f0=f0, atol=atol, rtol=rtol, seed=seed, ignored=ignored)
         if columns is not None and columns.passed:
             names = [f"{fn.layout.where(int(index[r.index]))} (rel. error {r.rel_error:.1e} "
                      f"along the audit's contraction)" for r in report.suspect_records[:3]]
@@ -238,9 +239,8 @@ def _judge_audit_failure(fn: TorchFunction, leaves, outputs, index, report, u, q
         tail = ("\nthe caller's rule |a - n| <= atol + rtol |n| element by element on these "
                 "coordinates' Jacobian columns:\n" + str(columns))
     elif not strict and not any(beyond for *_, beyond in questioned):
-        tail = (f"\n(the caller's rule was not applied element by element: "
-                f"{fn.out_layout.size} complex output elements, more than "
-                f"{CALLER_RULE_ALL_ROWS})")
+        tail = ("\n(the caller's rule was not applied element by element: that would judge "
+                "part of a complex output)")
     raise SubcheckFailed("fast mode", head + str(report) + tail, report)
 
 
@@ -259,14 +259,14 @@ class _Rows:
 
 
 def _caller_rule_columns(fn: TorchFunction, leaves, outputs, index, report, *, h, dtype, f0,
-                         atol, rtol, seed):
+                         atol, rtol, seed, ignored):
     """The caller's rule (full mode's judge: fastgrad's steps and re-checks) on the Jacobian
     columns of up to ``CALLER_RULE_COLUMNS`` of the audit's wrong coordinates, the worst
-    suspects first, then both ends of each wrong block. The analytic values are the
-    backward's: every output row when there are at most ``CALLER_RULE_ALL_ROWS`` (batched and
-    checked against one plain backward, as full mode's), else ``CALLER_RULE_ROWS`` rows, one
-    backward pass each: half where the numeric columns are largest, half at random. None for
-    more complex outputs than that."""
+    suspects first, then both ends of each wrong block, over the outputs torch judges (not
+    ``ignored``). The analytic values are the backward's: every output row when there are at
+    most ``CALLER_RULE_ALL_ROWS`` (batched and checked against one plain backward, as full
+    mode's), else ``CALLER_RULE_ROWS`` rows, one backward pass each: half where the numeric
+    columns are largest, half at random. None when complex outputs would have to be split."""
     picked = [r.index for r in sorted(report.suspect_records, key=lambda r: -r.rel_error)]
     for b in report.blocks:
         picked += [b.start, b.stop - 1]
@@ -274,19 +274,20 @@ def _caller_rule_columns(fn: TorchFunction, leaves, outputs, index, report, *, h
                     dtype=np.int64)
     x = fn.x.astype(dtype)
     step = coordinate_steps(x[cols], h, dtype)
-    layout, n_out = fn.out_layout, fn.out_layout.size
+    layout = fn.out_layout
     ev = Evaluator(fn)
-    rows = np.arange(n_out)
-    if n_out > CALLER_RULE_ALL_ROWS:
+    rows = np.concatenate([np.arange(layout.starts[p], layout.starts[p + 1])
+                           for p in range(len(layout.names)) if p not in ignored])
+    if rows.size > CALLER_RULE_ALL_ROWS:
+        fp, fm = ev.pairs(cols, step)  # kept by the evaluator for the judge's same call
+        largest = rows[np.argsort(-np.abs(fp - fm)[:, rows].max(axis=0), kind="stable")]
+        half = CALLER_RULE_ROWS // 2
+        rest = largest[half:]
+        rows = np.sort(np.concatenate([largest[:half], np.random.default_rng(
+            [seed, 0x726f_7773]).choice(rest, size=CALLER_RULE_ROWS - half, replace=False)]))
+    if rows.size < layout.size:
         if any(layout.complex):
             return None
-        fp, fm = ev.pairs(cols, step)  # kept by the evaluator for the judge's same call
-        largest = np.argsort(-np.abs(fp - fm).max(axis=0), kind="stable")
-        half = CALLER_RULE_ROWS // 2
-        rng = np.random.default_rng([seed, 0x726f_7773])
-        rest = largest[half:]
-        rows = np.sort(np.concatenate([largest[:half], rng.choice(
-            rest, size=min(CALLER_RULE_ROWS - half, rest.size), replace=False)]))
         ev = _Rows(ev, rows)
         owner = layout.tensor_of(rows)
         kept = sorted(set(owner.tolist()))
@@ -294,7 +295,7 @@ def _caller_rule_columns(fn: TorchFunction, leaves, outputs, index, report, *, h
                         tuple(layout.shapes[t] for t in kept), (False,) * len(kept),
                         tuple(rows[owner == t] - layout.starts[t] for t in kept))
     jacobian = None
-    if CALLER_RULE_ROWS < rows.size:
+    if CALLER_RULE_ROWS < rows.size == fn.out_layout.size:
         try:
             jacobian = vjp_rows(fn, leaves, outputs, rows, batched=True)
         except Exception:  # no batching rule for this backward: one pass per row
