@@ -148,7 +148,9 @@ def scratch_net(seed=0, cls=ScratchNet):
 
 @pytest.mark.skipif(fg.engine.planner.resolve_workers(None) < 2, reason="needs 2 cores for threads")
 def test_a_model_with_a_scratch_buffer_on_self_is_refused_threads_and_judged_serially():
-    net, theta = scratch_net()
+    # pausing between layers: without the pause, whether two threaded calls overlap is up to the
+    # scheduler, and one loaded CI run saw none (the guard had nothing to refuse)
+    net, theta = scratch_net(cls=PausingScratchNet)
     grad = net.grad(theta)
     # workers=2: threads asked for (a default check this short runs serially, unguarded)
     report = fg.check(net.loss, theta, grad, segments=net.segments, workers=2)
