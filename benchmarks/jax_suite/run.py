@@ -1,6 +1,7 @@
 """JAX's own autodiff tests, run with jax's check_grads and then with fastgrad's swapped in.
 
     python benchmarks/jax_suite/run.py --tests /path/to/jax/tests [--files a_test.py b_test.py]
+    python benchmarks/jax_suite/run.py --tests /path/to/jax/tests --rounds 2   # jax, fg, fg, jax
 
 Fetches nothing: ``--tests`` is a checkout of JAX's ``tests/`` folder (its test files are not in
 the wheel; JAX's tests need ``absl-py``). Three pytest runs: discovery (jax's checker, the whole
@@ -72,6 +73,10 @@ def main(argv=None) -> int:
                         help="only print the table of two logs of earlier runs")
     parser.add_argument("--discovery", type=Path,
                         help="a discovery log of an earlier run (skips the discovery run)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs of each checker, in the order jax, fastgrad, fastgrad, jax, "
+                             "jax, ... (a drift of the machine's speed over the runs then "
+                             "falls on both); times are the means over the rounds")
     options = parser.parse_args(argv)
     tests = options.tests.resolve()
     folder = options.keep or Path(tempfile.mkdtemp(prefix="jax_suite_"))
@@ -87,14 +92,55 @@ def main(argv=None) -> int:
         run("jax", tests, options.files, discovery, options.pytest)
     calling = sorted({c["test"] for c in read(discovery)[0].values()})
     print(f"{len(calling)} tests call check_grads", flush=True)
-    results, walls = {}, {}
-    for checker in ("jax", "fastgrad"):
-        log = folder / f"{checker}.jsonl"
+    if options.rounds < 1:
+        parser.error(f"--rounds: expected at least 1, got {options.rounds}")
+    rounds: dict[str, list] = {"jax": [], "fastgrad": []}
+    walls: dict[str, list[float]] = {"jax": [], "fastgrad": []}
+    for checker in abba(options.rounds):
+        r = len(rounds[checker])
+        log = folder / (f"{checker}.jsonl" if options.rounds == 1 else f"{checker}-{r + 1}.jsonl")
         log.unlink(missing_ok=True)
-        walls[checker] = run(checker, tests, calling, log, options.pytest)
-        results[checker] = read(log)
-    report(results, walls, folder)
+        walls[checker].append(run(checker, tests, calling, log, options.pytest))
+        rounds[checker].append(read(log))
+    if options.rounds > 1:
+        for r in range(options.rounds):
+            print(f"round {r + 1}: ", end="")
+            ratio_line(rounds["jax"][r][0], rounds["fastgrad"][r][0])
+    results = {c: merged(rounds[c]) for c in rounds}
+    report(results, {c: sum(w) / len(w) for c, w in walls.items()}, folder)
     return 0
+
+
+def abba(rounds: int) -> list[str]:
+    """The order of the runs: jax, fastgrad, then fastgrad, jax, and so on."""
+    order = []
+    for r in range(rounds):
+        order += ["jax", "fastgrad"] if r % 2 == 0 else ["fastgrad", "jax"]
+    return order
+
+
+def merged(logs: list) -> tuple[dict, dict]:
+    """One checker's rounds as one log: each call's seconds the mean over the rounds, its
+    verdict the first round's, unless a later round's differs: then 'varies: a/b'."""
+    calls, tests = {}, dict(logs[0][1])
+    for key, first in logs[0][0].items():
+        seen = [log[0][key] for log in logs if key in log[0]]
+        record = dict(first, seconds=sum(c["seconds"] for c in seen) / len(seen))
+        verdicts = list(dict.fromkeys(c["verdict"] for c in seen))
+        if len(verdicts) > 1:
+            record["verdict"] = "varies: " + "/".join(verdicts)
+        calls[key] = record
+    return calls, tests
+
+
+def ratio_line(jax_calls: dict, fg_calls: dict) -> None:
+    """Time inside each checker on the calls both passed, for one round."""
+    both = [k for k in jax_calls if k in fg_calls and jax_calls[k]["verdict"] == "pass"
+            and fg_calls[k]["verdict"] == "pass"]
+    t_jax = sum(jax_calls[k]["seconds"] for k in both)
+    t_fg = sum(fg_calls[k]["seconds"] for k in both)
+    print(f"time inside the checker on the {len(both)} calls both passed: jax {t_jax:.2f} s, "
+          f"fastgrad {t_fg:.2f} s ({t_fg / max(t_jax, 1e-12):.2f}x)")
 
 
 def report(results: dict, walls: dict, folder: Path) -> None:
@@ -123,12 +169,8 @@ def report(results: dict, walls: dict, folder: Path) -> None:
         ("wall time of the run (s)", f"{walls['jax']:.0f}", f"{walls['fastgrad']:.0f}"),
     ]:
         print(f"{name:32}{j:>10}{g:>10}")
-    both = [k for k in jax_calls if k in fg_calls and jax_calls[k]["verdict"] == "pass"
-            and fg_calls[k]["verdict"] == "pass"]
-    t_jax = sum(jax_calls[k]["seconds"] for k in both)
-    t_fg = sum(fg_calls[k]["seconds"] for k in both)
-    print(f"\ntime inside the checker on the {len(both)} calls both passed: jax {t_jax:.2f} s, "
-          f"fastgrad {t_fg:.2f} s ({t_fg / max(t_jax, 1e-12):.2f}x)")
+    print()
+    ratio_line(jax_calls, fg_calls)
     differ = sorted(k for k in set(jax_calls) | set(fg_calls)
                     if jax_calls.get(k, {}).get("verdict") != fg_calls.get(k, {}).get("verdict"))
     print(f"\ncalls whose verdicts differ: {len(differ)}")
