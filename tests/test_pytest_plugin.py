@@ -613,10 +613,38 @@ def test_compare_keeps_the_original_outcomes_and_reports_both(pytester: pytest.P
                                          "checker": "gradcheck", "original": "pass",
                                          "fastgrad": "fail"}]
     assert summary["ratio_fastgrad_to_original"] > 0
+    assert summary["order"] == "original-first"
+    assert not any(call.get("fastgrad_first") for call in calls)
     record = restored(pytester)
     assert record["strict"] is None  # --fastgrad-strict undone too
     assert record["routed_during"] == sorted(ROUTED_NAMES + (JAX_ROUTED_NAMES if HAS_JAX
                                                              else []))
+
+
+def test_compare_in_alternate_order_keeps_the_outcomes(pytester: pytest.Pytester,
+                                                        monkeypatch: pytest.MonkeyPatch):
+    """--fastgrad-gradcheck-order=alternate: fastgrad's checker runs first on every second
+    compared call; the tests' outcomes are still torch's, the disagreement the same."""
+    monkeypatch.delenv("FASTGRAD_STRICT", raising=False)
+    make_suite(pytester)
+    result = pytester.runpytest_subprocess(*plugin_args(), "--fastgrad-gradcheck=compare",
+                                           "--fastgrad-gradcheck-order=alternate",
+                                           "--fastgrad-strict",
+                                           "--fastgrad-gradcheck-json", "out.json")
+    result.assert_outcomes(**suite_outcomes(passed=5, failed=2))
+    result.stdout.fnmatch_lines(["time fastgrad / original: * (each first on every second call)",
+                                 "disagreements: 1"])
+    data = json.loads((pytester.path / "out.json").read_text())
+    compared = [call for call in data["calls"] if not call["fallback"]]
+    assert [call["fastgrad_first"] for call in compared] == [
+        j % 2 == 1 for j in range(len(compared))]
+    assert data["summary"]["order"] == "alternate"
+    assert [d["node"] for d in data["summary"]["disagreements"]] == [
+        "test_torch_bound.py::test_slightly_off"]
+    bad = pytester.runpytest_subprocess(*plugin_args(), "--fastgrad-gradcheck=compare",
+                                        "--fastgrad-gradcheck-order=sideways")
+    assert bad.ret != 0
+    assert "invalid choice: 'sideways'" in bad.stderr.str()
 
 
 def test_without_the_flag_nothing_is_routed(pytester: pytest.Pytester):
@@ -629,6 +657,47 @@ def test_without_the_flag_nothing_is_routed(pytester: pytest.Pytester):
     result = pytester.runpytest_subprocess(*plugin_args(), "-p", "no:hypothesispytest")
     result.assert_outcomes(passed=1)
     assert "fastgrad gradcheck" not in result.stdout.str()
+
+
+def test_router_alternate_order_draws_what_the_original_draws_alone(
+        monkeypatch: pytest.MonkeyPatch):
+    """In alternate order fastgrad's checker runs first on every second compared call, and the
+    original still draws from the global generators what it would draw without fastgrad."""
+    import random
+
+    from fastgrad.errors import InvalidValue
+    from fastgrad.testing import routing
+
+    ran: list[str] = []
+
+    def original(f, inputs):
+        ran.append("original")
+        return random.random()  # what the original draws
+
+    def fastgrad_side(f, inputs):
+        ran.append("fastgrad")
+        random.random()
+        random.random()  # consumes the global generator: the router must undo it
+        return True
+
+    fake = types.ModuleType("fake_fastgrad_torch")
+    fake.gradcheck = fastgrad_side
+    monkeypatch.setitem(sys.modules, "fake_fastgrad_torch", fake)
+    monkeypatch.setitem(routing._FASTGRAD, "gradcheck", "fake_fastgrad_torch")
+    router = routing.Router("compare", order="alternate")
+    routed = router._replacement(original, "gradcheck")
+    random.seed(5)
+    alone = [random.random() for _ in range(4)]
+    random.seed(5)
+    drawn = [routed("f", ()) for _ in range(4)]
+    assert drawn == alone
+    assert ran == ["original", "fastgrad", "fastgrad", "original"] * 2
+    assert [c["fastgrad_first"] for c in router.log.calls] == [False, True, False, True]
+    assert router.log.summary()["order"] == "alternate"
+    assert any("each first on every second call" in line
+               for line in router.log.summary_lines())
+    with pytest.raises(InvalidValue, match="order: expected one of original-first, alternate"):
+        routing.Router("compare", order="sideways")
 
 
 def test_router_verdicts_outcomes_and_summary(monkeypatch: pytest.MonkeyPatch):

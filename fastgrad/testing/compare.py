@@ -149,16 +149,21 @@ class CallLog:
     ----------
     mode : str
         "replace" or "compare": the summary's shape follows it.
+    order : str
+        Compare mode: "original-first" (the original checker runs first on every call) or
+        "alternate" (fastgrad's runs first on every second compared call).
     """
 
-    def __init__(self, mode: str):
-        self.mode = mode
+    def __init__(self, mode: str, order: str = "original-first"):
+        self.mode, self.order = mode, order
         self.calls: list[dict] = []
 
     def summary(self) -> dict:
         """Counts and times per checker, and the disagreements (compare mode)."""
         out: dict[str, Any] = {"mode": self.mode, "calls": len(self.calls),
                                "fallbacks": sum(1 for c in self.calls if c["fallback"])}
+        if self.mode == "compare":
+            out["order"] = self.order
         for side in ("original", "fastgrad"):
             runs = [c[side] for c in self.calls if c[side] is not None]
             seconds = [r["seconds"] for r in runs]
@@ -204,7 +209,9 @@ class CallLog:
                  f"fastgrad: {_counts(ours)}; {_times(ours)}"]
         ratio = summary["ratio_fastgrad_to_original"]
         if ratio is not None:
-            lines.append(f"time fastgrad / original: {ratio:.2f}")
+            first = ("the original first on every call" if self.order == "original-first"
+                     else "each first on every second call")
+            lines.append(f"time fastgrad / original: {ratio:.2f} ({first})")
         lines.append(f"disagreements: {len(summary['disagreements'])}")
         for call in self.calls:
             if call["agree"] is False:

@@ -27,10 +27,18 @@ Options (``pytest --help`` lists them under "fastgrad gradient checks"):
     ``torch.autograd.gradcheck`` by attribute, so they are routed too, defaults kept.
     ``replace`` (the default) runs fastgrad's drop-in instead of the original; a call with a
     keyword fastgrad does not know runs the original (a "fallback"). ``compare`` runs both,
-    the original first, and keeps the original's outcome (the suite behaves as before); the
-    terminal summary then lists the calls, each checker's verdicts and time, and every
-    disagreement. Frameworks that are not installed are left alone; everything is restored
-    at the end of the session.
+    the original first unless ``--fastgrad-gradcheck-order`` says otherwise, and keeps the
+    original's outcome (the suite behaves as before); the terminal summary then lists the
+    calls, each checker's verdicts and time, and every disagreement. Frameworks that are not
+    installed are left alone; everything is restored at the end of the session.
+``--fastgrad-gradcheck-order``
+    ``--fastgrad-gradcheck-order=original-first|alternate``, with ``compare``: which checker
+    runs first on a call. ``original-first`` (the default): the original on every call, so it
+    sees exactly what it would see alone (and pays the costs of a first use: an op's first
+    backward, a lazy import). ``alternate``: fastgrad's first on every second compared call
+    (the random generators are still put back, so the original draws what it would draw
+    alone), so those costs fall on both checkers' times alike; each call records
+    ``fastgrad_first``.
 ``--fastgrad-gradcheck-json``
     ``--fastgrad-gradcheck-json PATH``, with ``--fastgrad-gradcheck``: write every call (node
     id, checker, fast_mode, both verdicts and times, a disagreement's messages) and the summary
@@ -63,7 +71,7 @@ from typing import Any
 import pytest
 
 from .render import rewrite
-from .routing import Router
+from .routing import ORDERS, Router
 
 STRICT_ENV = "FASTGRAD_STRICT"  # read by the drop-ins at call time (fastgrad.arguments)
 MODES = ("replace", "compare")
@@ -102,6 +110,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="route torch's gradcheck/gradgradcheck and jax's check_grads to fastgrad: "
              "'replace' (default) runs fastgrad's drop-in instead, 'compare' runs both and "
              "keeps the original's outcome, then summarizes verdicts and times",
+    )
+    group.addoption(
+        "--fastgrad-gradcheck-order",
+        default="original-first",
+        choices=ORDERS,
+        help="with --fastgrad-gradcheck=compare: 'original-first' (default) runs the original "
+             "checker first on every call; 'alternate' runs fastgrad's first on every second "
+             "call, so the costs of a first use (an op's first backward, a lazy import) fall "
+             "on both checkers' times alike",
     )
     group.addoption(
         "--fastgrad-gradcheck-json",
@@ -168,7 +185,7 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[STRICT_ENV] = "1"
     if mode is None:
         return
-    router = Router(mode)
+    router = Router(mode, config.getoption("fastgrad_gradcheck_order", "original-first"))
     config.stash[_ROUTER] = router
     router.patch_frameworks()
     router.patch_globals(_plugin_modules(config))

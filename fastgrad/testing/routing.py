@@ -17,10 +17,14 @@ import warnings
 from collections.abc import Callable, Generator
 from typing import Any
 
+from ..errors import InvalidValue
 from .compare import CallLog, run_checker
 from .render import first_line
 
-__all__ = ["Router"]
+__all__ = ["ORDERS", "Router"]
+
+# compare mode's orders of the two checkers on a call (Router's ``order``)
+ORDERS = ("original-first", "alternate")
 
 # (module that owns the checker, its attribute, the checker's name)
 _TORCH_TARGETS = (
@@ -45,12 +49,25 @@ class Router:
     mode : str
         "replace" (fastgrad's drop-in runs instead of the original) or "compare" (both run,
         the original's outcome is the call's).
+    order : str
+        Compare mode: "original-first" (default: the original checker runs first on every
+        call, so it sees exactly what it would see without fastgrad) or "alternate"
+        (fastgrad's runs first on every second compared call, so the costs of a first use, an
+        op's first backward or a lazy import, fall on both checkers alike).
+
+    Raises
+    ------
+    InvalidValue
+        When ``order`` is not one of those.
     """
 
-    def __init__(self, mode: str):
-        self.mode = mode
+    def __init__(self, mode: str, order: str = "original-first"):
+        if order not in ORDERS:
+            raise InvalidValue(f"order: expected one of {', '.join(ORDERS)}, got {order!r}")
+        self.mode, self.order = mode, order
         self.node = ""  # the running test's node id ("" outside tests)
-        self.log = CallLog(mode)  # every routed call, for the summary and the JSON
+        self.log = CallLog(mode, order)  # every routed call, for the summary and the JSON
+        self.compared = 0  # compare mode: calls both checkers ran so far
         self.routed: dict[int, Callable] = {}  # id(original) -> its replacement
         self.originals: dict[int, Callable] = {}  # id(original) -> original (kept alive)
         self.patches: list[tuple[Any, str, Callable, Callable]] = []  # owner, name, old, new
@@ -169,7 +186,8 @@ class Router:
               where: tuple[str, int]) -> Any:
         record: dict[str, Any] = {"node": self.node, "checker": checker,
                                   "fast_mode": kwargs.get("fast_mode"), "fallback": None,
-                                  "original": None, "fastgrad": None, "agree": None}
+                                  "original": None, "fastgrad": None, "agree": None,
+                                  "fastgrad_first": None}
         self.log.calls.append(record)
         fastgrad_checker, reason = _fastgrad_checker(checker, args, kwargs)
         if fastgrad_checker is None:
@@ -184,11 +202,19 @@ class Router:
                 warnings.warn_explicit(caught.message, caught.category, filename, lineno,
                                        source=caught.source)
             return outcome.returned()
+        ours = None
+        if fastgrad_checker is not None and self.mode == "compare":
+            self.compared += 1
+            record["fastgrad_first"] = self.order == "alternate" and self.compared % 2 == 0
+            if record["fastgrad_first"]:
+                with _random_states_kept():  # the original draws what it would draw alone
+                    ours = run_checker(fastgrad_checker, args, kwargs, catch=True)
         reference = run_checker(original, args, kwargs, catch=False)
         record["original"] = reference.as_dict()
         if fastgrad_checker is not None:  # compare
-            with _random_states_kept():  # the suite goes on as if fastgrad had not run
-                ours = run_checker(fastgrad_checker, args, kwargs, catch=True)
+            if ours is None:
+                with _random_states_kept():  # the suite goes on as if fastgrad had not run
+                    ours = run_checker(fastgrad_checker, args, kwargs, catch=True)
             record["fastgrad"] = ours.as_dict()
             record["agree"] = ours.kind == reference.kind
             if not record["agree"]:
