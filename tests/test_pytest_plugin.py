@@ -621,6 +621,7 @@ def test_compare_keeps_the_original_outcomes_and_reports_both(pytester: pytest.P
                                                              else []))
 
 
+@pytest.mark.skipif(torch is None, reason="torch is not installed")
 def test_compare_in_alternate_order_keeps_the_outcomes(pytester: pytest.Pytester,
                                                         monkeypatch: pytest.MonkeyPatch):
     """--fastgrad-gradcheck-order=alternate: fastgrad's checker runs first on every second
