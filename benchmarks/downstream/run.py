@@ -86,6 +86,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fastgrad.testing.routing import ORDERS  # the plugin's --fastgrad-gradcheck-order values
+
 # --------------------------------------------------------------------------- the projects
 #
 # | project     | pip requirement    | repository           | tag    | commit       | tests taken          |
@@ -651,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", metavar="DIR", help="keep the plugin's JSON and pytest's output here")
     ap.add_argument("--pytest-arg", action="append", default=[], metavar="ARG", help="extra pytest argument")
     ap.add_argument("--show-warnings", action="store_true", help="also list fastgrad passes with a warning")
-    ap.add_argument("--order", choices=("alternate", "original-first"), default="alternate",
+    ap.add_argument("--order", choices=ORDERS, default="alternate",
                     help="which checker runs first on a call (default alternate: each on every second call)")
     ap.add_argument("--list", action="store_true",
                     help="print the projects and their selections, run nothing")

@@ -10,6 +10,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import itertools
 import random
 import sys
 import threading
@@ -67,7 +68,9 @@ class Router:
         self.mode, self.order = mode, order
         self.node = ""  # the running test's node id ("" outside tests)
         self.log = CallLog(mode, order)  # every routed call, for the summary and the JSON
-        self.compared = 0  # compare mode: calls both checkers ran so far
+        # compare mode: numbers the calls both checkers run (next() on a count is atomic in
+        # CPython, so calls routed from several threads still alternate)
+        self._compared = itertools.count(1)
         self.routed: dict[int, Callable] = {}  # id(original) -> its replacement
         self.originals: dict[int, Callable] = {}  # id(original) -> original (kept alive)
         self.patches: list[tuple[Any, str, Callable, Callable]] = []  # owner, name, old, new
@@ -204,8 +207,8 @@ class Router:
             return outcome.returned()
         ours = None
         if fastgrad_checker is not None and self.mode == "compare":
-            self.compared += 1
-            record["fastgrad_first"] = self.order == "alternate" and self.compared % 2 == 0
+            number = next(self._compared)
+            record["fastgrad_first"] = self.order == "alternate" and number % 2 == 0
             if record["fastgrad_first"]:
                 with _random_states_kept():  # the original draws what it would draw alone
                     ours = run_checker(fastgrad_checker, args, kwargs, catch=True)
