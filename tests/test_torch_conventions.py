@@ -472,6 +472,31 @@ def test_a_fast_mode_failure_torch_misses_is_shown_element_by_element_by_the_cal
     assert ft.gradcheck(lambda t: descriptor(t, detached=False), (x,), **options)
 
 
+def test_a_fast_mode_failure_says_what_each_part_cost_and_the_total_is_every_call():
+    """The failure shows the audit's evaluations, the caller's-rule columns' own, and a
+    Jacobian report whose count is the whole check's: that total is every call of the function
+    that returned (.item() keeps vmap out: its one batched try raises, and is no evaluation),
+    and the parts fit inside it."""
+    calls = []
+
+    def f(t):
+        float(t.sum())  # raises under vmap
+        calls.append(1)
+        return descriptor(t)
+
+    x = torch.rand(2, 256, generator=torch.Generator().manual_seed(4), dtype=F64,
+                   requires_grad=True)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(f, (x,), eps=1e-4, atol=1e-4, fast_mode=True)
+    text = str(info.value)
+    audit = int(re.search(r"(\d+) loss evaluations \(theta", text).group(1))
+    columns = int(re.search(r"Jacobian columns \((\d+) more evaluations; the count below is "
+                            r"the whole check's\)", text).group(1))
+    total = int(re.findall(r"(\d+) loss evaluations", text)[-1])
+    assert total == len(calls)
+    assert columns > 0 and audit + columns < total, (audit, columns, total)
+
+
 # ---------------------------------------------------------------- fast mode's cost
 
 

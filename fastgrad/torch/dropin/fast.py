@@ -212,7 +212,7 @@ def _judge_audit_failure(fn: TorchFunction, leaves, outputs, index, report, ques
     ``warned`` (a GradcheckWarning; strict fails them)."""
     shown = [f"{where}: analytic {a:.6g}, numeric {n:.6g} (rel. error {rel:.1e})"
              for where, a, n, rel, *_ in questioned]
-    columns = None
+    columns, before = None, fn.evaluations
     if not strict and not any(beyond for *_, beyond in questioned):
         columns = _caller_rule_columns(fn, leaves, outputs, index, report, h=h, dtype=dtype,
                                        f0=f0, atol=atol, rtol=rtol, seed=seed, ignored=ignored)
@@ -236,8 +236,11 @@ def _judge_audit_failure(fn: TorchFunction, leaves, outputs, index, report, ques
     head += "".join(f"{note}\n" for note in notes)
     tail = ""
     if columns is not None:
+        # the Jacobian report counts every evaluation of the check (fast mode's directions and
+        # the audit's too): say which part the columns cost
         tail = ("\nthe caller's rule |a - n| <= atol + rtol |n| element by element on these "
-                "coordinates' Jacobian columns:\n" + str(columns))
+                f"coordinates' Jacobian columns ({fn.evaluations - before} more evaluations; the "
+                "count below is the whole check's):\n" + str(columns))
     elif not strict and not any(beyond for *_, beyond in questioned):
         tail = ("\n(the caller's rule was not applied element by element: that would judge "
                 "part of a complex output)")
