@@ -26,10 +26,13 @@ How to run
 
        echo "torch==2.13.0" > /tmp/torch-pin.txt
        pip install -c /tmp/torch-pin.txt kornia==0.8.3 onnx entmax==1.3 roma==1.6 \\
-           torchdiffeq==0.2.5 cvxpylayers==1.1.0 cvxpy==1.8.2
+           torchdiffeq==0.2.5 cvxpylayers==1.1.0 cvxpy==1.8.2 pytorch-wavelets==1.3.0 \\
+           PyWavelets py3nvml==0.2.7 "setuptools<81"
 
    (``onnx`` only because kornia's ``conftest.py`` imports it for pytest's report header;
-   ``cvxpy==1.8.2`` because cvxpylayers 1.1.0's tests raise KeyError with cvxpy 1.9.)
+   ``cvxpy==1.8.2`` because cvxpylayers 1.1.0's tests raise KeyError with cvxpy 1.9;
+   ``setuptools<81`` because pytorch-wavelets 1.3.0 imports ``pkg_resources``, and ``py3nvml``
+   because its tests import it.)
 
 2. Put each project's tests, taken from its own repository at the commit of the installed
    release, under ``SOURCES/<project>/`` (default SOURCES: ``/work/downstream``). The table
@@ -67,7 +70,9 @@ How to run
 The selections (``args``/``keyword``) are the projects' tests that call gradcheck, minus a few
 that take minutes each (named in ``notes``). pytest runs in the project's folder with
 ``-p no:cacheprovider --color=no -o addopts=`` (the last only drops the project's own verbosity
-and colour options); nothing in the projects' tests is changed.
+and colour options); nothing in the projects' tests is changed. One project's selection
+loads a plugin of this folder: pytorch_wavelets marks all its gradient checks ``skip`` as too
+slow, and ``-p run_skipped`` drops that mark at collection (nothing else).
 """
 
 from __future__ import annotations
@@ -101,6 +106,8 @@ from fastgrad.testing.routing import ORDERS  # the plugin's --fastgrad-gradcheck
 # | torchdiffeq | torchdiffeq==0.2.5 | rtqichen/torchdiffeq | (none) | a88aac53cae7 | tests                |
 # | cvxpylayers | cvxpylayers==1.1.0 | cvxpy/cvxpylayers    | v1.1.0 | bb74e4b29083 | tests pyproject.toml |
 # |             | (+ cvxpy==1.8.2)   |                      |        |              |                      |
+# | pytorch_    | pytorch-wavelets== | fbcotter/            | (none) | 9a0c507f04f4 | tests                |
+# | wavelets    | 1.3.0 (+ PyWavelets, py3nvml, setuptools<81) | pytorch_wavelets |    |              |                      |
 #
 # How each test suite reaches gradcheck:
 #   kornia       testing/base.py BaseTester.gradcheck (`from torch.autograd import gradcheck`,
@@ -112,6 +119,9 @@ from fastgrad.testing.routing import ORDERS  # the plugin's --fastgrad-gradcheck
 #                (odeint and odeint_adjoint, in unittest subTests)
 #   cvxpylayers  torch.autograd.gradcheck in tests/test_torch.py (15 tests) and
 #                tests/test_dual_variables.py (10 tests): implicit differentiation of convex programs
+#   pytorch_wavelets  `from torch.autograd import gradcheck` in tests/test_dwt_grad.py and
+#                tests/test_scatnet_bwd.py, full mode, on custom autograd Functions; every one
+#                marked skip as too slow, run with the run_skipped plugin of this folder
 #
 # Selections, pytest arguments and notes: the PROJECTS tuple below (`run.py --list` prints them).
 
@@ -135,6 +145,8 @@ class Project:
     extra_pytest: tuple[str, ...] = ()  # e.g. --ignore / --deselect
     notes: str = ""
     gradcheck_files: tuple[str, ...] = field(default=())  # test files that call gradcheck
+    # pytest plugins of this folder loaded with -p (run_skipped: the project's skip marks off)
+    plugins: tuple[str, ...] = ()
 
 
 PROJECTS: tuple[Project, ...] = (
@@ -283,9 +295,45 @@ PROJECTS: tuple[Project, ...] = (
         ),
         gradcheck_files=("tests/test_torch.py", "tests/test_dual_variables.py"),
     ),
+    Project(
+        name="pytorch_wavelets",
+        requirement="pytorch-wavelets==1.3.0",
+        extra_requirements=("PyWavelets", "py3nvml==0.2.7", "setuptools<81"),
+        repository="fbcotter/pytorch_wavelets",
+        ref="9a0c507f04f43c5397e384bb6be8340169b2fd9a",
+        commit="9a0c507f04f43c5397e384bb6be8340169b2fd9a",
+        archive=("tests",),
+        layout_note=(
+            "git archive 9a0c507f04f43c5397e384bb6be8340169b2fd9a tests | tar -x -C "
+            "SOURCES/pytorch_wavelets (no tag for 1.3.0: the PyPI wheel's package is this "
+            "commit's, file for file)"
+        ),
+        args=(
+            "tests/test_dwt_grad.py",
+            "tests/test_scatnet_bwd.py::test_grad_scat",
+            "tests/test_scatnet_bwd.py::test_grad_scat_colour",
+            "tests/test_scatnet_bwd.py::test_grad_mag",
+            "tests/test_scatnet_bwd.py::test_grad_odd_size",
+        ),
+        keyword=None,
+        quick_args=("tests/test_dwt_grad.py", "tests/test_scatnet_bwd.py::test_grad_mag"),
+        quick_keyword=None,
+        notes=(
+            "full-Jacobian checks (fast_mode off) of hand-written backward passes: the wavelet "
+            "filter banks (AFB2D, SFB2D) and the scattering layer's custom Functions on "
+            "3 x 32 x 32 images. The project skips all of them as too slow; the run_skipped "
+            "plugin runs them. Left out: test_dtcwt_grad.py (its tests raise NameError on "
+            "o_dim before any check) and the ScatLayerj2 tests of test_scatnet_bwd.py (minutes "
+            "each). The release imports pkg_resources (setuptools<81) and the tests import "
+            "py3nvml (a GPU library; nothing of it runs on the CPU)"
+        ),
+        gradcheck_files=("tests/test_dwt_grad.py", "tests/test_scatnet_bwd.py"),
+        plugins=("run_skipped",),
+    ),
 )
 
 BY_NAME = {p.name: p for p in PROJECTS}
+HERE = Path(__file__).resolve().parent
 
 COMMON_PYTEST = ("-p", "no:cacheprovider", "--color=no", "-o", "addopts=", "-q")
 
@@ -441,8 +489,12 @@ def pytest_summary(output: str) -> dict[str, int]:
 def run_pytest(cmd: list[str], cwd: Path, timeout: float, log: Path) -> tuple[int, float, str, bool]:
     """Run pytest in its own process group; on timeout interrupt it (so it still writes its JSON)."""
     t0 = time.perf_counter()
+    # this folder on the path: the projects' ``plugins`` (run_skipped) live here
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p))
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
         timed_out = False
         try:
             rc = proc.wait(timeout=timeout)
@@ -461,7 +513,7 @@ def run_pytest(cmd: list[str], cwd: Path, timeout: float, log: Path) -> tuple[in
 def selection(project: Project, quick: bool) -> list[str]:
     args = list(project.quick_args if quick else project.args)
     keyword = project.quick_keyword if quick else project.keyword
-    sel = [*project.extra_pytest, *args]
+    sel = [*(a for name in project.plugins for a in ("-p", name)), *project.extra_pytest, *args]
     if keyword:
         sel += ["-k", keyword]
     return sel
