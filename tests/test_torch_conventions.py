@@ -497,6 +497,49 @@ def test_a_fast_mode_failure_says_what_each_part_cost_and_the_total_is_every_cal
     assert columns > 0 and audit + columns < total, (audit, columns, total)
 
 
+# ---------------------------------------------------------------- a jump crossed by the step
+
+STEP = 6.055454452393343e-06  # fastgrad's float64 step at |x| <= 1: eps^(1/3)
+
+
+class Stepped(torch.autograd.Function):
+    """sin(x) plus a jump of 1 where x passes ``at``: the derivative is cos(x) wherever it
+    exists, and a backward scaled by ``factor`` (1: right) returns factor * cos(x)."""
+
+    @staticmethod
+    def forward(ctx, x, at, factor):
+        ctx.save_for_backward(x)
+        ctx.factor = factor
+        return torch.sin(x) + (x > at).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * ctx.factor * torch.cos(x), None, None
+
+
+@pytest.mark.parametrize("distance", [0.4, 0.7])
+def test_fast_mode_clears_a_jump_its_step_crosses_and_torchs_does_not(distance):
+    """A jump 0.4 (crossed by the first and the second step) or 0.7 (the first only) of
+    fastgrad's step away, beyond torch's eps=1e-6: torch's fast mode passes the right backward,
+    and so does fastgrad's, whose smaller re-measured steps no longer cross it. The same with a
+    backward 10% off fails: past the jump the disagreement stays. (Before, the direction went
+    to the audit, which cleared it, and the check passed with a GradcheckWarning naming it,
+    which strict=True turns into a failure.)"""
+    x = torch.tensor([0.5], dtype=F64, requires_grad=True)
+    at = 0.5 + distance * STEP
+    assert torch.autograd.gradcheck(lambda t: Stepped.apply(t, at, 1.0), (x,), fast_mode=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastgrad.GradcheckWarning)
+        assert ft.gradcheck(lambda t: Stepped.apply(t, at, 1.0), (x,), fast_mode=True)
+        # beside a smooth output that agrees at every step
+        assert ft.gradcheck(lambda t: (t * t, Stepped.apply(t, at, 1.0)), (x,), fast_mode=True)
+    with pytest.raises(ft.GradcheckError, match="input0"):
+        ft.gradcheck(lambda t: Stepped.apply(t, at, 1.1), (x,), fast_mode=True)
+    with pytest.raises(ft.GradcheckError, match="input0"):
+        ft.gradcheck(lambda t: (t * t, Stepped.apply(t, at, 1.1)), (x,), fast_mode=True)
+
+
 # ---------------------------------------------------------------- fast mode's cost
 
 

@@ -107,7 +107,8 @@ from fastgrad.testing.routing import ORDERS  # the plugin's --fastgrad-gradcheck
 # | cvxpylayers | cvxpylayers==1.1.0 | cvxpy/cvxpylayers    | v1.1.0 | bb74e4b29083 | tests pyproject.toml |
 # |             | (+ cvxpy==1.8.2)   |                      |        |              |                      |
 # | pytorch_    | pytorch-wavelets== | fbcotter/            | (none) | 9a0c507f04f4 | tests                |
-# | wavelets    | 1.3.0 (+ PyWavelets, py3nvml, setuptools<81) | pytorch_wavelets |    |              |                      |
+# | wavelets    | 1.3.0 (+ PyWavelets| pytorch_wavelets     |        |              |                      |
+# |             | py3nvml, setuptools<81)                   |        |              |                      |
 #
 # How each test suite reaches gradcheck:
 #   kornia       testing/base.py BaseTester.gradcheck (`from torch.autograd import gradcheck`,

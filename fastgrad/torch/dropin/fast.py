@@ -15,6 +15,15 @@ from .flatten import Evaluator, TorchFunction, caller_tolerance
 # fast mode: a direction whose first-step disagreement shrinks about 4x when the step halves is
 # truncation: Richardson's extrapolation (4 n(h/2) - n(h)) / 3 is then the numeric value judged
 FAST_SECOND_STEP = 0.5
+# a direction that still disagrees after the second step, and whose plain disagreement moved
+# with the step (changed by more than FAST_MOVED of itself: a jump or a kink crossed by the
+# step, not a gradient error, which stays put), is measured again at these fractions of its
+# first step, as check()'s kink re-checks do: a smaller step that no longer crosses agrees
+FAST_SHRINK = (1e-1, 1e-2, 1e-3)
+FAST_MOVED = 0.25
+# ... and it is cleared there only where a real error of the first step's size would have
+# shown: the smaller step's roundoff floor at most this fraction of the first disagreement
+FAST_FLOOR_FRACTION = 0.25
 # a failure the audit found where every direction was within the caller's rule is judged again
 # by that rule, element by element, on the Jacobian columns of this many of the audit's wrong
 # coordinates (the worst first, then the ends of wrong blocks) ...
@@ -109,11 +118,16 @@ def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
             half_step = step[again] * FAST_SECOND_STEP
             fp2, fm2, _ = measure(half_step, again)
             half = _contracted_numeric(fp2, fm2, half_step, contractions)
+            first = numeric[again].copy()
             numeric[again] = (4 * half - numeric[again]) / 3
             bad[:], band[:] = False, False
             bad[again], band[again], slack[again] = _fast_verdicts(
                 values[again], numeric[again], fp2, fm2, half_step, contractions,
                 effective[again], tol=tol, dtype=dtype, atol=atol, rtol=rtol)
+            if (bad | band).any() and np.dtype(dtype) == np.float64:
+                _past_crossings(measure, values, numeric, bad, band, slack, again, first, half,
+                                step, contractions, tol=tol, dtype=dtype, atol=atol,
+                                rtol=rtol)
         for r, p in zip(*np.nonzero(bad | band)):
             a_rp, n_rp = float(values[r, p]), float(numeric[r, p])
             if p in ignored:  # torch ignores it: a warning, not a question for the audit
@@ -143,6 +157,54 @@ def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
                       "ignores an output that does not require grad when another one does)")
     if warned:
         tolerated.append((tuple(warned), len(warned)))
+
+
+def _past_crossings(measure, values, numeric, bad, band, slack, again, first, half, step,
+                    contractions, *, tol, dtype, atol, rtol) -> None:
+    """Directions that still disagree after the second step, measured again at smaller steps
+    (``FAST_SHRINK``) when the disagreement moved with the step: a jump crossed by the step
+    doubles the numeric value when the step halves, a kink changes it, a wrong gradient leaves
+    it where it was. Each level is judged as the first step is; a direction is cleared at the
+    first smaller step where every output agrees and its roundoff floor would have shown a real
+    error of the first step's size, and the shrinking stops once the disagreement no longer
+    moves (a stable disagreement: the failure stands). Updates ``numeric``, ``bad``, ``band``
+    and ``slack`` in place. float64 only: in lower precision the rounded inputs of a small step
+    move along another direction than the analytic value's."""
+    # positions in ``again`` (the directions re-measured at the second step) still in question
+    position = {int(r): j for j, r in enumerate(again)}
+    todo = [int(r) for r in again if (bad[r] | band[r]).any()]
+    e_first = values[again] - first
+    e_half = values[again] - half
+    moved = np.abs(e_half - e_first) > FAST_MOVED * np.maximum(np.abs(e_first), np.abs(e_half))
+    todo = [r for r in todo if moved[position[r]].any()]
+    previous = {r: e_half[position[r]] for r in todo}
+    # the outputs in question per direction: the floor must be small beside their disagreement
+    asked = {r: bad[r] | band[r] for r in todo}
+    for factor in FAST_SHRINK:
+        if not todo:
+            return
+        rows = np.array(todo)
+        small = step[rows] * factor
+        fp, fm, effective = measure(small, rows)
+        n_small = _contracted_numeric(fp, fm, small, contractions)
+        b, bd, sl = _fast_verdicts(values[rows], n_small, fp, fm, small, contractions,
+                                   effective, tol=tol, dtype=dtype, atol=atol, rtol=rtol)
+        scale = (np.abs(fp) + np.abs(fm)) @ np.abs(contractions).T
+        floor = noise_eps(dtype) * scale / (2 * small[:, None])
+        left = []
+        for j, r in enumerate(todo):
+            e_small = values[r] - n_small[j]
+            sharp = np.all((floor[j] <= FAST_FLOOR_FRACTION * np.abs(e_first[position[r]]))
+                           [asked[r]])
+            if not (b[j] | bd[j]).any() and sharp:
+                numeric[r], bad[r], band[r], slack[r] = n_small[j], False, False, sl[j]
+                continue
+            still = np.abs(e_small - previous[r]) > FAST_MOVED * np.maximum(
+                np.abs(e_small), np.abs(previous[r])) + floor[j]
+            if still.any():  # still moving with the step: the next smaller one decides
+                previous[r] = e_small
+                left.append(r)
+        todo = left
 
 
 def _contracted_numeric(f_plus, f_minus, step, contractions) -> np.ndarray:
