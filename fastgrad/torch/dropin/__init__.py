@@ -125,8 +125,9 @@ def gradcheck(
         Torch's fast mode at torch's cost: one random direction per input and one random
         contraction per output (1 + 2 x inputs evaluations when it passes, +1 when they run one
         by one: vmap cannot batch them, or plain calls cost less than a vmap call); a direction
-        that disagrees is re-measured at half the step and then localized by fastgrad's
-        audit, which names the wrong coordinates (``.report.suspects``).
+        that disagrees is re-measured at half the step (and, when its disagreement moved
+        with the step, a jump or kink crossed, at 1/10 to 1/1000 of it) and then localized by
+        fastgrad's audit, which names the wrong coordinates (``.report.suspects``).
     masked : bool or None
         Sparse (COO, CSR, CSC) inputs, torch's semantics: True perturbs and judges only the
         specified elements (the gradient at unspecified ones is ignored); False or None (as in

@@ -46,9 +46,10 @@ def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
     passing check costs 1 + 2 x inputs evaluations (+1 when they run one by one, because vmap
     cannot batch them or plain calls cost less: the nondeterminism check). A direction beyond
     the caller's rule (or beyond fastgrad's band, with strict) is measured again at half the
-    step (truncation), and one that still disagrees is localized by fastgrad's audit of a
-    random contraction of the outputs, which names the wrong coordinates and gives the
-    verdict. A failure raises ``SubcheckFailed``."""
+    step (truncation), then, when its disagreement moved with the step, at smaller ones
+    (``_past_crossings``: a jump or kink crossed), and one that still disagrees is localized
+    by fastgrad's audit of a random contraction of the outputs, which names the wrong
+    coordinates and gives the verdict. A failure raises ``SubcheckFailed``."""
     del check_batched_grad, check_batched_forward_grad  # full-Jacobian side tests
     x = fn.x
     index = np.flatnonzero(np.isfinite(x))
