@@ -26,12 +26,13 @@ from . import planner
 from .backends import Backend, ExecutorBackend, KernelBackend, ThreadBackend, Workload, is_dask_client
 from .blas import blas_limited
 from .faults import check_timeout
+from .forked import ForkBackend, fork_join_possible
 from .loops import direction_where
 from .plan import Plan, plan_key, refuse_threads, remembered_plan, thread_unsafe
 from .processes import NotLoadable, ProcessBackend, pool_alive, start_workers
 
 # backend= values (docs/guides/parallel.md); "kernel" runs the plan whose path is "jit"
-BACKENDS = (None, "serial", "threads", "kernel", "processes")
+BACKENDS = (None, "serial", "threads", "kernel", "processes", "forked")
 
 _UNSET = object()
 
@@ -263,6 +264,13 @@ class Evaluator:
             backend = self.process_backend()
             backend.workers, backend.blas_threads = workers, 1 if blas is None else blas
             return backend
+        if plan.backend == "forked" and workers > 1:
+            key = ("forked", workers)
+            if key not in self._backends:
+                self._backends[key] = ForkBackend(self.work, workers)
+            backend = self._backends[key]
+            backend.t_eval = self.t_eval
+            return backend
         if plan.backend == "jit":
             key = ("jit", workers, blas)
             if key not in self._backends:
@@ -366,7 +374,9 @@ class Evaluator:
             plain=not jit and self.work.terms is None, jit_option=self.jit_option,
             origin=self.origin(),
             remembered=remembered_plan(self.work.f, self.work.theta, self.work.args,
-                                       self.workers, jit))
+                                       self.workers, jit),
+            forkable=self.executor is None and self.work.timeout is None
+            and fork_join_possible())
 
     def _bar(self, outer: Progress | None, total: int, label: str):
         """The caller's bar (left open: it spans more than this batch), or one of this batch."""

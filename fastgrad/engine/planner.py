@@ -45,6 +45,7 @@ class PlanInputs:
     jit_option: the check's ``jit=`` (True, False or "auto").
     origin: where the evaluated loss came from, for the path line.
     remembered: the plan an earlier check of f on problems of these sizes calibrated, or None.
+    forkable: batches may be fork-joined (forked.fork_join_possible(), and no timeout=).
     """
 
     coordinates: int
@@ -55,6 +56,7 @@ class PlanInputs:
     jit_option: bool | str
     origin: str
     remembered: Plan | None = None
+    forkable: bool = False
 
 
 class Probe(Protocol):
@@ -138,6 +140,10 @@ def forced_plan(backend: str, workers: int, workers_given: bool) -> Plan:
     if backend == "threads":
         return Plan("threads", workers, 1, f"backend='threads': thread pool of {workers} workers, "
                                            f"BLAS limited to 1 thread")
+    if backend == "forked":
+        return Plan("forked", workers, 1, f"backend='forked': each batch shared by this process "
+                                          f"and {workers - 1} forked copies of it, BLAS limited "
+                                          f"to 1 thread")
     return Plan("processes", workers, 1, f"backend='processes': {workers} worker processes, "
                                          f"theta in shared memory, BLAS limited to 1 thread")
 
@@ -186,8 +192,8 @@ def needs_warm_timing(inputs: PlanInputs, tuning: Tuning) -> bool:
     whose first timing lies between the GIL bound and ``tuning.plan_t_eval_factor`` times it
     could be a GIL-bound loss read as a slow one, and given threads it loses with (the 4.8k
     net: 117 us cold, 60 us warm; on threads 0.58x the CS231n loop's speed, serially 0.97x)."""
-    if inputs.backend != "threads" or inputs.remembered is not None:
-        return False
+    if inputs.backend != "threads" or inputs.remembered is not None or inputs.forkable:
+        return False  # forked batches are planned without the timing (calibrate)
     bound = tuning.gil_bound_seconds
     return bound <= inputs.t_eval < tuning.plan_t_eval_factor * bound
 
@@ -207,6 +213,15 @@ def calibrate(inputs: PlanInputs, probe: Probe, tuning: Tuning) -> Calibration:
         k, 1 / (2 * t_eval), 1 / (2 * t_eval), workers, pool_alive(workers), tuning)
     python = inputs.backend == "threads"
     serial_seconds = 2 * k * t_eval
+    if python and inputs.forkable:
+        # a Python loss in a process that may fork: each batch shared with forked copies of
+        # this process, which hold f already (forked.py). Nothing to measure: a process per
+        # core is what threads are at best, without the GIL, the thread-safety guard or a
+        # pool to feed; a batch too short to pay for its forks runs serially
+        return Calibration(Plan(
+            "forked", workers, 1, f"Python callable: each batch shared by this process and "
+                                  f"{workers - 1} forked copies of it (one evaluation takes "
+                                  f"{t_eval * 1e6:.0f} us), BLAS limited to 1 thread", t_eval))
     if python and not maybe_processes and (
             serial_seconds < tuning.calibrate_min_seconds
             or (predicted < tuning.calibrate_min_seconds and t_eval < tuning.gil_bound_seconds)):

@@ -18,6 +18,7 @@ _POOL: ThreadPoolExecutor | None = None
 _SIZE = 0
 _PID = os.getpid()
 _IN_POOL = threading.local()  # .active is True inside a pool thread
+POOL_THREAD_PREFIX = "fastgrad_"  # the pool threads' names (ThreadPoolExecutor adds _N)
 
 
 def _mark_pool_thread():
@@ -33,7 +34,7 @@ def _pool(n: int) -> ThreadPoolExecutor | None:
             _POOL, _SIZE, _PID = None, 0, os.getpid()
         if _POOL is None or _SIZE < n:
             old = _POOL
-            _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastgrad",
+            _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix=POOL_THREAD_PREFIX[:-1],
                                        initializer=_mark_pool_thread)
             _SIZE = n
             if old is not None:
