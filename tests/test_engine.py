@@ -12,11 +12,20 @@ import pytest
 from numba import njit
 
 import fastgrad as fg
+from fastgrad.engine import evaluator as engine_evaluator
 from fastgrad.engine import plan as plans
 from fastgrad.engine import planner as evaluate
 from fastgrad.engine.blas import blas_limited
 from fastgrad.engine.evaluator import Evaluator
 from fastgrad.tuning import DEFAULT_TUNING
+
+
+@pytest.fixture(autouse=True)
+def measuring_planner(monkeypatch):
+    """These tests are about the planner that measures (where forking is not safe: macOS,
+    Windows, torch or jax loaded, another thread running): no forked batches here
+    (tests/test_forked.py has them)."""
+    monkeypatch.setattr(engine_evaluator, "fork_join_possible", lambda: False)
 
 
 def tuned(**fields):

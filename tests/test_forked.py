@@ -25,14 +25,16 @@ from fastgrad.examples import two_layer_data, two_layer_grad, two_layer_loss
 
 @pytest.fixture(autouse=True)
 def can_fork(request):
-    """The cases need a process that may fork (no torch or jax loaded): in a suite that loaded
-    them, the last test runs this file again in a fresh interpreter."""
+    """The cases need a process that may fork (no torch or jax loaded, no thread running a
+    loss): in a suite where this one may not, the last test runs this file again in a fresh
+    interpreter."""
     fresh = request.node.name == "test_the_cases_in_an_interpreter_without_torch_or_jax"
     if not hasattr(os, "fork"):
         pytest.skip("fork-join needs os.fork (Linux, macOS)")
     if fresh == forked.fork_join_possible():
         pytest.skip("the cases ran in this process" if fresh else
-                    "torch or jax is loaded here: the cases run in a fresh interpreter")
+                    "this process may not fork now (torch or jax loaded, or another thread "
+                    "running): the cases run in a fresh interpreter")
 
 _rng = np.random.default_rng(5)
 A = _rng.standard_normal((40, 60))

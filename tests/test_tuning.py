@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import fastgrad as fg
+from fastgrad.engine import evaluator as engine_evaluator
 from fastgrad.engine.planner import resolve_workers
 from fastgrad.errors import InvalidType, InvalidValue
 from fastgrad.examples.problems import (
@@ -22,6 +23,14 @@ from fastgrad.examples.problems import (
     weighted_logcosh_grad,
 )
 from fastgrad.tuning import DEFAULT_TUNING, Tuning
+
+
+@pytest.fixture(autouse=True)
+def measuring_planner(monkeypatch):
+    """These tests are about the planner that measures (where forking is not safe: macOS,
+    Windows, torch or jax loaded, another thread running): no forked batches here
+    (tests/test_forked.py has them)."""
+    monkeypatch.setattr(engine_evaluator, "fork_join_possible", lambda: False)
 
 TWO_CORES = resolve_workers(None) >= 2
 

@@ -60,7 +60,7 @@ STALL_SECONDS = 1.0
 # seconds between looks at the children while this process waits for their last chunks
 POLL_SECONDS = 0.0002
 # a batch is forked only when the time the children save is this many times what forking them
-# costs (the batch's serial time x (1 - 1/processes) against a fork per process)
+# costs (ForkBackend.processes_for)
 FORK_PAYBACK = 3.0
 
 _FORK_SECONDS = [0.003]  # this process's latest fork-join start-up (os.fork, as the parent sees it)
@@ -87,12 +87,19 @@ def fork_seconds() -> float:
 
 def fork_join_possible() -> bool:
     """Whether this process may fork-join a batch now (module docstring): the calling thread is
-    the only one running, besides fastgrad's own idle pool threads (a check in another thread
-    would be using them, and that thread counts)."""
+    the only one running, besides idle machinery a child never touches: fastgrad's pool threads
+    (a check in another thread would be using them, and that thread counts) and the manager
+    and feeder threads of a process pool (concurrent.futures', loky's)."""
     if not (hasattr(os, "fork") and forks()):
         return False
     me = threading.current_thread()
-    return all(t is me or t.name.startswith(POOL_THREAD_PREFIX) for t in threading.enumerate())
+    return all(t is me or _machinery(t) for t in threading.enumerate())
+
+
+def _machinery(thread: threading.Thread) -> bool:
+    return (thread.name.startswith(POOL_THREAD_PREFIX)
+            or type(thread).__name__ == "_ExecutorManagerThread"
+            or thread.name == "QueueFeederThread")
 
 
 class _Shared:
@@ -142,16 +149,18 @@ class ForkBackend(Backend):
         super().__init__(work, workers, 1 if blas_threads is None else blas_threads)
         self.t_eval: float | None = None  # seconds of one evaluation (the evaluator's timing)
 
-    def pays(self, k: int) -> bool:
-        """Whether forking for a batch of k pairs or directions saves FORK_PAYBACK times its
-        cost (unknown t_eval: it does)."""
-        processes = min(self.workers, k)
-        if processes < 2:
-            return False
-        if self.t_eval is None:
-            return True
-        saved = 2 * k * self.t_eval * (1 - 1 / processes)
-        return saved >= FORK_PAYBACK * processes * fork_seconds()
+    def processes_for(self, k: int) -> int:
+        """How many processes share a batch of k pairs or directions (1: this one alone).
+        Forks are made one after another, so on many cores a short batch takes fewer than
+        ``workers``: the count that minimises serial / p + (p - 1) x fork_seconds(), kept only
+        when the time it saves is FORK_PAYBACK times the forks' cost (unknown t_eval: all)."""
+        most = min(self.workers, k)
+        if most < 2 or self.t_eval is None:
+            return most
+        serial, fork = 2 * k * self.t_eval, fork_seconds()
+        best = min(range(1, most + 1), key=lambda p: serial / p + (p - 1) * fork)
+        saved = serial - serial / best - (best - 1) * fork
+        return best if best > 1 and saved >= FORK_PAYBACK * (best - 1) * fork else 1
 
     def pairs(self, index, step, f_plus, f_minus, bar) -> None:
         w = self.work
@@ -182,7 +191,8 @@ class ForkBackend(Backend):
     # -- one batch ---------------------------------------------------------------------------------
     def _run(self, k, fill, f_plus, f_minus, bar, error) -> None:
         w = self.work
-        if not self.pays(k):
+        processes = self.processes_for(k)
+        if processes < 2:
             self._serially(k, fill, f_plus, f_minus, bar, error)
             return
         if not fork_join_possible():
@@ -192,15 +202,15 @@ class ForkBackend(Backend):
                        "hang a forked child)")
             self._serially(k, fill, f_plus, f_minus, bar, error)
             return
-        children = min(self.workers, k) - 1
-        chunks = guided_chunks(k, children + 1, self.t_eval)
+        children = processes - 1
+        chunks = guided_chunks(k, processes, self.t_eval)
         shared = _Shared(k, w.width, len(chunks), children + 1)
         pids: list[int] = []
         slowest = 0.0
         bar_done = 0  # evaluations of this process's chunks shown on the bar
         with blas_limited(self.blas_threads):
             try:
-                pids = self._fork(children, shared, chunks, fill)
+                pids = self._fork(k, children, shared, chunks, fill)
                 work = w.borrow()
                 try:
                     f = self._counted(shared, 0)
@@ -240,15 +250,18 @@ class ForkBackend(Backend):
             return f(*args)
         return counted
 
-    def _fork(self, children: int, shared: _Shared, chunks, fill) -> list[int]:
-        """Start the children; a fork that fails leaves the work to the others."""
+    def _fork(self, k: int, children: int, shared: _Shared, chunks, fill) -> list[int]:
+        """Start the children (fewer when forking turns out dearer than assumed); a fork that
+        fails leaves the work to the others."""
         _reap_exited()
         for stream in (sys.stdout, sys.stderr):  # what is buffered is printed once, here
             with contextlib.suppress(Exception):
                 stream.flush()
-        pids = []
+        pids: list[int] = []
         start = time.perf_counter()
         for slot in range(1, children + 1):
+            if pids and len(pids) >= self.processes_for(k) - 1:
+                break  # forks cost more here than assumed (a large process): fewer children
             try:
                 with warnings.catch_warnings():
                     # Python 3.12+ warns of fork in a process with threads: BLAS's idle workers
@@ -260,7 +273,6 @@ class ForkBackend(Backend):
             if pid == 0:
                 self._child(slot, shared, chunks, fill)  # never returns
             pids.append(pid)
-        if pids:
             _FORK_SECONDS[0] = (time.perf_counter() - start) / len(pids)
         return pids
 

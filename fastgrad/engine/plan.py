@@ -17,7 +17,8 @@ import numpy as np
 class Plan:
     """How a check's losses are evaluated.
 
-    backend: "serial" | "threads" | "jit" (the Numba kernel) | "executor"; ``path`` in reports.
+    backend: "serial" | "threads" | "jit" (the Numba kernel) | "processes" | "forked" (batches
+        shared with forked copies of this process) | "executor"; ``path`` in reports.
     workers: outer workers (threads, kernel threads, executor tasks at once).
     blas_threads: BLAS threads inside each evaluation (None: left as the caller has it).
     reason: one sentence for the report's path line.

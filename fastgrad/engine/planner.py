@@ -2,8 +2,10 @@
 
 Strategy, one level of threads at a time: ``workers`` threads (the Numba ``prange`` kernel for a
 Numba loss, the thread pool otherwise) with BLAS limited to one thread inside them, or one worker
-with BLAS on its own threads. With ``workers=None`` the first large batch calibrates: it runs a
-few real coordinates under each strategy and keeps the faster one (nothing is evaluated twice).
+with BLAS on its own threads. A Python loss in a process that may fork (forked.py) gets forked
+batches, nothing measured. Otherwise, with ``workers=None``, the first large batch calibrates: it
+runs a few real coordinates under each strategy and keeps the faster one (nothing is evaluated
+twice).
 ``jit="auto"`` may compile a plain numpy loss with Numba when that is faster; a loss Numba cannot
 compile stays on the thread pool, silently. An explicit ``workers`` or an executor is obeyed.
 

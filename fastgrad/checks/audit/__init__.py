@@ -86,10 +86,11 @@ def audit(
         A coordinate's failure threshold on the relative error; None: from dtype and depth.
     workers : int or None
         Parallel workers; None: all cores.
-    backend : {None, "serial", "threads", "kernel", "processes"}
-        Who evaluates the perturbed losses. None: chosen per loss by measuring (a Python loss
-        runs on threads only after a bitwise comparison with serial evaluations shows threads
-        do not change its values) and said in ``report.path``; a name forces that backend
+    backend : {None, "serial", "threads", "kernel", "processes", "forked"}
+        Who evaluates the perturbed losses. None: chosen per loss and said in ``report.path``
+        (a Python loss on Linux: batches shared with forked copies of this process where that
+        is safe; elsewhere measured, and on threads only after a bitwise comparison with serial
+        evaluations shows threads do not change its values); a name forces that backend
         ("kernel": the Numba prange kernel, reported as path "jit").
     executor : concurrent.futures.Executor or None
         Shard the evaluations over this executor.
