@@ -38,7 +38,8 @@ def test_correct_two_layer_gradient_passes(loss):
     assert report.passed, str(report)
     assert report.max_rel_error < 1e-6
     assert failing_segments(report) == set()
-    assert report.path == "jit" if loss is two_layer_loss_jit else report.path in ("threads", "serial", "forked")
+    python_paths = ("threads", "serial", "forked")
+    assert report.path == "jit" if loss is two_layer_loss_jit else report.path in python_paths
     # f at theta twice, then two per coordinate: nothing failed at the floor assumed from eps,
     # so the noise of f was not measured (the guard's serial re-runs on threads and a second
     # timing at theta count too)
