@@ -183,7 +183,7 @@ def scaling_table(quick: bool) -> str:
             "parallel efficiency |", "|---|---:|---:|---|---:|---:|",
             f"| {name} | {k} | 1 | serial | {serial:.4g} | 1.00 |"]
     for workers in sorted({1, 2, CORES}):
-        for config in ("threads", "processes"):
+        for config in ("threads", "processes", "forked"):
             r = in_fresh_process(name, k, config, quick, workers)
             rows.append(f"| {name} | {r['coords']} | {workers} | {config} | {r['second']:.4g} | "
                         f"{serial / (workers * r['second']):.2f} |")

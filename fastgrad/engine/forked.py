@@ -210,7 +210,7 @@ class ForkBackend(Backend):
         bar_done = 0  # evaluations of this process's chunks shown on the bar
         with blas_limited(self.blas_threads):
             try:
-                pids = self._fork(k, children, shared, chunks, fill)
+                self._fork(k, children, shared, chunks, fill, pids)
                 work = w.borrow()
                 try:
                     f = self._counted(shared, 0)
@@ -227,7 +227,7 @@ class ForkBackend(Backend):
                 finally:
                     w.give_back(work)
                 self._wait(pids, shared, chunks, slowest)
-                pids = []
+                pids.clear()
             finally:
                 for pid in pids:  # an error or Ctrl-C here: no child outlives it
                     _kill(pid)
@@ -250,14 +250,15 @@ class ForkBackend(Backend):
             return f(*args)
         return counted
 
-    def _fork(self, k: int, children: int, shared: _Shared, chunks, fill) -> list[int]:
-        """Start the children (fewer when forking turns out dearer than assumed); a fork that
-        fails leaves the work to the others."""
+    def _fork(self, k: int, children: int, shared: _Shared, chunks, fill,
+              pids: list[int]) -> None:
+        """Start the children, their pids appended to ``pids`` as they start (Ctrl-C between
+        two forks kills those already started); fewer when forking turns out dearer than
+        assumed, and a fork that fails leaves the work to the others."""
         _reap_exited()
         for stream in (sys.stdout, sys.stderr):  # what is buffered is printed once, here
             with contextlib.suppress(Exception):
                 stream.flush()
-        pids: list[int] = []
         start = time.perf_counter()
         for slot in range(1, children + 1):
             if pids and len(pids) >= self.processes_for(k) - 1:
@@ -274,7 +275,6 @@ class ForkBackend(Backend):
                 self._child(slot, shared, chunks, fill)  # never returns
             pids.append(pid)
             _FORK_SECONDS[0] = (time.perf_counter() - start) / len(pids)
-        return pids
 
     def _child(self, slot: int, shared: _Shared, chunks, fill) -> None:
         code = 1
