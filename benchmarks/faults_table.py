@@ -142,6 +142,7 @@ def fault_rows(folder: Path, dask: bool) -> list[tuple[str, str]]:
                 f"loss's own count {audit_calls.count}")
 
     rows.append(("a worker process killed mid-audit", _outcome(killed_audit)))
+    rows += forked_rows(folder, serial)  # before any row leaves a thread running
 
     if dask:
         rows.append(("a Dask worker killed mid-audit (LocalCluster, 2 processes)",
@@ -182,6 +183,71 @@ def fault_rows(folder: Path, dask: bool) -> list[tuple[str, str]]:
             return f"report.evaluations {report.evaluations}, the loss's own count {c.count}"
 
         rows.append((f"every call counted, backend={backend!r}", _outcome(counted)))
+    return rows
+
+
+def stalling_in_a_copy(theta, A, parent):
+    """tanh_loss, except that in a forked copy of the process it sleeps 30 s at every call."""
+    if os.getpid() != parent:
+        time.sleep(30.0)
+    return slow_loss(theta, A, 0.001)
+
+
+def forked_rows(folder: Path, serial) -> list[tuple[str, str]]:
+    """The faults of forked batches (backend='forked', the default for a Python loss on Linux):
+    a copy killed, a copy that stalls, Ctrl-C (a timer signal: a timer thread would stop the
+    fork), every call counted."""
+    rows = []
+    same = lambda report: [(c.index, c.verdict) for c in report.coords] == \
+        [(c.index, c.verdict) for c in serial.coords]  # noqa: E731
+    calls = _Calls(folder, "kill_forked")
+
+    def killed():
+        report = fg.check(killing_loss, THETA, WRONG, args=calls.args(40), segments=SEGMENTS,
+                          samples="all", backend="forked", workers=2)
+        return (f"{_describe(report)} | same verdicts as serial: {same(report)}; "
+                f"evaluations {report.evaluations}, the loss's own count {calls.count}")
+
+    rows.append(("a forked copy killed (SIGKILL) mid-batch, backend='forked'", _outcome(killed)))
+
+    def stalled():
+        start = time.monotonic()
+        report = fg.check(stalling_in_a_copy, THETA, WRONG, args=(A, os.getpid()),
+                          segments=SEGMENTS, samples="all", backend="forked", workers=2)
+        return (f"{_describe(report)} | same verdicts as serial: {same(report)}; "
+                f"{time.monotonic() - start:.1f} s")
+
+    rows.append(("a forked copy that sleeps 30 s at every call (a lock copied held), "
+                 "backend='forked'", _outcome(stalled)))
+
+    def interrupted():
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 0.7)
+        try:
+            return fg.check(slow_loss, THETA, GRAD, args=(A, 0.05), segments=SEGMENTS,
+                            samples="all", backend="forked", workers=2)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    rows.append(("Ctrl-C (a KeyboardInterrupt) 0.7 s into a check, backend='forked'",
+                 _outcome(interrupted)))
+    rows.append(("the next check after Ctrl-C, backend='forked'",
+                 _outcome(lambda: fg.check(slow_loss, THETA, GRAD, args=(A, 0.001),
+                                           segments=SEGMENTS, samples="all", backend="forked",
+                                           workers=2))))
+    counter = _Calls(folder, "count_forked")
+
+    def counted():
+        report = fg.check(killing_loss, THETA, WRONG, args=counter.args(10**9),
+                          segments=SEGMENTS, samples="all", backend="forked", workers=2)
+        return (f"report.evaluations {report.evaluations}, the loss's own count "
+                f"{counter.count} ({report.path})")
+
+    rows.append(("every call counted, backend='forked'", _outcome(counted)))
     return rows
 
 
