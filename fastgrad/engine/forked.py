@@ -11,8 +11,8 @@ starts in 2-3 ms (the fork copies page tables, not memory), and this process eva
   serial run: the same loop, loops.fill_pairs / fill_directions, BLAS on one thread). Chunks are
   claimed from a pipe filled before the fork (_Shared): each chunk goes to exactly one process,
   whichever is free, and a process slowed by the machine's other work holds nothing back.
-- Nothing a child leaves undone is lost: when the counter runs out this process looks at every
-  chunk's done flag and evaluates the missing ones itself. A child that raised (its chunk not
+- Nothing a child leaves undone is lost: when no chunk is left to claim, this process looks at
+  every chunk's done flag and evaluates the missing ones itself. A child that raised (its chunk not
   done: the error comes back with its traceback, from this process), died (the OOM killer), or
   stalled (no chunk finished for ``STALL_FACTOR`` times the slowest chunk this process ran, and
   at least ``STALL_SECONDS``: a lock a thread of this program held when it forked) is finished
@@ -21,9 +21,10 @@ starts in 2-3 ms (the fork copies page tables, not memory), and this process eva
   here, kills the children before it propagates; children ignore SIGINT (a terminal's Ctrl-C goes
   to the whole process group) and leave with ``os._exit``, running no atexit handler of the
   program's and flushing only what they printed.
-- Used only where forking is safe and cheap (``fork_join_possible``): Linux, no torch, jax or
-  tensorflow loaded (their thread pools can hang a forked child), no other Python thread alive (a
-  lock it holds would be copied held), no ``timeout=``.
+- Used only where forking is safe (``fork_join_possible``): Linux, no torch, jax or tensorflow
+  loaded (their thread pools can hang a forked child), no other Python thread running (a lock it
+  holds would be copied held; idle pool machinery aside), no ``timeout=``; and for a batch long
+  enough to pay for its forks (``ForkBackend.processes_for``).
 """
 
 from __future__ import annotations
@@ -64,8 +65,6 @@ POLL_SECONDS = 0.0002
 FORK_PAYBACK = 3.0
 
 _FORK_SECONDS = [0.003]  # this process's latest fork-join start-up (os.fork, as the parent sees it)
-
-
 _EXITING: list[int] = []  # children whose work is done, not yet reaped
 
 
