@@ -228,7 +228,7 @@ def test_ctrl_c_kills_the_children_and_the_next_check_works(always_fork, tmp_pat
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    assert time.monotonic() - start < 0.4 + 1.0
+    assert time.monotonic() - start < 0.4 + 1.5
     children = {int(p) for p in pids.read_text().split()} - {os.getpid()}
     assert children, "no child ran"
     time.sleep(0.2)

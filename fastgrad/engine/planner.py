@@ -144,10 +144,15 @@ def forced_plan(backend: str, workers: int, workers_given: bool) -> Plan:
                                            f"BLAS limited to 1 thread")
     if backend == "forked":
         return Plan("forked", workers, 1, f"backend='forked': each batch shared by this process "
-                                          f"and {workers - 1} forked copies of it, BLAS limited "
-                                          f"to 1 thread")
+                                          f"and {forked_copies(workers)} of it, BLAS limited to "
+                                          f"1 thread")
     return Plan("processes", workers, 1, f"backend='processes': {workers} worker processes, "
                                          f"theta in shared memory, BLAS limited to 1 thread")
+
+
+def forked_copies(workers: int) -> str:
+    """'1 forked copy', '3 forked copies': the copies beside this process, for a path line."""
+    return f"{workers - 1} forked cop{'y' if workers == 2 else 'ies'}"
 
 
 def instead_of_threads(why: str, workers: int, parallel_asked: bool,
@@ -222,7 +227,7 @@ def calibrate(inputs: PlanInputs, probe: Probe, tuning: Tuning) -> Calibration:
         # pool to feed; a batch too short to pay for its forks runs serially
         return Calibration(Plan(
             "forked", workers, 1, f"Python callable: each batch shared by this process and "
-                                  f"{workers - 1} forked copies of it (one evaluation takes "
+                                  f"{forked_copies(workers)} of it (one evaluation takes "
                                   f"{t_eval * 1e6:.0f} us), BLAS limited to 1 thread", t_eval))
     if python and not maybe_processes and (
             serial_seconds < tuning.calibrate_min_seconds
