@@ -240,6 +240,24 @@ def test_ctrl_c_kills_the_children_and_the_next_check_works(always_fork, tmp_pat
                     workers=2).passed
 
 
+def test_a_program_that_ignores_sigchld_still_gets_every_value(always_fork, tmp_path):
+    # SIGCHLD ignored: the kernel reaps the children itself, and waitpid finds none
+    flag = tmp_path / "kill"
+    flag.touch()
+    serial = fg.check(tanh_loss, THETA, GRAD, args=(A,), segments=SEGMENTS, samples="all",
+                      backend="serial")
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        report = fg.check(slow_tanh_loss, THETA, GRAD, args=(A,), segments=SEGMENTS,
+                          samples="all", backend="forked", workers=2)
+        killed = fg.check(killed_in_a_child, THETA, GRAD, args=(A, str(flag)),
+                          segments=SEGMENTS, samples="all", backend="forked", workers=2)
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert _fingerprint(report) == _fingerprint(serial) == _fingerprint(killed)
+    assert not flag.exists(), "no child was killed"
+
+
 def test_what_was_printed_before_the_fork_is_printed_once(always_fork, capfd):
     print("before the check", end="")  # still in this process's buffer
     fg.check(tanh_loss, THETA, GRAD, args=(A,), samples="all", backend="forked", workers=2)
@@ -270,4 +288,4 @@ def test_the_cases_in_an_interpreter_without_torch_or_jax():
                            __file__], capture_output=True, text=True, timeout=600,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "10 passed, 1 skipped" in done.stdout, done.stdout[-2000:]
+    assert "11 passed, 1 skipped" in done.stdout, done.stdout[-2000:]

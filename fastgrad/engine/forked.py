@@ -305,7 +305,10 @@ class ForkBackend(Backend):
         alive = list(pids)
         while alive and finished < len(chunks):
             for pid in list(alive):
-                done, status = os.waitpid(pid, os.WNOHANG)
+                try:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:  # reaped already (SIGCHLD ignored by the program)
+                    done, status = pid, 0
                 if done:
                     alive.remove(pid)
                     if os.WIFSIGNALED(status):
