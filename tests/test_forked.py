@@ -196,19 +196,18 @@ def test_a_stalled_child_is_stopped_and_its_work_done_here(always_fork, monkeypa
     monkeypatch.setattr(forked, "STALL_SECONDS", 0.3)
     serial = fg.check(tanh_loss, THETA, GRAD, args=(A,), segments=SEGMENTS, samples="all",
                       backend="serial")
-    start = time.monotonic()
     report = fg.check(stalls_in_a_child, THETA, GRAD, args=(A,), segments=SEGMENTS,
                       samples="all", backend="forked", workers=2)
-    assert time.monotonic() - start < 10
-    assert _fingerprint(report) == _fingerprint(serial)
+    # stopped, not awaited: its 60 s sleep did not end the wait
     assert "a forked worker finished nothing for" in report.path_reason
+    assert _fingerprint(report) == _fingerprint(serial)
 
 
 def slow_with_pid(theta, A, pids):
     fd = os.open(pids, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     os.write(fd, f"{os.getpid()}\n".encode())
     os.close(fd)
-    time.sleep(0.01)
+    time.sleep(0.05)
     return tanh_loss(theta, A)
 
 
@@ -220,7 +219,6 @@ def test_ctrl_c_kills_the_children_and_the_next_check_works(always_fork, tmp_pat
 
     previous = signal.signal(signal.SIGALRM, interrupt)  # a timer: no thread of its own
     signal.setitimer(signal.ITIMER_REAL, 0.4)
-    start = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt):
             fg.check(slow_with_pid, THETA, GRAD, args=(A, str(pids)), samples="all",
@@ -228,10 +226,12 @@ def test_ctrl_c_kills_the_children_and_the_next_check_works(always_fork, tmp_pat
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    assert time.monotonic() - start < 0.4 + 1.5
-    children = {int(p) for p in pids.read_text().split()} - {os.getpid()}
+    calls = pids.read_text().split()
+    assert len(calls) < 2 + 2 * THETA.size, "the interrupt did not end the check early"
+    children = {int(p) for p in calls} - {os.getpid()}
     assert children, "no child ran"
     time.sleep(0.2)
+    assert pids.read_text().split() == calls, "a child went on evaluating after Ctrl-C"
     forked._reap_exited()  # a child of an earlier batch that finished its work exits alone
     for pid in children:  # killed and reaped: no such process
         with pytest.raises(ProcessLookupError):
