@@ -139,6 +139,13 @@ class JacobianReport(Report):
         """The records that make the check fail (made only for those)."""
         return self.coords.pick(np.flatnonzero(self.coords.column("failed")))
 
+    @property
+    def suspects(self) -> np.ndarray:
+        """The flat input coordinates with a failing element in their Jacobian column, sorted
+        (an audit report's ``suspects`` are the same kind of index)."""
+        failed = self.coords.column("failed").astype(bool)
+        return np.unique(self.coords.column("index")[failed]).astype(np.int64)
+
     def _worst_records(self, worst: int) -> tuple[list, int, int]:
         """Report._worst_records from the records' columns: a record is made only for the
         elements shown (a large Jacobian has a million)."""

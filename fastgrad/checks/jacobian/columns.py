@@ -206,6 +206,12 @@ class ColumnEvaluator:
             self._last = (key, f_plus, f_minus)
         return self._last[1], self._last[2]
 
+    def keep(self, index, step, f_plus: np.ndarray, f_minus: np.ndarray) -> None:
+        """Hand ``f_plus``, ``f_minus`` out at the next ``pairs(index, step)``: columns the
+        caller evaluated in parts (``pairs`` of each) and joined."""
+        f_plus.flags.writeable = f_minus.flags.writeable = False
+        self._last = ((index.tobytes(), np.asarray(step).tobytes()), f_plus, f_minus)
+
     def chunks(self, index, step):
         """(a, f_plus, f_minus) for coordinates a:a+len(f_plus), chunk by chunk, nothing kept:
         screen_streamed's columns. Subclasses that evaluate in chunks give their own."""

@@ -3,6 +3,9 @@ and fastgrad's audit to localize a direction that disagrees."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import numpy as np
 
 from ...checks.jacobian import SubcheckFailed, judge_jacobian
@@ -24,6 +27,21 @@ FAST_MOVED = 0.25
 # ... and it is cleared there only where a real error of the first step's size would have
 # shown: the smaller step's roundoff floor at most this fraction of the first disagreement
 FAST_FLOOR_FRACTION = 0.25
+# a question within the caller's rule along every direction (fastgrad's band, or the caller's
+# atol slack, asked it: a contraction can hide one wrong element among many) is settled by that
+# rule element by element before any audit: first on the Jacobian columns of this many random
+# coordinates of the questioned inputs (over this many of their output elements when there are
+# more than CALLER_RULE_ALL_ROWS: half the largest numeric entries, half at random) ...
+SAMPLED_COLUMNS = 2
+SAMPLED_ROWS = 4
+# ... then on every column of those inputs when their evaluations and the backward passes of
+# the judged rows, projected from the sample's measured cost, stay within what the audit costs
+# at least: this many calls of the function (2 at x, 24 for the noise probe, 2 per segment's
+# direction, a block's or a leaf's coordinates). The complete columns settle the question (the
+# verdict and the warnings are full mode's); a sample that passes leaves it to the audit, and
+# one that fails fails the check (HardNet: 2 of 2 coordinates wrong, found in 8 calls of 4 ms
+# and 4 backward passes, where the audit took 54 calls)
+SETTLE_BUDGET_CALLS = 48
 # a failure the audit found where every direction was within the caller's rule is judged again
 # by that rule, element by element, on the Jacobian columns of this many of the audit's wrong
 # coordinates (the worst first, then the ends of wrong blocks) ...
@@ -107,6 +125,7 @@ def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
     # (where, analytic, numeric, rel. error, within the caller's atol slack, beyond the caller's
     # rule) of each direction that disagrees after the second step
     questioned: list[tuple[str, float, float, float, bool, bool]] = []
+    asked: set[int] = set()  # the inputs (layout positions) of the questioned directions
     ignored = set(fn.ignored_by_torch(strict))
     detached: set[str] = set()
     for label, values in analytic:
@@ -137,8 +156,23 @@ def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
             questioned.append((f"{fn.layout.names[tensors[r]]} -> {fn.out_layout.names[p]}{label}",
                                a_rp, n_rp, abs(a_rp - n_rp) / max(abs(a_rp), abs(n_rp)),
                                bool(slack[r, p]), bool(bad[r, p])))
+            asked.add(tensors[r])
     warned = []
-    if questioned:
+    settled = None
+    if questioned and not strict and not any(beyond for *_, beyond in questioned):
+        # every direction within the caller's rule: that rule, element by element, decides
+        settled = _settle(fn, leaves, outputs, index, sorted(asked), h=h, dtype=dtype, f0=f0,
+                          atol=atol, rtol=rtol, seed=seed, ignored=ignored)
+        if settled is not None and not settled.judged.passed and not settled.complete:
+            _fail_sampled(fn, settled, questioned, notes)
+    if settled is not None and settled.complete:
+        if not settled.judged.passed:  # the audit names the wrong coordinates
+            report = _localize(fn, leaves, outputs, index, dtype=dtype, tol=max(tol, rtol),
+                               seed=seed, ignored=ignored)
+            _fail_complete(fn, settled, report, questioned, notes)
+        if settled.judged.tolerated_count:
+            tolerated.append((settled.judged.tolerated, settled.judged.tolerated_count))
+    elif questioned:
         # a contraction hides one wrong element among many: the audit looks at coordinates,
         # judged by the caller's relative tolerance (fastgrad's band with strict)
         report = _localize(fn, leaves, outputs, index, dtype=dtype,
@@ -265,6 +299,64 @@ def _localize(fn: TorchFunction, leaves, outputs, index, *, dtype, tol, seed,
     return None if report.passed else report
 
 
+def _shown(questioned) -> list[str]:
+    return [f"{where}: analytic {a:.6g}, numeric {n:.6g} (rel. error {rel:.1e})"
+            for where, a, n, rel, *_ in questioned]
+
+
+def _head(fn: TorchFunction, questioned, notes, middle: str) -> str:
+    """A fast-mode failure's first lines: the directions that disagreed, ``middle`` (what judged
+    them), the outputs among them that do not require grad, and the check's notes."""
+    shown = _shown(questioned)
+    head = ("fast mode: a random direction disagreed (" + "; ".join(shown[:4])
+            + (" ..." if len(shown) > 4 else "") + f"){middle}:\n")
+    lost = [f"{fn.out_prefix}{j}" for j in fn.no_grad
+            if any(where.split(" -> ")[1].split(" ")[0] == f"{fn.out_prefix}{j}"
+                   for where, *_ in questioned)]
+    if lost:
+        head = f"{', '.join(lost)} does not require grad; " + head
+    return head + "".join(f"{note}\n" for note in notes)
+
+
+_RULE = "the caller's rule |a - n| <= atol + rtol |n| element by element"
+
+
+def _fail_sampled(fn: TorchFunction, settled: _Settled, questioned, notes) -> None:
+    """The failure of a sample of columns (``_settle``): the wrong elements found, and how many
+    of the sampled coordinates have one. No audit runs: on a function this costly it would take
+    at least SETTLE_BUDGET_CALLS calls to name every wrong coordinate."""
+    report = settled.judged.report
+    coords = report.coords
+    wrong = np.unique(coords.column("index")[coords.column("failed").astype(bool)])
+    inputs = sorted({fn.layout.names[t] for t in fn.layout.tensor_of(settled.cols).tolist()})
+    spread = (": every one sampled is wrong, so the error is likely spread over the input, "
+              "not in a few coordinates" if wrong.size == settled.cols.size > 1 else "")
+    middle = (f", within the caller's rule along it; {_RULE} fails on the Jacobian columns of "
+              f"{wrong.size} of {settled.cols.size} random coordinates of {', '.join(inputs)} "
+              f"({settled.candidates} coordinates{settled.rows_note}){spread} "
+              f"({settled.evaluations} evaluations; the count below is the whole check's). "
+              "fastgrad's audit, which names every wrong coordinate, was not run (it costs at "
+              f"least {SETTLE_BUDGET_CALLS} calls of the function); fast_mode=False judges every "
+              "element")
+    raise SubcheckFailed("fast mode", _head(fn, questioned, notes, middle) + str(report), report)
+
+
+def _fail_complete(fn: TorchFunction, settled: _Settled, audit_report, questioned,
+                   notes) -> None:
+    """The failure of every column of the questioned inputs (``_settle``), with the audit's
+    localization when it found the wrong coordinates (its report is then the failure's)."""
+    inputs = sorted({fn.layout.names[t] for t in fn.layout.tensor_of(settled.cols).tolist()})
+    middle = (f", within the caller's rule along it; {_RULE} fails on the Jacobian columns of "
+              f"every coordinate of {', '.join(inputs)}")
+    if audit_report is None:
+        raise SubcheckFailed("fast mode", _head(fn, questioned, notes, middle)
+                             + str(settled.judged.report), settled.judged.report)
+    text = (_head(fn, questioned, notes, middle + "; fastgrad's audit localized it")
+            + str(audit_report) + f"\n{_RULE} on those columns ({settled.evaluations} "
+            "evaluations; the count below is the whole check's):\n" + str(settled.judged.report))
+    raise SubcheckFailed("fast mode", text, audit_report)
+
+
 def _judge_audit_failure(fn: TorchFunction, leaves, outputs, index, report, questioned, *,
                          h, dtype, f0, atol, rtol, seed, strict, notes, warned,
                          ignored) -> None:
@@ -273,8 +365,6 @@ def _judge_audit_failure(fn: TorchFunction, leaves, outputs, index, report, ques
     and the caller's rule, element by element on the audit's wrong coordinates' Jacobian
     columns (``_caller_rule_columns``), accepts every element: then the coordinates go into
     ``warned`` (a GradcheckWarning; strict fails them)."""
-    shown = [f"{where}: analytic {a:.6g}, numeric {n:.6g} (rel. error {rel:.1e})"
-             for where, a, n, rel, *_ in questioned]
     columns, before = None, fn.evaluations
     if not strict and not any(beyond for *_, beyond in questioned):
         columns = _caller_rule_columns(fn, leaves, outputs, index, report, h=h, dtype=dtype,
@@ -289,21 +379,13 @@ def _judge_audit_failure(fn: TorchFunction, leaves, outputs, index, report, ques
                           "band, and every element of their Jacobian columns is within the "
                           "caller's tolerance")
             return
-    head = ("fast mode: a random direction disagreed (" + "; ".join(shown[:4])
-            + (" ..." if len(shown) > 4 else "") + "); fastgrad's audit localized it:\n")
-    lost = [f"{fn.out_prefix}{j}" for j in fn.no_grad
-            if any(where.split(" -> ")[1].split(" ")[0] == f"{fn.out_prefix}{j}"
-                   for where, *_ in questioned)]
-    if lost:
-        head = f"{', '.join(lost)} does not require grad; " + head
-    head += "".join(f"{note}\n" for note in notes)
+    head = _head(fn, questioned, notes, "; fastgrad's audit localized it")
     tail = ""
     if columns is not None:
         # the Jacobian report counts every evaluation of the check (fast mode's directions and
         # the audit's too): say which part the columns cost
-        tail = ("\nthe caller's rule |a - n| <= atol + rtol |n| element by element on these "
-                f"coordinates' Jacobian columns ({fn.evaluations - before} more evaluations; the "
-                "count below is the whole check's):\n" + str(columns))
+        tail = (f"\n{_RULE} on these coordinates' Jacobian columns ({fn.evaluations - before} "
+                "more evaluations; the count below is the whole check's):\n" + str(columns))
     elif not strict and not any(beyond for *_, beyond in questioned):
         tail = ("\n(the caller's rule was not applied element by element: that would judge "
                 "part of a complex output)")
@@ -326,31 +408,122 @@ class _Rows:
 
 def _caller_rule_columns(fn: TorchFunction, leaves, outputs, index, report, *, h, dtype, f0,
                          atol, rtol, seed, ignored):
-    """The caller's rule (full mode's judge: fastgrad's steps and re-checks) on the Jacobian
-    columns of up to ``CALLER_RULE_COLUMNS`` of the audit's wrong coordinates, the worst
-    suspects first, then both ends of each wrong block, over the outputs torch judges (not
-    ``ignored``). The analytic values are the backward's: every output row when there are at
-    most ``CALLER_RULE_ALL_ROWS`` (batched and checked against one plain backward, as full
-    mode's), else ``CALLER_RULE_ROWS`` rows, one backward pass each: half where the numeric
-    columns are largest, half at random. None when complex outputs would have to be split."""
+    """The caller's rule (``_judge_columns``) on the Jacobian columns of up to
+    ``CALLER_RULE_COLUMNS`` of the audit's wrong coordinates, the worst suspects first, then
+    the first and last coordinate each wrong block counts wrong (its zeros found right are not:
+    a block of 400 whose one nonzero gradient is wrong is judged at that one). None when
+    complex outputs would have to be split."""
     picked = [r.index for r in sorted(report.suspect_records, key=lambda r: -r.rel_error)]
+    suspects = np.asarray(report.suspects)
     for b in report.blocks:
-        picked += [b.start, b.stop - 1]
+        counted = suspects[(suspects >= b.start) & (suspects < b.stop)]
+        picked += [int(counted[0]), int(counted[-1])] if counted.size else [b.start,
+                                                                            b.stop - 1]
     cols = np.array(list(dict.fromkeys(int(index[i]) for i in picked))[:CALLER_RULE_COLUMNS],
                     dtype=np.int64)
+    judged = _judge_columns(fn, leaves, outputs, cols, Evaluator(fn), h=h, dtype=dtype, f0=f0,
+                            atol=atol, rtol=rtol, seed=seed, ignored=ignored)
+    return None if judged is None else judged[0]
+
+
+@dataclass(frozen=True)
+class _Settled:
+    """What ``_settle`` judged: the verdict on ``cols`` (a ``Judged``: ``.passed``,
+    ``.report``, ``.tolerated``), and whether those are every column of the questioned inputs
+    over every output element torch judges."""
+
+    judged: object
+    complete: bool
+    cols: np.ndarray
+    candidates: int  # coordinates of the questioned inputs
+    evaluations: int  # calls of the function the settling made
+    rows_note: str  # ", over 8 of 256 output elements" when the rows were sampled
+
+
+def _settle(fn: TorchFunction, leaves, outputs, index, asked, *, h, dtype, f0, atol, rtol,
+            seed, ignored) -> _Settled | None:
+    """The caller's rule element by element on the Jacobian columns of the questioned inputs
+    ``asked``. ``SAMPLED_COLUMNS`` random coordinates are judged first: a failure there is
+    the check's. When they pass and at most ``CALLER_RULE_ALL_ROWS`` output elements are
+    judged, the other columns are evaluated in chunks, each as large as the rest of
+    ``SETTLE_BUDGET_CALLS`` calls of the function buys at the rate measured so far (a batched
+    call's own cost makes the first rate the slowest), and judged all together when every one
+    fits: the question is settled completely. Else the sample's verdict is returned
+    (incomplete: the audit decides). None when complex outputs would have to be split."""
+    candidates = index[np.isin(fn.layout.tensor_of(index), asked)]
+    order = np.random.default_rng([seed, 0x7365_7474]).permutation(candidates)
+    x = fn.x.astype(dtype)
+    ev = Evaluator(fn)
+    before = fn.evaluations
+    rows = _judged_rows(fn, ignored).size
+    sample = np.sort(order[:SAMPLED_COLUMNS])
+    started = time.perf_counter()
+    plus, minus = map(list, zip(ev.pairs(sample, coordinate_steps(x[sample], h, dtype))))
+    spent = time.perf_counter() - started
+    judged = _judge_columns(fn, leaves, outputs, sample, ev, h=h, dtype=dtype, f0=f0, atol=atol,
+                            rtol=rtol, seed=seed, ignored=ignored, lazy=True,
+                            sampled_rows=SAMPLED_ROWS)
+    if judged is None:
+        return None
+    report, judged_rows = judged
+    note = "" if judged_rows == rows else f", over {judged_rows} of {rows} output elements"
+    if sample.size == candidates.size or not report.passed or rows > CALLER_RULE_ALL_ROWS:
+        return _Settled(report, sample.size == candidates.size and judged_rows == rows, sample,
+                        int(candidates.size), fn.evaluations - before, note)
+    # the rest of the columns within the budget; a backward pass per row costs about a call
+    call = fn.call_seconds or spent / (2 * sample.size)
+    budget = (SETTLE_BUDGET_CALLS - rows) * call
+    done = sample.size
+    while done < order.size:
+        size = int((budget - spent) / (spent / done))
+        if size < 1:
+            return _Settled(report, False, sample, int(candidates.size),
+                            fn.evaluations - before, note)
+        part = order[done:done + size]
+        started = time.perf_counter()
+        fp, fm = ev.pairs(part, coordinate_steps(x[part], h, dtype))
+        spent += time.perf_counter() - started
+        plus.append(fp)
+        minus.append(fm)
+        done += part.size
+    # every column, in the inputs' order, judged from the values just evaluated
+    evaluated = np.concatenate([sample, order[sample.size:]])
+    arranged = np.argsort(evaluated, kind="stable")
+    cols = evaluated[arranged]
+    ev.keep(cols, coordinate_steps(x[cols], h, dtype), np.concatenate(plus)[arranged],
+            np.concatenate(minus)[arranged])
+    judged = _judge_columns(fn, leaves, outputs, cols, ev, h=h, dtype=dtype, f0=f0, atol=atol,
+                            rtol=rtol, seed=seed, ignored=ignored, lazy=True)
+    return _Settled(judged[0], True, cols, int(candidates.size), fn.evaluations - before, "")
+def _judged_rows(fn: TorchFunction, ignored) -> np.ndarray:
+    """The flat output elements torch judges (the outputs not ``ignored``)."""
+    starts = fn.out_layout.starts
+    parts = [np.arange(starts[p], starts[p + 1]) for p in range(len(fn.out_layout.names))
+             if p not in ignored]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _judge_columns(fn: TorchFunction, leaves, outputs, cols, ev, *, h, dtype, f0, atol, rtol,
+                   seed, ignored, lazy=False, sampled_rows=CALLER_RULE_ROWS):
+    """(report, output elements judged): the caller's rule (full mode's judge: fastgrad's steps
+    and re-checks) on the Jacobian columns ``cols`` over the outputs torch judges (not
+    ``ignored``). The analytic values are the backward's: every output row when there are at
+    most ``CALLER_RULE_ALL_ROWS`` (batched and checked against one plain backward, as full
+    mode's), else ``sampled_rows`` rows, one backward pass each: half where the numeric
+    columns are largest, half at random. ``lazy``: a ``Judged`` (full mode's quick pass, the
+    report built when read) instead of the report. None when complex outputs would have to be
+    split."""
     x = fn.x.astype(dtype)
     step = coordinate_steps(x[cols], h, dtype)
     layout = fn.out_layout
-    ev = Evaluator(fn)
-    rows = np.concatenate([np.arange(layout.starts[p], layout.starts[p + 1])
-                           for p in range(len(layout.names)) if p not in ignored])
+    rows = _judged_rows(fn, ignored)
     if rows.size > CALLER_RULE_ALL_ROWS:
         fp, fm = ev.pairs(cols, step)  # kept by the evaluator for the judge's same call
         largest = rows[np.argsort(-np.abs(fp - fm)[:, rows].max(axis=0), kind="stable")]
-        half = CALLER_RULE_ROWS // 2
+        half = sampled_rows // 2
         rest = largest[half:]
         rows = np.sort(np.concatenate([largest[:half], np.random.default_rng(
-            [seed, 0x726f_7773]).choice(rest, size=CALLER_RULE_ROWS - half, replace=False)]))
+            [seed, 0x726f_7773]).choice(rest, size=sampled_rows - half, replace=False)]))
     if rows.size < layout.size:
         if any(layout.complex):
             return None
@@ -372,6 +545,7 @@ def _caller_rule_columns(fn: TorchFunction, leaves, outputs, index, report, *, h
     if jacobian is None:
         jacobian = vjp_rows(fn, leaves, outputs, rows, batched=False)
     tol, tol_reason = caller_tolerance(dtype, rtol)
-    return judge_jacobian(ev, x, f0[rows], jacobian, cols, step, tol=tol,
-                          tol_reason=tol_reason, noise_eps=noise_eps(dtype), atol=atol,
-                          rtol=rtol, inputs=fn.layout, outputs=layout, seed=seed)
+    report = judge_jacobian(ev, x, f0[rows], jacobian, cols, step, tol=tol,
+                            tol_reason=tol_reason, noise_eps=noise_eps(dtype), atol=atol,
+                            rtol=rtol, inputs=fn.layout, outputs=layout, seed=seed, lazy=lazy)
+    return report, int(rows.size)
