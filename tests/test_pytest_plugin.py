@@ -699,6 +699,15 @@ def test_router_alternate_order_draws_what_the_original_draws_alone(
                for line in router.log.summary_lines())
     with pytest.raises(InvalidValue, match="order: expected one of original-first, alternate"):
         routing.Router("compare", order="sideways")
+    # fastgrad-first: on every call, the original's draws still its own
+    router = routing.Router("compare", order="fastgrad-first")
+    routed = router._replacement(original, "gradcheck")
+    ran.clear()
+    random.seed(5)
+    assert [routed("f", ()) for _ in range(3)] == alone[:3]
+    assert ran == ["fastgrad", "original"] * 3
+    assert [c["fastgrad_first"] for c in router.log.calls] == [True, True, True]
+    assert any("fastgrad first on every call" in line for line in router.log.summary_lines())
 
 
 def test_router_verdicts_outcomes_and_summary(monkeypatch: pytest.MonkeyPatch):

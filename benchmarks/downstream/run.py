@@ -12,12 +12,15 @@ calls; torch's verdicts (pass / fail / error); fastgrad's verdicts (pass / pass 
 inside fastgrad's, and their ratio. Then it lists every disagreement with both verdicts and
 fastgrad's report.
 
-The two checkers run in alternating order by default (``--order alternate``: fastgrad's first on
-every second call), so the costs of a first use, an op's first backward or torch's lazy import
-of sympy on the first ``autograd.grad`` with ``grad_outputs`` (0.3 s), fall on both alike. With
-torch's checker first on every call (``--order original-first``, the plugin's default) kornia's
-ratio was 1.15x and 1.20x in two runs, against 1.26x and 1.27x with fastgrad's first on every
-call (2026-12-06, 17:56).
+Which checker runs first on a call matters: the costs of a first use (an op's first backward,
+torch's lazy import of sympy on the first ``autograd.grad`` with ``grad_outputs``, 0.3 s) fall
+on the first, and the second call of a TorchScript function (kornia's ``find_fundamental``)
+compiles it, 0.1 s on the second. By default (``--order both``) each project runs twice, torch's
+checker first on every call and then fastgrad's (the plugin's ``--fastgrad-gradcheck-order``
+``original-first`` and ``fastgrad-first``), and each call's seconds per checker are the mean of
+its two runs: every such cost counts half for each checker. The verdicts shown are the first
+run's; a disagreement in either run is listed. ``--order alternate`` (fastgrad's first on every
+second call) or a single order runs each project once.
 
 How to run
 ----------
@@ -61,10 +64,11 @@ How to run
    Other options: ``--sources DIR``, ``--timeout SECONDS`` (per project), ``--keep DIR`` (keep
    each project's plugin JSON and pytest output there), ``--pytest-arg ARG`` (repeatable, passed
    to every pytest run), ``--show-warnings`` (also list fastgrad's passes with a warning).
-   On a 2-core machine the compare runs of the full selections take about 10 minutes when it
-   is otherwise idle (plain pytest: kornia ~2 min, entmax ~1, roma, torchdiffeq ~0.5 each,
-   cvxpylayers ~0.3) and 20 or more when it is shared (``--baseline`` adds the plain runs);
-   ``--quick`` takes 2-4 minutes. Seconds inside the checkers are the ones to compare: wall
+   On a 2-core machine the compare runs of the full selections take about 10 minutes per order
+   when it is otherwise idle (20 with the default ``--order both``; pytorch_wavelets is most of
+   it; plain pytest: kornia ~2 min, entmax ~1, roma, torchdiffeq ~0.5 each, cvxpylayers ~0.3)
+   and more when it is shared (``--baseline`` adds the plain runs); ``--quick`` takes 2-4
+   minutes per order. Seconds inside the checkers are the ones to compare: wall
    times move with the machine's load.
 
 The selections (``args``/``keyword``) are the projects' tests that call gradcheck, minus a few
@@ -92,6 +96,9 @@ from pathlib import Path
 from typing import Any
 
 from fastgrad.testing.routing import ORDERS  # the plugin's --fastgrad-gradcheck-order values
+
+# --order both: each project runs in these two orders, and each call's seconds are the mean
+BOTH_ORDERS = ("original-first", "fastgrad-first")
 
 # --------------------------------------------------------------------------- the projects
 #
@@ -540,28 +547,82 @@ def run_project(project: Project, root: Path, args: argparse.Namespace, workdir:
                            "pytest": pytest_summary(out), "timed_out": to}
         print(f"  plain pytest: rc={rc} {wall:.1f}s {pytest_summary(out)}", flush=True)
 
-    json_path = workdir / f"{project.name}.json"
-    if json_path.exists():
-        json_path.unlink()
-    cmd = [sys.executable, "-m", "pytest", *COMMON_PYTEST, *args.pytest_arg,
-           "--fastgrad-gradcheck=compare", f"--fastgrad-gradcheck-order={args.order}",
-           "--fastgrad-gradcheck-json", str(json_path), *sel]
-    log = workdir / f"{project.name}.compare.txt"
-    print(f"  cd {root} && {' '.join(_quote(c) for c in cmd)}", flush=True)
-    rc, wall, out, to = run_pytest(cmd, root, args.timeout, log)
-    result.update(command=cmd, returncode=rc, wall_seconds=wall, timed_out=to, pytest=pytest_summary(out))
-    if rc not in (0, 1) or not json_path.exists():
-        result["pytest_tail"] = "\n".join(out.splitlines()[-30:])
-    raw: dict = {}
-    if json_path.exists():
-        raw = json.loads(json_path.read_text())
-    calls = [normalize_call(c) for c in (raw.get("calls", []) if isinstance(raw, dict) else raw)]
-    result["plugin_summary"] = raw.get("summary") if isinstance(raw, dict) else None
-    result["calls"] = calls
-    result["totals"] = totals(calls)
-    print(f"  pytest: rc={rc} {wall:.1f}s {result['pytest']}; {len(calls)} checker calls"
-          + (" (TIMED OUT)" if to else ""), flush=True)
+    orders = BOTH_ORDERS if args.order == "both" else (args.order,)
+    runs = []
+    for order in orders:
+        suffix = f".{order}" if len(orders) > 1 else ""
+        json_path = workdir / f"{project.name}{suffix}.json"
+        if json_path.exists():
+            json_path.unlink()
+        cmd = [sys.executable, "-m", "pytest", *COMMON_PYTEST, *args.pytest_arg,
+               "--fastgrad-gradcheck=compare", f"--fastgrad-gradcheck-order={order}",
+               "--fastgrad-gradcheck-json", str(json_path), *sel]
+        log = workdir / f"{project.name}{suffix}.compare.txt"
+        print(f"  cd {root} && {' '.join(_quote(c) for c in cmd)}", flush=True)
+        rc, wall, out, to = run_pytest(cmd, root, args.timeout, log)
+        run: dict[str, Any] = dict(order=order, command=cmd, returncode=rc, wall_seconds=wall,
+                                   timed_out=to, pytest=pytest_summary(out))
+        if rc not in (0, 1) or not json_path.exists():
+            run["pytest_tail"] = "\n".join(out.splitlines()[-30:])
+        raw: dict = {}
+        if json_path.exists():
+            raw = json.loads(json_path.read_text())
+        run["calls"] = [normalize_call(c) for c in (raw.get("calls", []) if isinstance(raw, dict)
+                                                    else raw)]
+        run["plugin_summary"] = raw.get("summary") if isinstance(raw, dict) else None
+        print(f"  pytest: rc={rc} {wall:.1f}s {run['pytest']}; {len(run['calls'])} checker calls"
+              + (" (TIMED OUT)" if to else ""), flush=True)
+        runs.append(run)
+    first = runs[0]
+    result.update({k: first[k] for k in ("command", "returncode", "timed_out", "pytest",
+                                         "plugin_summary") if k in first})
+    result["wall_seconds"] = sum(r["wall_seconds"] for r in runs)
+    if any("pytest_tail" in r for r in runs):
+        result["pytest_tail"] = "\n".join(r.get("pytest_tail", "") for r in runs)
+    result["runs"] = [{k: v for k, v in r.items() if k != "calls"} for r in runs]
+    result["calls"] = (first["calls"] if len(runs) == 1
+                       else paired(first["calls"], runs[1]["calls"], result))
+    result["totals"] = totals(result["calls"])
     return result
+
+
+def paired(first: list[dict], second: list[dict], result: dict) -> list[dict]:
+    """The calls of two runs in opposite orders (``BOTH_ORDERS``), one per call: each
+    checker's seconds the mean of its two runs' (so a cost that lands on whichever checker
+    goes first, or second, counts half for each), the first run's verdicts, and a
+    disagreement when either run had one (its verdicts and messages then shown). Runs whose
+    calls do not pair up (another number, or other tests in another order) are both kept,
+    their seconds halved, and ``result["unpaired"]`` says so."""
+    seconds = ("torch_seconds", "fastgrad_seconds", "torch_collector_seconds",
+               "fastgrad_collector_seconds")
+    if len(first) != len(second) or any(a["nodeid"] != b["nodeid"] for a, b in zip(first, second)):
+        result["unpaired"] = (f"the runs' calls do not pair up ({len(first)} and "
+                              f"{len(second)}): both kept, each call's seconds halved")
+        out = []
+        for c in first + second:
+            c = dict(c)
+            for k in seconds:
+                c[k] /= 2
+            out.append(c)
+        return out
+    out = []
+    result["verdicts_changed"] = 0
+    for a, b in zip(first, second):
+        c = dict(a)
+        for k in seconds:
+            c[k] = (a[k] + b[k]) / 2
+        if (a["torch_verdict"], a["fastgrad_verdict"]) != (b["torch_verdict"],
+                                                          b["fastgrad_verdict"]):
+            result["verdicts_changed"] += 1  # a random input: the runs drew different ones
+        if b["disagree"] and not a["disagree"]:
+            for k in ("torch_verdict", "fastgrad_verdict", "torch_verdict_text",
+                      "fastgrad_verdict_text", "torch_message", "fastgrad_message",
+                      "fastgrad_warnings"):
+                c[k] = b[k]
+            c["disagree"] = True
+            c["disagree_run"] = 2
+        out.append(c)
+    return out
 
 
 def _quote(s: str) -> str:
@@ -644,7 +705,9 @@ def print_disagreements(results: list[dict], show_warnings: bool) -> None:
             if not c["disagree"]:
                 continue
             any_ = True
-            print(f"\n### {r['project']}: {c['nodeid']} ({c['checker']}, fast_mode={c['fast_mode']})")
+            run = " (in the second run)" if c.get("disagree_run") == 2 else ""
+            print(f"\n### {r['project']}: {c['nodeid']} ({c['checker']}, "
+                  f"fast_mode={c['fast_mode']}){run}")
             tv = c["torch_verdict_text"] or c["torch_verdict"]
             fv = c["fastgrad_verdict_text"] or c["fastgrad_verdict"]
             print(f"torch: {tv} ({c['torch_seconds']:.3f}s)  fastgrad: {fv} ({c['fastgrad_seconds']:.3f}s)")
@@ -706,8 +769,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", metavar="DIR", help="keep the plugin's JSON and pytest's output here")
     ap.add_argument("--pytest-arg", action="append", default=[], metavar="ARG", help="extra pytest argument")
     ap.add_argument("--show-warnings", action="store_true", help="also list fastgrad passes with a warning")
-    ap.add_argument("--order", choices=ORDERS, default="alternate",
-                    help="which checker runs first on a call (default alternate: each on every second call)")
+    ap.add_argument("--order", choices=(*ORDERS, "both"), default="both",
+                    help="which checker runs first on a call; 'both' (default): each project twice, "
+                         "torch's first on every call, then fastgrad's, each call's seconds the "
+                         "mean of the two")
     ap.add_argument("--list", action="store_true",
                     help="print the projects and their selections, run nothing")
     args = ap.parse_args(argv)
@@ -769,6 +834,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print_table(results)
+    for r in results:
+        if r.get("unpaired"):
+            print(f"{r['project']}: {r['unpaired']}")
+        if r.get("verdicts_changed"):
+            print(f"{r['project']}: {r['verdicts_changed']} call(s) had other verdicts in the "
+                  "second run (random inputs; the table counts the first run's)")
     print_disagreements(results, args.show_warnings)
     for r in results:
         if r.get("pytest_tail"):

@@ -150,8 +150,9 @@ class CallLog:
     mode : str
         "replace" or "compare": the summary's shape follows it.
     order : str
-        Compare mode: "original-first" (the original checker runs first on every call) or
-        "alternate" (fastgrad's runs first on every second compared call).
+        Compare mode: "original-first" (the original checker runs first on every call),
+        "alternate" (fastgrad's runs first on every second compared call) or "fastgrad-first"
+        (fastgrad's on every call).
     """
 
     def __init__(self, mode: str, order: str = "original-first"):
@@ -209,8 +210,9 @@ class CallLog:
                  f"fastgrad: {_counts(ours)}; {_times(ours)}"]
         ratio = summary["ratio_fastgrad_to_original"]
         if ratio is not None:
-            first = ("the original first on every call" if self.order == "original-first"
-                     else "each first on every second call")
+            first = {"original-first": "the original first on every call",
+                     "fastgrad-first": "fastgrad first on every call"}.get(
+                self.order, "each first on every second call")
             lines.append(f"time fastgrad / original: {ratio:.2f} ({first})")
         lines.append(f"disagreements: {len(summary['disagreements'])}")
         for call in self.calls:

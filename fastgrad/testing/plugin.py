@@ -32,13 +32,15 @@ Options (``pytest --help`` lists them under "fastgrad gradient checks"):
     calls, each checker's verdicts and time, and every disagreement. Frameworks that are not
     installed are left alone; everything is restored at the end of the session.
 ``--fastgrad-gradcheck-order``
-    ``--fastgrad-gradcheck-order=original-first|alternate``, with ``compare``: which checker
-    runs first on a call. ``original-first`` (the default): the original on every call, so it
-    sees exactly what it would see alone (and pays the costs of a first use: an op's first
-    backward, a lazy import). ``alternate``: fastgrad's first on every second compared call
-    (the random generators are still put back, so the original draws what it would draw
-    alone), so those costs fall on both checkers' times alike; each call records
-    ``fastgrad_first``.
+    ``--fastgrad-gradcheck-order=original-first|alternate|fastgrad-first``, with ``compare``:
+    which checker runs first on a call. ``original-first`` (the default): the original on
+    every call, so it sees exactly what it would see alone (and pays the costs of a first use:
+    an op's first backward, a lazy import). ``alternate``: fastgrad's first on every second
+    compared call (the random generators are still put back, so the original draws what it
+    would draw alone), so those costs fall on both checkers' times alike. ``fastgrad-first``:
+    fastgrad's first on every call (a run in this order beside one in ``original-first``
+    gives each checker each call's first place once: a TorchScript function's second call,
+    which compiles it, lands on each alike). Each call records ``fastgrad_first``.
 ``--fastgrad-gradcheck-json``
     ``--fastgrad-gradcheck-json PATH``, with ``--fastgrad-gradcheck``: write every call (node
     id, checker, fast_mode, both verdicts and times, a disagreement's messages) and the summary
@@ -118,7 +120,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="with --fastgrad-gradcheck=compare: 'original-first' (default) runs the original "
              "checker first on every call; 'alternate' runs fastgrad's first on every second "
              "call, so the costs of a first use (an op's first backward, a lazy import) fall "
-             "on both checkers' times alike",
+             "on both checkers' times alike; 'fastgrad-first' runs fastgrad's first on every "
+             "call",
     )
     group.addoption(
         "--fastgrad-gradcheck-json",

@@ -25,7 +25,7 @@ from .render import first_line
 __all__ = ["ORDERS", "Router"]
 
 # compare mode's orders of the two checkers on a call (Router's ``order``)
-ORDERS = ("original-first", "alternate")
+ORDERS = ("original-first", "alternate", "fastgrad-first")
 
 # (module that owns the checker, its attribute, the checker's name)
 _TORCH_TARGETS = (
@@ -52,9 +52,11 @@ class Router:
         the original's outcome is the call's).
     order : str
         Compare mode: "original-first" (default: the original checker runs first on every
-        call, so it sees exactly what it would see without fastgrad) or "alternate"
+        call, so it sees exactly what it would see without fastgrad), "alternate"
         (fastgrad's runs first on every second compared call, so the costs of a first use, an
-        op's first backward or a lazy import, fall on both checkers alike).
+        op's first backward or a lazy import, fall on both checkers alike) or "fastgrad-first"
+        (on every call: a second run in that order beside one in "original-first" gives each
+        checker every call's first and second place once).
 
     Raises
     ------
@@ -208,7 +210,8 @@ class Router:
         ours = None
         if fastgrad_checker is not None and self.mode == "compare":
             number = next(self._compared)
-            record["fastgrad_first"] = self.order == "alternate" and number % 2 == 0
+            record["fastgrad_first"] = self.order == "fastgrad-first" or (
+                self.order == "alternate" and number % 2 == 0)
             if record["fastgrad_first"]:
                 with _random_states_kept():  # the original draws what it would draw alone
                     ours = run_checker(fastgrad_checker, args, kwargs, catch=True)
