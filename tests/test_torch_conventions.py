@@ -706,3 +706,40 @@ def test_fast_mode_remeasures_one_direction_among_several_inputs(columns_settle)
     with pytest.warns(fastgrad.GradcheckWarning, match=(
             r"12 element\(s\) .* input1\[\d, \d\] -> output0\[\d\] \(rel. error 5.0e-04\)")):
         assert ft.gradcheck(ScaledSecond.apply, (a, b, c), fast_mode=True)
+
+
+class ForwardOff(torch.autograd.Function):
+    """exp(x) with a right backward and a forward-mode jvp 0.05% off: beyond fastgrad's band,
+    within torch's rtol."""
+
+    @staticmethod
+    def forward(x):
+        return x.exp()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * y
+
+    @staticmethod
+    def jvp(ctx, t):
+        (y,) = ctx.saved_tensors
+        return t * y * 1.0005
+
+
+def test_a_forward_ad_question_is_not_settled_by_the_backwards_columns(columns_settle):
+    """Only the forward-AD direction is questioned: the backward's Jacobian columns (right)
+    cannot answer it, so it is warned about by name, as before columns settled questions."""
+    x = leaf(6, seed=21)
+    assert torch.autograd.gradcheck(ForwardOff.apply, (x,), fast_mode=True,
+                                    check_forward_ad=True)
+    with pytest.warns(fastgrad.GradcheckWarning, match=r"input0 -> output0 \(forward AD\)"):
+        assert ft.gradcheck(ForwardOff.apply, (x,), fast_mode=True, check_forward_ad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastgrad.GradcheckWarning)
+        assert ft.gradcheck(ForwardOff.apply, (x,), fast_mode=True)  # the backward is right

@@ -861,3 +861,71 @@ def test_a_backward_that_is_not_reentrant_fails_and_a_reentrant_one_passes(n):
     # when the first was)
     assert ft.gradcheck(lambda t: torch.tanh(t) * 2, (x,), nondet_tol=1e-12)
     assert ft.gradgradcheck(lambda t: torch.tanh(t) * 2, (x,), nondet_tol=1e-12)
+
+
+class ScaledRows(torch.autograd.Function):
+    """tanh(x) whose backward is 5% off on the coordinates ``ctx.wrong``."""
+
+    @staticmethod
+    def forward(ctx, x, wrong):
+        ctx.save_for_backward(x)
+        ctx.wrong = wrong
+        return x.tanh()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        d = 1 - x.tanh() ** 2
+        d[ctx.wrong] *= 1.05
+        return g * d, None
+
+
+def test_a_full_mode_failure_stops_at_its_worst_coordinate():
+    """Several coordinates wrong at the first step: the worst is re-checked and its failure
+    ends the check (the others are shown at the first step, the report says so), in fewer
+    evaluations than judging every one; torch's gradcheck fails it too."""
+    x = leaf(12, seed=30)
+    calls = []
+
+    def f(t):
+        calls.append(1)
+        return ScaledRows.apply(t, [2, 5, 9])
+
+    with pytest.raises(TorchGradcheckError):
+        torch.autograd.gradcheck(f, (x,))
+    calls.clear()
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(f, (x,))
+    report = info.value.report
+    assert "stopped at the first failure" in str(info.value)
+    assert set(report.suspects.tolist()) == {2, 5, 9}
+    assert report.rechecked == 1  # the worst coordinate, alone
+    # x twice (the reference and the nondeterminism check), the columns, and the re-checks of
+    # one coordinate (three smaller steps at most), not of three
+    assert len(calls) <= 2 + 2 * 12 + 2 * 3, len(calls)
+
+
+def test_a_kink_at_the_worst_first_step_failure_is_excused_and_the_rest_judged():
+    """relu at coordinates closer to 0 than the step: the first step fails there (every one a
+    kink crossing). The worst is excused by its re-checks, so every coordinate is re-checked
+    as before: the right backward passes (no false alarm), and a planted bug beside the
+    kinks fails at its own coordinate."""
+    x = torch.tensor([1e-9, -2e-9, 3e-9, 0.5, -0.7, 0.9], dtype=F64, requires_grad=True)
+    assert ft.gradcheck(torch.relu, (x,))
+
+    class WrongAt4(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            ctx.save_for_backward(t)
+            return t.relu()
+
+        @staticmethod
+        def backward(ctx, g):
+            (t,) = ctx.saved_tensors
+            d = (t > 0).to(t.dtype)
+            d[4] = 0.3  # relu'(-0.7) is 0
+            return g * d
+
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(WrongAt4.apply, (x,))
+    assert info.value.report.suspects.tolist() == [4]

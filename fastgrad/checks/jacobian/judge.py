@@ -35,8 +35,8 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
                    atol: float, rtol: float | None, inputs: Layout, outputs: Layout, seed: int,
                    skipped: tuple[str, ...] = (), notes: tuple[str, ...] = (),
                    refine: Callable[[np.ndarray], np.ndarray] | None = None,
-                   mode: str = "", lazy: bool = False,
-                   strict: bool = False) -> JacobianReport | Judged:
+                   mode: str = "", lazy: bool = False, strict: bool = False,
+                   fail_fast: bool = False) -> JacobianReport | Judged:
     """Judge the analytic ``jacobian`` (outputs x inputs, flat real) against centered
     differences at the coordinates ``index`` (steps ``step``).
 
@@ -47,7 +47,9 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
     ``Judged`` whose report is built only when read (a passing check of a small function
     spends a good part of its time building a report nobody reads). ``strict``: elements
     beyond fastgrad's band but within the caller's ``atol``/``rtol`` fail instead of being
-    listed in ``report.tolerated`` (see ``_final_failures``).
+    listed in ``report.tolerated`` (see ``_final_failures``). ``fail_fast``: when several
+    coordinates fail at the first step, the worst is re-checked first, and a failure there
+    ends the judging (``_stopped_at_first_failure``; the report says so).
     """
     notes = tuple(notes)
     fp, fm = ev.pairs(index, step)
@@ -77,25 +79,41 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
         table.kink[:] = False
         if not _final_failures(table, jacobian[:, index], atol, rtol, strict)[0].any():
             return Judged(True, lambda: build(table)) if lazy else build(table)
-    for _ in range(2):
-        grads = {r: jacobian[r] for r in range(n_out)}
-        judge = Judge(ev, x, f0, grads, tol, noise_eps, "detect")
-        stats = judge.verdicts(index, step, fp.copy(), fm.copy())
-        steps, rechecked = judge.recheck(index, step, stats)
-        table = _Table(*(np.stack([getattr(st, name) for st in stats]).reshape(n_out, -1)
-                         for name in _FIELDS))
+
+    def judged_at(pos: np.ndarray):
+        """(table, steps, re-checked, failed, tolerated) of the coordinates ``index[pos]``, after
+        their re-checks (and, when their batched analytic rows fail, on one-by-one rows)."""
+        nonlocal jacobian, refine, notes
+        where = index[pos]
+        for _ in range(2):
+            grads = {r: jacobian[r] for r in range(n_out)}
+            judge = Judge(ev, x, f0, grads, tol, noise_eps, "detect")
+            stats = judge.verdicts(where, step[pos], fp[pos].copy(), fm[pos].copy())
+            steps, rechecked = judge.recheck(where, step[pos], stats)
+            table = _Table(*(np.stack([getattr(st, name) for st in stats]).reshape(n_out, -1)
+                             for name in _FIELDS))
+            failed, tolerated = _final_failures(table, jacobian[:, where], atol, rtol, strict)
+            if refine is None or not failed.any():
+                break
+            rows = np.flatnonzero(failed.any(axis=1))
+            fresh = refine(rows)
+            if np.array_equal(fresh, jacobian[rows], equal_nan=True):
+                break
+            jacobian = jacobian.copy()
+            jacobian[rows] = fresh
+            notes += (f"batched vector-Jacobian products differed from one-by-one ones on "
+                      f"{rows.size} output element(s); the one-by-one values were judged",)
+            refine = None
+        return table, steps, rechecked, failed, tolerated
+
+    stopped = _stopped_at_first_failure(table, judged_at, jacobian, index, step, atol, rtol,
+                                        strict, inputs) if fail_fast else None
+    if stopped is not None:
+        table, steps, rechecked, note = stopped
         failed, tolerated = _final_failures(table, jacobian[:, index], atol, rtol, strict)
-        if refine is None or not failed.any():
-            break
-        rows = np.flatnonzero(failed.any(axis=1))
-        fresh = refine(rows)
-        if np.array_equal(fresh, jacobian[rows], equal_nan=True):
-            break
-        jacobian = jacobian.copy()
-        jacobian[rows] = fresh
-        notes += (f"batched vector-Jacobian products differed from one-by-one ones on "
-                  f"{rows.size} output element(s); the one-by-one values were judged",)
-        refine = None
+        notes += (note,)
+    else:
+        table, steps, rechecked, failed, tolerated = judged_at(np.arange(index.size))
     report = _report(ev.evaluations, ev.path, ev.path_reason, x, f0, jacobian, index, table,
                      steps, rechecked, failed, tolerated, tol=tol, tol_reason=tol_reason,
                      inputs=inputs, outputs=outputs, seed=seed, skipped=skipped, notes=notes,
@@ -105,6 +123,46 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
         judged.tolerated, judged.tolerated_count = report.tolerated, report.tolerated_count
         return judged
     return report
+
+
+def _stopped_at_first_failure(screen: _Table, judged_at, jacobian, index, step, atol, rtol,
+                              strict, inputs: Layout):
+    """fail_fast: when the caller's rule fails at the first step and other coordinates would
+    be re-checked too (failing ones, or ones within the roundoff floor, whose re-check takes a
+    larger step), the worst failing coordinate is re-checked alone; a failure that stands there
+    is the check's, and the others are shown at their first step, not re-checked (torch's
+    gradcheck stops at its first mismatch too). Returns (table, steps, re-checked, note), or
+    None when the re-checks of every coordinate decide (nothing else to re-check, or the worst
+    was excused: a kink)."""
+    screen.kink[:] = False
+    first, _ = _final_failures(screen, jacobian[:, index], atol, rtol, strict)
+    failing = np.flatnonzero(first.any(axis=0))
+    pending = np.flatnonzero((screen.failed | (screen.verdict == NOISE)).any(axis=0)
+                             | first.any(axis=0))
+    if failing.size == 0 or pending.size < 2:
+        return None
+    diff = np.abs(jacobian[:, index[failing]] - screen.numeric[:, failing])
+    with np.errstate(invalid="ignore"):
+        excess = np.where(first[:, failing], diff - atol - (rtol or 0.0)
+                          * np.abs(screen.numeric[:, failing]), -np.inf).max(axis=0)
+    worst = failing[int(np.argmax(np.where(np.isnan(excess), np.inf, excess)))]
+    table, steps, rechecked, failed, _ = judged_at(np.array([worst]))
+    if not failed.any():
+        return None
+    merged_table = _Table(*(getattr(screen, name).copy() for name in _FIELDS))
+    for name in _FIELDS:
+        getattr(merged_table, name)[:, worst] = getattr(table, name)[:, 0]
+    merged_steps = [step.copy() for _ in steps]
+    for row, s in zip(merged_steps, steps):
+        row[worst] = s[0]
+    merged_rechecked = np.zeros(index.size, dtype=bool)
+    merged_rechecked[worst] = rechecked[0]
+    note = (f"stopped at the first failure: {inputs.where(int(index[worst]))}, the worst, fails "
+            f"after its re-checks; {pending.size - 1} other coordinate(s) to re-check "
+            f"({failing.size - 1} with elements beyond the caller's rule at the first step) were "
+            "not, and are shown at that step (a kink there is not excused, roundoff not "
+            "measured again; torch's gradcheck stops at its first mismatch too)")
+    return merged_table, merged_steps, merged_rechecked, note
 
 
 class Judged:

@@ -44,7 +44,7 @@ SAMPLED_ROWS = 4
 SETTLE_BUDGET_CALLS = 48
 # a failure the audit found where every direction was within the caller's rule is judged again
 # by that rule, element by element, on the Jacobian columns of this many of the audit's wrong
-# coordinates (the worst first, then the ends of wrong blocks) ...
+# coordinates (the worst first, then the first and last each wrong block counts wrong) ...
 CALLER_RULE_COLUMNS = 4
 # ... over every output element when there are at most this many, else over this many: the
 # largest numeric entries of the columns and as many random ones (HardNet's backward costs 4 ms
@@ -65,9 +65,12 @@ def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
     cannot batch them or plain calls cost less: the nondeterminism check). A direction beyond
     the caller's rule (or beyond fastgrad's band, with strict) is measured again at half the
     step (truncation), then, when its disagreement moved with the step, at smaller ones
-    (``_past_crossings``: a jump or kink crossed), and one that still disagrees is localized
-    by fastgrad's audit of a random contraction of the outputs, which names the wrong
-    coordinates and gives the verdict. A failure raises ``SubcheckFailed``."""
+    (``_past_crossings``: a jump or kink crossed). When every direction still in question is
+    within the caller's rule (a backward one, not strict), that rule decides element by element
+    on Jacobian columns of the questioned inputs (``_settle``: a sample, then every column when
+    they cost less than the audit); otherwise, or after a sample that passed, fastgrad's audit
+    of a random contraction of the outputs localizes it, names the wrong coordinates and gives
+    the verdict. A failure raises ``SubcheckFailed``."""
     del check_batched_grad, check_batched_forward_grad  # full-Jacobian side tests
     x = fn.x
     index = np.flatnonzero(np.isfinite(x))
@@ -126,6 +129,8 @@ def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
     # rule) of each direction that disagrees after the second step
     questioned: list[tuple[str, float, float, float, bool, bool]] = []
     asked: set[int] = set()  # the inputs (layout positions) of the questioned directions
+    forward_asked = False  # a forward-AD direction is questioned: the backward's columns cannot
+    # settle it (the audit and its warnings do, as before)
     ignored = set(fn.ignored_by_torch(strict))
     detached: set[str] = set()
     for label, values in analytic:
@@ -157,9 +162,11 @@ def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
                                a_rp, n_rp, abs(a_rp - n_rp) / max(abs(a_rp), abs(n_rp)),
                                bool(slack[r, p]), bool(bad[r, p])))
             asked.add(tensors[r])
+            forward_asked |= bool(label)
     warned = []
     settled = None
-    if questioned and not strict and not any(beyond for *_, beyond in questioned):
+    if questioned and not strict and not forward_asked and \
+            not any(beyond for *_, beyond in questioned):
         # every direction within the caller's rule: that rule, element by element, decides
         settled = _settle(fn, leaves, outputs, index, sorted(asked), h=h, dtype=dtype, f0=f0,
                           atol=atol, rtol=rtol, seed=seed, ignored=ignored)

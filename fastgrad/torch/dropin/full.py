@@ -88,7 +88,9 @@ def judge_full(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
 
     def judged(jac, options, lazy=True):
         options = dict(options, notes=notes + tuple(options.get("notes", ())))
-        return judge_jacobian(ev, x, f0, jac, index, step, **common, **options, lazy=lazy)
+        # a failure ends at its worst coordinate's re-checks, as torch's ends at its first
+        return judge_jacobian(ev, x, f0, jac, index, step, **common, **options, lazy=lazy,
+                              fail_fast=True)
 
     if streamed:
         quick = screen_streamed(ev, index, step, [jac for jac, _ in analytic], tol=tol,
