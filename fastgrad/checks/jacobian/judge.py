@@ -47,9 +47,10 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
     ``Judged`` whose report is built only when read (a passing check of a small function
     spends a good part of its time building a report nobody reads). ``strict``: elements
     beyond fastgrad's band but within the caller's ``atol``/``rtol`` fail instead of being
-    listed in ``report.tolerated`` (see ``_final_failures``). ``fail_fast``: when several
-    coordinates fail at the first step, the worst is re-checked first, and a failure there
-    ends the judging (``_stopped_at_first_failure``; the report says so).
+    listed in ``report.tolerated`` (see ``_final_failures``). ``fail_fast``: when the
+    caller's rule fails at the first step and other coordinates would be re-checked too, the
+    worst failing coordinate is re-checked first, and a failure there ends the judging
+    (``_stopped_at_first_failure``; the report says so).
     """
     notes = tuple(notes)
     fp, fm = ev.pairs(index, step)
