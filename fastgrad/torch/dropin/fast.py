@@ -545,10 +545,9 @@ def _judge_columns(fn: TorchFunction, leaves, outputs, cols, ev, *, h, dtype, f0
         try:
             jacobian = vjp_rows(fn, leaves, outputs, rows, batched=True)
         except Exception:  # no batching rule for this backward: one pass per row
-            pass
-        else:
-            if not batched_rows_agree(fn, leaves, outputs, jacobian, seed):
-                jacobian = None
+            jacobian = None
+        if jacobian is not None and not batched_rows_agree(fn, leaves, outputs, jacobian, seed):
+            jacobian = None  # the batching rule differs from the backward users run
     if jacobian is None:
         jacobian = vjp_rows(fn, leaves, outputs, rows, batched=False)
     tol, tol_reason = caller_tolerance(dtype, rtol)
