@@ -298,3 +298,24 @@ def test_correct_functions_pass_pytrees_complex_and_kinks():
         # relu and abs with coordinates closer to the kink than the first step
         fj.check_grads(lambda x: jax.nn.relu(x) + jnp.abs(x), (np.array([1e-7, -2e-7, 0.3]),),
                        1, full=True)
+
+
+@pytest.mark.slow  # complex eager jax: a few seconds of compiles on a first run
+def test_full_vjp_of_complex_leaves_conjugates_as_jax():
+    """The full Jacobian of a VJP is conj(vjp(conj(c))) per basis cotangent, as jax's
+    check_vjp: a correct non-holomorphic function passes and a conjugation error planted in
+    a custom VJP fails, naming the input's real or imaginary part."""
+    z = np.array([1 + 2j, 0.5 - 1j])
+
+    @jax.custom_vjp
+    def square(z):
+        return z * z
+
+    # jax's VJP of z * z is g * 2z; this conjugates the derivative
+    square.defvjp(lambda z: (z * z, z), lambda z, g: (g * jnp.conj(2 * z),))
+    with x64():
+        fj.check_grads(lambda z: jnp.sin(z) * jnp.conj(z), (z,), order=1, full=True)
+        fj.check_grads(lambda z: z * z, (z,), order=1, modes=("rev",), full=True)
+        with pytest.raises(AssertionError, match=r"VJP \(order 1, rev mode\)") as failed:
+            fj.check_grads(square, (z,), order=1, modes=("rev",), full=True)
+    assert "arg0" in str(failed.value)

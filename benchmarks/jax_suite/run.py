@@ -119,13 +119,17 @@ def abba(rounds: int) -> list[str]:
     return order
 
 
+MEASURES = ("seconds", "cpu_seconds", "compile_seconds", "executables")
+
+
 def merged(logs: list) -> tuple[dict, dict]:
-    """One checker's rounds as one log: each call's seconds the mean over the rounds, its
+    """One checker's rounds as one log: each call's measures the means over the rounds, its
     verdict the first round's, unless a later round's differs: then 'varies: a/b'."""
     calls, tests = {}, dict(logs[0][1])
     for key, first in logs[0][0].items():
         seen = [log[0][key] for log in logs if key in log[0]]
-        record = dict(first, seconds=sum(c["seconds"] for c in seen) / len(seen))
+        record = dict(first, **{m: sum(c[m] for c in seen) / len(seen) for m in MEASURES
+                                if all(m in c for c in seen)})
         verdicts = list(dict.fromkeys(c["verdict"] for c in seen))
         if len(verdicts) > 1:
             record["verdict"] = "varies: " + "/".join(verdicts)
@@ -137,10 +141,22 @@ def ratio_line(jax_calls: dict, fg_calls: dict) -> None:
     """Time inside each checker on the calls both passed, for one round."""
     both = [k for k in jax_calls if k in fg_calls and jax_calls[k]["verdict"] == "pass"
             and fg_calls[k]["verdict"] == "pass"]
-    t_jax = sum(jax_calls[k]["seconds"] for k in both)
-    t_fg = sum(fg_calls[k]["seconds"] for k in both)
+    def total(calls, measure):
+        return sum(calls[k].get(measure, float("nan")) for k in both)
+
+    t_jax, t_fg = total(jax_calls, "seconds"), total(fg_calls, "seconds")
     print(f"time inside the checker on the {len(both)} calls both passed: jax {t_jax:.2f} s, "
           f"fastgrad {t_fg:.2f} s ({t_fg / max(t_jax, 1e-12):.2f}x)")
+    c_jax, c_fg = total(jax_calls, "cpu_seconds"), total(fg_calls, "cpu_seconds")
+    x_jax, x_fg = total(jax_calls, "compile_seconds"), total(fg_calls, "compile_seconds")
+    if c_jax == c_jax:  # logs of runs that measured them
+        print(f"  CPU time of the process: jax {c_jax:.2f} s, fastgrad {c_fg:.2f} s "
+              f"({c_fg / max(c_jax, 1e-12):.2f}x)")
+        print(f"  of the time inside, jax lowering and XLA compiling: jax {x_jax:.2f} s "
+              f"({total(jax_calls, 'executables'):.0f} executables), fastgrad {x_fg:.2f} s "
+              f"({total(fg_calls, 'executables'):.0f}); the rest: jax {t_jax - x_jax:.2f} s, "
+              f"fastgrad {t_fg - x_fg:.2f} s "
+              f"({(t_fg - x_fg) / max(t_jax - x_jax, 1e-12):.2f}x)")
 
 
 def report(results: dict, walls: dict, folder: Path) -> None:

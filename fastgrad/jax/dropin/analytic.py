@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from ...checks.jacobian import BATCH_VALUES
-from .flatten import VMAP_MIN_ROWS, Level, flat64
+from .flatten import VMAP_MIN_ROWS, Level, conj_rows, flat64
 
 
 def jacobian_of(level: Level, mode: str) -> np.ndarray:
@@ -25,6 +25,8 @@ def jacobian_of(level: Level, mode: str) -> np.ndarray:
     def basis(a, b):
         eye = np.zeros((b - a, bounds[-1]))
         eye[np.arange(b - a), np.arange(a, b)] = 1.0
+        if mode == "rev":  # jax's check_vjp pulls conj(c)
+            eye = conj_rows(parts, eye)
         return [p.batch(eye[:, bounds[i]:bounds[i + 1]]) for i, p in enumerate(parts)]
 
     batched = count >= VMAP_MIN_ROWS
@@ -41,7 +43,8 @@ def jacobian_of(level: Level, mode: str) -> np.ndarray:
             one = [v[r] if p.scalar is None else p.scalar(v[r].item())
                    for v, p in zip(vectors, parts)]
             out[a + r] = flat64(fn(*one))
-    return out if mode == "rev" else out.T
+    # the real VJP of the real and imaginary parts: conj(vjp(conj(c))), as jax's check_vjp
+    return conj_rows(level.parts, out) if mode == "rev" else out.T
 
 
 def analytic_along(level: Level, mode: str, t_eff: np.ndarray, rng):
@@ -55,6 +58,7 @@ def analytic_along(level: Level, mode: str, t_eff: np.ndarray, rng):
         out, f_lin = jax.linearize(level.jax_fun, *primals)
         return flat64(f_lin(*tangent)), None, flat64(out)
     out, vjp_fun = jax.vjp(level.jax_fun, *primals)
+    level.vjp_at_x = (out, vjp_fun)
     ct = [p.leaf(rng.standard_normal(p.size)) for p in level.out_parts]
     # the real VJP of the real and imaginary parts: conj(vjp(conj(c))), as jax's check_vjp
     pulled = flat64([np.conj(v) for v in vjp_fun(tuple(np.conj(c) for c in ct))])

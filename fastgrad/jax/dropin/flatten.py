@@ -61,6 +61,18 @@ class Part:
         return value
 
 
+def conj_rows(parts: Sequence[Part], rows: np.ndarray) -> np.ndarray:
+    """Rows of flat leaves (real parts, then imaginary, per complex leaf) conjugated: the
+    imaginary parts negated."""
+    rows = rows.copy()
+    start = 0
+    for p in parts:
+        if p.complex:
+            rows[:, start + p.size // 2:start + p.size] *= -1
+        start += p.size
+    return rows
+
+
 def layout_of(parts: Sequence[Part]) -> Layout:
     return Layout(tuple(p.name for p in parts), tuple(p.shape for p in parts),
                   tuple(p.complex for p in parts))
@@ -100,7 +112,8 @@ class Level(FlatFunction):
     agreement = VMAP_AGREEMENT
 
     def __init__(self, fun: Callable, parts: list[Part], x: np.ndarray,
-                 what: str, order: int, out_names: Callable[[int, Any], str]):
+                 what: str, order: int, out_names: Callable[[int, Any], str],
+                 out_at_x: Any = None):
         # Python scalars are passed as such (as jax's checker does): vmap cannot batch them
         super().__init__(x, batchable=all(p.scalar is None for p in parts),
                          why_serial="the perturbed inputs evaluated one by one")
@@ -108,9 +121,14 @@ class Level(FlatFunction):
         self.what, self.order = what, order
         self.layout = layout_of(parts)
         self.bounds = np.cumsum([0, *(p.size for p in parts)])
-        # the output parts, from one evaluation at x (also f0)
-        out = self.fun(*self.leaves(x))
-        self.evaluations += 1
+        # jax.vjp(jax_fun) at x as the analytic VJP computed it: (primal output, vjp map),
+        # so the VJP map of the next order reuses its linearization at x
+        self.vjp_at_x: tuple | None = None
+        # the output parts, from one evaluation at x (also f0) unless given
+        if out_at_x is None:
+            out_at_x = self.fun(*self.leaves(x))
+            self.evaluations += 1
+        out = out_at_x
         reals = _real_outputs(out)
         self.out_parts = []
         for j, leaf in enumerate(reals):
@@ -156,9 +174,12 @@ class Level(FlatFunction):
         return lambda *ts: jax.jvp(self.jax_fun, primals, ts)[1]
 
     def pull(self) -> Callable:
-        """The real VJP: cotangent leaves -> conj(vjp(conj(c))), as jax's check_vjp."""
-        _, vjp_fun = jax.vjp(self.jax_fun, *self.leaves(self.x))
-        return lambda *cs: tuple(jnp.conj(v) for v in vjp_fun(tuple(jnp.conj(c) for c in cs)))
+        """The VJP map cotangent leaves -> input cotangent leaves at x. jax's check_vjp takes
+        conj(vjp(conj(c))): the caller conjugates on the numpy side (``conj_rows``), as jax's
+        checker does (jnp.conj would compile an executable per shape, even of real leaves)."""
+        out, vjp_fun = jax.vjp(self.jax_fun, *self.leaves(self.x))
+        self.vjp_at_x = (out, vjp_fun)
+        return lambda *cs: vjp_fun(cs)
 
 
 def rule_groups(level: Level, opts: Options, scaled: bool):
@@ -182,6 +203,7 @@ def derived(level: Level, mode: str) -> Level:
     """jax's derivative map of the next order: ``partial(jvp, f)`` on (args, args) for "fwd"
     (``_jvp_from_lin`` for "lin"), ``x -> vjp(f, x)(f(x))`` for "rev"."""
     k = len(level.parts)
+    at_x = None
     if mode == "rev":
         def fun(*leaves):
             out, vjp_fun = jax.vjp(level.jax_fun, *leaves)
@@ -189,6 +211,11 @@ def derived(level: Level, mode: str) -> Level:
 
         parts, x = list(level.parts), level.x
         names = [f"VJP wrt {p.name}" for p in level.parts]
+        if level.vjp_at_x is not None:
+            # fun at x from the linearization the analytic VJP made there (the same trace,
+            # the same values): one linearization of f fewer per order
+            out, vjp_fun = level.vjp_at_x
+            at_x = vjp_fun(out)
     else:
         def fun(*leaves):
             primals, tangents = tuple(leaves[:k]), tuple(leaves[k:])
@@ -205,7 +232,7 @@ def derived(level: Level, mode: str) -> Level:
     label = {"fwd": "JVP", "rev": "VJP", "lin": "LIN"}[mode]
     what = f"{label} of {level.what}" if level.what else label
     return Level(fun, parts, x, what, level.order + 1,
-                  lambda j, count: names[j] if j < len(names) else f"output{j}")
+                  lambda j, count: names[j] if j < len(names) else f"output{j}", at_x)
 
 
 def top_level(f: Callable, args: tuple) -> Level:
