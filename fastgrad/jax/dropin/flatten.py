@@ -216,6 +216,7 @@ def derived(level: Level, mode: str) -> Level:
             # the same values): one linearization of f fewer per order
             out, vjp_fun = level.vjp_at_x
             at_x = vjp_fun(out)
+            level.vjp_at_x = None  # its residuals are not needed again
     else:
         def fun(*leaves):
             primals, tangents = tuple(leaves[:k]), tuple(leaves[k:])
