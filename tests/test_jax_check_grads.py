@@ -271,6 +271,26 @@ def test_default_mode_spends_no_more_evaluations_than_jax(order):
     assert calls["n"] <= jax_calls
 
 
+def test_the_next_orders_vjp_map_reuses_the_linearization_at_the_point():
+    """Order 2, rev mode: f is called 4 times at order 1 (at x, at x +- h t, and traced once by
+    jax.vjp) and 3 at order 2 (x -> vjp(f, x)(f(x)) at x +- h t, and vjp of it); its value at
+    x comes from order 1's linearization. jax's checker calls f 8 times."""
+    calls = {"n": 0}
+
+    def f(x):
+        calls["n"] += 1
+        return jnp.tanh(x) * x
+
+    x = np.linspace(-1, 1, 6).reshape(2, 3)
+    with x64():
+        fj.check_grads(f, (x,), order=2, modes=("rev",))
+        assert calls["n"] == 7
+        # the VJP map of order 2 is still checked: a second derivative stop_gradient lost
+        fj.check_grads(sin_flat_second, (X,), order=1, modes=("rev",))
+        with pytest.raises(fj.CheckGradsError, match=r"VJP of VJP \(order 2, rev mode\)"):
+            fj.check_grads(sin_flat_second, (X,), order=2, modes=("rev",))
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="modes"):
         fj.check_grads(jnp.sin, (X,), 1, modes=("backward",))

@@ -3,6 +3,8 @@ gradients (with kinks, masked entries, complex values) pass."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -864,20 +866,20 @@ def test_a_backward_that_is_not_reentrant_fails_and_a_reentrant_one_passes(n):
 
 
 class ScaledRows(torch.autograd.Function):
-    """tanh(x) whose backward is 5% off on the coordinates ``ctx.wrong``."""
+    """tanh(x) whose backward is off by ``factor`` (5%) on the coordinates ``ctx.wrong``."""
 
     @staticmethod
-    def forward(ctx, x, wrong):
+    def forward(ctx, x, wrong, factor=1.05):
         ctx.save_for_backward(x)
-        ctx.wrong = wrong
+        ctx.wrong, ctx.factor = wrong, factor
         return x.tanh()
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
         d = 1 - x.tanh() ** 2
-        d[ctx.wrong] *= 1.05
-        return g * d, None
+        d[ctx.wrong] *= ctx.factor
+        return g * d, None, None
 
 
 def test_a_full_mode_failure_stops_at_its_worst_coordinate():
@@ -903,6 +905,35 @@ def test_a_full_mode_failure_stops_at_its_worst_coordinate():
     # x twice (the reference and the nondeterminism check), the columns, and the re-checks of
     # one coordinate (three smaller steps at most), not of three
     assert len(calls) <= 2 + 2 * 12 + 2 * 3, len(calls)
+
+
+def test_a_full_mode_warning_is_settled_by_its_worst_coordinate():
+    """Three coordinates 5e-4 off: beyond fastgrad's band, within torch's default rule (a
+    solver's tolerance, not a wrong formula). The coordinate furthest beyond the band is
+    re-checked alone; it stays beyond, so the check passes with a warning naming all three
+    (the others at their first step), in the evaluations of one coordinate's re-checks, not
+    three. strict=True fails the three."""
+    x = leaf(12, seed=30)
+    calls = []
+
+    def f(t):
+        calls.append(1)
+        return ScaledRows.apply(t, [2, 5, 9], 1.0005)
+
+    assert torch.autograd.gradcheck(f, (x,))
+    calls.clear()
+    with pytest.warns(fastgrad.GradcheckWarning) as caught:
+        assert ft.gradcheck(f, (x,))
+    message = str(caught[0].message)
+    assert all(f"input0[{i}] -> output0[{i}]" in message for i in (2, 5, 9)), message
+    assert len(calls) <= 2 + 2 * 12 + 2 * 3, len(calls)
+    with pytest.raises(ft.GradcheckError) as info:
+        ft.gradcheck(f, (x,), strict=True)
+    assert set(info.value.report.suspects.tolist()) == {2, 5, 9}
+    # the right backward: no warning, nothing re-checked for it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastgrad.GradcheckWarning)
+        assert ft.gradcheck(lambda t: ScaledRows.apply(t, [], 1.0), (x,))
 
 
 def test_a_kink_at_the_worst_first_step_failure_is_excused_and_the_rest_judged():

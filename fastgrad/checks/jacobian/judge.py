@@ -107,8 +107,12 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
             refine = None
         return table, steps, rechecked, failed, tolerated
 
-    stopped = _stopped_at_first_failure(table, judged_at, jacobian, index, step, atol, rtol,
-                                        strict, inputs) if fail_fast else None
+    stopped = None
+    if fail_fast:
+        stopped = (_stopped_at_first_failure(table, judged_at, jacobian, index, step, atol,
+                                             rtol, strict, inputs)
+                   or _warned_by_the_worst(table, judged_at, jacobian, index, step, atol, rtol,
+                                           strict, inputs))
     if stopped is not None:
         table, steps, rechecked, note = stopped
         failed, tolerated = _final_failures(table, jacobian[:, index], atol, rtol, strict)
@@ -147,23 +151,59 @@ def _stopped_at_first_failure(screen: _Table, judged_at, jacobian, index, step, 
         excess = np.where(first[:, failing], diff - atol - (rtol or 0.0)
                           * np.abs(screen.numeric[:, failing]), -np.inf).max(axis=0)
     worst = failing[int(np.argmax(np.where(np.isnan(excess), np.inf, excess)))]
-    table, steps, rechecked, failed, _ = judged_at(np.array([worst]))
-    if not failed.any():
+    judged = judged_at(np.array([worst]))
+    if not judged[3].any():
         return None
+    note = (f"stopped at the first failure: {inputs.where(int(index[worst]))}, the worst, fails "
+            f"after its re-checks; {pending.size - 1} other coordinate(s) to re-check "
+            f"({failing.size - 1} with elements beyond the caller's rule at the first step) were "
+            "not, and are shown at that step (a kink there is not excused, roundoff not "
+            "measured again; torch's gradcheck stops at its first mismatch too)")
+    return (*_with_worst(screen, judged, worst, step), note)
+
+
+def _warned_by_the_worst(screen: _Table, judged_at, jacobian, index, step, atol, rtol, strict,
+                         inputs: Layout):
+    """fail_fast, when the check passes by the caller's rule at the first step and only a
+    warning is in question (elements beyond fastgrad's band, within the caller's rule; not
+    strict; no coordinate within the roundoff floor): the coordinate furthest beyond the band is
+    re-checked alone; when it stays beyond the band and within the caller's rule, the check
+    passes with the warning, and the other coordinates beyond the band are named at their
+    first step, not re-checked (their verdict there is the caller's rule, as torch's gradcheck
+    gives it). Returns (table, steps, re-checked, note), or None when every coordinate's
+    re-checks decide (the worst failed after them, or came back within the band)."""
+    if rtol is None or strict or (screen.verdict == NOISE).any():
+        return None
+    screen.kink[:] = False
+    failed, tolerated = _final_failures(screen, jacobian[:, index], atol, rtol, strict)
+    beyond = np.flatnonzero(tolerated.any(axis=0))
+    if failed.any() or beyond.size < 2:
+        return None
+    worst = beyond[int(np.argmax(np.where(tolerated[:, beyond], screen.rel_error[:, beyond],
+                                          -np.inf).max(axis=0)))]
+    judged = judged_at(np.array([worst]))
+    if judged[3].any() or not judged[4].any():
+        return None
+    note = (f"the warning was settled by the worst: {inputs.where(int(index[worst]))}, the "
+            f"furthest beyond fastgrad's band at the first step, stays beyond it after its "
+            f"re-checks; {beyond.size - 1} other coordinate(s) beyond the band, within the "
+            "caller's rule at the first step, were not re-checked and are shown at that step")
+    return (*_with_worst(screen, judged, worst, step), note)
+
+
+def _with_worst(screen: _Table, judged, worst: int, step: np.ndarray):
+    """The first step's table, steps and re-checked flags with the coordinate ``worst``
+    replaced by its re-checked values (``judged``: judged_at([worst]))."""
+    table, steps, rechecked = judged[:3]
     merged_table = _Table(*(getattr(screen, name).copy() for name in _FIELDS))
     for name in _FIELDS:
         getattr(merged_table, name)[:, worst] = getattr(table, name)[:, 0]
     merged_steps = [step.copy() for _ in steps]
     for row, s in zip(merged_steps, steps):
         row[worst] = s[0]
-    merged_rechecked = np.zeros(index.size, dtype=bool)
+    merged_rechecked = np.zeros(step.size, dtype=bool)
     merged_rechecked[worst] = rechecked[0]
-    note = (f"stopped at the first failure: {inputs.where(int(index[worst]))}, the worst, fails "
-            f"after its re-checks; {pending.size - 1} other coordinate(s) to re-check "
-            f"({failing.size - 1} with elements beyond the caller's rule at the first step) were "
-            "not, and are shown at that step (a kink there is not excused, roundoff not "
-            "measured again; torch's gradcheck stops at its first mismatch too)")
-    return merged_table, merged_steps, merged_rechecked, note
+    return merged_table, merged_steps, merged_rechecked
 
 
 class Judged:
