@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -151,7 +152,7 @@ def ratio_line(jax_calls: dict, fg_calls: dict) -> None:
           f"fastgrad {t_fg:.2f} s ({t_fg / max(t_jax, 1e-12):.2f}x)")
     c_jax, c_fg = total(jax_calls, "cpu_seconds"), total(fg_calls, "cpu_seconds")
     x_jax, x_fg = total(jax_calls, "compile_seconds"), total(fg_calls, "compile_seconds")
-    if c_jax == c_jax:  # logs of runs that measured them
+    if not math.isnan(c_jax):  # logs of runs that measured them
         print(f"  CPU time of the process: jax {c_jax:.2f} s, fastgrad {c_fg:.2f} s "
               f"({c_fg / max(c_jax, 1e-12):.2f}x)")
         print(f"  of the time inside, jax lowering and XLA compiling: jax {x_jax:.2f} s "

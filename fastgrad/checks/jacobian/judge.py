@@ -151,15 +151,15 @@ def _stopped_at_first_failure(screen: _Table, judged_at, jacobian, index, step, 
         excess = np.where(first[:, failing], diff - atol - (rtol or 0.0)
                           * np.abs(screen.numeric[:, failing]), -np.inf).max(axis=0)
     worst = failing[int(np.argmax(np.where(np.isnan(excess), np.inf, excess)))]
-    judged = judged_at(np.array([worst]))
-    if not judged[3].any():
+    table, steps, rechecked, failed, _ = judged_at(np.array([worst]))
+    if not failed.any():
         return None
     note = (f"stopped at the first failure: {inputs.where(int(index[worst]))}, the worst, fails "
             f"after its re-checks; {pending.size - 1} other coordinate(s) to re-check "
             f"({failing.size - 1} with elements beyond the caller's rule at the first step) were "
             "not, and are shown at that step (a kink there is not excused, roundoff not "
             "measured again; torch's gradcheck stops at its first mismatch too)")
-    return (*_with_worst(screen, judged, worst, step), note)
+    return (*_with_worst(screen, table, steps, rechecked, worst, step), note)
 
 
 def _warned_by_the_worst(screen: _Table, judged_at, jacobian, index, step, atol, rtol, strict,
@@ -181,20 +181,20 @@ def _warned_by_the_worst(screen: _Table, judged_at, jacobian, index, step, atol,
         return None
     worst = beyond[int(np.argmax(np.where(tolerated[:, beyond], screen.rel_error[:, beyond],
                                           -np.inf).max(axis=0)))]
-    judged = judged_at(np.array([worst]))
-    if judged[3].any() or not judged[4].any():
+    table, steps, rechecked, failed, tolerated = judged_at(np.array([worst]))
+    if failed.any() or not tolerated.any():
         return None
     note = (f"the warning was settled by the worst: {inputs.where(int(index[worst]))}, the "
             f"furthest beyond fastgrad's band at the first step, stays beyond it after its "
             f"re-checks; {beyond.size - 1} other coordinate(s) beyond the band, within the "
             "caller's rule at the first step, were not re-checked and are shown at that step")
-    return (*_with_worst(screen, judged, worst, step), note)
+    return (*_with_worst(screen, table, steps, rechecked, worst, step), note)
 
 
-def _with_worst(screen: _Table, judged, worst: int, step: np.ndarray):
-    """The first step's table, steps and re-checked flags with the coordinate ``worst``
-    replaced by its re-checked values (``judged``: judged_at([worst]))."""
-    table, steps, rechecked = judged[:3]
+def _with_worst(screen: _Table, table: _Table, steps, rechecked, worst: int, step: np.ndarray):
+    """The first step's table, steps and re-checked flags, with the coordinate ``worst``
+    replaced by its re-checked values (``table``, ``steps``, ``rechecked`` of judged_at of
+    that coordinate alone)."""
     merged_table = _Table(*(getattr(screen, name).copy() for name in _FIELDS))
     for name in _FIELDS:
         getattr(merged_table, name)[:, worst] = getattr(table, name)[:, 0]
