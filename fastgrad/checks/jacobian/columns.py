@@ -142,13 +142,11 @@ class FlatFunction:
         return np.stack([self.one(r) for r in rows])
 
     def _cheaper_one_by_one(self, count: int) -> bool:
-        """``count`` plain calls (and, before the first batched call, the one more at x that
-        the batched call's probe would have made: the nondeterminism check) cost less than
-        one batched call's overhead. The values are the same either way; the path line says
-        why."""
+        """``count`` plain calls cost less than one batched call's overhead. The values are the
+        same either way; the path line says why."""
         if self.call_seconds is None or not self.batch_call_seconds:
             return False
-        calls = count + (0 if self.verified else 1)
+        calls = count
         if calls * self.call_seconds >= self.batch_call_seconds:
             return False
         self.why_serial = (f"{calls} calls of {self.call_seconds * 1e6:.0f} us cost less than "

@@ -36,7 +36,8 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
                    skipped: tuple[str, ...] = (), notes: tuple[str, ...] = (),
                    refine: Callable[[np.ndarray], np.ndarray] | None = None,
                    mode: str = "", lazy: bool = False, strict: bool = False,
-                   fail_fast: bool = False) -> JacobianReport | Judged:
+                   fail_fast: bool = False,
+                   before_rechecks: Callable[[], None] | None = None) -> JacobianReport | Judged:
     """Judge the analytic ``jacobian`` (outputs x inputs, flat real) against centered
     differences at the coordinates ``index`` (steps ``step``).
 
@@ -50,7 +51,10 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
     listed in ``report.tolerated`` (see ``_final_failures``). ``fail_fast``: when the
     caller's rule fails at the first step and other coordinates would be re-checked too, the
     worst failing coordinate is re-checked first, and a failure there ends the judging
-    (``_stopped_at_first_failure``; the report says so).
+    (``_stopped_at_first_failure``; the report says so). ``before_rechecks()``, when given, is
+    called once the first step leaves an element in question, before any re-check (the drop-in
+    asks there whether the function repeats its values at x: random values would pass the kink
+    re-checks); it may raise.
     """
     notes = tuple(notes)
     fp, fm = ev.pairs(index, step)
@@ -80,6 +84,8 @@ def judge_jacobian(ev, x: np.ndarray, f0: np.ndarray, jacobian: np.ndarray, inde
         table.kink[:] = False
         if not _final_failures(table, jacobian[:, index], atol, rtol, strict)[0].any():
             return Judged(True, lambda: build(table)) if lazy else build(table)
+    if before_rechecks is not None:
+        before_rechecks()
 
     def judged_at(pos: np.ndarray):
         """(table, steps, re-checked, failed, tolerated) of the coordinates ``index[pos]``, after

@@ -317,6 +317,8 @@ class TorchFunction(FlatFunction):
         self.batched_func: Callable | None = None
         # vmap's randomness: "error" until a random op is met, then "same" (many)
         self.randomness = "error"
+        # a second plain call at x gave the recorded values (side_tests.nondeterministic)
+        self.repeatable = False
 
     def tensors(self, flat: np.ndarray, requires_grad: bool = True) -> list[torch.Tensor]:
         """Fresh checked inputs for a batch of flat rows (vmap): tensors of shape (B, *shape)."""
