@@ -589,7 +589,9 @@ def test_gradgradcheck_batches_the_backward_with_vmap_and_falls_back(always_vmap
 
 def test_a_function_that_changes_between_calls_is_refused_with_the_reason():
     # random ops (vmap refuses them: the plain second call shows them) and state kept between
-    # calls (vmap runs it, the probe at x disagrees, the plain second call shows it)
+    # calls (vmap runs it, the probe at x disagrees, the plain second call shows it). The
+    # second call comes before any re-check: dropout's random one-sided slopes would otherwise
+    # pass its 48 columns as kinks crossed (they did when it came after)
     x = leaf(5, seed=26)
     wide = leaf(48, seed=26)  # two dropout masks of 48 elements are equal with chance 2^-48
     with pytest.raises(ft.GradcheckError, match="different values for the same inputs"):

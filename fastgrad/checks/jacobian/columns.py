@@ -146,10 +146,9 @@ class FlatFunction:
         same either way; the path line says why."""
         if self.call_seconds is None or not self.batch_call_seconds:
             return False
-        calls = count
-        if calls * self.call_seconds >= self.batch_call_seconds:
+        if count * self.call_seconds >= self.batch_call_seconds:
             return False
-        self.why_serial = (f"{calls} calls of {self.call_seconds * 1e6:.0f} us cost less than "
+        self.why_serial = (f"{count} calls of {self.call_seconds * 1e6:.0f} us cost less than "
                            f"one {self.vmap} call ({self.batch_call_seconds * 1e6:.0f} us)")
         return True
 

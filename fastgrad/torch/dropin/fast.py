@@ -61,9 +61,10 @@ def judge_fast(fn: TorchFunction, leaves, outputs, *, h, notes, tolerated, dtype
     entries, as torch draws them) and for each judged output a random contraction v; the
     numeric v.(J u) of two evaluations per input against the analytic (v^T J).u (one backward
     per output, twice: reentrancy) and, with check_forward_ad, v.(J u) from forward AD. A
-    passing check costs 1 + 2 x inputs evaluations, as torch's: the nondeterminism check (one
-    more call at x) runs only once a direction is in question at the first step, when vmap's
-    probe at x has not made that call already. A direction beyond
+    passing check costs 1 + 2 x inputs evaluations, one fewer than torch's (its undefined-
+    gradient test calls func again): the nondeterminism check (one more call at x) runs only
+    once a direction is in question at the first step, when vmap's probe at x has not made
+    that call already. A direction beyond
     the caller's rule (or beyond fastgrad's band, with strict) is measured again at half the
     step (truncation), then, when its disagreement moved with the step, at smaller ones
     (``_past_crossings``: a jump or kink crossed). When every direction still in question is
